@@ -1,0 +1,104 @@
+"""The node's local OpenClaw cache in the Phase 1 layout (SPEC §4).
+
+``mesh-memory.json`` is one JSON object, so it is rewritten whole, atomically, and only
+when something in it changed (the daemon coalesces bursts before calling here).  Values
+come from index rows that meshsync has validated, embedded as raw JSON text
+(``orjson.Fragment``) so a rewrite never re-parses 100k values.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import layout
+
+TMP_PREFIX = ".meshsync-tmp-"
+
+
+def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}-{time.monotonic_ns()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def entry(value_text: str, node: str, updated_at: int) -> dict[str, Any]:
+    return {"value": orjson.Fragment(value_text), "nodeId": node, "ts": updated_at}
+
+
+def render_memory(entries: dict[str, dict[str, Any]]) -> bytes:
+    return orjson.dumps(entries, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+
+class Cache:
+    def __init__(self, home: Path, fsync: bool = True):
+        self.home = Path(home)
+        self.memory_path = self.home / "mesh-memory.json"
+        self.skills_dir = self.home / "mesh" / "skills"
+        self.fsync = fsync
+
+    def memory_sig(self) -> str | None:
+        try:
+            st = os.stat(self.memory_path)
+        except FileNotFoundError:
+            return None
+        return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+
+    def read_memory(self) -> dict[str, Any]:
+        """The current cache object, or {} when missing or unparsable."""
+        try:
+            obj = orjson.loads(self.memory_path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return obj if isinstance(obj, dict) else {}
+
+    def write_memory(self, entries: dict[str, dict[str, Any]]) -> str | None:
+        """Replace mesh-memory.json; returns its new stat signature."""
+        atomic_write(self.memory_path, render_memory(entries), self.fsync)
+        return self.memory_sig()
+
+    def skill_path(self, name: str) -> Path:
+        return self.skills_dir / layout.cache_skill_name(name)
+
+    def sync_skills(self, live: dict[str, str], removed: Iterable[str]) -> int:
+        """Make ``<name>.md`` hold each live skill's content; remove the deleted ones.
+        Only files whose bytes differ are written.  Returns how many files changed."""
+        changed = 0
+        for name, content in live.items():
+            p = self.skill_path(name)
+            data = content.encode("utf-8", "surrogatepass")
+            try:
+                if p.read_bytes() == data:
+                    continue
+            except OSError:
+                pass
+            atomic_write(p, data, self.fsync)
+            changed += 1
+        for name in removed:
+            try:
+                self.skill_path(name).unlink()
+                changed += 1
+            except FileNotFoundError:
+                pass
+        return changed

@@ -1,0 +1,472 @@
+"""The ``meshsync`` command line.
+
+Exit codes (also in ``meshsync --help``):
+  0  done
+  1  done, but some files or rows were skipped (see ``meshsync status``)
+  2  bad arguments or configuration; nothing was changed
+  3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
+  4  the item does not exist
+  5  another meshsync process (the daemon) holds the index
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import __version__, config, formats, layout, logs
+from .index import Index, IndexError_
+from .layout import MEM, ItemId
+from .lock import IndexLock, Locked
+from .share import Share, ShareUnavailable
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_BUSY = range(6)
+
+log = logging.getLogger("meshsync")
+
+EPILOG = """exit codes:
+  0  done
+  1  done, but some files or rows were skipped (see `meshsync status`)
+  2  bad arguments or configuration; nothing was changed
+  3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
+  4  the item does not exist
+  5  another meshsync process (the daemon) holds the index
+
+configuration: -c FILE or $MESHSYNC_CONFIG (YAML), and MESHSYNC_* variables,
+e.g. MESHSYNC_SHARE, MESHSYNC_NODE_ID, MESHSYNC_WATCH__POLL_INTERVAL.
+"""
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+def _dump(obj: Any) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return formats.loads(text)
+    except formats.FormatError as exc:
+        raise CliError(f"VALUE is not valid JSON ({exc}); nothing was changed.\n"
+                       "  Strings need quotes inside the shell quotes, e.g. meshsync put mesh greeting '\"hello\"'") from None
+
+
+def _scope(scope: str) -> str:
+    if not layout.valid_scope(scope):
+        raise CliError(f"scope {scope!r} is not one of: mesh, node, user:<id>")
+    return scope
+
+
+def _node(settings: config.Settings):
+    from .sync import Node
+
+    try:
+        return Node(settings)
+    except IndexError_ as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def _sync_after_write(settings: config.Settings, items: list[ItemId]) -> str:
+    """Export a CLI write now when no daemon runs; otherwise the daemon picks it up."""
+    lock = IndexLock(settings.index)
+    try:
+        lock.acquire()
+    except Locked:
+        return "the running daemon will export it"
+    try:
+        node = _node(settings)
+        try:
+            node.sync(items)
+            return "exported to the share"
+        except ShareUnavailable as exc:
+            node.record_unavailable(str(exc))
+            return f"kept in the index; not exported: {exc}"
+        finally:
+            node.close()
+    finally:
+        lock.release()
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_init(s: config.Settings, a: argparse.Namespace) -> int:
+    share = Share(s.share, max_file_bytes=s.limits.max_file_bytes)
+    root = s.share
+    if root.exists() and not (root / layout.META).is_dir():
+        entries = [e for e in os.listdir(root) if not e.startswith(".")] if root.is_dir() else ["?"]
+        if entries and not a.force:
+            raise CliError(
+                f"{root} already holds files ({', '.join(sorted(entries)[:5])}) but no {layout.META}/ marker.\n"
+                "  If the NAS is not mounted, mount it first: initialising the mount point would hide the real share.\n"
+                "  If this really is a new share, run `meshsync init --force`.", EXIT_UNAVAILABLE)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        share.initialise()
+    except OSError as exc:
+        raise CliError(f"cannot create the share layout in {root}: {exc.strerror}", EXIT_UNAVAILABLE) from None
+    try:
+        Index(s.index).close()
+    except IndexError_ as exc:
+        raise CliError(str(exc)) from None
+    print(f"share ready: {root}\nindex ready: {s.index}\nnode id: {s.node_id}")
+    return EXIT_OK
+
+
+def cmd_sync(s: config.Settings, a: argparse.Namespace) -> int:
+    lock = IndexLock(s.index)
+    try:
+        lock.acquire()
+    except Locked as exc:
+        raise CliError(f"a meshsync daemon (pid {exc.pid}) is running on {s.index}; it keeps the node "
+                       "in sync already (see `meshsync status`)", EXIT_BUSY) from None
+    try:
+        node = _node(s)
+        if sys.stderr.isatty() and not a.json:
+            node.progress = logs.Progress()
+        try:
+            stats = node.sync(full_index=a.full)
+        except ShareUnavailable as exc:
+            node.record_unavailable(str(exc))
+            if a.json:
+                print(_dump({"ok": False, "share": "unavailable", "reason": str(exc)}))
+            print(f"meshsync: share unavailable: {exc}\n  nothing was changed in the index or the cache.",
+                  file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        finally:
+            if node.progress is not None:
+                node.progress.done()
+            node.close()
+    finally:
+        lock.release()
+    if a.json:
+        print(_dump({"ok": stats.errors == 0, **stats.as_dict()}))
+    else:
+        print(f"synced in {stats.seconds:.2f}s: {stats.scanned} items scanned, {stats.read} read, "
+              f"{stats.to_share} written to the share, {stats.to_index} to the index, "
+              f"{stats.deleted} deleted, {stats.conflicts} conflicts, {stats.errors} problems"
+              + (", cache rewritten" if stats.cache_written else ""))
+        if stats.errors:
+            print("  some files or rows were skipped: see `meshsync status`", file=sys.stderr)
+    return EXIT_PROBLEMS if stats.errors else EXIT_OK
+
+
+def status_data(s: config.Settings) -> dict[str, Any]:
+    share = Share(s.share, max_file_bytes=s.limits.max_file_bytes)
+    try:
+        share.check()
+        avail, reason = True, ""
+    except ShareUnavailable as exc:
+        avail, reason = False, str(exc)
+    holder = IndexLock(s.index).holder()
+    out: dict[str, Any] = {
+        "node_id": s.node_id,
+        "share": {"path": str(s.share), "available": avail, "reason": reason},
+        "index": str(s.index),
+        "cache": str(s.openclaw_home),
+        "daemon": {"running": holder is not None, "pid": holder},
+    }
+    if not s.index.exists():
+        out["initialised"] = False
+        return out
+    idx = Index(s.index)
+    try:
+        out["initialised"] = True
+        out["counts"] = idx.counts()
+        last = idx.meta("last_sync")
+        out["last_sync"] = float(last) if last else None
+        lp = idx.meta("last_pass")
+        out["last_pass"] = orjson.loads(lp) if lp else None
+        out["watch"] = orjson.loads(idx.meta("daemon_watch") or "null")
+        out["errors"] = idx.errors()
+        out["conflicts"] = idx.conflicts(20)
+        for c in out["conflicts"]:
+            c.pop("loser_value", None)
+    finally:
+        idx.close()
+    return out
+
+
+def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
+    d = status_data(s)
+    if a.json:
+        print(_dump(d))
+        return EXIT_OK
+    sh = d["share"]
+    print(f"node      {d['node_id']}")
+    print(f"share     {sh['path']}  " + ("available" if sh["available"] else f"UNAVAILABLE: {sh['reason']}"))
+    print(f"index     {d['index']}")
+    print(f"cache     {d['cache']}")
+    dm = d["daemon"]
+    print("daemon    " + (f"running (pid {dm['pid']})" if dm["running"] else "not running"))
+    if not d.get("initialised"):
+        print("index not created yet: run `meshsync init`")
+        return EXIT_OK
+    c = d["counts"]
+    print(f"items     {c['memory']} memory, {c['skills']} skills, {c['tombstones']} tombstones")
+    print(f"pending   {c['pending_outbox']} index changes not yet synced")
+    if d.get("watch"):
+        print(f"watch     {d['watch'].get('mode')} ({d['watch'].get('why', '')})")
+    if d["last_sync"]:
+        ago = time.time() - d["last_sync"]
+        print(f"last sync {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d['last_sync']))} ({ago:.0f}s ago)")
+    else:
+        print("last sync never")
+    errs = d["errors"]
+    print(f"problems  {len(errs)}")
+    for e in errs[:50]:
+        print(f"  {e['path']}: {e['reason']}" + (f"\n    -> {e['hint']}" if e["hint"] else ""))
+    if len(errs) > 50:
+        print(f"  ... and {len(errs) - 50} more (meshsync status --json)")
+    print(f"conflicts {c['conflicts']}")
+    for cf in d["conflicts"][:10]:
+        item = f"{cf['scope']}:{cf['key']}" if cf["kind"] == MEM else f"skill:{cf['key']}"
+        print(f"  {item}: version of {cf['loser_node']} beaten by {cf['winner_node']}")
+    return EXIT_OK
+
+
+def _open_index(s: config.Settings) -> Index:
+    try:
+        return Index(s.index, create=False)
+    except IndexError_ as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_get(s: config.Settings, a: argparse.Namespace) -> int:
+    idx = _open_index(s)
+    try:
+        r = idx.db.execute("SELECT value, node_id, updated_at FROM mesh_memory WHERE scope = ? AND key = ?",
+                           (a.scope, a.key)).fetchone()
+    finally:
+        idx.close()
+    if r is None:
+        print(f"meshsync: no item {a.scope}:{a.key}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if a.json:
+        print(_dump({"scope": a.scope, "key": a.key, "value": orjson.Fragment(r[0]), "node_id": r[1],
+                     "updated_at": r[2]}))
+    else:
+        print(_dump(orjson.Fragment(r[0])) if r[0] else r[0])
+    return EXIT_OK
+
+
+def cmd_put(s: config.Settings, a: argparse.Namespace) -> int:
+    scope = _scope(a.scope)
+    value = _parse_value(a.value)
+    if not s.may_write(scope):
+        raise CliError(f"this node may not write scope {scope!r} (scopes.write = {s.scopes.write}); nothing was changed")
+    node = _node(s)
+    try:
+        node.put_memory(scope, a.key, value)
+    finally:
+        node.close()
+    print(f"stored {scope}:{a.key}; {_sync_after_write(s, [layout.memory_id(scope, a.key)])}")
+    return EXIT_OK
+
+
+def cmd_rm(s: config.Settings, a: argparse.Namespace) -> int:
+    _scope(a.scope)
+    node = _node(s)
+    try:
+        found = node.delete_item(layout.memory_id(a.scope, a.key))
+    finally:
+        node.close()
+    if not found:
+        print(f"meshsync: no item {a.scope}:{a.key}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    print(f"deleted {a.scope}:{a.key}; {_sync_after_write(s, [layout.memory_id(a.scope, a.key)])}")
+    return EXIT_OK
+
+
+def cmd_ls(s: config.Settings, a: argparse.Namespace) -> int:
+    idx = _open_index(s)
+    try:
+        if a.scope:
+            rows = idx.db.execute("SELECT scope, key, node_id, updated_at, length(value) FROM mesh_memory"
+                                  " WHERE scope = ? ORDER BY scope, key", (a.scope,)).fetchall()
+        else:
+            rows = idx.db.execute("SELECT scope, key, node_id, updated_at, length(value) FROM mesh_memory"
+                                  " ORDER BY scope, key").fetchall()
+    finally:
+        idx.close()
+    if a.json:
+        print(_dump([{"scope": r[0], "key": r[1], "node_id": r[2], "updated_at": r[3], "bytes": r[4]} for r in rows]))
+    else:
+        for r in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r[3]))
+            print(f"{r[0]}\t{r[1]}\t{r[2]}\t{when}")
+    return EXIT_OK
+
+
+def cmd_skill_put(s: config.Settings, a: argparse.Namespace) -> int:
+    if a.file == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            data = Path(a.file).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {a.file}: {exc.strerror}") from None
+    try:
+        content = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"{a.file} is not UTF-8 text; nothing was changed") from None
+    if len(data) > s.limits.max_skill_bytes:
+        raise CliError(f"{a.file} is {len(data)} bytes, over limits.max_skill_bytes ({s.limits.max_skill_bytes})")
+    node = _node(s)
+    try:
+        node.put_skill(a.name, content, None)
+    finally:
+        node.close()
+    print(f"stored skill {a.name}; {_sync_after_write(s, [layout.skill_id(a.name)])}")
+    return EXIT_OK
+
+
+def cmd_skill_get(s: config.Settings, a: argparse.Namespace) -> int:
+    idx = _open_index(s)
+    try:
+        r = idx.db.execute("SELECT content, path, source_node, updated_at FROM mesh_skills WHERE name = ?",
+                           (a.name,)).fetchone()
+    finally:
+        idx.close()
+    if r is None:
+        print(f"meshsync: no skill {a.name}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if a.json:
+        print(_dump({"name": a.name, "content": r[0], "path": r[1], "source_node": r[2], "updated_at": r[3]}))
+    else:
+        sys.stdout.write(r[0] if r[0] is not None else f"(reference to {r[1]})\n")
+    return EXIT_OK
+
+
+def cmd_skill_rm(s: config.Settings, a: argparse.Namespace) -> int:
+    node = _node(s)
+    try:
+        found = node.delete_item(layout.skill_id(a.name))
+    finally:
+        node.close()
+    if not found:
+        print(f"meshsync: no skill {a.name}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    print(f"deleted skill {a.name}; {_sync_after_write(s, [layout.skill_id(a.name)])}")
+    return EXIT_OK
+
+
+def cmd_skill_ls(s: config.Settings, a: argparse.Namespace) -> int:
+    idx = _open_index(s)
+    try:
+        rows = idx.db.execute("SELECT name, source_node, updated_at, length(content), path FROM mesh_skills"
+                              " ORDER BY name").fetchall()
+    finally:
+        idx.close()
+    if a.json:
+        print(_dump([{"name": r[0], "source_node": r[1], "updated_at": r[2], "bytes": r[3], "path": r[4]}
+                     for r in rows]))
+    else:
+        for r in rows:
+            print(f"{r[0]}\t{r[1]}\t{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r[2]))}")
+    return EXIT_OK
+
+
+def cmd_run(s: config.Settings, a: argparse.Namespace) -> int:
+    from .daemon import run
+
+    return run(s)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshsync",
+        description="Keep a shared folder, this node's SQLite index and its OpenClaw cache in step.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file (default: $MESHSYNC_CONFIG)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log_level")
+    p.add_argument("--version", action="version", version=f"meshsync {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, fn, help: str, desc: str | None = None) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=desc or help, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("init", cmd_init, "create the share layout, its .meshsync/ marker and the index (idempotent)",
+             "Create the share layout and marker (idempotent) and this node's index. Refuses a folder that "
+             "already holds files but no marker: that is usually an unmounted NAS.")
+    sp.add_argument("--force", action="store_true", help="initialise a non-empty folder that has no marker")
+    add("run", cmd_run, "run the daemon in the foreground (systemd runs this)")
+    sp = add("sync", cmd_sync, "one full two-way pass, then exit (exit 3 if the share is unavailable)")
+    sp.add_argument("--full", action="store_true", help="also re-read every index row, not just the changed ones")
+    sp.add_argument("--json", action="store_true", help="print the pass's figures as JSON")
+    sp = add("status", cmd_status, "share availability, counts, last sync, per-file errors, conflicts")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp = add("get", cmd_get, "print a memory item's value", "Print the value of memory item SCOPE KEY.")
+    sp.add_argument("scope", help="node, mesh or user:<id>")
+    sp.add_argument("key")
+    sp.add_argument("--json", action="store_true", help="print the whole row as JSON")
+    sp = add("put", cmd_put, "write a memory item", "Write memory item SCOPE KEY with the JSON VALUE.")
+    sp.add_argument("scope", help="node, mesh or user:<id>")
+    sp.add_argument("key")
+    sp.add_argument("value", help="a JSON value, e.g. '{\"shortAnswers\": true}' or '\"text\"'")
+    sp = add("rm", cmd_rm, "delete a memory item everywhere")
+    sp.add_argument("scope")
+    sp.add_argument("key")
+    sp = add("ls", cmd_ls, "list memory items (scope, key, node, time)")
+    sp.add_argument("scope", nargs="?", help="only this scope")
+    sp.add_argument("--json", action="store_true")
+
+    sk = sub.add_parser("skill", help="skills: put, get, rm, ls", description="Manage shared skills.")
+    ssub = sk.add_subparsers(dest="skill_command", metavar="SUBCOMMAND", required=True)
+
+    def sadd(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = ssub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = sadd("put", cmd_skill_put, "store a skill's SKILL.md content from FILE (or - for stdin)")
+    sp.add_argument("name")
+    sp.add_argument("file")
+    sp = sadd("get", cmd_skill_get, "print a skill's content")
+    sp.add_argument("name")
+    sp.add_argument("--json", action="store_true")
+    sp = sadd("rm", cmd_skill_rm, "delete a skill everywhere")
+    sp.add_argument("name")
+    sp = sadd("ls", cmd_skill_ls, "list skills")
+    sp.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        overrides = {"log_level": a.log_level} if a.log_level else {}
+        settings = config.load(a.config, **overrides)
+    except config.ConfigError as exc:
+        print(f"meshsync: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.setup(settings.log_level)
+    try:
+        return a.fn(settings, a)
+    except CliError as exc:
+        print(f"meshsync: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

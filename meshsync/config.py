@@ -1,0 +1,176 @@
+"""Configuration: a YAML file plus ``MESHSYNC_*`` environment variables (``__`` nests).
+
+Precedence, highest first: environment, YAML file, defaults.  Unknown names in the YAML
+file are errors (a typo must not silently fall back to a default).  Problems are raised
+as :class:`ConfigError` with one line per setting, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_CONFIG = "MESHSYNC_CONFIG"
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names each setting and its problem."""
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "meshsync"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WatchSettings(_Section):
+    mode: Literal["auto", "events", "poll"] = Field(
+        "auto", description="How share changes are detected: auto (by filesystem type), events (inotify/FSEvents) or poll.")
+    poll_interval: float = Field(2.0, gt=0, le=3600, description="Seconds between checks of the other nodes' journals (poll mode).")
+    rescan_interval: float = Field(300.0, ge=0, description="Seconds between full rescans of the share; 0 disables them.")
+    debounce: float = Field(0.2, ge=0, le=10, description="Seconds to wait for a burst of changes to end before applying it.")
+
+
+class ScopeSettings(_Section):
+    read: list[str] = Field(["mesh", "node", "user:*"], description="Scopes this node imports: mesh, node, user:<id>, user:*.")
+    write: list[str] = Field(["mesh", "node", "user:*"], description="Scopes this node exports.")
+
+    @field_validator("read", "write")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if p not in ("mesh", "node", "*") and not p.startswith("user:"):
+                raise ValueError(f"{p!r} is not a scope pattern (use mesh, node, user:<id> or user:*)")
+        return v
+
+
+class LimitSettings(_Section):
+    max_file_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest share file meshsync reads; larger files are refused.")
+    max_skill_bytes: int = Field(1024 * 1024, ge=1024, description="Largest SKILL.md meshsync imports.")
+    max_json_depth: int = Field(64, ge=2, le=10_000, description="Deepest JSON nesting accepted in a memory value.")
+
+
+class ShareSettings(_Section):
+    file_mode: str | None = Field(None, description="Octal mode for files meshsync writes on the share, e.g. \"0640\".")
+    group: str | None = Field(None, description="Group (name or id) for files meshsync writes on the share.")
+    fsync: bool = Field(True, description="Flush each share file to disk before renaming it into place.")
+
+    @field_validator("file_mode")
+    @classmethod
+    def _mode(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                m = int(str(v), 8)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an octal file mode such as 0640") from None
+            if not 0 <= m <= 0o777:
+                raise ValueError(f"{v!r} is out of range")
+        return v
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self.data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHSYNC_", env_nested_delimiter="__", extra="forbid")
+
+    node_id: str = Field(default_factory=socket.gethostname, description="This node's name in the mesh (default: host name).")
+    share: Path = Field(default_factory=lambda: _data_home() / "share", description="The shared folder (usually a NAS mount).")
+    index: Path = Field(default_factory=lambda: _data_home() / "index.sqlite", description="This node's SQLite index, on local disk.")
+    openclaw_home: Path = Field(default_factory=lambda: Path.home() / ".openclaw", description="OpenClaw's home, where the cache lives.")
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    scopes: ScopeSettings = Field(default_factory=ScopeSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    share_files: ShareSettings = Field(default_factory=ShareSettings)
+    tombstone_retention_days: float = Field(30, gt=0, description="Days a delete is remembered so offline nodes do not bring items back.")
+    conflict_retention_days: float = Field(90, gt=0, description="Days beaten versions are kept in the conflict history.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level: debug, info, warning or error.")
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, v: str) -> str:
+        if not v or any(ord(c) < 32 for c in v):
+            raise ValueError("must be a non-empty name without control characters")
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("share", "index", "openclaw_home")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(os.path.expanduser(str(v))).absolute()
+
+    _yaml: dict[str, Any] = {}
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings, env_settings, _YamlSource(settings_cls, cls._yaml))
+
+    # --- scopes ---------------------------------------------------------------------------
+
+    def may_read(self, scope: str) -> bool:
+        return _match(scope, self.scopes.read)
+
+    def may_write(self, scope: str) -> bool:
+        return _match(scope, self.scopes.write)
+
+
+def _match(scope: str, patterns: list[str]) -> bool:
+    return any(p == "*" or fnmatchcase(scope, p) for p in patterns)
+
+
+def load(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``path`` (or $MESHSYNC_CONFIG) and the environment."""
+    src = path if path is not None else os.environ.get(ENV_CONFIG)
+    data: dict[str, Any] = {}
+    if src:
+        p = Path(src).expanduser()
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"configuration file {p}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {p} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"configuration file {p} must hold a mapping of settings")
+        data = loaded or {}
+    Settings._yaml = data
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting (check the spelling; see docs/configuration.md)"
+            env = "MESHSYNC_" + "__".join(str(x) for x in err["loc"]).upper()
+            lines.append(f"  {name}: {msg} (given {err.get('input')!r}; file key {name!r} or ${env})")
+        where = f" in {src}" if src else ""
+        raise ConfigError("invalid configuration" + where + ":\n" + "\n".join(lines)) from None
+    finally:
+        Settings._yaml = {}

@@ -1,0 +1,241 @@
+"""The bytes of items: memory files, skill metadata, tombstones, digests.
+
+Everything meshsync writes is rendered stably (same content, same bytes: R8) and carries
+``updated_at_ms`` and ``rev``.  ``rev`` is a short hash over what the file claims
+(item, content digest, stamp, node): a file whose ``rev`` still matches was written by
+meshsync and its stamp can be trusted; any other file is a hand edit and is stamped
+after the version it replaced (R3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .layout import ItemId, memory_id
+
+_BIG_INT = re.compile(rb"\d{16,}")
+
+
+class FormatError(ValueError):
+    """Content that is not a valid item; the message says what is wrong."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise FormatError(f"{name} is not valid JSON")
+
+
+def _depth_ok(obj: Any, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > limit:
+            return False
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o)
+    return True
+
+
+def loads(data: bytes | str, max_depth: int = 64) -> Any:
+    """Parse JSON exactly: big integers keep every digit (orjson would round them)."""
+    try:
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+        if _BIG_INT.search(raw):
+            obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        else:
+            obj = orjson.loads(raw)
+    except FormatError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except (orjson.JSONDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        msg = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
+        raise FormatError(f"invalid JSON: {msg}") from None
+    if max_depth and not _depth_ok(obj, max_depth):
+        raise FormatError(f"JSON nested deeper than {max_depth} levels")
+    return obj
+
+
+def _dumps(obj: Any, opts: int) -> bytes:
+    try:
+        return orjson.dumps(obj, option=opts | orjson.OPT_SORT_KEYS)
+    except TypeError:  # integers beyond 64 bits
+        indent = 2 if opts & orjson.OPT_INDENT_2 else None
+        seps = (",", ": ") if indent else (",", ":")
+        return json.dumps(obj, sort_keys=True, indent=indent, separators=seps, ensure_ascii=False).encode()
+
+
+def canonical(value: Any) -> bytes:
+    """Compact, key-sorted JSON: the index's value text and the input of the digest."""
+    return _dumps(value, 0)
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def rev(item: ItemId, digest: str, stamp: int, node: str) -> str:
+    text = f"{item.kind}\0{item.scope}\0{item.key}\0{digest}\0{stamp}\0{node}"
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+# --- memory files ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MemoryRecord:
+    scope: str
+    key: str
+    value: Any
+    text: bytes  # canonical(value)
+    digest: str
+    node: str | None
+    stamp: int | None  # ms; None when the file gives no time
+    trusted: bool
+
+
+def memory_record(scope: str, key: str, value: Any, node: str | None, stamp: int | None,
+                  trusted: bool = False) -> MemoryRecord:
+    text = canonical(value)
+    return MemoryRecord(scope, key, value, text, digest_bytes(text), node, stamp, trusted)
+
+
+def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str) -> bytes:
+    doc = {
+        "scope": item.scope,
+        "key": item.key,
+        "value": value,
+        "node_id": node,
+        "updated_at": stamp // 1000,
+        "updated_at_ms": stamp,
+        "rev": rev(item, digest, stamp, node),
+    }
+    return _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
+
+
+def parse_memory(data: bytes, scope: str | None, key: str | None, max_depth: int = 64) -> MemoryRecord:
+    """Parse a memory file.  ``scope``/``key`` come from its path (None when the path
+    was shortened and the file must say them)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise FormatError("starts with a UTF-8 byte-order mark; save the file as UTF-8 without BOM")
+    doc = loads(data, max_depth)
+    if not isinstance(doc, dict):
+        raise FormatError(f"must be a JSON object with a \"value\" field, not {type(doc).__name__}")
+    if "value" not in doc:
+        raise FormatError('has no "value" field')
+    f_scope, f_key = doc.get("scope"), doc.get("key")
+    if scope is None or key is None:
+        if not isinstance(f_scope, str) or not isinstance(f_key, str):
+            raise FormatError("has a shortened name, so it must hold its full \"scope\" and \"key\"")
+        scope, key = f_scope, f_key
+    elif (f_scope is not None and f_scope != scope) or (f_key is not None and f_key != key):
+        raise FormatError(
+            f"says scope/key {f_scope!r}/{f_key!r} but its path means {scope!r}/{key!r}; "
+            "rename the file or fix the fields"
+        )
+    rec = memory_record(scope, key, doc["value"], None, None)
+    node = doc.get("node_id")
+    rec.node = node if isinstance(node, str) and node else None
+    ms, sec = doc.get("updated_at_ms"), doc.get("updated_at")
+    if type(ms) is int and type(sec) is int and ms // 1000 == sec:
+        rec.stamp = ms
+    elif type(sec) in (int, float) and sec >= 0:
+        rec.stamp = int(sec * 1000)
+    r = doc.get("rev")
+    if r is not None and rec.node and rec.stamp is not None and type(ms) is int:
+        rec.trusted = r == rev(memory_id(scope, key), rec.digest, rec.stamp, rec.node)
+    return rec
+
+
+# --- skills --------------------------------------------------------------------------------
+
+
+def skill_digest(content: bytes | None, path: str | None, extras: str) -> str:
+    """A skill's version covers SKILL.md, the reference path and every other file
+    (``extras`` is the digest of those other files)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(b"c" + (content if content is not None else b"\0none"))
+    h.update(b"\0p" + (path.encode("utf-8", "surrogatepass") if path is not None else b"\0none"))
+    h.update(b"\0x" + extras.encode())
+    return h.hexdigest()
+
+
+def extras_digest(files: list[tuple[str, str]]) -> str:
+    """Digest of (relative path, content digest) pairs of a skill's other files."""
+    if not files:
+        return ""
+    h = hashlib.blake2b(digest_size=16)
+    for rel, d in sorted(files):
+        h.update(rel.encode("utf-8", "surrogatepass") + b"\0" + d.encode() + b"\n")
+    return h.hexdigest()
+
+
+def render_skill_json(item: ItemId, path: str | None, digest: str, stamp: int, node: str) -> bytes:
+    doc: dict[str, Any] = {
+        "name": item.key,
+        "source_node": node,
+        "updated_at": stamp // 1000,
+        "updated_at_ms": stamp,
+        "rev": rev(item, digest, stamp, node),
+    }
+    if path is not None:
+        doc["path"] = path
+    return _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
+
+
+@dataclass(slots=True)
+class SkillMeta:
+    name: str | None
+    node: str | None
+    stamp: int | None
+    path: str | None
+    rev: str | None
+
+
+def parse_skill_json(data: bytes) -> SkillMeta:
+    doc = loads(data, 8)
+    if not isinstance(doc, dict):
+        raise FormatError("skill.json must be a JSON object")
+    name, node, path = doc.get("name"), doc.get("source_node"), doc.get("path")
+    ms, sec = doc.get("updated_at_ms"), doc.get("updated_at")
+    stamp = None
+    if type(ms) is int and type(sec) is int and ms // 1000 == sec:
+        stamp = ms
+    elif type(sec) in (int, float) and sec >= 0:
+        stamp = int(sec * 1000)
+    r = doc.get("rev") if type(ms) is int else None
+    return SkillMeta(
+        name if isinstance(name, str) else None,
+        node if isinstance(node, str) and node else None,
+        stamp,
+        path if isinstance(path, str) else None,
+        r if isinstance(r, str) else None,
+    )
+
+
+# --- tombstones ----------------------------------------------------------------------------
+
+
+def render_tombstone(item: ItemId, stamp: int, node: str) -> bytes:
+    doc = {"kind": item.kind, "scope": item.scope, "key": item.key,
+           "deleted_at_ms": stamp, "node_id": node}
+    return _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
+
+
+def parse_tombstone(data: bytes) -> tuple[ItemId, int, str]:
+    doc = loads(data, 4)
+    try:
+        item = ItemId(str(doc["kind"]), str(doc["scope"]), str(doc["key"]))
+        stamp, node = doc["deleted_at_ms"], doc["node_id"]
+        if type(stamp) is not int or not isinstance(node, str):
+            raise TypeError
+    except (KeyError, TypeError) as exc:
+        raise FormatError("not a meshsync tombstone") from exc
+    return item, stamp, node

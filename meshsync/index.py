@@ -1,0 +1,444 @@
+"""The node's SQLite index: the seed's tables, kept writable by any client, plus
+meshsync's own sync state.
+
+How foreign writes are seen without polling the tables: triggers on ``mesh_memory`` and
+``mesh_skills`` append the item to ``meshsync_outbox`` whenever a row changes, unless
+``meshsync_ctl.applying`` is 1.  meshsync sets that flag inside its own write
+transactions only, and SQLite runs one writer at a time, so its own imports never look
+like foreign writes while every other client's writes are recorded, committed with them.
+``PRAGMA data_version`` tells a waiting daemon that some other connection committed.
+
+Write transactions are short (a few hundred rows) so that other writers are never
+starved; every row write is compare-and-set against what the pass observed, so a
+foreign write that lands between detection and apply is never overwritten blindly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .layout import MEM, SKILL, ItemId
+
+SCHEMA_VERSION = "1"
+
+SEED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mesh_memory (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  scope TEXT NOT NULL,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  updated_at INTEGER NOT NULL,
+  UNIQUE(scope, key)
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS mesh_memory_fts USING fts5(scope, key, content);
+CREATE TABLE IF NOT EXISTS mesh_skills (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL UNIQUE,
+  source_node TEXT NOT NULL,
+  content TEXT,
+  path TEXT,
+  updated_at INTEGER NOT NULL,
+  CHECK (content IS NOT NULL OR path IS NOT NULL)
+);
+CREATE INDEX IF NOT EXISTS idx_mesh_memory_scope ON mesh_memory(scope);
+CREATE INDEX IF NOT EXISTS idx_mesh_memory_updated ON mesh_memory(updated_at);
+"""
+
+OWN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meshsync_meta (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meshsync_ctl (id INTEGER PRIMARY KEY CHECK (id = 1),
+  applying INTEGER NOT NULL DEFAULT 0);
+INSERT OR IGNORE INTO meshsync_ctl (id, applying) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS meshsync_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL);
+-- The last synced version of every item (the base of reconciliation).
+CREATE TABLE IF NOT EXISTS meshsync_state (
+  kind TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL,
+  stamp INTEGER NOT NULL,          -- ms
+  node TEXT NOT NULL,
+  digest TEXT NOT NULL,            -- '' for a tombstone
+  deleted INTEGER NOT NULL DEFAULT 0,
+  share_sig TEXT,                  -- stat signature of the share file/dir last read or written
+  share_hash TEXT,                 -- hash of the share bytes last read or written
+  row_sig TEXT,                    -- signature of the index row last read or written
+  rel TEXT,                        -- share path of the file/dir (NULL for tombstones)
+  aux TEXT,                        -- skills: digest of the files other than SKILL.md
+  PRIMARY KEY (kind, scope, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meshsync_errors (
+  path TEXT PRIMARY KEY, kind TEXT NOT NULL, reason TEXT NOT NULL, hint TEXT NOT NULL,
+  since INTEGER NOT NULL, seen INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meshsync_conflicts (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
+  kind TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL, side TEXT NOT NULL,
+  loser_stamp INTEGER NOT NULL, loser_node TEXT NOT NULL, loser_value TEXT,
+  winner_stamp INTEGER NOT NULL, winner_node TEXT NOT NULL, winner_deleted INTEGER NOT NULL);
+"""
+
+TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS mesh_memory_fts_ai AFTER INSERT ON mesh_memory BEGIN
+  INSERT INTO mesh_memory_fts (rowid, scope, key, content) VALUES (NEW.id, NEW.scope, NEW.key, NEW.value);
+END;
+CREATE TRIGGER IF NOT EXISTS mesh_memory_fts_au AFTER UPDATE ON mesh_memory BEGIN
+  DELETE FROM mesh_memory_fts WHERE rowid = OLD.id;
+  INSERT INTO mesh_memory_fts (rowid, scope, key, content) VALUES (NEW.id, NEW.scope, NEW.key, NEW.value);
+END;
+CREATE TRIGGER IF NOT EXISTS mesh_memory_fts_ad AFTER DELETE ON mesh_memory BEGIN
+  DELETE FROM mesh_memory_fts WHERE rowid = OLD.id;
+END;
+CREATE TRIGGER IF NOT EXISTS meshsync_mem_ai AFTER INSERT ON mesh_memory
+WHEN (SELECT applying FROM meshsync_ctl WHERE id = 1) = 0 BEGIN
+  INSERT INTO meshsync_outbox (kind, scope, key) VALUES ('m', NEW.scope, NEW.key);
+END;
+CREATE TRIGGER IF NOT EXISTS meshsync_mem_au AFTER UPDATE ON mesh_memory
+WHEN (SELECT applying FROM meshsync_ctl WHERE id = 1) = 0 BEGIN
+  INSERT INTO meshsync_outbox (kind, scope, key) VALUES ('m', NEW.scope, NEW.key);
+  INSERT INTO meshsync_outbox (kind, scope, key) SELECT 'm', OLD.scope, OLD.key
+    WHERE OLD.scope IS NOT NEW.scope OR OLD.key IS NOT NEW.key;
+END;
+CREATE TRIGGER IF NOT EXISTS meshsync_mem_ad AFTER DELETE ON mesh_memory
+WHEN (SELECT applying FROM meshsync_ctl WHERE id = 1) = 0 BEGIN
+  INSERT INTO meshsync_outbox (kind, scope, key) VALUES ('m', OLD.scope, OLD.key);
+END;
+CREATE TRIGGER IF NOT EXISTS meshsync_skill_ai AFTER INSERT ON mesh_skills
+WHEN (SELECT applying FROM meshsync_ctl WHERE id = 1) = 0 BEGIN
+  INSERT INTO meshsync_outbox (kind, scope, key) VALUES ('s', '', NEW.name);
+END;
+CREATE TRIGGER IF NOT EXISTS meshsync_skill_au AFTER UPDATE ON mesh_skills
+WHEN (SELECT applying FROM meshsync_ctl WHERE id = 1) = 0 BEGIN
+  INSERT INTO meshsync_outbox (kind, scope, key) VALUES ('s', '', NEW.name);
+  INSERT INTO meshsync_outbox (kind, scope, key) SELECT 's', '', OLD.name WHERE OLD.name IS NOT NEW.name;
+END;
+CREATE TRIGGER IF NOT EXISTS meshsync_skill_ad AFTER DELETE ON mesh_skills
+WHEN (SELECT applying FROM meshsync_ctl WHERE id = 1) = 0 BEGIN
+  INSERT INTO meshsync_outbox (kind, scope, key) VALUES ('s', '', OLD.name);
+END;
+"""
+
+
+REQUIRED = {"mesh_memory", "mesh_memory_fts", "mesh_skills", "meshsync_meta", "meshsync_ctl",
+            "meshsync_outbox", "meshsync_state", "meshsync_errors", "meshsync_conflicts",
+            "mesh_memory_fts_ai", "mesh_memory_fts_au", "mesh_memory_fts_ad", "meshsync_mem_ai",
+            "meshsync_mem_au", "meshsync_mem_ad", "meshsync_skill_ai", "meshsync_skill_au",
+            "meshsync_skill_ad"}
+
+
+def _h(data: str | bytes | None) -> str:
+    if data is None:
+        return "-"
+    b = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    return hashlib.blake2b(b, digest_size=12).hexdigest()
+
+
+def memory_row_sig(value: str, node_id: str, updated_at: int) -> str:
+    return f"{updated_at}:{_h(node_id)}:{_h(value)}"
+
+
+def skill_row_sig(content: str | None, path: str | None, node: str, updated_at: int) -> str:
+    return f"{updated_at}:{_h(node)}:{_h(content)}:{_h(path)}"
+
+
+@dataclass(slots=True)
+class State:
+    stamp: int
+    node: str
+    digest: str
+    deleted: bool
+    share_sig: str | None
+    share_hash: str | None
+    row_sig: str | None
+    rel: str | None = None
+    aux: str | None = None
+
+
+@dataclass(slots=True)
+class MemoryRow:
+    value: str
+    node_id: str
+    updated_at: int
+
+    @property
+    def sig(self) -> str:
+        return memory_row_sig(self.value, self.node_id, self.updated_at)
+
+
+@dataclass(slots=True)
+class SkillRow:
+    content: str | None
+    path: str | None
+    source_node: str
+    updated_at: int
+
+    @property
+    def sig(self) -> str:
+        return skill_row_sig(self.content, self.path, self.source_node, self.updated_at)
+
+
+class IndexError_(Exception):
+    """The index cannot be opened or is not ours."""
+
+
+class Index:
+    def __init__(self, path: Path, *, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise IndexError_(f"index {self.path} does not exist (run `meshsync init`)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise IndexError_(f"cannot open index {self.path}: {exc}") from None
+        if mode.lower() != "wal":
+            raise IndexError_(f"index {self.path} cannot use WAL mode (is it on a network share?)")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self._ensure_schema()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _ensure_schema(self) -> None:
+        have = {r[0] for r in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
+        if REQUIRED <= have:
+            return
+        try:
+            self.db.executescript(
+                "BEGIN IMMEDIATE;" + SEED_SCHEMA + OWN_SCHEMA + TRIGGERS
+                + f"INSERT OR IGNORE INTO meshsync_meta VALUES ('schema', '{SCHEMA_VERSION}');"
+                + "COMMIT;")
+        except sqlite3.Error as exc:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None
+
+    # --- transactions --------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A short write transaction whose row changes are not foreign writes."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("UPDATE meshsync_ctl SET applying = 1 WHERE id = 1")
+            yield db
+            db.execute("UPDATE meshsync_ctl SET applying = 0 WHERE id = 1")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """One consistent snapshot for several reads."""
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        finally:
+            self.db.execute("COMMIT")
+
+    def data_version(self) -> int:
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    # --- meta ------------------------------------------------------------------------------
+
+    def meta(self, k: str, default: str | None = None) -> str | None:
+        r = self.db.execute("SELECT v FROM meshsync_meta WHERE k = ?", (k,)).fetchone()
+        return r[0] if r else default
+
+    def set_meta(self, db: sqlite3.Connection, **kv: str) -> None:
+        db.executemany("INSERT INTO meshsync_meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                       list(kv.items()))
+
+    # --- state -------------------------------------------------------------------------------
+
+    def load_state(self) -> dict[ItemId, State]:
+        out: dict[ItemId, State] = {}
+        for kind, scope, key, stamp, node, digest, deleted, ssig, shash, rsig, rel, aux in self.db.execute(
+            "SELECT kind, scope, key, stamp, node, digest, deleted, share_sig, share_hash, row_sig,"
+            " rel, aux FROM meshsync_state"
+        ):
+            out[ItemId(kind, scope, key)] = State(stamp, node, digest, bool(deleted), ssig, shash, rsig,
+                                                  rel, aux)
+        return out
+
+    def put_state(self, db: sqlite3.Connection, item: ItemId, st: State) -> None:
+        db.execute(
+            "INSERT INTO meshsync_state (kind, scope, key, stamp, node, digest, deleted, share_sig,"
+            " share_hash, row_sig, rel, aux) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(kind, scope, key) DO UPDATE SET"
+            " stamp=excluded.stamp, node=excluded.node, digest=excluded.digest, deleted=excluded.deleted,"
+            " share_sig=excluded.share_sig, share_hash=excluded.share_hash, row_sig=excluded.row_sig,"
+            " rel=excluded.rel, aux=excluded.aux",
+            (item.kind, item.scope, item.key, st.stamp, st.node, st.digest, int(st.deleted),
+             st.share_sig, st.share_hash, st.row_sig, st.rel, st.aux),
+        )
+
+    def put_share_sig(self, db: sqlite3.Connection, item: ItemId, sig: str | None) -> None:
+        db.execute("UPDATE meshsync_state SET share_sig = ? WHERE kind = ? AND scope = ? AND key = ?",
+                   (sig, item.kind, item.scope, item.key))
+
+    def drop_state(self, db: sqlite3.Connection, item: ItemId) -> None:
+        db.execute("DELETE FROM meshsync_state WHERE kind = ? AND scope = ? AND key = ?",
+                   (item.kind, item.scope, item.key))
+
+    # --- outbox ------------------------------------------------------------------------------
+
+    def outbox(self) -> tuple[int, set[ItemId]]:
+        """Items changed by other writers since we last looked, and the last seq seen."""
+        items: set[ItemId] = set()
+        last = 0
+        for seq, kind, scope, key in self.db.execute(
+                "SELECT seq, kind, scope, key FROM meshsync_outbox ORDER BY seq"):
+            items.add(ItemId(kind, scope, key))
+            last = seq
+        return last, items
+
+    def ack_outbox(self, db: sqlite3.Connection, upto: int) -> None:
+        if upto:
+            db.execute("DELETE FROM meshsync_outbox WHERE seq <= ?", (upto,))
+
+    # --- rows ----------------------------------------------------------------------------------
+
+    def memory_rows(self, items: Iterable[ItemId]) -> dict[ItemId, MemoryRow]:
+        out = {}
+        q = "SELECT value, node_id, updated_at FROM mesh_memory WHERE scope = ? AND key = ?"
+        for it in items:
+            r = self.db.execute(q, (it.scope, it.key)).fetchone()
+            if r is not None:
+                out[it] = MemoryRow(*r)
+        return out
+
+    def all_memory_rows(self) -> Iterator[tuple[str, str, str, str, int]]:
+        return self.db.execute("SELECT scope, key, value, node_id, updated_at FROM mesh_memory")
+
+    def skill_rows(self, items: Iterable[ItemId]) -> dict[ItemId, SkillRow]:
+        out = {}
+        q = "SELECT content, path, source_node, updated_at FROM mesh_skills WHERE name = ?"
+        for it in items:
+            r = self.db.execute(q, (it.key,)).fetchone()
+            if r is not None:
+                out[it] = SkillRow(*r)
+        return out
+
+    def all_skill_rows(self) -> Iterator[tuple[str, str | None, str | None, str, int]]:
+        return self.db.execute("SELECT name, content, path, source_node, updated_at FROM mesh_skills")
+
+    def all_items(self) -> set[ItemId]:
+        out = {ItemId(MEM, s, k) for s, k in self.db.execute("SELECT scope, key FROM mesh_memory")}
+        out |= {ItemId(SKILL, "", n) for (n,) in self.db.execute("SELECT name FROM mesh_skills")}
+        return out
+
+    def current_row_sig(self, db: sqlite3.Connection, item: ItemId) -> str | None:
+        if item.kind == MEM:
+            r = db.execute("SELECT value, node_id, updated_at FROM mesh_memory WHERE scope = ? AND key = ?",
+                           (item.scope, item.key)).fetchone()
+            return memory_row_sig(*r) if r else None
+        r = db.execute("SELECT content, path, source_node, updated_at FROM mesh_skills WHERE name = ?",
+                       (item.key,)).fetchone()
+        return skill_row_sig(*r) if r else None
+
+    def set_memory(self, db: sqlite3.Connection, item: ItemId, value: str, node: str, updated_at: int,
+                   exists: bool) -> None:
+        if exists:
+            db.execute("UPDATE mesh_memory SET value = ?, node_id = ?, updated_at = ? WHERE scope = ? AND key = ?",
+                       (value, node, updated_at, item.scope, item.key))
+        else:
+            db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
+                       (item.scope, item.key, value, node, updated_at))
+
+    def set_skill(self, db: sqlite3.Connection, item: ItemId, content: str | None, path: str | None,
+                  node: str, updated_at: int, exists: bool) -> None:
+        if exists:
+            db.execute("UPDATE mesh_skills SET content = ?, path = ?, source_node = ?, updated_at = ? WHERE name = ?",
+                       (content, path, node, updated_at, item.key))
+        else:
+            db.execute("INSERT INTO mesh_skills (name, source_node, content, path, updated_at) VALUES (?,?,?,?,?)",
+                       (item.key, node, content, path, updated_at))
+
+    def delete_row(self, db: sqlite3.Connection, item: ItemId) -> None:
+        if item.kind == MEM:
+            db.execute("DELETE FROM mesh_memory WHERE scope = ? AND key = ?", (item.scope, item.key))
+        else:
+            db.execute("DELETE FROM mesh_skills WHERE name = ?", (item.key,))
+
+    # --- errors and conflicts -------------------------------------------------------------------
+
+    def replace_errors(self, db: sqlite3.Connection, kind: str, problems: Iterable[tuple[str, str, str]],
+                       keep: Iterable[str] = ()) -> None:
+        """Make the errors of ``kind`` exactly ``problems`` (path, reason, hint), keeping
+        rows for ``keep`` paths (not looked at this time) as they are."""
+        now = int(time.time())
+        seen = set(keep)
+        for path, reason, hint in problems:
+            seen.add(path)
+            db.execute(
+                "INSERT INTO meshsync_errors (path, kind, reason, hint, since, seen) VALUES (?,?,?,?,?,?)"
+                " ON CONFLICT(path) DO UPDATE SET kind=excluded.kind, reason=excluded.reason,"
+                " hint=excluded.hint, seen=excluded.seen,"
+                " since=CASE WHEN meshsync_errors.reason = excluded.reason THEN meshsync_errors.since ELSE excluded.since END",
+                (path, kind, reason, hint, now, now))
+        old = [p for (p,) in db.execute("SELECT path FROM meshsync_errors WHERE kind = ?", (kind,))]
+        db.executemany("DELETE FROM meshsync_errors WHERE path = ?", [(p,) for p in old if p not in seen])
+
+    def replace_errors_one(self, db: sqlite3.Connection, kind: str, path: str,
+                           problem: tuple[str, str] | None) -> None:
+        if problem is None:
+            db.execute("DELETE FROM meshsync_errors WHERE path = ?", (path,))
+            return
+        now = int(time.time())
+        db.execute(
+            "INSERT INTO meshsync_errors (path, kind, reason, hint, since, seen) VALUES (?,?,?,?,?,?)"
+            " ON CONFLICT(path) DO UPDATE SET reason=excluded.reason, hint=excluded.hint, seen=excluded.seen",
+            (path, kind, problem[0], problem[1], now, now))
+
+    def errors(self) -> list[dict]:
+        cur = self.db.execute("SELECT path, kind, reason, hint, since, seen FROM meshsync_errors ORDER BY kind, path")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur]
+
+    def add_conflict(self, db: sqlite3.Connection, item: ItemId, side: str, loser_stamp: int,
+                     loser_node: str, loser_value: str | None, winner_stamp: int, winner_node: str,
+                     winner_deleted: bool) -> None:
+        db.execute(
+            "INSERT INTO meshsync_conflicts (at, kind, scope, key, side, loser_stamp, loser_node, loser_value,"
+            " winner_stamp, winner_node, winner_deleted) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (int(time.time() * 1000), item.kind, item.scope, item.key, side, loser_stamp, loser_node,
+             loser_value, winner_stamp, winner_node, int(winner_deleted)))
+
+    def conflicts(self, limit: int = 100) -> list[dict]:
+        cur = self.db.execute(
+            "SELECT id, at, kind, scope, key, side, loser_stamp, loser_node, loser_value, winner_stamp,"
+            " winner_node, winner_deleted FROM meshsync_conflicts ORDER BY id DESC LIMIT ?", (limit,))
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur]
+
+    def counts(self) -> dict[str, int]:
+        q = self.db.execute
+        return {
+            "memory": q("SELECT count(*) FROM mesh_memory").fetchone()[0],
+            "skills": q("SELECT count(*) FROM mesh_skills").fetchone()[0],
+            "tombstones": q("SELECT count(*) FROM meshsync_state WHERE deleted = 1").fetchone()[0],
+            "pending_outbox": q("SELECT count(*) FROM meshsync_outbox").fetchone()[0],
+            "errors": q("SELECT count(*) FROM meshsync_errors").fetchone()[0],
+            "conflicts": q("SELECT count(*) FROM meshsync_conflicts").fetchone()[0],
+        }
+
+    def check_fts(self, db: sqlite3.Connection) -> bool:
+        """Rebuild the FTS table if a client bypassed the triggers (e.g. INSERT OR
+        REPLACE without recursive triggers leaves stale rows).  Returns True if rebuilt."""
+        n_rows = db.execute("SELECT count(*) FROM mesh_memory").fetchone()[0]
+        n_fts = db.execute("SELECT count(*) FROM mesh_memory_fts").fetchone()[0]
+        if n_rows == n_fts:
+            return False
+        db.execute("DELETE FROM mesh_memory_fts")
+        db.execute("INSERT INTO mesh_memory_fts (rowid, scope, key, content) SELECT id, scope, key, value FROM mesh_memory")
+        return True

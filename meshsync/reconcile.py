@@ -1,0 +1,151 @@
+"""The pure core: given what was last synced and what each replica holds now, decide.
+
+No I/O happens here.  Every node runs the same function over the same observations,
+which is what makes the outcome (R1) independent of the node and of the order in which
+sides are looked at.
+
+Vocabulary
+----------
+* A **version** is either a value (``deleted=False``, with a content ``digest``) or a
+  tombstone (``deleted=True``).  Versions are totally ordered by
+  ``(stamp, node, not deleted, digest)``: newest ``updated_at`` (in milliseconds) wins,
+  ties go to the larger node id, then an update beats a delete, then the larger digest.
+* An **observation** is what one side (share, index, cache) holds for the item now.
+  ``trusted`` observations carry a stamp that meshsync itself gave (a canonical share
+  file, an index row equal to the last synced one).  Untrusted ones are fresh local
+  writes (a hand edit, a foreign SQLite write, a Phase 1 tool): they were made after
+  the writer saw the base, so they are stamped after the base even if the writer's
+  clock is behind (R3).
+* The **base** is the version this node last saw on all its sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SHARE = "share"
+INDEX = "index"
+CACHE = "cache"
+SIDES = (SHARE, INDEX, CACHE)
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    stamp: int  # milliseconds since the epoch
+    node: str
+    digest: str = ""  # content digest; "" for a tombstone
+    deleted: bool = False
+
+    @property
+    def order(self) -> tuple[int, str, bool, str]:
+        return (self.stamp, self.node, not self.deleted, self.digest)
+
+    def same(self, other: Version | None) -> bool:
+        return other is not None and self.order == other.order
+
+
+@dataclass(frozen=True, slots=True)
+class Obs:
+    """One side's current state of an item.  ``version`` None means absent."""
+
+    version: Version | None
+    trusted: bool = True
+    payload: Any = field(default=None, compare=False)  # carried to apply, never inspected
+    dirty: bool = False  # the side holds the version but needs rewriting (stale companion file)
+
+
+ABSENT = Obs(None)
+
+
+@dataclass(slots=True)
+class Plan:
+    """What to do for one item."""
+
+    winner: Version | None  # None: the item exists nowhere and never did
+    source: str | None  # the side whose payload holds the winner (None when base/tombstone)
+    write: set[str]  # sides that must be brought to the winner
+    beaten: list[tuple[str, Version, Any]]  # (side, version, payload) kept in history
+    refused: list[tuple[str, Version]] = field(default_factory=list)
+
+    @property
+    def quiet(self) -> bool:
+        return not self.write
+
+
+def effective(obs: Obs, base: Version | None, now_ms: int, node: str) -> Version | None:
+    """The version a side stands for, once fresh local writes are stamped after base."""
+    v = obs.version
+    if v is None:
+        if base is not None and not base.deleted:
+            # The side lost an item it had: a delete made here, now.
+            return Version(max(now_ms, base.stamp + 1), node, deleted=True)
+        return None
+    if obs.trusted or (base is not None and v.same(base)):
+        return v
+    floor = base.stamp + 1 if base is not None else 0
+    return Version(max(v.stamp, floor), v.node, v.digest, v.deleted)
+
+
+def reconcile(
+    base: Version | None,
+    sides: dict[str, Obs],
+    *,
+    now_ms: int,
+    node: str,
+    writable: frozenset[str] = frozenset(SIDES),
+) -> Plan:
+    """Decide the winner among the sides and which sides must change.
+
+    ``writable`` lists the sides this node may write for the item (R9: a scope the node
+    may not write leaves the share out).  A local write that would have to reach a side
+    we may not write is reported as refused rather than dropped.
+    """
+    cands: list[tuple[str, Version]] = []
+    for side in SIDES:
+        obs = sides.get(side)
+        if obs is None:
+            continue
+        v = effective(obs, base, now_ms, node)
+        if v is not None:
+            cands.append((side, v))
+    if not cands:
+        # Nothing anywhere: keep a tombstone we already had (until retention), else nothing.
+        return Plan(base if base is not None and base.deleted else None, None, set(), [])
+
+    src, win = max(cands, key=lambda c: c[1].order)
+    write: set[str] = set()
+    for side in SIDES:
+        obs = sides.get(side)
+        if obs is None:
+            continue
+        cur = obs.version
+        if win.deleted:
+            if cur is not None and not cur.deleted:
+                write.add(side)
+            elif cur is not None and cur.deleted and not cur.same(win):
+                write.add(side)  # an older tombstone is replaced by the newer one
+            elif cur is None and side == SHARE and (base is None or not base.same(win)):
+                write.add(side)  # the share keeps tombstones for offline nodes (R4)
+            elif obs.dirty:
+                write.add(side)
+        elif cur is None or not cur.same(win) or not obs.trusted or obs.dirty:
+            write.add(side)
+
+    refused: list[tuple[str, Version]] = []
+    blocked = write - writable
+    if blocked:
+        write -= blocked
+        if src not in blocked:
+            refused = [(s, win) for s in sorted(blocked)]
+
+    beaten: list[tuple[str, Version, Any]] = []
+    seen: set[str] = set()
+    for side, v in cands:
+        if v.deleted or v.digest == win.digest or v.digest in seen:
+            continue
+        if base is not None and v.same(base):
+            continue  # the version everybody had: overwritten, not beaten
+        seen.add(v.digest)
+        beaten.append((side, v, sides[side].payload))
+    return Plan(win, src, write, beaten, refused)

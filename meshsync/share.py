@@ -1,0 +1,442 @@
+"""File I/O on the share: availability, safe reads, atomic writes, the stat walk.
+
+Rules kept here so that no caller can forget them:
+
+* symlinks are never followed, in files or in the directories leading to them (R6);
+* only regular files are read, without blocking (a FIFO cannot hang a pass), and never
+  more than the configured limit;
+* every write goes to a dot-named temporary file in the same directory, is flushed and
+  renamed over the target (R7); scanners skip dot files, so a temporary file is never
+  imported;
+* a directory that cannot be listed is reported as *unknown*, never as empty (R5).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import layout
+from .layout import META, ItemId
+
+TMP_PREFIX = ".meshsync-tmp-"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One file meshsync refuses to import, with what the user can do about it."""
+
+    path: str  # share-relative, or an index/cache location
+    reason: str
+    hint: str = ""
+
+
+class ShareUnavailable(Exception):
+    """The share is not mounted, not initialised or not readable: touch nothing (R5)."""
+
+
+class FileRefused(Exception):
+    def __init__(self, problem: Problem):
+        super().__init__(problem.reason)
+        self.problem = problem
+
+
+def sig_of(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+
+
+def settled(st: os.stat_result, now_ns: int, margin_ns: int = 3_000_000_000) -> bool:
+    """A file modified in the last few seconds may change again within the same mtime
+    tick; its signature is not trusted to skip a read next time (the "racy git" rule)."""
+    return now_ns - st.st_mtime_ns > margin_ns
+
+
+@dataclass(slots=True)
+class FileEntry:
+    rel: str
+    sig: str
+    settled: bool
+
+
+@dataclass(slots=True)
+class SkillDir:
+    rel: str  # skills/<enc>
+    files: list[FileEntry]  # every regular file, relative to the share
+    sig: str
+    settled: bool
+
+
+@dataclass(slots=True)
+class Walk:
+    """What a stat walk of the share found."""
+
+    memory: dict[str, FileEntry] = field(default_factory=dict)  # rel -> entry
+    skills: dict[str, SkillDir] = field(default_factory=dict)  # rel -> dir
+    tombstones: dict[str, FileEntry] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # rel dirs that could not be listed
+
+    def is_unknown(self, rel: str) -> bool:
+        return any(rel == u or rel.startswith(u + "/") for u in self.unknown)
+
+
+def _kind_problem(rel: str, st: os.stat_result) -> Problem | None:
+    m = st.st_mode
+    if stat.S_ISLNK(m):
+        return Problem(rel, "is a symbolic link; meshsync never follows links",
+                       "replace the link with a regular file or directory")
+    if stat.S_ISFIFO(m):
+        return Problem(rel, "is a FIFO (named pipe), not a file", "remove it from the share")
+    if stat.S_ISSOCK(m):
+        return Problem(rel, "is a socket, not a file", "remove it from the share")
+    if stat.S_ISCHR(m) or stat.S_ISBLK(m):
+        return Problem(rel, "is a device node, not a file", "remove it from the share")
+    return None
+
+
+class Share:
+    """One share root; every path handed in or out is relative to it."""
+
+    def __init__(self, root: Path, *, max_file_bytes: int, fsync: bool = True,
+                 file_mode: int | None = None, gid: int | None = None):
+        self.root = Path(root)
+        self.max_file_bytes = max_file_bytes
+        self.fsync = fsync
+        self.file_mode = file_mode
+        self.gid = gid
+        self._safe_dirs: set[str] = set()
+
+    # --- availability ----------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise ShareUnavailable with the reason unless the share is mounted and ours."""
+        root = self.root
+        try:
+            st = os.stat(root)
+        except FileNotFoundError:
+            raise ShareUnavailable(f"share path {root} does not exist (NAS not mounted?)") from None
+        except OSError as exc:
+            raise ShareUnavailable(f"share path {root} cannot be read: {exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ShareUnavailable(f"share path {root} is not a directory")
+        try:
+            mst = os.lstat(root / META)
+        except FileNotFoundError:
+            raise ShareUnavailable(
+                f"share {root} has no {META}/ marker: it is not mounted, or not initialised "
+                "(run `meshsync init` once for a new share)"
+            ) from None
+        except OSError as exc:
+            raise ShareUnavailable(f"share marker {root / META} cannot be read: {exc.strerror}") from None
+        if not stat.S_ISDIR(mst.st_mode):
+            raise ShareUnavailable(f"share marker {root / META} is not a directory")
+        if not os.access(root, os.R_OK | os.X_OK) or not os.access(root / META, os.R_OK | os.X_OK):
+            raise ShareUnavailable(f"share {root} is not readable by this user (permissions)")
+
+    def initialise(self) -> None:
+        for rel in (META, f"{META}/tombstones", layout.MEMORY, f"{layout.MEMORY}/mesh",
+                    f"{layout.MEMORY}/user", f"{layout.MEMORY}/node", layout.SKILLS):
+            self._ensure_dir(rel)
+        readme = self.root / META / "README"
+        if not readme.exists():
+            self.write(f"{META}/README", b"This folder is a meshsync share. Do not remove .meshsync/:\n"
+                       b"without it every node treats the share as not mounted.\n")
+
+    # --- paths -------------------------------------------------------------------------
+
+    def _ensure_dir(self, rel: str) -> Path:
+        """Create rel's directories as needed, refusing any component that is a symlink
+        or not a directory (writing through it could leave the share)."""
+        if rel in self._safe_dirs:
+            return self.root / rel
+        cur = self.root
+        done = ""
+        for part in rel.split("/"):
+            done = f"{done}/{part}" if done else part
+            cur = cur / part
+            if done in self._safe_dirs:
+                continue
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(cur)
+                    if self.gid is not None:
+                        os.chown(cur, -1, self.gid)
+                except FileExistsError:
+                    pass
+                st = os.lstat(cur)
+            if not stat.S_ISDIR(st.st_mode):
+                raise FileRefused(Problem(done, "is in the way of a meshsync directory (a link or a file)",
+                                          "move it away so meshsync can create the directory"))
+            self._safe_dirs.add(done)
+        return cur
+
+    def forget_dirs(self) -> None:
+        self._safe_dirs.clear()
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def read(self, rel: str, limit: int | None = None) -> tuple[bytes, os.stat_result]:
+        """Read a regular file without following links or blocking; raise FileRefused."""
+        limit = self.max_file_bytes if limit is None else limit
+        path = self.root / rel
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FileRefused(Problem(rel, "is a symbolic link; meshsync never follows links",
+                                          "replace the link with a regular file")) from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise FileRefused(Problem(rel, "cannot be read: permission denied",
+                                          "make it readable by the meshsync user")) from None
+            if exc.errno == errno.ENXIO:
+                raise FileRefused(Problem(rel, "is a socket, not a file", "remove it from the share")) from None
+            raise
+        try:
+            st = os.fstat(fd)
+            bad = _kind_problem(rel, st)
+            if bad is None and not stat.S_ISREG(st.st_mode):
+                bad = Problem(rel, "is a directory where a file was expected", "move the directory away")
+            if bad:
+                raise FileRefused(bad)
+            if st.st_size > limit:
+                raise FileRefused(Problem(rel, f"is {st.st_size} bytes, over the {limit}-byte limit",
+                                          "shrink it, or raise limits.max_file_bytes"))
+            chunks = []
+            total = 0
+            while True:
+                b = os.read(fd, 1 << 20)
+                if not b:
+                    break
+                total += len(b)
+                if total > limit:
+                    raise FileRefused(Problem(rel, f"grew over the {limit}-byte limit while read",
+                                              "shrink it, or raise limits.max_file_bytes"))
+                chunks.append(b)
+            return b"".join(chunks), st
+        finally:
+            os.close(fd)
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        try:
+            return os.lstat(self.root / rel)
+        except FileNotFoundError:
+            return None
+
+    # --- writes --------------------------------------------------------------------------
+
+    def write(self, rel: str, data: bytes) -> os.stat_result:
+        """Atomically replace rel with data; returns the new file's stat."""
+        parent, _, name = rel.rpartition("/")
+        d = self._ensure_dir(parent) if parent else self.root
+        target = d / name
+        try:
+            tst = os.lstat(target)
+        except FileNotFoundError:
+            tst = None
+        if tst is not None and not stat.S_ISREG(tst.st_mode):
+            raise FileRefused(Problem(rel, "is in the way (not a regular file); meshsync will not replace it",
+                                      "move it away"))
+        tmp = d / f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     self.file_mode if self.file_mode is not None else 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if self.file_mode is not None:
+                    os.fchmod(fd, self.file_mode)
+                if self.gid is not None:
+                    os.fchown(fd, -1, self.gid)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return os.lstat(target)
+
+    def remove(self, rel: str) -> None:
+        try:
+            os.unlink(self.root / rel)
+        except FileNotFoundError:
+            pass
+
+    def remove_tree(self, rel: str) -> None:
+        path = self.root / rel
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)  # does not follow symlinks
+        else:
+            os.unlink(path)
+
+    def prune_empty_dir(self, rel: str) -> None:
+        """Remove a user/node directory left empty by deletes (ignore if not empty)."""
+        try:
+            os.rmdir(self.root / rel)
+            self._safe_dirs.discard(rel)
+        except OSError:
+            pass
+
+    def sweep_temporaries(self, rel_dir: str, older_than_s: float = 3600) -> int:
+        """Remove our own temporary files left by a crash (never other tools' files)."""
+        n = 0
+        cutoff = time.time() - older_than_s
+        try:
+            with os.scandir(self.root / rel_dir) as it:
+                for e in it:
+                    if e.name.startswith(TMP_PREFIX):
+                        try:
+                            if e.stat(follow_symlinks=False).st_mtime < cutoff:
+                                os.unlink(e.path)
+                                n += 1
+                        except OSError:
+                            pass
+        except OSError:
+            pass
+        return n
+
+    # --- the walk ------------------------------------------------------------------------
+
+    def _scan(self, rel: str, walk: Walk) -> Iterator[os.DirEntry[str]]:
+        try:
+            with os.scandir(self.root / rel) as it:
+                yield from it
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            walk.unknown.append(rel)
+            walk.problems.append(Problem(rel, f"directory cannot be listed: {exc.strerror}",
+                                         "check permissions and the mount; items below it are left as they are"))
+
+    def _file_entry(self, e: os.DirEntry[str], rel: str, walk: Walk, now_ns: int) -> FileEntry | None:
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError as exc:
+            walk.problems.append(Problem(rel, f"cannot be examined: {exc.strerror}", "check permissions"))
+            walk.unknown.append(rel)
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            bad = _kind_problem(rel, st) or Problem(rel, "is a directory where a file was expected",
+                                                    "move the directory away")
+            walk.problems.append(bad)
+            walk.unknown.append(rel)
+            return None
+        return FileEntry(rel, sig_of(st), settled(st, now_ns))
+
+    def walk_memory_dir(self, rel_dir: str, walk: Walk, now_ns: int) -> None:
+        for e in self._scan(rel_dir, walk):
+            name = e.name
+            if layout.is_ignored_name(name):
+                continue
+            rel = f"{rel_dir}/{name}"
+            if not name.endswith(".json"):
+                if e.is_dir(follow_symlinks=False):
+                    walk.problems.append(Problem(rel, "is a directory inside a memory scope folder",
+                                                 "memory folders hold only <key>.json files; move it away"))
+                else:
+                    walk.problems.append(Problem(rel, "is not a memory file (the name must end in .json)",
+                                                 "rename it to <key>.json or move it out of memory/"))
+                continue
+            fe = self._file_entry(e, rel, walk, now_ns)
+            if fe is not None:
+                walk.memory[rel] = fe
+
+    def walk_subdirs(self, rel_dir: str, walk: Walk) -> list[str]:
+        """Names of real (non-link) subdirectories of rel_dir."""
+        out = []
+        for e in self._scan(rel_dir, walk):
+            if layout.is_ignored_name(e.name):
+                continue
+            rel = f"{rel_dir}/{e.name}"
+            if e.is_symlink():
+                walk.problems.append(Problem(rel, "is a symbolic link; meshsync never follows links",
+                                             "replace the link with a real directory"))
+            elif e.is_dir(follow_symlinks=False):
+                out.append(e.name)
+            else:
+                walk.problems.append(Problem(rel, "is a file where a directory was expected", "move it away"))
+        return out
+
+    def walk_skill(self, rel_dir: str, walk: Walk, now_ns: int) -> SkillDir:
+        files: list[FileEntry] = []
+        stack = [rel_dir]
+        while stack:
+            d = stack.pop()
+            for e in self._scan(d, walk):
+                if e.name.startswith(TMP_PREFIX) or layout.is_ignored_name(e.name):
+                    continue
+                rel = f"{d}/{e.name}"
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(rel)
+                    continue
+                fe = self._file_entry(e, rel, walk, now_ns)
+                if fe is not None:
+                    files.append(fe)
+        files.sort(key=lambda f: f.rel)
+        sig = "|".join(f"{f.rel[len(rel_dir) + 1:]}={f.sig}" for f in files)
+        return SkillDir(rel_dir, files, sig, all(f.settled for f in files))
+
+    def walk_tombstones(self, walk: Walk, now_ns: int) -> None:
+        stack = [layout.TOMBSTONES]
+        while stack:
+            d = stack.pop()
+            for e in self._scan(d, walk):
+                if e.name.startswith("."):
+                    continue
+                rel = f"{d}/{e.name}"
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(rel)
+                elif e.name.endswith(".json"):
+                    fe = self._file_entry(e, rel, walk, now_ns)
+                    if fe is not None:
+                        walk.tombstones[rel] = fe
+
+
+def item_of_memory_rel(rel: str, node_id: str) -> tuple[str | None, str | None]:
+    """(scope, key) a memory path means; None parts when the path was shortened.
+    Raises LayoutError for paths outside the layout."""
+    parts = rel.split("/")
+    if parts[0] != layout.MEMORY or not parts[-1].endswith(".json"):
+        raise layout.LayoutError(f"{rel} is not a memory file path")
+    stem = parts[-1][:-5]
+    try:
+        key: str | None = layout.decode(stem)
+    except layout.Shortened:
+        key = None
+    if len(parts) == 3 and parts[1] == "mesh":
+        return "mesh", key
+    if len(parts) == 4 and parts[1] == "user":
+        try:
+            return "user:" + layout.decode(parts[2]), key
+        except layout.Shortened:
+            return None, key
+    if len(parts) == 4 and parts[1] == "node" and parts[2] == layout.encode(node_id):
+        return "node", key
+    raise layout.LayoutError(f"{rel} is not a memory file path")
+
+
+def suggest_name(stem: str) -> str:
+    """The canonical file name for a hand-made file whose name is not encoded."""
+    return layout.encode(stem)
+
+
+def item_rel(item: ItemId, node_id: str) -> str:
+    return layout.item_path(item, node_id)

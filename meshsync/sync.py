@@ -1,0 +1,915 @@
+"""One node's pipeline: detect changes on each side, reconcile each item, apply.
+
+``Node.sync()`` is a full two-way pass: a stat walk of the share (files whose signature
+is unchanged since the last pass are not read), the index's outbox of foreign writes,
+then the pure :func:`reconcile.reconcile` per changed item, then the writes, share
+first, index next (compare-and-set, short transactions), cache last.  ``Node.sync(items)``
+does the same for a known set of items (the daemon's event path).
+
+A crash anywhere leaves a state that the next pass repairs: a share file written but
+not yet recorded in the index is simply seen as a (trusted) change of the share.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import stat as stat_mod
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import formats, layout
+from .cache import Cache, entry
+from .config import Settings
+from .formats import FormatError
+from .index import Index, MemoryRow, SkillRow, State, memory_row_sig, skill_row_sig
+from .layout import MEM, SKILL, ItemId
+from .reconcile import ABSENT, INDEX, SHARE, Obs, Plan, Version, reconcile
+from .share import FileRefused, Problem, Share, Walk, settled, sig_of
+
+log = logging.getLogger("meshsync")
+
+BATCH = 500  # rows per index write transaction: short, so other writers are never starved
+
+
+@dataclass(slots=True)
+class ShareFile:
+    """A share file seen in the walk but not read (its signature was unchanged)."""
+
+    sig: str | None
+
+
+@dataclass(slots=True)
+class ShareMem:
+    rec: formats.MemoryRecord
+    sig: str | None
+    hash: str
+
+
+@dataclass(slots=True)
+class ShareSkill:
+    content: bytes | None
+    path: str | None
+    extras: str
+    sig: str | None
+    hash: str
+
+
+@dataclass(slots=True)
+class IndexMem:
+    row: MemoryRow
+    value: Any
+    text: str
+
+
+@dataclass(slots=True)
+class IndexSkill:
+    row: SkillRow
+
+
+@dataclass(slots=True)
+class PassStats:
+    """What one pass saw and did; also the body of ``status --json``'s last_pass."""
+
+    started: float = 0.0
+    seconds: float = 0.0
+    scanned: int = 0
+    read: int = 0
+    reconciled: int = 0
+    to_share: int = 0
+    to_index: int = 0
+    deleted: int = 0
+    conflicts: int = 0
+    refused: int = 0
+    errors: int = 0
+    cache_written: bool = False
+    full: bool = True
+    changed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__slots__ if k != "changed"}
+        d["changed_sample"] = self.changed[:20]
+        return d
+
+
+class Node:
+    """One node: its share, index and cache, and the pass that keeps them in step."""
+
+    def __init__(self, settings: Settings, *, index: Index | None = None):
+        self.s = settings
+        self.node = settings.node_id
+        gid = None
+        if settings.share_files.group:
+            g = settings.share_files.group
+            gid = int(g) if g.isdigit() else grp.getgrnam(g).gr_gid
+        mode = int(settings.share_files.file_mode, 8) if settings.share_files.file_mode else None
+        self.share = Share(settings.share, max_file_bytes=settings.limits.max_file_bytes,
+                           fsync=settings.share_files.fsync, file_mode=mode, gid=gid)
+        self.index = index or Index(settings.index)
+        self.cache = Cache(settings.openclaw_home)
+        self.progress: Callable[[str, int, int | None], None] | None = None
+
+    def close(self) -> None:
+        self.index.close()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def readable(self, item: ItemId) -> bool:
+        return item.kind == SKILL or self.s.may_read(item.scope)
+
+    def writable(self, item: ItemId) -> bool:
+        return item.kind == SKILL or self.s.may_write(item.scope)
+
+    def _tick(self, what: str, done: int, total: int | None) -> None:
+        if self.progress is not None:
+            self.progress(what, done, total)
+
+    @staticmethod
+    def _base(st: State | None) -> Version | None:
+        if st is None:
+            return None
+        return Version(st.stamp, st.node, st.digest, st.deleted)
+
+    def _index_stamp(self, updated_at: int, now_ms: int) -> int:
+        if updated_at > 100_000_000_000:  # a client that wrote milliseconds
+            return updated_at
+        if updated_at == now_ms // 1000:
+            return now_ms  # written this second: keep sub-second order
+        return updated_at * 1000
+
+    # --- the pass -------------------------------------------------------------------------------
+
+    def sync(self, only: Iterable[ItemId] | None = None, *, full_index: bool = False) -> PassStats:
+        """One two-way pass.  Raises ShareUnavailable (and changes nothing) when the
+        share is not there."""
+        t0 = time.monotonic()
+        stats = PassStats(started=time.time(), full=only is None)
+        self.share.check()
+        self.share.forget_dirs()
+        now_ms = int(time.time() * 1000)
+        now_ns = time.time_ns()
+        state = self.index.load_state()
+        seq, outbox = self.index.outbox()
+        if full_index or self.index.meta("index_scanned") != "1":
+            outbox |= self.index.all_items()
+
+        walk = Walk()
+        share_obs: dict[ItemId, Obs] = {}
+        share_unknown: set[ItemId] = set()
+        problems: list[Problem] = []
+
+        if only is None:
+            self._walk(walk, now_ns)
+            stats.scanned = len(walk.memory) + len(walk.skills)
+            candidates = self._detect_share(walk, state, share_obs, share_unknown, problems, now_ms, stats)
+            candidates |= self._detect_tombstones(walk, state, share_obs, problems, now_ms)
+        else:
+            candidates = set(only)
+            for item in candidates:
+                self._observe_share_item(item, state.get(item), share_obs, share_unknown, problems,
+                                         walk, now_ns, now_ms, stats)
+        candidates |= outbox
+        # The share check again: an unmount during the walk must not read as deletes (R5).
+        self.share.check()
+
+        items = [it for it in candidates if it.kind in (MEM, SKILL)]
+        refused_read = [it for it in items if not self.readable(it)]
+        items = sorted(it for it in items if self.readable(it))
+        index_obs, index_problems = self._detect_index(items, state, now_ms)
+        for it in items:
+            if it not in share_obs and it not in share_unknown and only is None:
+                # Not found in the walk: absent, unless its tombstone says more.
+                share_obs[it] = ABSENT
+
+        plans: list[tuple[ItemId, Plan, dict[str, Obs]]] = []
+        for it in items:
+            sides: dict[str, Obs] = {}
+            if it in share_obs and it not in share_unknown:
+                sides[SHARE] = share_obs[it]
+            if it in index_obs:
+                sides[INDEX] = index_obs[it]
+            if it.kind == MEM and not layout.valid_scope(it.scope):
+                index_problems[it] = (f"index row {it} has scope {it.scope!r}, which is not node, mesh or user:<id>",
+                                      "fix the scope; the row stays local and is not exported")
+                continue
+            if SHARE not in sides and INDEX not in sides:
+                continue
+            writable = frozenset({INDEX, "cache"} | ({SHARE} if self.writable(it) else set()))
+            plan = reconcile(self._base(state.get(it)), sides, now_ms=now_ms, node=self.node,
+                             writable=writable)
+            plans.append((it, plan, sides))
+        stats.reconciled = len(plans)
+
+        changed_mem, changed_skills = self._apply(plans, state, stats, index_problems, now_ms)
+        self._finish(walk, problems, index_problems, refused_read, seq, state, changed_mem,
+                     changed_skills, stats, now_ms, only is None)
+        stats.seconds = round(time.monotonic() - t0, 4)
+        return stats
+
+    # --- detection: share ---------------------------------------------------------------------
+
+    def _walk(self, walk: Walk, now_ns: int) -> None:
+        sh = self.share
+        for top in (layout.MEMORY, layout.SKILLS):
+            st = sh.lstat(top)
+            if st is None or not stat_mod.S_ISDIR(st.st_mode):
+                walk.unknown.append(top)
+                walk.problems.append(Problem(top, "the share's top-level folder is missing or not a folder",
+                                             "run `meshsync init` to recreate it; nothing was deleted"))
+        if not walk.is_unknown(layout.MEMORY):
+            if self.s.may_read("mesh"):
+                sh.walk_memory_dir(f"{layout.MEMORY}/mesh", walk, now_ns)
+            for name in sh.walk_subdirs(f"{layout.MEMORY}/user", walk):
+                try:
+                    uid = layout.decode(name)
+                except layout.Shortened:
+                    uid = None
+                except layout.LayoutError as exc:
+                    walk.problems.append(Problem(f"{layout.MEMORY}/user/{name}", f"folder name: {exc}",
+                                                 f"rename it to {layout.encode(name)}"))
+                    continue
+                if uid is None or self.s.may_read("user:" + uid):
+                    sh.walk_memory_dir(f"{layout.MEMORY}/user/{name}", walk, now_ns)
+            if self.s.may_read("node"):
+                sh.walk_memory_dir(f"{layout.MEMORY}/node/{layout.encode(self.node)}", walk, now_ns)
+        if not walk.is_unknown(layout.SKILLS):
+            names = sh.walk_subdirs(layout.SKILLS, walk)
+            for i, name in enumerate(names):
+                rel = f"{layout.SKILLS}/{name}"
+                walk.skills[rel] = sh.walk_skill(rel, walk, now_ns)
+                if i % 50 == 0:
+                    self._tick("scanning skills", i, len(names))
+        sh.walk_tombstones(walk, now_ns)
+
+    def _detect_share(self, walk: Walk, state: dict[ItemId, State], share_obs: dict[ItemId, Obs],
+                      unknown: set[ItemId], problems: list[Problem], now_ms: int,
+                      stats: PassStats) -> set[ItemId]:
+        by_rel: dict[str, ItemId] = {}
+        for it, st in state.items():
+            if st.rel is not None and not st.deleted:
+                by_rel[st.rel] = it
+        changed: set[ItemId] = set()
+        mem = walk.memory
+        total = len(mem)
+        for n, (rel, fe) in enumerate(mem.items()):
+            it = by_rel.get(rel)
+            if it is not None:
+                st = state[it]
+                if fe.settled and st.share_sig == fe.sig:
+                    continue
+            if n % 2000 == 0:
+                self._tick("reading changed files", n, total)
+            stats.read += 1
+            got = self._read_memory(rel, fe.sig if fe.settled else None, problems)
+            if got is None:
+                if it is not None:
+                    unknown.add(it)
+                continue
+            it2, obs = got
+            if it is not None and it2 != it:
+                unknown.add(it)
+            st = state.get(it2)
+            if st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel:
+                obs = Obs(self._base(st), True, obs.payload)
+                if st.share_sig == obs.payload.sig:
+                    continue
+            share_obs[it2] = obs
+            changed.add(it2)
+        for rel, sd in walk.skills.items():
+            it = by_rel.get(rel)
+            if it is not None and sd.settled and state[it].share_sig == sd.sig:
+                continue
+            stats.read += 1
+            got = self._read_skill(sd.rel, sd.files, sd.sig if sd.settled else None, state, problems)
+            if got is None:
+                if it is not None:
+                    unknown.add(it)
+                continue
+            it2, obs = got
+            st = state.get(it2)
+            if st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel:
+                obs = Obs(self._base(st), True, obs.payload)
+                if st.share_sig == obs.payload.sig:
+                    continue
+            share_obs[it2] = obs
+            changed.add(it2)
+        # Items the share had at the last pass and no longer has.
+        for rel, it in by_rel.items():
+            if it.kind == MEM and rel not in mem or it.kind == SKILL and rel not in walk.skills:
+                if walk.is_unknown(rel) or not self.readable(it):
+                    continue
+                changed.add(it)
+        return changed
+
+    def _read_memory(self, rel: str, sig: str | None, problems: list[Problem]) -> tuple[ItemId, Obs] | None:
+        try:
+            scope, key = _memory_rel(rel, self.node)
+        except layout.LayoutError as exc:
+            stem = rel.rsplit("/", 1)[-1][:-5]
+            problems.append(Problem(rel, f"file name is not in meshsync's encoding ({exc})",
+                                    f"rename it to {layout.encode(stem)}.json to import it as key {stem!r}"))
+            return None
+        try:
+            data, st = self.share.read(rel)
+        except FileRefused as exc:
+            problems.append(exc.problem)
+            return None
+        except FileNotFoundError:
+            return None
+        try:
+            rec = formats.parse_memory(data, scope, key, self.s.limits.max_json_depth)
+        except FormatError as exc:
+            problems.append(Problem(rel, str(exc), "fix the file (it needs at least {\"value\": ...}); "
+                                    "the last good version is kept until then"))
+            return None
+        it = layout.memory_id(rec.scope, rec.key)
+        if scope is None or key is None:
+            if layout.item_path(it, self.node) != rel:
+                problems.append(Problem(rel, "its scope/key do not match its shortened name",
+                                        "remove the file or restore its scope and key"))
+                return None
+        if rec.scope == "node" and "/node/" not in rel:
+            problems.append(Problem(rel, "says scope node but is not in this node's folder", "fix the scope"))
+            return None
+        if not self.readable(it):
+            return None
+        h = formats.digest_bytes(data)
+        if rec.trusted:
+            v = Version(rec.stamp, rec.node, rec.digest)  # type: ignore[arg-type]
+        else:
+            mtime_ms = st.st_mtime_ns // 1_000_000
+            v = Version(max(rec.stamp or 0, mtime_ms), rec.node or self.node, rec.digest)
+        return it, Obs(v, rec.trusted, ShareMem(rec, sig, h))
+
+    def _read_skill(self, rel: str, files: list, sig: str | None, state: dict[ItemId, State],
+                    problems: list[Problem]) -> tuple[ItemId, Obs] | None:
+        name_seg = rel.rsplit("/", 1)[-1]
+        content: bytes | None = None
+        meta: formats.SkillMeta | None = None
+        extras: list[tuple[str, str]] = []
+        newest = 0
+        for fe in files:
+            sub = fe.rel[len(rel) + 1:]
+            limit = self.s.limits.max_skill_bytes if sub == layout.SKILL_MD else None
+            try:
+                data, st = self.share.read(fe.rel, limit)
+            except FileRefused as exc:
+                problems.append(exc.problem)
+                if sub in (layout.SKILL_MD, layout.SKILL_JSON):
+                    return None
+                continue
+            except FileNotFoundError:
+                return None
+            newest = max(newest, st.st_mtime_ns // 1_000_000)
+            if sub == layout.SKILL_MD:
+                content = data
+            elif sub == layout.SKILL_JSON:
+                try:
+                    meta = formats.parse_skill_json(data)
+                except FormatError as exc:
+                    problems.append(Problem(fe.rel, str(exc), "fix skill.json or delete it (it is optional)"))
+                    return None
+            else:
+                extras.append((sub, formats.digest_bytes(data)))
+        try:
+            name: str | None = layout.decode(name_seg)
+        except layout.Shortened:
+            name = meta.name if meta else None
+        except layout.LayoutError as exc:
+            problems.append(Problem(rel, f"folder name: {exc}", f"rename it to skills/{layout.encode(name_seg)}"))
+            return None
+        if name is None or layout.item_path(layout.skill_id(name), self.node) != rel:
+            problems.append(Problem(rel, "skill folder name does not match the name in skill.json",
+                                    "rename the folder or fix skill.json's name"))
+            return None
+        if meta is not None and meta.name is not None and meta.name != name:
+            problems.append(Problem(f"{rel}/{layout.SKILL_JSON}", f"says name {meta.name!r} but the folder means {name!r}",
+                                    "fix the name in skill.json or rename the folder"))
+            return None
+        path = meta.path if meta else None
+        if content is None and path is None:
+            problems.append(Problem(rel, "skill folder has no SKILL.md (and skill.json gives no path)",
+                                    "add a SKILL.md; the folder is ignored until then"))
+            return None
+        if content is not None:
+            try:
+                content.decode("utf-8")
+            except UnicodeDecodeError:
+                problems.append(Problem(f"{rel}/{layout.SKILL_MD}", "is not UTF-8 text", "save it as UTF-8"))
+                return None
+        ex = formats.extras_digest(extras)
+        digest = formats.skill_digest(content, path, ex)
+        it = layout.skill_id(name)
+        trusted = bool(meta and meta.rev and meta.node and meta.stamp is not None
+                       and meta.rev == formats.rev(it, digest, meta.stamp, meta.node))
+        if trusted:
+            v = Version(meta.stamp, meta.node, digest)  # type: ignore[union-attr,arg-type]
+        else:
+            declared = meta.stamp if meta and meta.stamp is not None else 0
+            v = Version(max(declared, newest), (meta.node if meta and meta.node else self.node), digest)
+        return it, Obs(v, trusted, ShareSkill(content, path, ex, sig, digest))
+
+    def _observe_share_item(self, item: ItemId, st: State | None, share_obs: dict[ItemId, Obs],
+                            unknown: set[ItemId], problems: list[Problem], walk: Walk, now_ns: int,
+                            now_ms: int, stats: PassStats) -> None:
+        """Targeted detection of one item (daemon path)."""
+        if not self.readable(item):
+            return
+        try:
+            rel = layout.item_path(item, self.node)
+        except layout.LayoutError:
+            return
+        lst = self.share.lstat(rel)
+        tomb = self._read_tomb(item, problems)
+        if lst is None:
+            share_obs[item] = tomb or ABSENT
+            return
+        stats.read += 1
+        if item.kind == MEM:
+            got = self._read_memory(rel, sig_of(lst) if settled(lst, now_ns) else None, problems)
+        else:
+            sd = self.share.walk_skill(rel, walk, now_ns)
+            got = self._read_skill(rel, sd.files, sd.sig if sd.settled else None, {}, problems)
+        if got is None or got[0] != item:
+            unknown.add(item)
+            return
+        obs = got[1]
+        if tomb is not None and tomb.version is not None and tomb.version.order > obs.version.order:  # type: ignore[union-attr]
+            obs = tomb
+        if st is not None and not st.deleted and st.share_hash == obs.payload.hash if obs.payload else False:
+            obs = Obs(self._base(st), True, obs.payload)
+        share_obs[item] = obs
+
+    def _read_tomb(self, item: ItemId, problems: list[Problem]) -> Obs | None:
+        rel = layout.tombstone_path(item, self.node)
+        try:
+            data, _ = self.share.read(rel, 64 * 1024)
+            t_item, stamp, node = formats.parse_tombstone(data)
+        except FileNotFoundError:
+            return None
+        except (FileRefused, FormatError):
+            return None
+        if t_item != item:
+            return None
+        return Obs(Version(stamp, node, deleted=True), True, None)
+
+    def _detect_tombstones(self, walk: Walk, state: dict[ItemId, State], share_obs: dict[ItemId, Obs],
+                           problems: list[Problem], now_ms: int) -> set[ItemId]:
+        """Fold the share's tombstones into its observations.  When a file and a
+        tombstone both exist (a crash between the two writes, or a re-creation), the
+        newer wins and the side is marked dirty so that apply removes the other."""
+        changed: set[ItemId] = set()
+        horizon = now_ms - int(self.s.tombstone_retention_days * 86_400_000)
+        for rel in walk.tombstones:
+            try:
+                data, _ = self.share.read(rel, 64 * 1024)
+                item, stamp, node = formats.parse_tombstone(data)
+                if layout.tombstone_path(item, self.node) != rel:
+                    continue  # another node's node-scope tombstone, or a stray file
+            except (FileRefused, FormatError, FileNotFoundError, layout.LayoutError):
+                continue  # tombstones are ours; a broken one only loses its protection
+            if stamp < horizon:
+                self.share.remove(rel)
+                continue
+            if not self.readable(item):
+                continue
+            tv = Version(stamp, node, deleted=True)
+            st = state.get(item)
+            item_rel = layout.item_path(item, self.node)
+            cur = share_obs.get(item)
+            present = item_rel in (walk.memory if item.kind == MEM else walk.skills)
+            if cur is None and present:
+                if walk.is_unknown(item_rel) or not base_live(st):
+                    continue  # the file could not be read: leave both alone this time
+                fe = walk.memory.get(item_rel) if item.kind == MEM else walk.skills.get(item_rel)
+                cur = Obs(self._base(st), True, ShareFile(fe.sig if fe else None))
+            if cur is None or cur.version is None:
+                share_obs[item] = Obs(tv, True, None)
+                if st is None or not (st.deleted and st.stamp == stamp and st.node == node):
+                    changed.add(item)
+                continue
+            if effective_order(cur, st) < tv.order:
+                share_obs[item] = Obs(tv, True, cur.payload, dirty=True)
+            else:
+                share_obs[item] = Obs(cur.version, cur.trusted, cur.payload, dirty=True)
+            changed.add(item)
+        return changed
+
+    # --- detection: index -------------------------------------------------------------------------
+
+    def _detect_index(self, items: list[ItemId], state: dict[ItemId, State],
+                      now_ms: int) -> tuple[dict[ItemId, Obs], dict[ItemId, tuple[str, str] | None]]:
+        obs: dict[ItemId, Obs] = {}
+        problems: dict[ItemId, tuple[str, str] | None] = {}
+        mem = [it for it in items if it.kind == MEM]
+        skills = [it for it in items if it.kind == SKILL]
+        with self.index.read():
+            if len(mem) > 2000:
+                rows = {}
+                for scope, key, value, node_id, updated_at in self.index.all_memory_rows():
+                    rows[ItemId(MEM, scope, key)] = MemoryRow(value, node_id, updated_at)
+            else:
+                rows = self.index.memory_rows(mem)
+            srows = self.index.skill_rows(skills)
+        for it in mem:
+            st = state.get(it)
+            row = rows.get(it)
+            if row is None:
+                obs[it] = ABSENT
+                problems[it] = None
+                continue
+            if st is not None and st.row_sig == row.sig:
+                obs[it] = Obs(self._base(st), True, None)
+                problems[it] = None
+                continue
+            try:
+                if not isinstance(row.value, str):
+                    raise FormatError(f"value is a {type(row.value).__name__}, not JSON text")
+                value = formats.loads(row.value, self.s.limits.max_json_depth)
+            except FormatError as exc:
+                problems[it] = (f"index row {it}: {exc}", "write valid JSON text into mesh_memory.value; "
+                                "the last good version stays on the share and in the cache")
+                continue
+            text = formats.canonical(value)
+            v = Version(self._index_stamp(int(row.updated_at), now_ms), str(row.node_id) or self.node,
+                        formats.digest_bytes(text))
+            obs[it] = Obs(v, False, IndexMem(row, value, text.decode("utf-8")))
+            problems[it] = None
+        for it in skills:
+            st = state.get(it)
+            srow = srows.get(it)
+            problems[it] = None
+            if srow is None:
+                obs[it] = ABSENT
+                continue
+            if st is not None and st.row_sig == srow.sig:
+                obs[it] = Obs(self._base(st), True, None)
+                continue
+            content = srow.content.encode("utf-8", "surrogatepass") if srow.content is not None else None
+            d = formats.skill_digest(content, srow.path, (st.aux or "") if st else "")
+            v = Version(self._index_stamp(int(srow.updated_at), now_ms), srow.source_node or self.node, d)
+            obs[it] = Obs(v, False, IndexSkill(srow))
+        return obs, problems
+
+    # --- apply --------------------------------------------------------------------------------------
+
+    def _apply(self, plans: list[tuple[ItemId, Plan, dict[str, Obs]]], state: dict[ItemId, State],
+               stats: PassStats, index_problems: dict[ItemId, tuple[str, str] | None],
+               now_ms: int) -> tuple[bool, dict[str, str | None]]:
+        changed_mem = False
+        changed_skills: dict[str, str | None] = {}
+        pending: list[tuple[ItemId, Plan, dict[str, Obs], State | None]] = []
+        total = len(plans)
+        for n, (it, plan, sides) in enumerate(plans):
+            if n % 2000 == 0:
+                self._tick("applying", n, total)
+            new_state = self._apply_share(it, plan, sides, state.get(it), stats, index_problems)
+            pending.append((it, plan, sides, new_state))
+            if len(pending) >= BATCH:
+                cm, cs = self._apply_index(pending, state, stats, index_problems)
+                changed_mem |= cm
+                changed_skills.update(cs)
+                pending = []
+        if pending:
+            cm, cs = self._apply_index(pending, state, stats, index_problems)
+            changed_mem |= cm
+            changed_skills.update(cs)
+        return changed_mem, changed_skills
+
+    def _apply_share(self, it: ItemId, plan: Plan, sides: dict[str, Obs], st: State | None,
+                     stats: PassStats, index_problems: dict) -> State | None:
+        """Write the share side; return the state the item will have once the index is
+        written too (None: leave the item for the next pass)."""
+        win = plan.winner
+        if plan.refused:
+            index_problems[it] = (f"local write to {it} refused: this node may not write scope {it.scope!r}",
+                                  "add the scope to scopes.write, or undo the write; it stays local meanwhile")
+            stats.refused += 1
+            return None
+        if win is None:
+            return None
+        sh_obs = sides.get(SHARE)
+        src_payload = sides[plan.source].payload if plan.source in sides else None
+        rel = layout.item_path(it, self.node)
+        share_sig = st.share_sig if st else None
+        share_hash = st.share_hash if st else None
+        aux = st.aux if st else None
+        if sh_obs is not None and sh_obs.payload is not None and isinstance(sh_obs.payload, ShareMem | ShareSkill):
+            share_sig, share_hash = sh_obs.payload.sig, sh_obs.payload.hash
+            if isinstance(sh_obs.payload, ShareSkill):
+                aux = sh_obs.payload.extras
+        digest = win.digest
+        try:
+            if SHARE in plan.write:
+                if not self._share_unchanged(rel, sh_obs, it):
+                    return None
+                if win.deleted:
+                    self.share.write(layout.tombstone_path(it, self.node), formats.render_tombstone(it, win.stamp, win.node))
+                    if it.kind == MEM:
+                        self.share.remove(rel)
+                    else:
+                        self.share.remove_tree(rel)
+                    share_sig = share_hash = None
+                elif it.kind == MEM:
+                    value = self._winner_value(it, src_payload)
+                    data = formats.render_memory(it, value, digest, win.stamp, win.node)
+                    st_new = self.share.write(rel, data)
+                    share_sig = sig_of(st_new) if settled(st_new, time.time_ns()) else None
+                    share_hash = formats.digest_bytes(data)
+                    self.share.remove(layout.tombstone_path(it, self.node))
+                else:
+                    digest, share_sig, share_hash, aux = self._write_skill(it, rel, win, src_payload, sh_obs, aux)
+                    self.share.remove(layout.tombstone_path(it, self.node))
+                stats.to_share += 1
+                stats.changed.append(str(it))
+        except FileRefused as exc:
+            index_problems[it] = (f"cannot write {exc.problem.path} on the share: {exc.problem.reason}",
+                                  exc.problem.hint)
+            return None
+        except OSError as exc:
+            index_problems[it] = (f"cannot write {rel} on the share: {exc.strerror}",
+                                  "check the share's permissions and free space; retried on the next pass")
+            return None
+        return State(win.stamp, win.node, digest, win.deleted, share_sig, share_hash,
+                     st.row_sig if st else None, None if win.deleted else rel, aux)
+
+    def _share_unchanged(self, rel: str, sh_obs: Obs | None, it: ItemId) -> bool:
+        """Compare-and-set on the share: the file must still be what we observed, so a
+        hand edit that lands between our read and our write is not overwritten."""
+        if it.kind == SKILL or sh_obs is None:
+            return True
+        cur = self.share.lstat(rel)
+        sig = getattr(sh_obs.payload, "sig", False)
+        if sig is not False:
+            return cur is not None and (sig is None or sig_of(cur) == sig)
+        if sh_obs.version is None or sh_obs.version.deleted:
+            return cur is None
+        return cur is not None
+
+    def _winner_value(self, it: ItemId, payload: Any) -> Any:
+        """The winning value; from the index row when the winner was not read this pass."""
+        if isinstance(payload, IndexMem):
+            return payload.value
+        if isinstance(payload, ShareMem):
+            return payload.rec.value
+        row = self.index.memory_rows([it]).get(it)
+        if row is None:
+            raise FileRefused(Problem(layout.item_path(it, self.node), "no value to write for this item", ""))
+        return formats.loads(row.value)
+
+    def _write_skill(self, it: ItemId, rel: str, win: Version, payload: Any, sh_obs: Obs | None,
+                     aux: str | None) -> tuple[str, str | None, str | None, str | None]:
+        if isinstance(payload, IndexSkill):
+            content = payload.row.content.encode("utf-8", "surrogatepass") if payload.row.content is not None else None
+            path = payload.row.path
+        elif isinstance(payload, ShareSkill):
+            content, path = payload.content, payload.path
+        else:
+            raise FileRefused(Problem(rel, "no content to write for the skill", ""))
+        extras = aux or ""
+        if isinstance(sh_obs.payload if sh_obs else None, ShareSkill):
+            extras = sh_obs.payload.extras  # type: ignore[union-attr]
+        digest = formats.skill_digest(content, path, extras)
+        if not isinstance(payload, ShareSkill):
+            if content is not None:
+                self.share.write(f"{rel}/{layout.SKILL_MD}", content)
+            else:
+                self.share.remove(f"{rel}/{layout.SKILL_MD}")
+        self.share.write(f"{rel}/{layout.SKILL_JSON}", formats.render_skill_json(it, path, digest, win.stamp, win.node))
+        return digest, None, digest, extras
+
+    def _apply_index(self, pending: list[tuple[ItemId, Plan, dict[str, Obs], State | None]],
+                     state: dict[ItemId, State], stats: PassStats,
+                     index_problems: dict) -> tuple[bool, dict[str, str | None]]:
+        changed_mem = False
+        changed_skills: dict[str, str | None] = {}
+        idx = self.index
+        with idx.write() as db:
+            for it, plan, sides, new in pending:
+                if new is None:
+                    continue
+                win = plan.winner
+                assert win is not None
+                ix = sides.get(INDEX)
+                seen_sig = None
+                if ix is not None and ix.version is not None:
+                    seen_sig = ix.payload.row.sig if ix.payload is not None else (state[it].row_sig if it in state else None)
+                cur_sig = idx.current_row_sig(db, it)
+                if ix is not None and cur_sig != seen_sig:
+                    continue  # a foreign write landed since we looked: next pass
+                row_sig = cur_sig
+                src = sides[plan.source].payload if plan.source in sides else None
+                if win.deleted:
+                    if cur_sig is not None:
+                        idx.delete_row(db, it)
+                        stats.to_index += 1
+                    row_sig = None
+                    stats.deleted += 1 if base_live(state.get(it)) else 0
+                elif it.kind == MEM:
+                    if isinstance(src, IndexMem):
+                        text = src.row.value
+                    elif isinstance(src, ShareMem):
+                        text = src.rec.text.decode("utf-8")
+                    else:
+                        text = None
+                    if text is None:
+                        if cur_sig is None:
+                            continue
+                    else:
+                        want = memory_row_sig(text, win.node, win.stamp // 1000)
+                        if want != cur_sig:
+                            idx.set_memory(db, it, text, win.node, win.stamp // 1000, cur_sig is not None)
+                            stats.to_index += 1
+                        row_sig = want
+                else:
+                    if isinstance(src, IndexSkill):
+                        content, path = src.row.content, src.row.path
+                        have = True
+                    elif isinstance(src, ShareSkill):
+                        content = src.content.decode("utf-8") if src.content is not None else None
+                        path, have = src.path, True
+                    else:
+                        content = path = None
+                        have = False
+                    if have:
+                        want = skill_row_sig(content, path, win.node, win.stamp // 1000)
+                        if want != cur_sig:
+                            idx.set_skill(db, it, content, path, win.node, win.stamp // 1000, cur_sig is not None)
+                            stats.to_index += 1
+                        row_sig = want
+                    elif cur_sig is None:
+                        continue
+                new.row_sig = row_sig
+                old = state.get(it)
+                moved = old is None or not self._base(old).same(win)  # type: ignore[union-attr]
+                if moved and self.readable(it):
+                    if it.kind == MEM:
+                        changed_mem = True
+                    else:
+                        changed_skills[it.key] = None if win.deleted else _skill_content(src, it, db)
+                for side, v, payload in plan.beaten:
+                    idx.add_conflict(db, it, side, v.stamp, v.node, _loser_text(payload), win.stamp,
+                                     win.node, win.deleted)
+                    stats.conflicts += 1
+                    log.warning("conflict on %s: version from %s (%s) beaten by %s (%s)", it, v.node,
+                                _fmt_ms(v.stamp), win.node, _fmt_ms(win.stamp))
+                idx.put_state(db, it, new)
+                state[it] = new
+        return changed_mem, changed_skills
+
+    # --- finish --------------------------------------------------------------------------------------
+
+    def _finish(self, walk: Walk, problems: list[Problem], index_problems: dict, refused_read: list[ItemId],
+                seq: int, state: dict[ItemId, State], changed_mem: bool,
+                changed_skills: dict[str, str | None], stats: PassStats, now_ms: int, full: bool) -> None:
+        idx = self.index
+        all_problems = walk.problems + problems
+        with idx.write() as db:
+            if full:
+                idx.replace_errors(db, "file", [(p.path, p.reason, p.hint) for p in all_problems])
+            else:
+                for p in all_problems:
+                    idx.replace_errors_one(db, "file", p.path, (p.reason, p.hint))
+            for it in refused_read:
+                index_problems[it] = (f"index row {it} is in a scope this node may not read",
+                                      "it stays local and is not exported; add the scope to scopes.read to sync it")
+            for it, prob in index_problems.items():
+                idx.replace_errors_one(db, "index", f"index:{it}", prob)
+            idx.ack_outbox(db, seq)
+            if self.index.meta("index_scanned") != "1":
+                idx.set_meta(db, index_scanned="1")
+            horizon = now_ms - int(self.s.tombstone_retention_days * 86_400_000)
+            db.execute("DELETE FROM meshsync_state WHERE deleted = 1 AND stamp < ?", (horizon,))
+            chorizon = now_ms - int(self.s.conflict_retention_days * 86_400_000)
+            db.execute("DELETE FROM meshsync_conflicts WHERE at < ?", (chorizon,))
+            if full:
+                idx.check_fts(db)
+        stats.errors = len(all_problems) + sum(1 for p in index_problems.values() if p)
+        for p in all_problems:
+            log.debug("skipped %s: %s", p.path, p.reason)
+
+        cache_sig = idx.meta("cache_sig")
+        if changed_mem or cache_sig is None or cache_sig != self.cache.memory_sig():
+            self._tick("writing cache", 0, None)
+            sig = self.cache.write_memory(self._cache_entries())
+            stats.cache_written = True
+            with idx.write() as db:
+                idx.set_meta(db, cache_sig=sig or "")
+        if changed_skills or not self.cache.skills_dir.exists():
+            live = {name: c for name, c in changed_skills.items() if c is not None}
+            removed = [name for name, c in changed_skills.items() if c is None]
+            if not self.cache.skills_dir.exists():
+                live = {n: c for n, c, _p, _s, _u in
+                        ((r[0], r[1], r[2], r[3], r[4]) for r in idx.all_skill_rows()) if c is not None}
+            self.cache.sync_skills(live, removed)
+            self.cache.skills_dir.mkdir(parents=True, exist_ok=True)
+        with idx.write() as db:
+            idx.set_meta(db, last_sync=str(time.time()), share_status="available", share_reason="",
+                         last_pass=_json(stats.as_dict()))
+
+    def _cache_entries(self) -> dict[str, dict[str, Any]]:
+        bad = {r["path"][6:] for r in self.index.errors() if r["kind"] == "index"}
+        old: dict[str, Any] | None = None
+        out: dict[str, dict[str, Any]] = {}
+        with self.index.read():
+            for scope, key, value, node_id, updated_at in self.index.all_memory_rows():
+                if not self.s.may_read(scope) or not layout.valid_scope(scope):
+                    continue
+                ck = f"{scope}:{key}"
+                if bad and ck in bad:
+                    if old is None:
+                        old = self.cache.read_memory()
+                    if ck in old:
+                        out[ck] = old[ck]
+                    continue
+                out[ck] = entry(value, node_id, updated_at)
+        return out
+
+    def record_unavailable(self, reason: str) -> None:
+        with self.index.write() as db:
+            self.index.set_meta(db, share_status="unavailable", share_reason=reason,
+                                share_checked=str(time.time()))
+
+    # --- local writes (CLI) -------------------------------------------------------------------------
+
+    def put_memory(self, scope: str, key: str, value: Any) -> None:
+        text = formats.canonical(value).decode("utf-8")
+        now = int(time.time())
+        with self.index.db as db:  # a plain write, exactly as any other client would make it
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value, node_id = excluded.node_id,"
+                " updated_at = excluded.updated_at", (scope, key, text, self.node, now))
+
+    def delete_item(self, item: ItemId) -> bool:
+        with self.index.db as db:
+            db.execute("BEGIN IMMEDIATE")
+            if item.kind == MEM:
+                cur = db.execute("DELETE FROM mesh_memory WHERE scope = ? AND key = ?", (item.scope, item.key))
+            else:
+                cur = db.execute("DELETE FROM mesh_skills WHERE name = ?", (item.key,))
+            return cur.rowcount > 0
+
+    def put_skill(self, name: str, content: str | None, path: str | None) -> None:
+        now = int(time.time())
+        with self.index.db as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO mesh_skills (name, source_node, content, path, updated_at) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(name) DO UPDATE SET source_node = excluded.source_node, content = excluded.content,"
+                " path = excluded.path, updated_at = excluded.updated_at", (name, self.node, content, path, now))
+
+
+def effective_order(obs: Obs, st: State | None) -> tuple:
+    """Order of an observation as reconcile would see it (fresh writes come after base)."""
+    from .reconcile import effective
+
+    base = Version(st.stamp, st.node, st.digest, st.deleted) if st is not None else None
+    v = effective(obs, base, 0, "")
+    return v.order if v is not None else (-1,)
+
+
+def base_live(st: State | None) -> bool:
+    return st is not None and not st.deleted
+
+
+def _memory_rel(rel: str, node_id: str) -> tuple[str | None, str | None]:
+    from .share import item_of_memory_rel
+
+    return item_of_memory_rel(rel, node_id)
+
+
+
+
+def _skill_content(src: Any, it: ItemId, db: Any) -> str | None:
+    if isinstance(src, IndexSkill):
+        return src.row.content
+    if isinstance(src, ShareSkill):
+        return src.content.decode("utf-8") if src.content is not None else None
+    r = db.execute("SELECT content FROM mesh_skills WHERE name = ?", (it.key,)).fetchone()
+    return r[0] if r else None
+
+
+def _loser_text(payload: Any) -> str | None:
+    if isinstance(payload, IndexMem):
+        return payload.text
+    if isinstance(payload, ShareMem):
+        return payload.rec.text.decode("utf-8")
+    if isinstance(payload, IndexSkill):
+        return payload.row.content
+    if isinstance(payload, ShareSkill):
+        return payload.content.decode("utf-8") if payload.content is not None else None
+    return None
+
+
+def _fmt_ms(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def _json(obj: Any) -> str:
+    import orjson
+
+    return orjson.dumps(obj).decode()
