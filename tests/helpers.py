@@ -1,0 +1,182 @@
+"""Shared helpers for multi-node tests: real `meshsync` processes on real folders.
+
+A ``MeshNode`` is one node's configuration (node id, share path, index, OpenClaw home)
+plus helpers to run the CLI, start the daemon, write with a foreign SQLite client and
+read its cache.  ``wait_for`` polls a condition with a deadline (never a bare sleep).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            v = cond()
+            if v:
+                return v
+        except Exception as exc:  # the condition may race with a writer; retry
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}"
+                                 + (f" (last error: {last_exc!r})" if last_exc else ""))
+        time.sleep(interval)
+
+
+@dataclass
+class MeshNode:
+    node_id: str
+    share: Path
+    home: Path  # this node's private folder: index, cache, config
+    extra_env: dict[str, str] = field(default_factory=dict)
+    daemon: subprocess.Popen | None = None
+
+    @property
+    def index(self) -> Path:
+        return self.home / "index.sqlite"
+
+    @property
+    def openclaw_home(self) -> Path:
+        return self.home / "openclaw"
+
+    @property
+    def cache_file(self) -> Path:
+        return self.openclaw_home / "mesh-memory.json"
+
+    @property
+    def cache_skills(self) -> Path:
+        return self.openclaw_home / "mesh" / "skills"
+
+    def env(self, **more: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESHSYNC_")}
+        env.update({
+            "MESHSYNC_NODE_ID": self.node_id,
+            "MESHSYNC_SHARE": str(self.share),
+            "MESHSYNC_INDEX": str(self.index),
+            "MESHSYNC_OPENCLAW_HOME": str(self.openclaw_home),
+            "MESHSYNC_SHARE_FILES__FSYNC": "false",
+            "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        })
+        env.update(self.extra_env)
+        env.update(more)
+        return env
+
+    def cli(self, *args: str, check: bool | int = True, input: str | None = None, timeout: float = 120,
+            **env: str) -> subprocess.CompletedProcess:
+        """Run ``meshsync ARGS`` as this node; ``check`` True means exit 0, an int means that code."""
+        p = subprocess.run([sys.executable, "-m", "meshsync", *args], env=self.env(**env), input=input,
+                           capture_output=True, text=True, timeout=timeout)
+        want = 0 if check is True else check
+        if check is not False and p.returncode != want:
+            raise AssertionError(f"meshsync {' '.join(args)} exited {p.returncode}, wanted {want}\n"
+                                 f"stdout: {p.stdout}\nstderr: {p.stderr}")
+        return p
+
+    def sync(self, check: bool | int = True) -> subprocess.CompletedProcess:
+        return self.cli("sync", check=check)
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "--json").stdout)
+
+    # --- the daemon -------------------------------------------------------------------
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen:
+        assert self.daemon is None, "daemon already running"
+        log = open(self.home / f"daemon-{self.node_id}.log", "ab")
+        self.daemon = subprocess.Popen([sys.executable, "-m", "meshsync", "run", *args], env=self.env(**env),
+                                       stdout=log, stderr=subprocess.STDOUT)
+        return self.daemon
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.daemon is not None
+        self.daemon.send_signal(sig)
+        try:
+            rc = self.daemon.wait(timeout)
+        finally:
+            if self.daemon.poll() is None:
+                self.daemon.kill()
+                self.daemon.wait()
+            self.daemon = None
+        return rc
+
+    def log(self) -> str:
+        p = self.home / f"daemon-{self.node_id}.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    # --- the index as another program sees it --------------------------------------------
+
+    def sql(self, query: str, params: tuple = ()) -> list[tuple]:
+        """Run SQL through a separate connection, as a foreign client would."""
+        db = sqlite3.connect(self.index, timeout=30, isolation_level=None)
+        try:
+            return db.execute(query, params).fetchall()
+        finally:
+            db.close()
+
+    def sqlite3_cli(self, script: str) -> str:
+        """Run SQL through the `sqlite3` command-line shell (a truly foreign writer)."""
+        p = subprocess.run(["sqlite3", "-cmd", ".timeout 30000", str(self.index)], input=script,
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise AssertionError(f"sqlite3 failed: {p.stderr}")
+        return p.stdout
+
+    def row(self, scope: str, key: str) -> tuple | None:
+        r = self.sql("SELECT value, node_id, updated_at FROM mesh_memory WHERE scope = ? AND key = ?", (scope, key))
+        return r[0] if r else None
+
+    def value(self, scope: str, key: str) -> Any:
+        r = self.row(scope, key)
+        return None if r is None else json.loads(r[0])
+
+    def cache(self) -> dict:
+        if not self.cache_file.exists():
+            return {}
+        return json.loads(self.cache_file.read_text())
+
+
+class Mesh:
+    """Several nodes sharing one folder under a test's tmp_path."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.share = root / "share"
+        self.nodes: list[MeshNode] = []
+
+    def node(self, node_id: str, share: Path | None = None, init: bool = True, **env: str) -> MeshNode:
+        home = self.root / f"node-{node_id}"
+        home.mkdir(parents=True, exist_ok=True)
+        n = MeshNode(node_id, share or self.share, home, dict(env))
+        if init:
+            n.cli("init")
+        self.nodes.append(n)
+        return n
+
+    def close(self) -> None:
+        for n in self.nodes:
+            if n.daemon is not None:
+                try:
+                    n.stop(timeout=10)
+                except Exception:
+                    pass
+
+
+def memfile(share: Path, scope_dir: str, name: str) -> Path:
+    """Path of a memory file: scope_dir is e.g. 'mesh' or 'user/alice'."""
+    return share / "memory" / scope_dir / name
