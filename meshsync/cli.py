@@ -381,7 +381,7 @@ def cmd_skill_ls(s: config.Settings, a: argparse.Namespace) -> int:
 def cmd_run(s: config.Settings, a: argparse.Namespace) -> int:
     from .daemon import run
 
-    return run(s)
+    return run(s, a.config)
 
 
 # --- parser -----------------------------------------------------------------------------------

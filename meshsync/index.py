@@ -260,12 +260,18 @@ class Index:
 
     # --- state -------------------------------------------------------------------------------
 
-    def load_state(self) -> dict[ItemId, State]:
+    def load_state(self, items: Iterable[ItemId] | None = None) -> dict[ItemId, State]:
+        """The base of every item, or of ``items`` only (the daemon's per-change path
+        must not cost O(all items))."""
         out: dict[ItemId, State] = {}
-        for kind, scope, key, stamp, node, digest, deleted, ssig, shash, rsig, rel, aux in self.db.execute(
-            "SELECT kind, scope, key, stamp, node, digest, deleted, share_sig, share_hash, row_sig,"
-            " rel, aux FROM meshsync_state"
-        ):
+        q = ("SELECT kind, scope, key, stamp, node, digest, deleted, share_sig, share_hash, row_sig,"
+             " rel, aux FROM meshsync_state")
+        if items is None:
+            rows: Iterable[tuple] = self.db.execute(q)
+        else:
+            q += " WHERE kind = ? AND scope = ? AND key = ?"
+            rows = [r for it in items for r in self.db.execute(q, (it.kind, it.scope, it.key))]
+        for kind, scope, key, stamp, node, digest, deleted, ssig, shash, rsig, rel, aux in rows:
             out[ItemId(kind, scope, key)] = State(stamp, node, digest, bool(deleted), ssig, shash, rsig,
                                                   rel, aux)
         return out

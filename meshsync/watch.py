@@ -1,0 +1,163 @@
+"""Change detection for the daemon: which items may have changed, and where to look.
+
+* ``choose_mode`` picks events or polling from the share's filesystem type: kernel
+  events (inotify) only report writes made through this kernel, so network and FUSE
+  filesystems, written by other hosts, are polled (through the journals, see
+  ``journal.py``, plus a slower full rescan).
+* ``ShareEvents`` turns watchdog events into item ids.  Editors that save by rename,
+  by truncate-and-write or in several writes all end in an event for the final path;
+  the pass reads the file after the burst has settled (debounce), and the share's
+  compare-and-set and signature checks catch a write still in progress on the next
+  event.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from . import layout
+from .layout import ItemId
+from .share import item_of_memory_rel
+
+LOCAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs", "f2fs", "reiserfs", "jfs",
+            "apfs", "hfs", "hfsplus", "overlay", "ramfs", "bcachefs", "nilfs2"}
+REMOTE_HINT = ("nfs", "cifs", "smb", "fuse", "9p", "ceph", "gluster", "afs", "davfs", "sshfs",
+               "lustre", "gpfs", "beegfs", "ocfs", "vboxsf", "virtiofs")
+
+
+def fs_type(path: Path) -> tuple[str, str]:
+    """(filesystem type, mount point) of path, from /proc/self/mountinfo."""
+    try:
+        real = os.path.realpath(path)
+        best = ("", "")
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                try:
+                    sep = parts.index("-")
+                except ValueError:
+                    continue
+                mnt = parts[4].encode().decode("unicode_escape")
+                fst = parts[sep + 1]
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[1]):
+                    best = (fst, mnt)
+        return best
+    except OSError:
+        return ("", "")
+
+
+def choose_mode(setting: str, share: Path) -> tuple[str, str]:
+    """(mode, why) for watch.mode = auto|events|poll."""
+    fst, mnt = fs_type(share)
+    if setting in ("events", "poll"):
+        return setting, f"forced by watch.mode (filesystem {fst or 'unknown'})"
+    if fst in LOCAL_FS:
+        return "events", f"{fst} at {mnt} is a local filesystem"
+    if any(h in fst for h in REMOTE_HINT):
+        return "poll", f"{fst} at {mnt} is a network or FUSE filesystem: other hosts' writes raise no events"
+    return "poll", f"unknown filesystem {fst or '?'} at {mnt or '?'}: polling is the safe choice"
+
+
+def item_of_rel(rel: str, node_id: str) -> ItemId | None | bool:
+    """The item a share path belongs to; None for paths that are no item; True when
+    only a full pass can tell (a whole folder moved, a shortened name)."""
+    parts = rel.split("/")
+    if any(layout.is_ignored_name(p) for p in parts if p != layout.META):
+        return None
+    if parts[0] == layout.META:
+        if len(parts) > 2 and parts[1] == "tombstones":
+            rest = "/".join(parts[2:])
+            if parts[2] == layout.SKILLS and len(parts) == 4 and parts[3].endswith(".json"):
+                try:
+                    return layout.skill_id(layout.decode(parts[3][:-5]))
+                except layout.LayoutError:
+                    return True
+            return item_of_rel(rest, node_id) if parts[2] == layout.MEMORY else None
+        return None
+    if parts[0] == layout.MEMORY:
+        if len(parts) < 3 or not parts[-1].endswith(".json"):
+            return True if len(parts) <= 3 else None  # a scope folder came or went
+        try:
+            scope, key = item_of_memory_rel(rel, node_id)
+        except layout.LayoutError:
+            return None
+        if scope is None or key is None:
+            return True
+        return layout.memory_id(scope, key)
+    if parts[0] == layout.SKILLS and len(parts) >= 2:
+        try:
+            return layout.skill_id(layout.decode(parts[1]))
+        except layout.LayoutError:
+            return True
+    if parts[0] in (layout.MEMORY, layout.SKILLS) and len(parts) == 1:
+        return True
+    return None
+
+
+class ShareEvents:
+    """Collects watchdog events on the share into a set of items (thread-safe)."""
+
+    def __init__(self, root: Path, node_id: str):
+        self.root = Path(root)
+        self.node_id = node_id
+        self.lock = threading.Lock()
+        self.items: set[ItemId] = set()
+        self.full = False
+        self.journal = False
+        self.wake = threading.Event()
+        self.observer = None
+
+    def _rel(self, path: str) -> str | None:
+        root = str(self.root)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not path.startswith(root + "/"):
+            return None
+        return path[len(root) + 1:]
+
+    def dispatch(self, event) -> None:
+        """watchdog handler entry point (called on the observer thread)."""
+        for p in (getattr(event, "src_path", None), getattr(event, "dest_path", None)):
+            if not p:
+                continue
+            rel = self._rel(p)
+            if rel is None:
+                continue
+            if rel.startswith(f"{layout.META}/journal/"):
+                with self.lock:
+                    self.journal = True
+                self.wake.set()
+                continue
+            it = item_of_rel(rel, self.node_id)
+            if it is None:
+                continue
+            with self.lock:
+                if it is True:
+                    self.full = True
+                else:
+                    self.items.add(it)  # type: ignore[arg-type]
+            self.wake.set()
+
+    def take(self) -> tuple[set[ItemId], bool, bool]:
+        with self.lock:
+            items, full, journal = self.items, self.full, self.journal
+            self.items, self.full, self.journal = set(), False, False
+        return items, full, journal
+
+    def start(self) -> None:
+        from watchdog.observers import Observer
+
+        self.stop()
+        obs = Observer()
+        obs.schedule(self, str(self.root), recursive=True)
+        obs.daemon = True
+        obs.start()
+        self.observer = obs
+
+    def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+            self.observer = None
