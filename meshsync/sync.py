@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import formats, layout
+from . import formats, journal, layout
 from .cache import Cache, entry
 from .config import Settings
 from .formats import FormatError
@@ -110,6 +110,7 @@ class Node:
         self.index = index or Index(settings.index)
         self.cache = Cache(settings.openclaw_home)
         self.progress: Callable[[str, int, int | None], None] | None = None
+        self.written: list[ItemId] = []  # items this pass wrote to the share (for the journal)
 
     def close(self) -> None:
         self.index.close()
@@ -148,12 +149,17 @@ class Node:
         stats = PassStats(started=time.time(), full=only is None)
         self.share.check()
         self.share.forget_dirs()
+        self.written = []
         now_ms = int(time.time() * 1000)
         now_ns = time.time_ns()
-        state = self.index.load_state()
         seq, outbox = self.index.outbox()
         if full_index or self.index.meta("index_scanned") != "1":
             outbox |= self.index.all_items()
+        if only is None:
+            state = self.index.load_state()
+        else:
+            only = set(only)
+            state = self.index.load_state(only | outbox)
 
         walk = Walk()
         share_obs: dict[ItemId, Obs] = {}
@@ -167,10 +173,11 @@ class Node:
             candidates |= self._detect_tombstones(walk, state, share_obs, problems, now_ms)
         else:
             candidates = set(only)
+            candidates |= outbox
+        if only is not None:
             for item in candidates:
                 self._observe_share_item(item, state.get(item), share_obs, share_unknown, problems,
-                                         walk, now_ns, now_ms, stats)
-        candidates |= outbox
+                                         walk, now_ns, stats)
         # The share check again: an unmount during the walk must not read as deletes (R5).
         self.share.check()
 
@@ -413,8 +420,8 @@ class Node:
 
     def _observe_share_item(self, item: ItemId, st: State | None, share_obs: dict[ItemId, Obs],
                             unknown: set[ItemId], problems: list[Problem], walk: Walk, now_ns: int,
-                            now_ms: int, stats: PassStats) -> None:
-        """Targeted detection of one item (daemon path)."""
+                            stats: PassStats) -> None:
+        """Targeted detection of one item (the daemon's per-change path)."""
         if not self.readable(item):
             return
         try:
@@ -422,7 +429,7 @@ class Node:
         except layout.LayoutError:
             return
         lst = self.share.lstat(rel)
-        tomb = self._read_tomb(item, problems)
+        tomb = self._read_tomb(item)
         if lst is None:
             share_obs[item] = tomb or ABSENT
             return
@@ -431,18 +438,23 @@ class Node:
             got = self._read_memory(rel, sig_of(lst) if settled(lst, now_ns) else None, problems)
         else:
             sd = self.share.walk_skill(rel, walk, now_ns)
+            problems.extend(walk.problems)
+            walk.problems.clear()
             got = self._read_skill(rel, sd.files, sd.sig if sd.settled else None, {}, problems)
         if got is None or got[0] != item:
             unknown.add(item)
             return
         obs = got[1]
-        if tomb is not None and tomb.version is not None and tomb.version.order > obs.version.order:  # type: ignore[union-attr]
-            obs = tomb
-        if st is not None and not st.deleted and st.share_hash == obs.payload.hash if obs.payload else False:
+        if st is not None and not st.deleted and st.share_hash == obs.payload.hash:
             obs = Obs(self._base(st), True, obs.payload)
+        if tomb is not None and tomb.version is not None:
+            if effective_order(obs, st) < tomb.version.order:
+                obs = Obs(tomb.version, True, obs.payload, dirty=True)
+            else:
+                obs = Obs(obs.version, obs.trusted, obs.payload, dirty=True)
         share_obs[item] = obs
 
-    def _read_tomb(self, item: ItemId, problems: list[Problem]) -> Obs | None:
+    def _read_tomb(self, item: ItemId) -> Obs | None:
         rel = layout.tombstone_path(item, self.node)
         try:
             data, _ = self.share.read(rel, 64 * 1024)
@@ -624,6 +636,7 @@ class Node:
                     self.share.remove(layout.tombstone_path(it, self.node))
                 stats.to_share += 1
                 stats.changed.append(str(it))
+                self.written.append(it)
         except FileRefused as exc:
             index_problems[it] = (f"cannot write {exc.problem.path} on the share: {exc.problem.reason}",
                                   exc.problem.hint)
@@ -780,12 +793,14 @@ class Node:
             idx.ack_outbox(db, seq)
             if self.index.meta("index_scanned") != "1":
                 idx.set_meta(db, index_scanned="1")
-            horizon = now_ms - int(self.s.tombstone_retention_days * 86_400_000)
-            db.execute("DELETE FROM meshsync_state WHERE deleted = 1 AND stamp < ?", (horizon,))
-            chorizon = now_ms - int(self.s.conflict_retention_days * 86_400_000)
-            db.execute("DELETE FROM meshsync_conflicts WHERE at < ?", (chorizon,))
             if full:
+                horizon = now_ms - int(self.s.tombstone_retention_days * 86_400_000)
+                db.execute("DELETE FROM meshsync_state WHERE deleted = 1 AND stamp < ?", (horizon,))
+                chorizon = now_ms - int(self.s.conflict_retention_days * 86_400_000)
+                db.execute("DELETE FROM meshsync_conflicts WHERE at < ?", (chorizon,))
                 idx.check_fts(db)
+        if self.written:
+            journal.append(self.share, self.node, self.written)
         stats.errors = len(all_problems) + sum(1 for p in index_problems.values() if p)
         for p in all_problems:
             log.debug("skipped %s: %s", p.path, p.reason)
