@@ -152,18 +152,21 @@ class Daemon:
                 "poll_interval": self.s.watch.poll_interval, "rescan_interval": self.s.watch.rescan_interval,
             }).decode())
 
+    def _unavailable(self, exc: ShareUnavailable) -> None:
+        if self.available is not False:
+            log.warning("share unavailable: %s; nothing will be deleted, retrying every %gs",
+                        exc, self.s.watch.poll_interval)
+            self.node.record_unavailable(str(exc))
+            self.events.stop()
+        self.available = False
+        self.need_full = True
+        self.notify.status(f"share unavailable: {exc}")
+
     def _pass(self, items: set[ItemId] | None) -> None:
         try:
             stats = self.node.sync(items)
         except ShareUnavailable as exc:
-            if self.available is not False:
-                log.warning("share unavailable: %s; nothing will be deleted, retrying every %.0fs",
-                            exc, self.s.watch.poll_interval)
-                self.node.record_unavailable(str(exc))
-                self.events.stop()
-            self.available = False
-            self.need_full = True
-            self.notify.status(f"share unavailable: {exc}")
+            self._unavailable(exc)
             return
         if self.available is False:
             log.info("share available again: resuming")
@@ -187,9 +190,14 @@ class Daemon:
     def _collect(self) -> None:
         now = time.monotonic()
         items, full, jr = self.events.take()
-        if self.mode == "poll" and now - self.last_poll >= self.s.watch.poll_interval:
+        if now - self.last_poll >= self.s.watch.poll_interval:
             self.last_poll = now
-            jr = True
+            jr = jr or self.mode == "poll"
+            if self.available:
+                try:
+                    self.node.share.check()  # O(1): the root and its marker (R5)
+                except ShareUnavailable as exc:
+                    self._unavailable(exc)
         if jr and self.available:
             more, jfull = self.journal.poll()
             items |= more
