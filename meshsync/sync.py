@@ -111,6 +111,8 @@ class Node:
         self.cache = Cache(settings.openclaw_home)
         self.progress: Callable[[str, int, int | None], None] | None = None
         self.written: list[ItemId] = []  # items this pass wrote to the share (for the journal)
+        # Signatures of files this process wrote: their change events are our own echo.
+        self.own_sigs: dict[str, str] = {}
 
     def close(self) -> None:
         self.index.close()
@@ -171,6 +173,7 @@ class Node:
             stats.scanned = len(walk.memory) + len(walk.skills)
             candidates = self._detect_share(walk, state, share_obs, share_unknown, problems, now_ms, stats)
             candidates |= self._detect_tombstones(walk, state, share_obs, problems, now_ms)
+            candidates |= outbox  # foreign writes to the index (other SQLite clients, the CLI)
         else:
             candidates = set(only)
             candidates |= outbox
@@ -183,12 +186,12 @@ class Node:
 
         items = [it for it in candidates if it.kind in (MEM, SKILL)]
         refused_read = [it for it in items if not self.readable(it)]
-        items = sorted(it for it in items if self.readable(it))
+        items = [it for it in items if self.readable(it)]
         index_obs, index_problems = self._detect_index(items, state, now_ms)
         for it in items:
             if it not in share_obs and it not in share_unknown and only is None:
-                # Not found in the walk: absent, unless its tombstone says more.
-                share_obs[it] = ABSENT
+                # Not read this pass: unchanged if the walk saw its file, else absent.
+                share_obs[it] = self._unread_share_obs(it, state.get(it), walk)
 
         plans: list[tuple[ItemId, Plan, dict[str, Obs]]] = []
         for it in items:
@@ -310,6 +313,15 @@ class Node:
                 changed.add(it)
         return changed
 
+    def _unread_share_obs(self, it: ItemId, st: State | None, walk: Walk) -> Obs:
+        """The share side of an item the walk did not read: its file is still the one
+        last synced (signature unchanged), or it is absent."""
+        if st is not None and not st.deleted and st.rel is not None:
+            fe = walk.memory.get(st.rel) if it.kind == MEM else walk.skills.get(st.rel)
+            if fe is not None:
+                return Obs(self._base(st), True, ShareFile(fe.sig if fe.settled else None))
+        return ABSENT
+
     def _read_memory(self, rel: str, sig: str | None, problems: list[Problem]) -> tuple[ItemId, Obs] | None:
         try:
             scope, key = _memory_rel(rel, self.node)
@@ -429,6 +441,10 @@ class Node:
         except layout.LayoutError:
             return
         lst = self.share.lstat(rel)
+        if (lst is not None and st is not None and not st.deleted and item.kind == MEM
+                and self.own_sigs.get(rel) == sig_of(lst) and st.rel == rel):
+            share_obs[item] = Obs(self._base(st), True, ShareFile(sig_of(lst)))  # our own write
+            return
         tomb = self._read_tomb(item)
         if lst is None:
             share_obs[item] = tomb or ABSENT
@@ -628,6 +644,9 @@ class Node:
                     value = self._winner_value(it, src_payload)
                     data = formats.render_memory(it, value, digest, win.stamp, win.node)
                     st_new = self.share.write(rel, data)
+                    if len(self.own_sigs) > 200_000:
+                        self.own_sigs.clear()
+                    self.own_sigs[rel] = sig_of(st_new)
                     share_sig = sig_of(st_new) if settled(st_new, time.time_ns()) else None
                     share_hash = formats.digest_bytes(data)
                     self.share.remove(layout.tombstone_path(it, self.node))
@@ -635,7 +654,6 @@ class Node:
                     digest, share_sig, share_hash, aux = self._write_skill(it, rel, win, src_payload, sh_obs, aux)
                     self.share.remove(layout.tombstone_path(it, self.node))
                 stats.to_share += 1
-                stats.changed.append(str(it))
                 self.written.append(it)
         except FileRefused as exc:
             index_problems[it] = (f"cannot write {exc.problem.path} on the share: {exc.problem.reason}",
@@ -757,6 +775,8 @@ class Node:
                 new.row_sig = row_sig
                 old = state.get(it)
                 moved = old is None or not self._base(old).same(win)  # type: ignore[union-attr]
+                if moved:
+                    stats.changed.append(str(it))
                 if moved and self.readable(it):
                     if it.kind == MEM:
                         changed_mem = True
@@ -823,6 +843,10 @@ class Node:
         with idx.write() as db:
             idx.set_meta(db, last_sync=str(time.time()), share_status="available", share_reason="",
                          last_pass=_json(stats.as_dict()))
+            if stats.changed or stats.to_index or stats.deleted:
+                idx.set_meta(db, last_change=_json({"at": time.time(), "items": stats.changed[:10],
+                                                     "to_share": stats.to_share, "to_index": stats.to_index,
+                                                     "deleted": stats.deleted}))
 
     def _cache_entries(self) -> dict[str, dict[str, Any]]:
         bad = {r["path"][6:] for r in self.index.errors() if r["kind"] == "index"}
