@@ -188,7 +188,8 @@ def status_data(s: config.Settings) -> dict[str, Any]:
         out["last_sync"] = float(last) if last else None
         lp = idx.meta("last_pass")
         out["last_pass"] = orjson.loads(lp) if lp else None
-        out["watch"] = orjson.loads(idx.meta("daemon_watch") or "null")
+        out["watch"] = orjson.loads(idx.meta("daemon_watch") or "null") if holder else None
+        out["last_change"] = orjson.loads(idx.meta("last_change") or "null")
         out["errors"] = idx.errors()
         out["conflicts"] = idx.conflicts(20)
         for c in out["conflicts"]:
@@ -223,6 +224,11 @@ def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
         print(f"last sync {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d['last_sync']))} ({ago:.0f}s ago)")
     else:
         print("last sync never")
+    lc = d.get("last_change")
+    if lc:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lc["at"]))
+        print(f"last change applied {when}: {', '.join(lc['items'][:3])}"
+              + (" ..." if len(lc["items"]) > 3 else ""))
     errs = d["errors"]
     print(f"problems  {len(errs)}")
     for e in errs[:50]:
