@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -209,3 +210,34 @@ def test_nas_unmount_keeps_everything(mesh: Mesh, nas):
     wait_for(lambda: a.value("mesh", "keep") == "changed", 15, what="resumed and converged")
     assert "share available again" in a.log()
     assert a.stop() == 0
+
+
+def test_editor_save_styles_end_in_the_right_content(mesh: Mesh):
+    a, b = mesh.node("a"), mesh.node("b")
+    start(a)
+    start(b)
+    d = mesh.share / "memory" / "mesh"
+    # 1. Save by rename: write a temporary file, then rename it over the target.
+    tmp = d / ".note.json.swp"
+    tmp.write_text('{"value": "renamed"}')
+    os.rename(tmp, d / "note.json")
+    wait_for(lambda: b.cache().get("mesh:note", {}).get("value") == "renamed", 10, what="rename save")
+    # 2. Truncate and write in several writes, flushed separately.
+    doc = json.dumps({"value": {"text": "x" * 5000, "n": 7}})
+    with open(d / "note.json", "w") as f:
+        for i in range(0, len(doc), 1000):
+            f.write(doc[i:i + 1000])
+            f.flush()
+            os.fsync(f.fileno())
+    wait_for(lambda: b.cache().get("mesh:note", {}).get("value", {}) == {"text": "x" * 5000, "n": 7}, 10,
+             what="truncate-and-write save")
+    # 3. In-place append-style edit (open r+ and rewrite).
+    with open(d / "note.json", "r+") as f:
+        f.seek(0)
+        f.write(json.dumps({"value": "in place"}))
+        f.truncate()
+    wait_for(lambda: b.cache().get("mesh:note", {}).get("value") == "in place", 10, what="in-place save")
+    wait_for(lambda: a.value("mesh", "note") == "in place", 10, what="a index")
+    # Any transient half-written state must be gone from the problems list.
+    wait_for(lambda: not [e for e in b.status()["errors"] if "note" in e["path"]], 10, what="no leftover errors")
+    assert a.stop() == 0 and b.stop() == 0
