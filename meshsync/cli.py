@@ -384,6 +384,82 @@ def cmd_skill_ls(s: config.Settings, a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _conflict_row(c: dict[str, Any]) -> dict[str, Any]:
+    item = f"{c['scope']}:{c['key']}" if c["kind"] == MEM else f"skill:{c['key']}"
+    return {
+        "id": c["id"], "item": item, "kind": "memory" if c["kind"] == MEM else "skill",
+        "scope": c["scope"], "key": c["key"], "seen_at": c["at"] / 1000, "seen_on": c["side"],
+        "beaten": {"node": c["loser_node"], "updated_at_ms": c["loser_stamp"], "value": c.get("loser_value")},
+        "winner": {"node": c["winner_node"], "updated_at_ms": c["winner_stamp"],
+                   "deleted": bool(c["winner_deleted"])},
+    }
+
+
+def cmd_conflicts(s: config.Settings, a: argparse.Namespace) -> int:
+    idx = _open_index(s)
+    try:
+        rows = [_conflict_row(c) for c in idx.conflicts(a.limit)]
+    finally:
+        idx.close()
+    if a.json:
+        for r in rows:
+            v = r["beaten"]["value"]
+            if v is not None and r["kind"] == "memory":
+                r["beaten"]["value"] = orjson.Fragment(v)
+        print(_dump(rows))
+        return EXIT_OK
+    if not rows:
+        print("no conflicts recorded")
+    for r in rows:
+        w, b = r["winner"], r["beaten"]
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["seen_at"]))
+        print(f"#{r['id']}  {r['item']}  seen {when}\n"
+              f"    beaten: {b['node']} at {_ms(b['updated_at_ms'])}: {_short(b['value'])}\n"
+              f"    winner: {w['node']} at {_ms(w['updated_at_ms'])}" + (" (delete)" if w["deleted"] else ""))
+    if rows:
+        print("restore one with: meshsync conflicts restore ID")
+    return EXIT_OK
+
+
+def _ms(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
+
+
+def _short(v: str | None, n: int = 60) -> str:
+    if v is None:
+        return "(no content)"
+    return v if len(v) <= n else v[: n - 3] + "..."
+
+
+def cmd_conflicts_restore(s: config.Settings, a: argparse.Namespace) -> int:
+    idx = _open_index(s)
+    try:
+        r = idx.db.execute("SELECT kind, scope, key, loser_value FROM meshsync_conflicts WHERE id = ?",
+                           (a.id,)).fetchone()
+    finally:
+        idx.close()
+    if r is None:
+        print(f"meshsync: no conflict #{a.id} (see `meshsync conflicts`)", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    kind, scope, key, value = r
+    if value is None:
+        raise CliError(f"conflict #{a.id} kept no content to restore")
+    node = _node(s)
+    try:
+        if kind == MEM:
+            if not s.may_write(scope):
+                raise CliError(f"this node may not write scope {scope!r}; nothing was changed")
+            node.put_memory(scope, key, formats.loads(value))
+            item = layout.memory_id(scope, key)
+        else:
+            node.put_skill(key, value, None)
+            item = layout.skill_id(key)
+    finally:
+        node.close()
+    print(f"restored {item} from conflict #{a.id} as a new write; {_sync_after_write(s, [item])}")
+    return EXIT_OK
+
+
 def cmd_run(s: config.Settings, a: argparse.Namespace) -> int:
     from .daemon import run
 
@@ -433,6 +509,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("ls", cmd_ls, "list memory items (scope, key, node, time)")
     sp.add_argument("scope", nargs="?", help="only this scope")
     sp.add_argument("--json", action="store_true")
+
+    cf = add("conflicts", cmd_conflicts, "list beaten versions kept in the conflict history (R2)",
+             "List versions that lost a conflict on this node (newest first), with both sides. "
+             "`meshsync conflicts restore ID` writes the beaten version back as a new write.")
+    cf.add_argument("--json", action="store_true", help="machine-readable output, with the beaten values")
+    cf.add_argument("--limit", type=int, default=50, help="how many to show (default 50)")
+    csub = cf.add_subparsers(dest="conflicts_command", metavar="SUBCOMMAND")
+    sp = csub.add_parser("restore", help="write a beaten version back as a new write",
+                         description="Write the beaten version of conflict ID back as a new write; "
+                         "it then wins everywhere like any newer write.")
+    sp.add_argument("id", type=int)
+    sp.set_defaults(fn=cmd_conflicts_restore)
 
     sk = sub.add_parser("skill", help="skills: put, get, rm, ls", description="Manage shared skills.")
     ssub = sk.add_subparsers(dest="skill_command", metavar="SUBCOMMAND", required=True)
