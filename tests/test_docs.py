@@ -1,0 +1,287 @@
+"""The documentation tells the truth: README commands run as written, the systemd units
+verify, CI runs the README's test command, and links and tables match the code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from meshsync import cli
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def marked_block(text: str, marker: str) -> str:
+    """The fenced code block that follows the HTML comment starting with ``<!-- marker``."""
+    m = re.search(r"<!--\s*" + re.escape(marker) + r"\b[^\n]*?-->\s*\n```[a-z]*\n(.*?)\n```", text, re.S)
+    assert m, f"README.md has no fenced block after <!-- {marker} -->"
+    return m.group(1)
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """An environment with no MESHSYNC_* settings, a private HOME and the repo's code first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHSYNC_")}
+    env.pop("XDG_DATA_HOME", None)
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env["HOME"] = str(home)
+    env["TMPDIR"] = str(tmp_path)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def meshsync_shim(tmp_path: Path, env: dict[str, str]) -> None:
+    """Put a `meshsync` on PATH that runs this checkout's code with this interpreter."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    shim = bindir / "meshsync"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m meshsync "$@"\n')
+    shim.chmod(0o755)
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+
+
+def expectation(line: str) -> re.Pattern[str]:
+    """A `#>` line: literal text in which `...` matches anything."""
+    parts = [re.escape(p) for p in line.split("...")]
+    return re.compile(".*?".join(parts))
+
+
+def parse_walkthrough(block: str) -> list[tuple[str, list[str]]]:
+    """[(command, [expected output lines])] from the README's walk-through block."""
+    steps: list[tuple[str, list[str]]] = []
+    for raw in block.splitlines():
+        line = raw.rstrip()
+        if line.startswith("#>"):
+            assert steps, "a #> line before any command"
+            steps[-1][1].append(line[2:].removeprefix(" "))
+        elif line and not line.startswith("#"):
+            steps.append((line, []))
+    return steps
+
+
+# --- README -----------------------------------------------------------------------------------
+
+
+def test_readme_walkthrough_runs_as_written(tmp_path):
+    if shutil.which("bash") is None:
+        pytest.fail("bash is needed to run the README walk-through")
+    steps = parse_walkthrough(marked_block(README.read_text(encoding="utf-8"), "walkthrough"))
+    assert len(steps) >= 10, "the walk-through block looks truncated"
+    commands = " ".join(c for c, _ in steps)
+    for needed in ("MESHSYNC_NODE_ID", "MESHSYNC_INDEX", "MESHSYNC_OPENCLAW_HOME", "MESHSYNC_SHARE",
+                   " put ", " sync", " get ", " status", "> share/"):
+        assert needed in commands, f"the walk-through should show {needed.strip()!r}"
+
+    # One bash process runs every line in order (functions and variables carry over);
+    # markers split the output per command and record each exit code.
+    script = ["exec 2>&1"]
+    for i, (cmd, _) in enumerate(steps):
+        script += [f"echo '@@@begin {i}'", cmd, f"echo \"@@@end {i} $?\""]
+    env = clean_env(tmp_path)
+    meshsync_shim(tmp_path, env)
+    proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env, text=True,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+    out = proc.stdout
+    for i, (cmd, expected) in enumerate(steps):
+        m = re.search(rf"^@@@begin {i}\n(.*?)^@@@end {i} (\d+)$", out, re.S | re.M)
+        assert m, f"command {cmd!r} did not finish; output so far:\n{out[-3000:]}"
+        text, rc = m.group(1), int(m.group(2))
+        assert rc == 0, f"README command {cmd!r} exited {rc}:\n{text}"
+        assert "Traceback" not in text, f"{cmd!r} printed a traceback:\n{text}"
+        lines = text.splitlines()
+        for exp in expected:
+            pat = expectation(exp)
+            assert any(pat.fullmatch(ln) for ln in lines), (
+                f"README claims {cmd!r} prints a line like {exp!r}; it printed:\n{text}")
+
+
+def test_readme_run_command_starts_the_daemon_on_the_default_share(tmp_path):
+    """`... && meshsync init && meshsync run` with nothing configured: defaults under HOME."""
+    cmd = marked_block(README.read_text(encoding="utf-8"), "run-command").strip()
+    parts = [p.strip() for p in cmd.split("&&")]
+    assert re.fullmatch(r"(python3 -m )?pip install \.", parts[0]), parts
+    assert parts[1:] == ["meshsync init", "meshsync run"], parts
+    env = clean_env(tmp_path)
+    meshsync_shim(tmp_path, env)
+    home = Path(env["HOME"])
+    init = subprocess.run(["bash", "-c", parts[1]], env=env, cwd=tmp_path, text=True,
+                          capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert init.returncode == 0, init.stderr
+    assert f"share ready: {home}/.local/share/meshsync/share" in init.stdout
+    assert f"index ready: {home}/.local/share/meshsync/index.sqlite" in init.stdout
+    daemon = subprocess.Popen(["bash", "-c", "exec " + parts[2]], env=env, cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            st = subprocess.run([sys.executable, "-m", "meshsync", "status", "--json"], env=env,
+                                text=True, capture_output=True, timeout=60)
+            assert st.returncode == 0, st.stderr
+            data = json.loads(st.stdout)
+            if data["daemon"]["running"] and data.get("last_sync"):
+                break
+            assert daemon.poll() is None, f"meshsync run exited early:\n{daemon.stdout.read()}"
+            assert time.monotonic() < deadline, "meshsync run did not become ready in 30 s"
+            time.sleep(0.2)
+        assert data["share"]["available"], data
+        assert data["cache"] == f"{home}/.openclaw"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            rc = daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+            pytest.fail("meshsync run did not stop within 30 s of SIGTERM")
+    assert rc == 0, f"meshsync run exited {rc} on SIGTERM:\n{daemon.stdout.read()}"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    cmd = marked_block(README.read_text(encoding="utf-8"), "test-command").strip()
+    assert "\n" not in cmd, "the test command must be one line"
+    assert "pytest" in cmd and "[test]" in cmd
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert ci.startswith("#!/usr/bin/env bash\n")
+    assert "set -euo pipefail" in ci
+    lines = [ln.strip() for ln in ci.splitlines()]
+    assert lines[-1] == cmd, "the last line of .ci/run must be the README's test command, verbatim"
+    for pkg in ("bindfs", "fuse3", "sqlite3", "systemd"):
+        assert pkg in ci
+    assert os.access(REPO / ".ci" / "run", os.X_OK), ".ci/run must be executable"
+    # the `test` extra installs what the tests import
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    test_extra = re.search(r"^test = \[(.*?)\]", pyproject, re.M | re.S)
+    assert test_extra and "pytest" in test_extra.group(1)
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def test_readme_lists_every_command_and_exit_code():
+    text = README.read_text(encoding="utf-8")
+    sub = subcommands(cli.build_parser())
+    for name, sp in sub.items():
+        if name == "skill":
+            for sname in subcommands(sp):
+                assert f"`meshsync skill {sname}" in text, f"README's command table lacks skill {sname}"
+        else:
+            assert f"`meshsync {name}" in text, f"README's command table lacks {name}"
+    codes = re.findall(r"^  (\d)  (.+)$", cli.EPILOG, re.M)
+    assert len(codes) == 6
+    for code, meaning in codes:
+        assert f"| {code} | {meaning} |" in text, f"README's exit code {code} differs from cli.py"
+
+
+def test_doc_links_point_to_existing_files():
+    docs = [README, *sorted((REPO / "docs").glob("*.md"))]
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue
+            assert (doc.parent / target).exists(), f"{doc.relative_to(REPO)} links to missing {target}"
+
+
+def test_guarantees_doc_covers_r1_to_r9():
+    text = (REPO / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    for n in range(1, 10):
+        assert re.search(rf"^\| \*\*R{n}\b", text, re.M), f"docs/guarantees.md lacks a row for R{n}"
+
+
+# --- systemd units ----------------------------------------------------------------------------
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            k, v = line.split("=", 1)
+            out.setdefault(k.strip(), []).append(v.strip())
+    return out
+
+
+def real_exec_start(unit: Path) -> str:
+    """The unit's ExecStart with the program replaced by one that exists here."""
+    orig = unit_settings(unit)["ExecStart"][0]
+    prog, _, args = orig.partition(" ")
+    assert Path(prog).name == "meshsync" and args == "run", orig
+    installed = shutil.which("meshsync")
+    if installed:
+        return f"{installed} run"
+    return f"{sys.executable} -m meshsync run"
+
+
+def verify(unit: Path, tmp_path: Path, user: bool) -> None:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:  # .ci/run installs it: a missing tool is a broken setup, not a skip
+        pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
+    d = tmp_path / ("user" if user else "system")
+    d.mkdir()
+    text = re.sub(r"^ExecStart=.*$", "ExecStart=" + real_exec_start(unit), unit.read_text(encoding="utf-8"),
+                  flags=re.M)
+    name = "meshsync.service"
+    (d / name).write_text(text, encoding="utf-8")
+    env = dict(os.environ)
+    cmd = [exe]
+    if user:
+        runtime = tmp_path / "runtime"
+        runtime.mkdir(mode=0o700)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+        cmd.append("--user")
+    cmd += ["verify", str(d / name)]
+    r = subprocess.run(cmd, cwd=d, env=env, text=True, capture_output=True, timeout=120)
+    own = [ln for ln in (r.stdout + r.stderr).splitlines() if name in ln or str(d) in ln]
+    assert r.returncode == 0 and not own, (
+        f"systemd-analyze verify {unit.name} failed (exit {r.returncode}):\n{r.stdout}{r.stderr}")
+
+
+def test_system_unit_verifies(tmp_path):
+    verify(REPO / "systemd" / "meshsync.service", tmp_path, user=False)
+
+
+def test_user_unit_verifies(tmp_path):
+    verify(REPO / "systemd" / "meshsync-user.service", tmp_path, user=True)
+
+
+def test_system_unit_settings():
+    s = unit_settings(REPO / "systemd" / "meshsync.service")
+    one = {k: v[-1] for k, v in s.items()}
+    assert one["Type"] == "notify"
+    assert one["User"] == "meshsync" and one["Group"] == "meshsync"
+    assert one["ExecStart"].endswith("/meshsync run")
+    assert "MESHSYNC_CONFIG=/etc/meshsync/config.yaml" in s["Environment"]
+    assert one["Restart"] == "on-failure"
+    assert one["WatchdogSec"] == "60"
+    assert one["RequiresMountsFor"] == "/mnt/nas/openclaw-mesh"
+    assert one["NoNewPrivileges"] == "yes" and one["PrivateTmp"] == "yes"
+    assert one["ProtectSystem"] == "strict"
+    assert one["ProtectHome"] in ("read-only", "yes", "tmpfs")
+    assert one["StateDirectory"] == "meshsync"
+    rw = one["ReadWritePaths"].split()
+    assert "/mnt/nas/openclaw-mesh" in rw and "/var/lib/meshsync" in rw and len(rw) >= 3
+    assert one["WantedBy"] == "multi-user.target"
+
+
+def test_user_unit_settings():
+    s = unit_settings(REPO / "systemd" / "meshsync-user.service")
+    one = {k: v[-1] for k, v in s.items()}
+    assert one["Type"] == "notify"
+    assert "User" not in s and "Group" not in s
+    assert one["ExecStart"].endswith("/meshsync run")
+    assert one["WantedBy"] == "default.target"
+    assert one["Restart"] == "on-failure"
