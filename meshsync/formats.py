@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from .layout import ItemId, memory_id
+from .layout import MEM, SKILL, ItemId, memory_id
 
 _BIG_INT = re.compile(rb"\d{16,}")
 
@@ -30,25 +31,57 @@ def _reject_constant(name: str) -> Any:
     raise FormatError(f"{name} is not valid JSON")
 
 
-def _depth_ok(obj: Any, limit: int) -> bool:
+def _finite_float(text: str) -> float:
+    """orjson refuses numbers that overflow a double; the exact parser must agree, or
+    ``1e400`` would become ``inf`` and be written out as ``null``."""
+    f = float(text)
+    if f in (math.inf, -math.inf):
+        raise FormatError(f"number {text[:40]} is too large for a double")
+    return f
+
+
+def _check(obj: Any, limit: int, strings: bool) -> None:
+    """Depth (containers only: ``1`` is depth 0, ``[1]`` depth 1) and, for the exact
+    parser, strings: Python's json accepts lone surrogate escapes such as ``"\\ud800"``,
+    which orjson rejects and which could never be written back as UTF-8."""
     stack = [(obj, 1)]
     while stack:
         o, d = stack.pop()
-        if d > limit:
-            return False
         if isinstance(o, dict):
-            stack.extend((v, d + 1) for v in o.values())
+            if limit and d > limit:
+                raise FormatError(f"JSON nested deeper than {limit} levels")
+            for k, v in o.items():
+                if strings:
+                    _utf8_ok(k)
+                stack.append((v, d + 1))
         elif isinstance(o, list):
+            if limit and d > limit:
+                raise FormatError(f"JSON nested deeper than {limit} levels")
             stack.extend((v, d + 1) for v in o)
-    return True
+        elif strings and isinstance(o, str):
+            _utf8_ok(o)
+
+
+def _utf8_ok(s: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError("invalid JSON: a string holds a lone surrogate (\\ud800-\\udfff escape)") from None
 
 
 def loads(data: bytes | str, max_depth: int = 64) -> Any:
-    """Parse JSON exactly: big integers keep every digit (orjson would round them)."""
+    """Parse JSON exactly: big integers keep every digit (orjson would round them).
+
+    Both parsers accept and reject the same documents: NaN/Infinity, numbers that
+    overflow a double, lone surrogates and bad UTF-8 raise FormatError, never anything
+    else (R6: bad input is never fatal).  ``max_depth`` counts nested containers
+    (0: no limit)."""
+    exact = False
     try:
         raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
         if _BIG_INT.search(raw):
-            obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+            exact = True
+            obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
         else:
             obj = orjson.loads(raw)
     except FormatError:
@@ -58,8 +91,10 @@ def loads(data: bytes | str, max_depth: int = 64) -> Any:
     except (orjson.JSONDecodeError, json.JSONDecodeError, RecursionError) as exc:
         msg = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
         raise FormatError(f"invalid JSON: {msg}") from None
-    if max_depth and not _depth_ok(obj, max_depth):
-        raise FormatError(f"JSON nested deeper than {max_depth} levels")
+    except ValueError as exc:  # an integer beyond Python's int digit limit
+        raise FormatError(f"invalid JSON: {str(exc)[:120]}") from None
+    if max_depth or exact:
+        _check(obj, max_depth, exact)
     return obj
 
 
@@ -120,14 +155,28 @@ def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str) 
     return _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
 
 
+def _json_type(v: Any) -> str:
+    """The JSON name of a parsed value's type, for messages an operator can act on."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float):
+        return "a number"
+    return {str: "a string", list: "an array"}.get(type(v), type(v).__name__)
+
+
 def parse_memory(data: bytes, scope: str | None, key: str | None, max_depth: int = 64) -> MemoryRecord:
     """Parse a memory file.  ``scope``/``key`` come from its path (None when the path
-    was shortened and the file must say them)."""
+    was shortened and the file must say them).
+
+    ``max_depth`` limits the *value*, as for an index row: the file's own object is one
+    level more, so a value the index accepted is never refused once it is on the share."""
     if data.startswith(b"\xef\xbb\xbf"):
         raise FormatError("starts with a UTF-8 byte-order mark; save the file as UTF-8 without BOM")
-    doc = loads(data, max_depth)
+    doc = loads(data, max_depth + 1 if max_depth else 0)
     if not isinstance(doc, dict):
-        raise FormatError(f"must be a JSON object with a \"value\" field, not {type(doc).__name__}")
+        raise FormatError(f"must be a JSON object with a \"value\" field, not {_json_type(doc)}")
     if "value" not in doc:
         raise FormatError('has no "value" field')
     f_scope, f_key = doc.get("scope"), doc.get("key")
@@ -157,13 +206,20 @@ def parse_memory(data: bytes, scope: str | None, key: str | None, max_depth: int
 # --- skills --------------------------------------------------------------------------------
 
 
+def _framed(tag: bytes, data: bytes | None) -> bytes:
+    return tag + (b"-" if data is None else str(len(data)).encode() + b":" + data)
+
+
 def skill_digest(content: bytes | None, path: str | None, extras: str) -> str:
     """A skill's version covers SKILL.md, the reference path and every other file
-    (``extras`` is the digest of those other files)."""
+    (``extras`` is the digest of those other files).
+
+    Each part is length-framed, so no content can pass for "no content" or move bytes
+    between the parts (``b"\\0none"`` vs None, a NUL in a path) and collide."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(b"c" + (content if content is not None else b"\0none"))
-    h.update(b"\0p" + (path.encode("utf-8", "surrogatepass") if path is not None else b"\0none"))
-    h.update(b"\0x" + extras.encode())
+    h.update(_framed(b"c", content))
+    h.update(_framed(b"p", path.encode("utf-8", "surrogatepass") if path is not None else None))
+    h.update(_framed(b"x", extras.encode()))
     return h.hexdigest()
 
 
@@ -231,11 +287,12 @@ def render_tombstone(item: ItemId, stamp: int, node: str) -> bytes:
 
 def parse_tombstone(data: bytes) -> tuple[ItemId, int, str]:
     doc = loads(data, 4)
-    try:
-        item = ItemId(str(doc["kind"]), str(doc["scope"]), str(doc["key"]))
-        stamp, node = doc["deleted_at_ms"], doc["node_id"]
-        if type(stamp) is not int or not isinstance(node, str):
-            raise TypeError
-    except (KeyError, TypeError) as exc:
-        raise FormatError("not a meshsync tombstone") from exc
-    return item, stamp, node
+    if not isinstance(doc, dict):
+        raise FormatError("not a meshsync tombstone: not a JSON object")
+    kind, scope, key = doc.get("kind"), doc.get("scope"), doc.get("key")
+    stamp, node = doc.get("deleted_at_ms"), doc.get("node_id")
+    # Exact types: a tombstone deletes an item, so a stray file must not pass for one.
+    if (kind not in (MEM, SKILL) or not isinstance(scope, str) or not isinstance(key, str)
+            or type(stamp) is not int or not isinstance(node, str)):
+        raise FormatError("not a meshsync tombstone")
+    return ItemId(kind, scope, key), stamp, node
