@@ -460,6 +460,20 @@ def cmd_conflicts_restore(s: config.Settings, a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(s: config.Settings, a: argparse.Namespace) -> int:
+    from . import doctor
+
+    checks = doctor.run_checks(s)
+    code = doctor.exit_code(checks)
+    if a.json:
+        print(_dump({"result": ["ok", "warnings", "failures"][code], "checks": doctor.as_json(checks)}))
+        return code
+    for c in checks:
+        print(f"{c.result.upper():4}  {c.name}: {c.detail}" + (f"\n      -> {c.hint}" if c.hint else ""))
+    print(["all checks passed", "some checks gave warnings", "some checks failed"][code])
+    return code
+
+
 def cmd_run(s: config.Settings, a: argparse.Namespace) -> int:
     from .daemon import run
 
@@ -490,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
              "already holds files but no marker: that is usually an unmounted NAS.")
     sp.add_argument("--force", action="store_true", help="initialise a non-empty folder that has no marker")
     add("run", cmd_run, "run the daemon in the foreground (systemd runs this)")
+    sp = add("doctor", cmd_doctor, "check the set-up: share, clocks, watch limits, index, cache, systemd",
+             "Check this node's set-up, one line per check with a hint. Exit 0 when all pass, "
+             "1 when some warn, 2 when any fails.")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp = add("sync", cmd_sync, "one full two-way pass, then exit (exit 3 if the share is unavailable)")
     sp.add_argument("--full", action="store_true", help="also re-read every index row, not just the changed ones")
     sp.add_argument("--json", action="store_true", help="print the pass's figures as JSON")
