@@ -155,6 +155,22 @@ def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str) 
     return _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
 
 
+# The last millisecond of year 9999.  Later (or negative) times are not times: they
+# would win every conflict forever and overflow SQLite's 64-bit INTEGER downstream.
+MAX_STAMP_MS = 253_402_300_799_999
+
+
+def _stamp(ms: Any, sec: Any) -> int | None:
+    """The stamp (ms) a file claims: ``updated_at_ms`` when it agrees with
+    ``updated_at`` (Unix seconds), else ``updated_at`` alone; None when neither is a
+    usable time."""
+    if type(ms) is int and type(sec) is int and ms // 1000 == sec and 0 <= ms <= MAX_STAMP_MS:
+        return ms
+    if type(sec) in (int, float) and 0 <= sec <= MAX_STAMP_MS // 1000:
+        return int(sec * 1000)
+    return None
+
+
 def _json_type(v: Any) -> str:
     """The JSON name of a parsed value's type, for messages an operator can act on."""
     if v is None:
@@ -193,10 +209,7 @@ def parse_memory(data: bytes, scope: str | None, key: str | None, max_depth: int
     node = doc.get("node_id")
     rec.node = node if isinstance(node, str) and node else None
     ms, sec = doc.get("updated_at_ms"), doc.get("updated_at")
-    if type(ms) is int and type(sec) is int and ms // 1000 == sec:
-        rec.stamp = ms
-    elif type(sec) in (int, float) and sec >= 0:
-        rec.stamp = int(sec * 1000)
+    rec.stamp = _stamp(ms, sec)
     r = doc.get("rev")
     if r is not None and rec.node and rec.stamp is not None and type(ms) is int:
         rec.trusted = r == rev(memory_id(scope, key), rec.digest, rec.stamp, rec.node)
@@ -261,11 +274,7 @@ def parse_skill_json(data: bytes) -> SkillMeta:
         raise FormatError("skill.json must be a JSON object")
     name, node, path = doc.get("name"), doc.get("source_node"), doc.get("path")
     ms, sec = doc.get("updated_at_ms"), doc.get("updated_at")
-    stamp = None
-    if type(ms) is int and type(sec) is int and ms // 1000 == sec:
-        stamp = ms
-    elif type(sec) in (int, float) and sec >= 0:
-        stamp = int(sec * 1000)
+    stamp = _stamp(ms, sec)
     r = doc.get("rev") if type(ms) is int else None
     return SkillMeta(
         name if isinstance(name, str) else None,
@@ -295,4 +304,6 @@ def parse_tombstone(data: bytes) -> tuple[ItemId, int, str]:
     if (kind not in (MEM, SKILL) or not isinstance(scope, str) or not isinstance(key, str)
             or type(stamp) is not int or not isinstance(node, str)):
         raise FormatError("not a meshsync tombstone")
+    if not 0 <= stamp <= MAX_STAMP_MS:
+        raise FormatError(f"tombstone time {stamp} is out of range")
     return ItemId(kind, scope, key), stamp, node

@@ -109,6 +109,12 @@ def reconcile(
         v = effective(obs, base, now_ms, node)
         if v is not None:
             cands.append((side, v))
+    if SHARE not in writable and any(s == SHARE for s, _ in cands):
+        # A node that may not write the share follows it (R1, R9): a side that merely
+        # still holds the base is no local write, so it must not out-vote whatever the
+        # share holds now (e.g. another node's normalisation of a hand edit, stamped
+        # from that node's older base) and must not be reported as a refused write.
+        cands = [(s, v) for s, v in cands if s == SHARE or not (base is not None and v.same(base))]
     if not cands:
         # Nothing anywhere: keep a tombstone we already had (until retention), else nothing.
         return Plan(base if base is not None and base.deleted else None, None, set(), [])

@@ -242,10 +242,30 @@ def test_hand_made_file():
     assert rec.value is None and rec.stamp == 1764230400500 and rec.node == "n" and not rec.trusted
 
 
-@pytest.mark.parametrize("bad_time", [b'"yesterday"', b"true", b"-5", b"null", b"[]"])
+@pytest.mark.parametrize("bad_time", [b'"yesterday"', b"true", b"-5", b"null", b"[]", b"-0.5",
+                                      b"1e300", b"99999999999999999999", b"1000000000000000000000000000000",
+                                      str(formats.MAX_STAMP_MS // 1000 + 1).encode()])
 def test_unusable_updated_at_gives_no_stamp(bad_time):
     rec = parse_memory(b'{"value": 1, "updated_at": ' + bad_time + b"}", "mesh", "k")
     assert rec.stamp is None and not rec.trusted
+
+
+def test_out_of_range_stamps_are_not_times():
+    # A stamp past year 9999 would win every conflict and overflow SQLite's INTEGER.
+    big = 10**30
+    rec = parse_memory(b'{"value": 1, "updated_at": %d, "updated_at_ms": %d}' % (big, big * 1000), "mesh", "k")
+    assert rec.stamp is None and not rec.trusted
+    top = formats.MAX_STAMP_MS
+    rec = parse_memory(b'{"value": 1, "updated_at": %d, "updated_at_ms": %d}' % (top // 1000, top), "mesh", "k")
+    assert rec.stamp == top
+    meta = parse_skill_json(b'{"name": "x", "updated_at": 1e300}')
+    assert meta.stamp is None
+    meta = parse_skill_json(b'{"name": "x", "updated_at": -1, "updated_at_ms": -1}')
+    assert meta.stamp is None
+    with pytest.raises(FormatError, match="out of range"):
+        parse_tombstone(render_tombstone(ITEM, big, "n"))
+    with pytest.raises(FormatError, match="out of range"):
+        parse_tombstone(render_tombstone(ITEM, -1, "n"))
 
 
 def test_mismatched_millis_fall_back_to_seconds():

@@ -192,14 +192,35 @@ def test_refused_writes_are_reported_never_silently_dropped(sit, writable):
     writable = frozenset(writable)
     full = run(base, sides, now, node)
     plan = run(base, sides, now, node, writable)
-    assert plan.winner == full.winner and plan.source == full.source
-    assert plan.write == full.write & writable
-    blocked = full.write - writable
-    if blocked and plan.source not in blocked:
-        assert sorted(s for s, _ in plan.refused) == sorted(blocked)
-        assert all(v == plan.winner for _, v in plan.refused)
+    assert plan.write <= writable
+    cs = cands(base, sides, now, node)
+    if SHARE in writable or SHARE not in cs:
+        # Only the writes change; the decision is the same as with every side writable.
+        assert plan.winner == full.winner and plan.source == full.source
+        assert plan.write == full.write & writable
+        blocked = full.write - writable
+        if blocked and plan.source not in blocked:
+            assert sorted(s for s, _ in plan.refused) == sorted(blocked)
+            assert all(v == plan.winner for _, v in plan.refused)
+        else:
+            assert plan.refused == []
+        return
+    # A node that may not write the share follows it, unless a side holds a local change
+    # (anything but the base), which wins by the usual order and is reported as refused.
+    local = {s: v for s, v in cs.items() if s != SHARE and not (base is not None and v.same(base))}
+    win = max([cs[SHARE], *local.values()], key=lambda v: v.order)
+    assert plan.winner == win
+    assert SHARE not in plan.write
+    refused = [side for side, _ in plan.refused]
+    assert all(v == win for _, v in plan.refused) and set(refused) <= set(sides) - writable
+    if plan.source == SHARE:
+        assert SHARE not in refused  # importing is never refused
     else:
-        assert plan.refused == []
+        assert plan.source in local
+        cur = sides[SHARE].version
+        stale = cur is None or not cur.deleted if win.deleted else not (cur and cur.same(win) and sides[SHARE].trusted)
+        if plan.source in writable and stale:
+            assert SHARE in refused
 
 
 @PROPS
@@ -369,6 +390,16 @@ def test_r9_local_write_refused_when_share_not_writable():
     # Importing from the share is never refused.
     plan = run(v, {SHARE: Obs(w, True), INDEX: Obs(v, True)}, writable=frozenset({INDEX, CACHE}))
     assert plan.winner == w and plan.write == {INDEX} and plan.refused == []
+    # Not a local write: the index still holds the base while the share holds an older
+    # version (another node normalised a hand edit from an older base, or a restore).
+    # A node that may not write the share follows it; nothing is refused.
+    older = Version(T0 - 5, "b", "d3")
+    plan = run(v, {SHARE: Obs(older, True, "file"), INDEX: Obs(v, True)}, writable=frozenset({INDEX, CACHE}))
+    assert plan.winner == older and plan.source == SHARE
+    assert plan.write == {INDEX} and plan.refused == [] and plan.beaten == []
+    # A node that may write it re-exports the newer base instead.
+    plan = run(v, {SHARE: Obs(older, True, "file"), INDEX: Obs(v, True)})
+    assert plan.winner == v and plan.write == {SHARE} and plan.beaten == [(SHARE, older, "file")]
     # A local delete of an item the node may not write is refused too.
     plan = run(v, {SHARE: Obs(v, True), INDEX: ABSENT}, writable=frozenset({INDEX, CACHE}))
     assert plan.winner.deleted and plan.source == INDEX
