@@ -87,15 +87,21 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
         assert needed in commands, f"the walk-through should show {needed.strip()!r}"
 
     # One bash process runs every line in order (functions and variables carry over);
-    # markers split the output per command and record each exit code.
-    script = ["exec 2>&1"]
+    # markers split the output per command and record each exit code.  `set -m` gives the
+    # script job control, as an interactive shell has, so `kill %1` stops a background job.
+    # At the end it prints $DEMO so that the test can see the daemon is gone.
+    script = ["set -m", "exec 2>&1"]
     for i, (cmd, _) in enumerate(steps):
         script += [f"echo '@@@begin {i}'", cmd, f"echo \"@@@end {i} $?\""]
+    script.append('echo "@@@demo $DEMO"')
     env = clean_env(tmp_path)
     meshsync_shim(tmp_path, env)
-    proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env, text=True,
-                          stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
-    out = proc.stdout
+    try:
+        proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env, text=True,
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+        out = proc.stdout
+    finally:
+        stop_walkthrough_daemons(tmp_path, env)
     for i, (cmd, expected) in enumerate(steps):
         m = re.search(rf"^@@@begin {i}\n(.*?)^@@@end {i} (\d+)$", out, re.S | re.M)
         assert m, f"command {cmd!r} did not finish; output so far:\n{out[-3000:]}"
@@ -107,6 +113,23 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
             pat = expectation(exp)
             assert any(pat.fullmatch(ln) for ln in lines), (
                 f"README claims {cmd!r} prints a line like {exp!r}; it printed:\n{text}")
+
+
+def stop_walkthrough_daemons(tmp_path: Path, env: dict[str, str]) -> None:
+    """Wait for daemons the walk-through started to stop; kill any that do not (they are ours)."""
+    for index in tmp_path.glob("tmp*/*/index.sqlite"):
+        node_env = dict(env, MESHSYNC_INDEX=str(index))
+        deadline = time.monotonic() + 30
+        while True:
+            st = subprocess.run([sys.executable, "-m", "meshsync", "status", "--json"], env=node_env,
+                                text=True, capture_output=True, timeout=60)
+            pid = json.loads(st.stdout)["daemon"]["pid"] if st.returncode == 0 else None
+            if not pid:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"the walk-through's daemon (pid {pid}) did not stop after `kill %1`")
+            time.sleep(0.2)
 
 
 def test_readme_run_command_starts_the_daemon_on_the_default_share(tmp_path):
