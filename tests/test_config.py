@@ -229,6 +229,19 @@ def test_json_list_in_environment(env):
     assert s.may_write("user:bob")
 
 
+def test_whole_section_as_json_in_environment(env, tmp_path):
+    env.setenv("MESHSYNC_WATCH", '{"mode": "poll", "poll_interval": 5}')
+    s = config.load(write_yaml(tmp_path, "watch:\n  debounce: 1\n"))
+    assert (s.watch.mode, s.watch.poll_interval, s.watch.debounce) == ("poll", 5.0, 1.0)
+
+
+@pytest.mark.parametrize("text,value", [("true", True), ("false", False), ("1", True), ("0", False),
+                                        ("yes", True), ("no", False)])
+def test_booleans_in_environment(env, text, value):
+    env.setenv("MESHSYNC_SHARE_FILES__FSYNC", text)
+    assert config.load().share_files.fsync is value
+
+
 def test_paths_expand_tilde(env, tmp_path):
     p = write_yaml(tmp_path, "share: ~/nas\nopenclaw_home: ~/oc\n")
     s = config.load(p)
