@@ -15,7 +15,12 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 ENV_CONFIG = "MESHSYNC_CONFIG"
 
@@ -63,6 +68,18 @@ class ShareSettings(_Section):
     file_mode: str | None = Field(None, description="Octal mode for files meshsync writes on the share, e.g. \"0640\".")
     group: str | None = Field(None, description="Group (name or id) for files meshsync writes on the share.")
     fsync: bool = Field(True, description="Flush each share file to disk before renaming it into place.")
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and not v.isdigit():
+            import grp
+
+            try:
+                grp.getgrnam(v)
+            except KeyError:
+                raise ValueError(f"there is no group {v!r} on this machine (create it or give a numeric gid)") from None
+        return v
 
     @field_validator("file_mode")
     @classmethod
@@ -154,13 +171,36 @@ def load(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settin
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"configuration file {p} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"configuration file {p} is not valid YAML{where}: {what}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"configuration file {p} must hold a mapping of settings")
         data = loaded or {}
     Settings._yaml = data
     try:
         return Settings(**overrides)
+    except SettingsError as exc:
+        # pydantic-settings could not decode an environment value (a list or section that
+        # is not JSON).  Name the variables that are not JSON, one line each.
+        import json
+        import re
+
+        m = re.search(r'field "(\w+)"', str(exc))
+        prefix = f"MESHSYNC_{m.group(1).upper()}" if m else "MESHSYNC_"
+        lines = []
+        for var, val in sorted(os.environ.items()):
+            if var.startswith(prefix) and var != ENV_CONFIG:
+                try:
+                    json.loads(val)
+                except ValueError:
+                    name = var[len("MESHSYNC_"):].lower().replace("__", ".")
+                    lines.append(f"  {name}: ${var} must be JSON here (given {val!r}), "
+                                 f"e.g. {var}='[\"mesh\", \"user:*\"]'")
+        if not lines:
+            lines.append(f"  {str(exc).splitlines()[0]}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
