@@ -312,6 +312,12 @@ class Index:
         if upto:
             db.execute("DELETE FROM meshsync_outbox WHERE seq <= ?", (upto,))
 
+    def requeue(self, db: sqlite3.Connection, items: Iterable[ItemId]) -> None:
+        """Put items back in the outbox: rows that could not be synced this time are
+        looked at (and reported) again by the next pass, and exported once fixed."""
+        db.executemany("INSERT INTO meshsync_outbox (kind, scope, key) VALUES (?, ?, ?)",
+                       [(it.kind, it.scope, it.key) for it in items])
+
     # --- rows ----------------------------------------------------------------------------------
 
     def memory_rows(self, items: Iterable[ItemId]) -> dict[ItemId, MemoryRow]:

@@ -811,6 +811,9 @@ class Node:
             for it, prob in index_problems.items():
                 idx.replace_errors_one(db, "index", f"index:{it}", prob)
             idx.ack_outbox(db, seq)
+            # A refused or invalid row is not dropped: it stays queued, is reported by
+            # every pass, and goes out once fixed (e.g. its scope made writable) (R9, R2).
+            idx.requeue(db, sorted(it for it, prob in index_problems.items() if prob))
             if self.index.meta("index_scanned") != "1":
                 idx.set_meta(db, index_scanned="1")
             if full:

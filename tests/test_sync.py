@@ -1,0 +1,354 @@
+"""Multi-node integration tests of `meshsync sync` (one full two-way pass, no daemon):
+export/import, foreign SQLite writers, hand edits, deletes and concurrent writes.
+
+Every test runs real `meshsync` processes on real folders and real SQLite files; foreign
+writers are the `sqlite3` shell or a separate Python connection.  Order between writes is
+controlled with explicit `updated_at` values, never with sleeps.  Skills, odd keys,
+scopes, an unavailable share and bad input are in test_sync_edges.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from helpers import Mesh, MeshNode
+from sync_helpers import (
+    UPSERT,
+    assert_gone_everywhere,
+    assert_item_everywhere,
+    conflicts,
+    foreign_put,
+    fts,
+    mem_path,
+    outbox,
+    quick_node,
+    read_json,
+    snapshot,
+    sync_json,
+)
+
+from meshsync import layout
+
+
+@pytest.fixture
+def ab(mesh: Mesh) -> tuple[MeshNode, MeshNode]:
+    return mesh.node("A"), quick_node(mesh, "B")
+
+
+@pytest.fixture
+def abc(mesh: Mesh) -> tuple[MeshNode, MeshNode, MeshNode]:
+    return mesh.node("A"), quick_node(mesh, "B"), quick_node(mesh, "C")
+
+
+def upsert_sql(key: str, value: str, node: str, updated_at: int) -> str:
+    """The seed client's upsert, as text for the sqlite3 shell."""
+    return ("INSERT INTO mesh_memory(scope,key,value,node_id,updated_at) "
+            f"VALUES('mesh','{key}','\"{value}\"','{node}',{updated_at}) "
+            "ON CONFLICT(scope,key) DO UPDATE SET value=excluded.value, node_id=excluded.node_id, "
+            "updated_at=excluded.updated_at;")
+
+
+# --- 1. export and import ------------------------------------------------------------------
+
+
+def test_put_exports_canonical_file_and_other_node_imports(mesh, ab):
+    a, b = ab
+    a.cli("put", "mesh", "user.preferences", '{"shortAnswers": true, "lang": "en"}')
+    f = mesh.share / "memory" / "mesh" / "user.preferences.json"
+    doc = read_json(f)
+    assert set(doc) == {"scope", "key", "value", "node_id", "updated_at", "updated_at_ms", "rev"}
+    assert doc["scope"] == "mesh" and doc["key"] == "user.preferences" and doc["node_id"] == "A"
+    assert doc["value"] == {"shortAnswers": True, "lang": "en"}
+    assert doc["updated_at"] == doc["updated_at_ms"] // 1000
+    assert abs(doc["updated_at"] - time.time()) < 60
+    # The writer's own cache is refreshed too.
+    assert a.cache()["mesh:user.preferences"]["value"] == {"shortAnswers": True, "lang": "en"}
+
+    st = sync_json(b)
+    assert (st["to_index"], st["to_share"], st["errors"], st["cache_written"]) == (1, 0, 0, True)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "user.preferences",
+                           {"shortAnswers": True, "lang": "en"}, node_id="A")
+    assert b.row("mesh", "user.preferences") == ('{"lang":"en","shortAnswers":true}', "A", doc["updated_at"])
+    assert outbox(a) == [] and outbox(b) == []
+    assert json.loads(b.cli("get", "mesh", "user.preferences").stdout) == {"shortAnswers": True, "lang": "en"}
+    # Re-exporting the unchanged item produces identical bytes.
+    assert f.read_bytes() == json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+
+
+# --- 2. foreign writers ----------------------------------------------------------------------
+
+
+def test_foreign_sqlite3_cli_writes_are_exported_and_followed(mesh, ab):
+    a, b = ab
+    now = int(time.time())
+    b.cli("put", "mesh", "from.share", '"pelican arrives through the share"')
+    a.sqlite3_cli(upsert_sql("notes", "zebra crossing", "nodeclient", now - 100))
+    assert outbox(a), "the trigger records the foreign write"
+    sync_json(a)
+    assert outbox(a) == []
+    doc = read_json(mem_path(mesh.share, "mesh", "notes"))
+    assert doc["value"] == "zebra crossing" and doc["node_id"] == "nodeclient" and doc["updated_at"] == now - 100
+    assert a.value("mesh", "from.share") == "pelican arrives through the share"
+    sync_json(b)
+    assert outbox(b) == [], "meshsync's own imports are not foreign writes"
+    assert_item_everywhere([a, b], mesh.share, "mesh", "notes", "zebra crossing")
+    # FTS: rows from the share and rows of the foreign client are both searchable.
+    assert fts(a, "zebra") == {("mesh", "notes")}
+    assert fts(a, "pelican") == {("mesh", "from.share")}
+    assert fts(b, "zebra") == {("mesh", "notes")}
+
+    # An update through the same upsert (the share file is unchanged, so not re-read).
+    a.sqlite3_cli(upsert_sql("notes", "giraffe neck", "nodeclient", now - 50))
+    sync_json(a)
+    sync_json(b)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "notes", "giraffe neck")
+    assert fts(b, "giraffe") == {("mesh", "notes")} and fts(b, "zebra") == set()
+    assert outbox(a) == [] and outbox(b) == []
+
+    a.sqlite3_cli("DELETE FROM mesh_memory WHERE scope='mesh' AND key='notes';")
+    sync_json(a)
+    assert not mem_path(mesh.share, "mesh", "notes").exists()
+    sync_json(b)
+    assert_gone_everywhere([a, b], mesh.share, "mesh", "notes")
+    assert fts(a, "giraffe") == set() and fts(b, "giraffe") == set()
+    assert fts(b, "pelican") == {("mesh", "from.share")}
+    assert outbox(a) == [] and outbox(b) == []
+
+
+def test_foreign_python_connection_writes_in_other_scopes_and_ms_stamps(mesh, ab):
+    a, b = ab
+    now = int(time.time())
+    foreign_put(b, "user:alice", "diary", {"text": "quokka smiles"}, updated_at=now - 10)
+    # A client that writes milliseconds instead of seconds.
+    foreign_put(b, "mesh", "ms.client", "millis", updated_at=(now - 20) * 1000 + 123)
+    assert fts(b, "quokka") == {("user:alice", "diary")}
+    sync_json(b)
+    sync_json(a)
+    assert fts(a, "quokka") == {("user:alice", "diary")}
+    assert a.cache()["user:alice:diary"]["value"] == {"text": "quokka smiles"}
+    assert a.value("mesh", "ms.client") == "millis"
+    doc = read_json(mem_path(mesh.share, "mesh", "ms.client"))
+    assert doc["updated_at"] == now - 20 and doc["updated_at_ms"] == (now - 20) * 1000 + 123
+
+
+def test_foreign_invalid_json_row_is_not_exported_and_last_good_version_stays(mesh, ab):
+    a, b = ab
+    a.cli("put", "mesh", "cfg", '{"good": true}')
+    sync_json(b)
+    f = mem_path(mesh.share, "mesh", "cfg")
+    before = f.read_bytes()
+    a.sql("UPDATE mesh_memory SET value = 'not json {', updated_at = updated_at + 5 WHERE key = 'cfg'")
+    p = a.cli("sync", "--json", check=1)
+    assert json.loads(p.stdout)["errors"] >= 1
+    assert f.read_bytes() == before
+    assert a.cache()["mesh:cfg"]["value"] == {"good": True}
+    errs = [e for e in a.status()["errors"] if "cfg" in e["path"]]
+    assert errs and errs[0]["reason"] and errs[0]["hint"]
+    sync_json(b)
+    assert b.value("mesh", "cfg") == {"good": True}
+    # Fixing the row exports it and clears the error.
+    a.sql("UPDATE mesh_memory SET value = '{\"good\": 2}', updated_at = updated_at + 1 WHERE key = 'cfg'")
+    sync_json(a)
+    sync_json(b)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "cfg", {"good": 2})
+    assert a.status()["errors"] == []
+
+
+# --- 3. hand edits (R3, R8) ---------------------------------------------------------------------
+
+
+def test_hand_edit_wins_over_the_version_it_edited_even_with_writer_clock_ahead(mesh, ab):
+    a, b = ab
+    ahead = int(time.time()) + 365 * 86400  # the writer's clock is a year ahead
+    foreign_put(a, "mesh", "plan", {"step": 1}, updated_at=ahead)
+    sync_json(a)
+    sync_json(b)
+    f = mem_path(mesh.share, "mesh", "plan")
+    doc = read_json(f)
+    assert doc["updated_at"] == ahead
+    # Edit the value by hand; keep updated_at, updated_at_ms and rev as they were.
+    doc["value"] = {"step": 2, "by": "hand"}
+    f.write_text(json.dumps(doc, indent=4))
+    sync_json(b)
+    sync_json(a)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "plan", {"step": 2, "by": "hand"})
+    new = read_json(f)
+    assert new["updated_at_ms"] > doc["updated_at_ms"], "the edit is stamped after the version it edited"
+    assert conflicts(a) == [] and conflicts(b) == [], "an edit of V replaces V, it does not beat it"
+
+
+def test_hand_made_value_only_file_is_imported_and_normalised_then_idle(mesh, ab):
+    a, b = ab
+    d = mesh.share / "memory" / "user" / "alice"
+    d.mkdir(parents=True)
+    f = d / "todo.list.json"
+    f.write_text('{"value": ["milk", "eggs"]}')
+    mtime = f.stat().st_mtime
+    st = sync_json(a)
+    assert st["errors"] == 0 and st["to_index"] == 1
+    assert a.value("user:alice", "todo.list") == ["milk", "eggs"]
+    doc = read_json(f)
+    assert doc["scope"] == "user:alice" and doc["key"] == "todo.list" and doc["value"] == ["milk", "eggs"]
+    assert doc["node_id"] == "A" and "rev" in doc and "updated_at_ms" in doc
+    assert abs(doc["updated_at"] - mtime) < 5
+    sync_json(b)
+    assert_item_everywhere([a, b], mesh.share, "user:alice", "todo.list", ["milk", "eggs"])
+
+    # R8: an idle pass writes nothing, on either node.
+    before = snapshot(mesh.share)
+    caches = {n.node_id: n.cache_file.stat().st_mtime_ns for n in (a, b)}
+    for n in (a, b, a):
+        st = sync_json(n)
+        assert (st["to_share"], st["to_index"], st["cache_written"]) == (0, 0, False), st
+    assert snapshot(mesh.share) == before
+    assert {n.node_id: n.cache_file.stat().st_mtime_ns for n in (a, b)} == caches
+
+
+# --- 4. deletes (R4) ----------------------------------------------------------------------------
+
+
+def _tomb(share, key: str):
+    return share / layout.tombstone_path(layout.memory_id("mesh", key), "")
+
+
+def test_deletes_three_ways_reach_everyone_and_offline_node_does_not_resurrect(mesh, abc):
+    a, b, c = abc
+    t = int(time.time()) - 100
+    keys = {"by.file": 1, "by.row": 2, "by.cli": 3, "survivor": 4}
+    for k, v in keys.items():
+        foreign_put(a, "mesh", k, {"v": v}, updated_at=t)
+    for n in (a, b, c):
+        sync_json(n)
+    for k, v in keys.items():
+        assert_item_everywhere([a, b, c], mesh.share, "mesh", k, {"v": v})
+    # C goes offline.  The share file is removed by hand, a foreign client deletes a row
+    # on B and `meshsync rm` runs on B.
+    mem_path(mesh.share, "mesh", "by.file").unlink()
+    b.sqlite3_cli("DELETE FROM mesh_memory WHERE scope='mesh' AND key='by.row';")
+    b.cli("rm", "mesh", "by.cli")
+    assert not mem_path(mesh.share, "mesh", "by.cli").exists()
+    sync_json(b)
+    for k in ("by.file", "by.row", "by.cli"):
+        assert not mem_path(mesh.share, "mesh", k).exists(), k
+        tomb = read_json(_tomb(mesh.share, k))
+        assert tomb["key"] == k and tomb["node_id"] == "B" and tomb["deleted_at_ms"] > t * 1000
+        assert b.row("mesh", k) is None
+    sync_json(a)
+    # C returns: its index still has every row.
+    assert all(c.row("mesh", k) is not None for k in keys)
+    sync_json(c)
+    for n in (a, b, c):
+        sync_json(n)
+    for k in ("by.file", "by.row", "by.cli"):
+        assert_gone_everywhere([a, b, c], mesh.share, "mesh", k)
+        assert _tomb(mesh.share, k).exists()
+    assert_item_everywhere([a, b, c], mesh.share, "mesh", "survivor", {"v": 4})
+    assert conflicts(a) == conflicts(b) == conflicts(c) == []
+    assert a.status()["counts"]["tombstones"] == 3
+
+
+def test_delete_vs_concurrent_update_newer_wins(mesh, ab):
+    a, b = ab
+    t0 = int(time.time()) - 1000
+    foreign_put(a, "mesh", "upd.newer", "v0", updated_at=t0)
+    foreign_put(a, "mesh", "upd.older", "v0", updated_at=t0)
+    sync_json(a)
+    sync_json(b)
+    # Concurrently A deletes both (stamped now); B updates one with a newer stamp (its
+    # clock is ahead) and the other with a stamp older than the delete.
+    a.sql("DELETE FROM mesh_memory WHERE key IN ('upd.newer', 'upd.older')")
+    foreign_put(b, "mesh", "upd.newer", "v1-newer", updated_at=int(time.time()) + 120)
+    foreign_put(b, "mesh", "upd.older", "v1-older", updated_at=t0 + 10)
+    sync_json(a)
+    assert _tomb(mesh.share, "upd.newer").exists() and _tomb(mesh.share, "upd.older").exists()
+    sync_json(b)
+    sync_json(a)
+    sync_json(b)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "upd.newer", "v1-newer", node_id="B")
+    assert not _tomb(mesh.share, "upd.newer").exists()
+    assert_gone_everywhere([a, b], mesh.share, "mesh", "upd.older")
+    assert _tomb(mesh.share, "upd.older").exists()
+    # The beaten update is kept in the history of the node that saw both.
+    lost = [c for c in conflicts(b) if c[1] == "upd.older"]
+    assert len(lost) == 1 and json.loads(lost[0][3]) == "v1-older" and lost[0][2] == "B"
+    assert [c for c in conflicts(a) + conflicts(b) if c[1] == "upd.newer"] == []
+
+
+# --- 5. concurrent writes ---------------------------------------------------------------------
+
+
+def test_concurrent_writes_newest_updated_at_wins(mesh, ab):
+    a, b = ab
+    t = int(time.time()) - 500
+    # key -> (A's stamp, B's stamp)
+    cases = {"a.newer": (t + 20, t + 10), "b.newer": (t + 10, t + 20), "tie": (t, t)}
+    for k, (sa, sb) in cases.items():
+        foreign_put(a, "mesh", k, f"from A at {sa}", updated_at=sa)
+        foreign_put(b, "mesh", k, f"from B at {sb}", updated_at=sb)
+    sync_json(a)
+    sync_json(b)
+    sync_json(a)
+    for k, (sa, sb) in cases.items():
+        # Ties go to the larger node id, the same rule on every node.
+        winner = "A" if sa > sb else "B"
+        stamp = max(sa, sb)
+        assert_item_everywhere([a, b], mesh.share, "mesh", k, f"from {winner} at {stamp}", node_id=winner)
+        assert a.row("mesh", k)[2] == stamp
+        # B saw both versions (its own and A's on the share).
+        loser, lstamp = ("B", sb) if winner == "A" else ("A", sa)
+        cb = [c for c in conflicts(b) if c[1] == k]
+        assert len(cb) == 1, (k, cb)
+        assert cb[0][2] == loser and json.loads(cb[0][3]) == f"from {loser} at {lstamp}" and cb[0][4] == winner
+    assert conflicts(a) == []
+    # A beaten version can be listed through status.
+    assert {c["key"] for c in b.status()["conflicts"]} == set(cases)
+    # Quiet afterwards.
+    for n in (a, b):
+        st = sync_json(n)
+        assert (st["to_share"], st["to_index"], st["conflicts"], st["cache_written"]) == (0, 0, 0, False)
+
+
+def test_concurrent_writes_three_nodes_converge(mesh):
+    a, b, c = mesh.node("A"), quick_node(mesh, "B"), quick_node(mesh, "C")
+    t = int(time.time()) - 500
+    for n, dt in ((a, 3), (b, 1), (c, 2)):
+        foreign_put(n, "mesh", "tri", {"by": n.node_id}, updated_at=t + dt)
+    for n in (a, b, c, a, b):
+        sync_json(n)
+    assert_item_everywhere([a, b, c], mesh.share, "mesh", "tri", {"by": "A"}, node_id="A")
+    assert len([x for x in conflicts(b) + conflicts(c) if x[1] == "tri"]) == 2
+
+
+def test_writes_in_the_same_second_keep_their_order(mesh, ab):
+    a, b = ab
+    a.cli("put", "mesh", "counter", "1")
+    a.cli("put", "mesh", "counter", "2")
+    assert a.value("mesh", "counter") == 2
+    assert read_json(mem_path(mesh.share, "mesh", "counter"))["value"] == 2
+    # Two foreign writes with the same updated_at, with a sync between them.
+    now = int(time.time())
+    foreign_put(a, "mesh", "burst", "first", updated_at=now)
+    sync_json(a)
+    foreign_put(a, "mesh", "burst", "second", updated_at=now)
+    sync_json(a)
+    sync_json(b)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "counter", 2)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "burst", "second")
+    assert conflicts(a) == [] and conflicts(b) == []
+
+
+def test_local_write_after_seeing_newer_version_wins_despite_slow_clock(mesh, ab):
+    """R3: B's clock is behind the version it saw; its later write still wins."""
+    a, b = ab
+    ahead = int(time.time()) + 3600
+    foreign_put(a, "mesh", "causal", "from A, clock ahead", updated_at=ahead)
+    sync_json(a)
+    sync_json(b)
+    # B writes after seeing A's version, with an updated_at an hour older.
+    b.sql(UPSERT, ("mesh", "causal", '"from B, later"', "B", ahead - 3600))
+    sync_json(b)
+    sync_json(a)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "causal", "from B, later", node_id="B")
+    assert read_json(mem_path(mesh.share, "mesh", "causal"))["updated_at_ms"] > ahead * 1000

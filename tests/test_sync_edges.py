@@ -1,0 +1,436 @@
+"""Multi-node integration tests of `meshsync sync` at the edges: skills, odd keys, scopes
+(R9), an unavailable share (R5) and bad input on the share (R6).
+
+Real `meshsync` processes, real folders, real SQLite; no mocks and no sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import pytest
+from helpers import Mesh, MeshNode
+from sync_helpers import (
+    UPSERT,
+    all_paths,
+    assert_item_everywhere,
+    errors,
+    foreign_put,
+    mem_path,
+    quick_node,
+    read_json,
+    sync_json,
+)
+
+from meshsync import layout
+
+
+@pytest.fixture
+def ab(mesh: Mesh) -> tuple[MeshNode, MeshNode]:
+    return mesh.node("A"), quick_node(mesh, "B")
+
+
+def skill_row(n: MeshNode, name: str) -> tuple | None:
+    r = n.sql("SELECT content, path, source_node, updated_at FROM mesh_skills WHERE name = ?", (name,))
+    return r[0] if r else None
+
+
+# --- 6. skills -----------------------------------------------------------------------------------
+
+
+def test_skill_put_is_exported_imported_and_rm_deletes_everywhere(mesh, ab, tmp_path):
+    a, b = ab
+    src = tmp_path / "triage.md"
+    src.write_text("# Triage rules\n\n1. Be kind. ✓\n")
+    a.cli("skill", "put", "triage", str(src))
+    d = mesh.share / "skills" / "triage"
+    assert (d / "SKILL.md").read_bytes() == src.read_bytes()
+    meta = read_json(d / "skill.json")
+    assert meta["name"] == "triage" and meta["source_node"] == "A"
+    sync_json(b)
+    row = skill_row(b, "triage")
+    assert row[0] == src.read_text() and row[2] == "A" and row[3] == meta["updated_at"]
+    for n in (a, b):
+        assert (n.cache_skills / "triage.md").read_bytes() == src.read_bytes(), n.node_id
+    assert b.cli("skill", "get", "triage").stdout == src.read_text()
+
+    b.cli("skill", "rm", "triage")
+    assert not d.exists()
+    assert (mesh.share / layout.tombstone_path(layout.skill_id("triage"), "")).exists()
+    sync_json(a)
+    for n in (a, b):
+        assert skill_row(n, "triage") is None, n.node_id
+        assert not (n.cache_skills / "triage.md").exists(), n.node_id
+
+
+def test_hand_made_skill_dir_imported_versioned_by_every_file_and_deleted(mesh, ab):
+    a, b = ab
+    d = mesh.share / "skills" / "deploy"
+    (d / "scripts").mkdir(parents=True)
+    (d / "references").mkdir()
+    (d / "SKILL.md").write_text("# Deploy\nRun scripts/run.sh\n")
+    (d / "scripts" / "run.sh").write_text("#!/bin/sh\necho deploy\n")
+    (d / "references" / "x.md").write_text("reference\n")
+    old = time.time() - 3600
+    for p in (d / "SKILL.md", d / "scripts" / "run.sh", d / "references" / "x.md"):
+        os.utime(p, (old, old))
+    sync_json(a)
+    assert (d / "skill.json").exists(), "skill.json is added to a hand-made skill"
+    meta = read_json(d / "skill.json")
+    assert meta["name"] == "deploy" and abs(meta["updated_at"] - old) < 5
+    sync_json(b)
+    for n in (a, b):
+        row = skill_row(n, "deploy")
+        assert row is not None and row[0] == "# Deploy\nRun scripts/run.sh\n", n.node_id
+        assert (n.cache_skills / "deploy.md").read_text() == "# Deploy\nRun scripts/run.sh\n"
+        assert row[3] == meta["updated_at"]
+    # The other files are left exactly as they were.
+    assert (d / "scripts" / "run.sh").read_text() == "#!/bin/sh\necho deploy\n"
+    assert (d / "references" / "x.md").read_text() == "reference\n"
+
+    # Editing a script (not SKILL.md) changes the skill's version on every node.
+    (d / "scripts" / "run.sh").write_text("#!/bin/sh\necho deploy v2\n")
+    sync_json(b)
+    sync_json(a)
+    meta2 = read_json(d / "skill.json")
+    assert meta2["updated_at"] > meta["updated_at"]
+    for n in (a, b):
+        assert skill_row(n, "deploy")[3] == meta2["updated_at"], n.node_id
+    st = sync_json(b)
+    assert (st["to_share"], st["to_index"]) == (0, 0)
+
+    # Deleting the directory deletes the skill everywhere.
+    shutil.rmtree(d)
+    sync_json(a)
+    sync_json(b)
+    assert not d.exists()
+    for n in (a, b):
+        assert skill_row(n, "deploy") is None, n.node_id
+        assert not (n.cache_skills / "deploy.md").exists(), n.node_id
+    assert (mesh.share / layout.tombstone_path(layout.skill_id("deploy"), "")).exists()
+
+
+# --- 7. odd keys ---------------------------------------------------------------------------------
+
+WEIRD = ["a/b/c", "..", "../../escape", "a:b:c", "ünïcødé ключ 🔑", "with spaces ", "CON", "con",
+         "x" * 300, "Key", "key", ".hidden", "trailing.", "nul.txt", "back\\slash", "tab\there", "",
+         "q?*<>|\"", "Ünïcødé ключ 🔑"]
+
+_BAD_CHARS = set('/\\:*?"<>|')
+_DEVICES = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
+
+
+def _portable(name: str) -> bool:
+    return (not (_BAD_CHARS & set(name)) and all(32 <= ord(c) < 127 for c in name)
+            and not name.startswith(".") and not name.endswith((".", " ")) and len(name.encode()) <= 255
+            and name.split(".")[0].lower() not in _DEVICES)
+
+
+def test_odd_keys_round_trip_through_put_get_and_the_share(mesh, ab, tmp_path):
+    a, b = ab
+    for i, k in enumerate(WEIRD[:3]):
+        a.cli("put", "mesh", k, json.dumps({"i": i}))
+    for i, k in enumerate(WEIRD[3:], start=3):
+        foreign_put(a, "mesh", k, {"i": i}, updated_at=int(time.time()) - 5)
+    sync_json(a)
+    sync_json(b)
+    folder = mesh.share / "memory" / "mesh"
+    names = sorted(p.name for p in folder.iterdir())
+    assert len(names) == len(WEIRD), names
+    assert len({n.lower() for n in names}) == len(WEIRD), "no two names meet on a case-insensitive share"
+    assert all(_portable(n) for n in names), [n for n in names if not _portable(n)]
+    long_name = layout.encode("x" * 300) + ".json"
+    assert len(long_name.encode()) <= 255 and long_name in names
+    assert read_json(folder / long_name)["key"] == "x" * 300
+    assert {read_json(folder / n)["key"] for n in names} == set(WEIRD)
+    assert (folder / "key.json").exists() and read_json(folder / "key.json")["key"] == "key"
+    for i, k in enumerate(WEIRD):
+        assert b.value("mesh", k) == {"i": i}, repr(k)
+        assert b.cache()[f"mesh:{k}"]["value"] == {"i": i}, repr(k)
+    for k in ("a/b/c", "Key", "x" * 300):
+        assert json.loads(b.cli("get", "mesh", k).stdout) == {"i": WEIRD.index(k)}
+    # Back through the share: every file is edited by hand, B imports.
+    for n in names:
+        p = folder / n
+        doc = read_json(p)
+        doc["value"] = {"edited": doc["key"]}
+        p.write_text(json.dumps(doc))
+    sync_json(b)
+    for k in WEIRD:
+        assert b.value("mesh", k) == {"edited": k}, repr(k)
+    # Odd user ids too.
+    foreign_put(b, "user:../../x", "k/..", 1)
+    sync_json(b)
+    assert (mesh.share / "memory" / "user" / layout.encode("../../x") / (layout.encode("k/..") + ".json")).exists()
+    sync_json(a)
+    assert a.value("user:../../x", "k/..") == 1 and a.value("mesh", "..") == {"edited": ".."}
+    # Nothing was written outside the share and the nodes' own folders.
+    assert {p.split("/")[0] for p in all_paths(tmp_path)} == {"share", "node-A", "node-B"}
+    assert {p.split("/")[0] for p in all_paths(mesh.share)} == {".meshsync", "memory", "skills"}
+
+
+def test_hand_made_files_with_plain_and_escaped_names(mesh, ab):
+    a, b = ab
+    folder = mesh.share / "memory" / "mesh"
+    (folder / "user.preferences.json").write_text('{"value": 1}')
+    (folder / (layout.encode("Grüße/2") + ".json")).write_text('{"value": 2}')
+    (folder / "Upper.json").write_text('{"value": 3}')  # not the canonical spelling of any key
+    p = a.cli("sync", check=1)
+    assert "status" in p.stderr
+    assert a.value("mesh", "user.preferences") == 1 and a.value("mesh", "Grüße/2") == 2
+    e = errors(a)["memory/mesh/Upper.json"]
+    assert "^upper" in e["hint"]
+    assert (folder / "Upper.json").read_text() == '{"value": 3}'
+    sync_json(b, code=1)
+    assert b.value("mesh", "Grüße/2") == 2
+
+
+def test_odd_node_id_stays_inside_the_share(mesh, tmp_path):
+    n = MeshNode("../evil/node", mesh.share, tmp_path / "node-evil")
+    n.cli("init")
+    n.cli("put", "node", "k", "1")
+    rel = layout.encode("../evil/node")
+    assert (mesh.share / "memory" / "node" / rel / "k.json").exists()
+    assert all_paths(mesh.share / "memory" / "node") == {rel, f"{rel}/k.json"}
+    assert {p.split("/")[0] for p in all_paths(tmp_path)} == {"share", "node-evil"}
+
+
+# --- 8. scopes (R9) ----------------------------------------------------------------------------------
+
+
+def test_node_and_user_scopes_layout_and_ownership(mesh, ab):
+    a, b = ab
+    a.cli("put", "node", "local.cfg", '"A only"')
+    b.cli("put", "node", "local.cfg", '"B only"')
+    a.cli("put", "user:alice", "prefs", '{"dark": true}')
+    fa = mesh.share / "memory" / "node" / layout.encode("A") / "local.cfg.json"
+    fb = mesh.share / "memory" / "node" / layout.encode("B") / "local.cfg.json"
+    assert read_json(fa)["value"] == "A only" and read_json(fb)["value"] == "B only"
+    assert read_json(mesh.share / "memory" / "user" / "alice" / "prefs.json")["value"] == {"dark": True}
+    sync_json(a)
+    sync_json(b)
+    assert a.value("node", "local.cfg") == "A only" and b.value("node", "local.cfg") == "B only"
+    assert a.cache()["node:local.cfg"]["value"] == "A only"
+    assert b.cache()["node:local.cfg"]["value"] == "B only"
+    assert b.value("user:alice", "prefs") == {"dark": True}
+    assert b.cache()["user:alice:prefs"]["value"] == {"dark": True}
+    # Deleting B's node item leaves A's alone.
+    b.cli("rm", "node", "local.cfg")
+    sync_json(a)
+    assert fa.exists() and not fb.exists() and a.value("node", "local.cfg") == "A only"
+
+
+def test_read_scopes_limit_imports(mesh):
+    a = mesh.node("A")
+    c = quick_node(mesh, "C", MESHSYNC_SCOPES__READ='["mesh"]')
+    a.cli("put", "mesh", "public", "1")
+    a.cli("put", "user:alice", "secret", "2")
+    sync_json(c)
+    assert c.value("mesh", "public") == 1
+    assert c.row("user:alice", "secret") is None
+    assert set(c.cache()) == {"mesh:public"}
+    # Still true after another change and pass, and the share keeps the item.
+    a.cli("put", "user:alice", "secret", "3")
+    sync_json(c)
+    assert c.row("user:alice", "secret") is None and set(c.cache()) == {"mesh:public"}
+    assert read_json(mesh.share / "memory" / "user" / "alice" / "secret.json")["value"] == 3
+
+
+def test_write_scopes_refuse_export_and_report(mesh):
+    a = mesh.node("A")
+    d = quick_node(mesh, "D", MESHSYNC_SCOPES__WRITE='["mesh"]')
+    foreign_put(d, "user:bob", "note", "from a foreign client on D")
+    foreign_put(d, "mesh", "ok", "exported")
+    st = sync_json(d, code=1)
+    assert st["refused"] >= 1
+    bob = mesh.share / "memory" / "user" / "bob"
+    assert not bob.exists() or not any(bob.iterdir())
+    assert read_json(mem_path(mesh.share, "mesh", "ok"))["value"] == "exported"
+    errs = [e for e in d.status()["errors"] if "user:bob" in e["path"] + e["reason"]]
+    assert errs and errs[0]["reason"] and errs[0]["hint"], d.status()["errors"]
+    # The row is not dropped, and stays reported on the next pass.
+    sync_json(d, code=1)
+    assert d.value("user:bob", "note") == "from a foreign client on D"
+    assert [e for e in d.status()["errors"] if "user:bob" in e["path"] + e["reason"]]
+    sync_json(a)
+    assert a.row("user:bob", "note") is None and a.value("mesh", "ok") == "exported"
+    # Once the scope is writable, the pending row goes out and the error is gone.
+    d.cli("sync", MESHSYNC_SCOPES__WRITE='["mesh", "user:*"]')
+    assert read_json(mem_path(mesh.share, "user:bob", "note"))["value"] == "from a foreign client on D"
+    assert d.status()["errors"] == []
+    sync_json(a)
+    assert a.value("user:bob", "note") == "from a foreign client on D"
+
+
+# --- 9. share unavailable (R5) -------------------------------------------------------------------------
+
+
+def test_missing_marker_or_empty_share_changes_nothing(mesh, ab, tmp_path):
+    a, b = ab
+    a.cli("put", "mesh", "keep.me", '"safe"')
+    sync_json(b)
+    rows_before = b.sql("SELECT scope, key, value, node_id, updated_at FROM mesh_memory")
+    cache_before = b.cache_file.read_bytes()
+    marker = mesh.share / ".meshsync"
+    marker.rename(tmp_path / "marker-away")
+    # Looks like an unmounted NAS: no marker, and the memory folder is gone too.
+    (mesh.share / "memory").rename(tmp_path / "memory-away")
+    p = b.cli("sync", check=3)
+    assert "unavailable" in p.stderr
+    assert b.sql("SELECT scope, key, value, node_id, updated_at FROM mesh_memory") == rows_before
+    assert b.cache_file.read_bytes() == cache_before
+    s = b.status()
+    assert s["share"]["available"] is False and ".meshsync" in s["share"]["reason"]
+    # A write made meanwhile stays in the index and is exported later.
+    b.cli("put", "mesh", "while.away", '"later"')
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    b.cli("sync", check=3, MESHSYNC_SHARE=str(empty))
+    assert list(empty.iterdir()) == []
+    assert set(b.sql("SELECT scope, key, value, node_id, updated_at FROM mesh_memory")) >= set(rows_before)
+    assert json.loads(b.cache_file.read_bytes())["mesh:keep.me"] == json.loads(cache_before)["mesh:keep.me"]
+    assert not (mesh.share / "memory").exists()
+    # Back again: everything resumes, nothing was lost.
+    (tmp_path / "marker-away").rename(marker)
+    (tmp_path / "memory-away").rename(mesh.share / "memory")
+    sync_json(b)
+    sync_json(a)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "keep.me", "safe")
+    assert_item_everywhere([a, b], mesh.share, "mesh", "while.away", "later")
+
+
+def test_init_refuses_folder_with_files_but_no_marker(tmp_path):
+    share = tmp_path / "mnt"
+    (share / "stuff").mkdir(parents=True)
+    (share / "stuff" / "file.txt").write_text("x")
+    n = MeshNode("X", share, tmp_path / "node-X")
+    p = n.cli("init", check=3)
+    assert "marker" in p.stderr and "mount" in p.stderr
+    assert not (share / ".meshsync").exists()
+    assert sorted(all_paths(share)) == ["stuff", "stuff/file.txt"]
+
+
+# --- 10. bad input on the share (R6) ----------------------------------------------------------------------
+
+
+def test_bad_files_are_skipped_reported_and_left_alone(mesh, ab, tmp_path):
+    a, b = ab
+    m = mesh.share / "memory" / "mesh"
+    bad = {
+        "broken.json": b'{"value": [1, 2,',
+        "novalue.json": b'{"scope": "mesh", "key": "novalue", "val": 1}',
+        "array.json": b"[1, 2, 3]",
+        "badutf8.json": b'{"value": "\xff\xfe"}',
+    }
+    for name, data in bad.items():
+        (m / name).write_bytes(data)
+    with open(m / "big.json", "wb") as fh:  # over the default 10 MB limit
+        fh.write(b'{"value": "' + b"x" * (11 * 1024 * 1024) + b'"}')
+    os.mkfifo(m / "pipe.json")
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"value": "outside secret"}')
+    os.symlink(outside, m / "link.json")
+    (m / "good.json").write_text('{"value": "fine"}')
+    names = list(bad) + ["big.json", "pipe.json", "link.json"]
+    before = {n: (m / n).read_bytes() for n in list(bad) + ["big.json"]}
+
+    st = json.loads(a.cli("sync", "--json", check=1, timeout=60).stdout)
+    assert st["errors"] >= len(names)
+    assert a.value("mesh", "good") == "fine"
+    assert read_json(m / "good.json")["node_id"] == "A"
+    errs = errors(a)
+    for name in names:
+        e = errs.get(f"memory/mesh/{name}")
+        assert e is not None, (name, errs)
+        assert e["reason"] and e["hint"], e
+    assert "link" in errs["memory/mesh/link.json"]["reason"]
+    assert "FIFO" in errs["memory/mesh/pipe.json"]["reason"]
+    assert "limit" in errs["memory/mesh/big.json"]["reason"]
+    assert "value" in errs["memory/mesh/novalue.json"]["reason"]
+    for n, data in before.items():
+        assert (m / n).read_bytes() == data, n
+    assert (m / "pipe.json").is_fifo() and (m / "link.json").is_symlink()
+    assert outside.read_text() == '{"value": "outside secret"}'
+    assert a.sql("SELECT key FROM mesh_memory") == [("good",)]
+    assert set(a.cache()) == {"mesh:good"}
+    # B sees the same; a second pass changes nothing.
+    b.cli("sync", check=1, timeout=60)
+    assert b.sql("SELECT key FROM mesh_memory") == [("good",)]
+    assert set(errors(b)) >= {f"memory/mesh/{n}" for n in names}
+    st = json.loads(a.cli("sync", "--json", check=1, timeout=60).stdout)
+    assert (st["to_share"], st["to_index"]) == (0, 0)
+    for n, data in before.items():
+        assert (m / n).read_bytes() == data, n
+    # Fixing a file clears its error.
+    (m / "broken.json").write_text('{"value": [1, 2]}')
+    a.cli("sync", check=1, timeout=60)
+    assert a.value("mesh", "broken") == [1, 2]
+    assert "memory/mesh/broken.json" not in errors(a)
+
+
+BREAKAGES = ["invalid_json", "no_value", "fifo", "symlink", "too_big", "wrong_key", "not_utf8"]
+
+
+def test_good_files_turned_bad_keep_last_good_version(mesh, tmp_path):
+    env = {"MESHSYNC_LIMITS__MAX_FILE_BYTES": "2048"}
+    a, b = mesh.node("A", **env), quick_node(mesh, "B", **env)
+    t = int(time.time()) - 100
+    for k in BREAKAGES:
+        foreign_put(a, "mesh", k, {"v": "good " + k}, updated_at=t)
+    foreign_put(a, "mesh", "neighbour", "n1", updated_at=t)
+    sync_json(a)
+    sync_json(b)
+    cache_b = json.loads(b.cache_file.read_bytes())
+    kept = {}
+    for k in BREAKAGES:
+        f = mem_path(mesh.share, "mesh", k)
+        if k == "invalid_json":
+            f.write_bytes(b'{"value": {"v": "bro')
+        elif k == "no_value":
+            f.write_bytes(b'{"scope": "mesh", "key": "no_value"}')
+        elif k == "fifo":
+            f.unlink()
+            os.mkfifo(f)
+        elif k == "symlink":
+            target = tmp_path / "elsewhere.json"
+            target.write_text('{"value": {"v": "evil"}}')
+            f.unlink()
+            os.symlink(target, f)
+        elif k == "too_big":
+            f.write_bytes(b'{"value": "' + b"z" * 3000 + b'"}')
+        elif k == "wrong_key":
+            f.write_bytes(b'{"scope": "mesh", "key": "other", "value": 1}')
+        else:
+            f.write_bytes(b'{"value": "caf\xe9"}')
+        if not (f.is_symlink() or f.is_fifo()):
+            kept[k] = f.read_bytes()
+    # Another change in the same pass still goes through.
+    a.sql(UPSERT, ("mesh", "neighbour", '"n2"', "A", t + 1))
+    a.cli("sync", check=1, timeout=60)
+    b.cli("sync", check=1, timeout=60)
+    for n in (a, b):
+        errs = errors(n)
+        for k in BREAKAGES:
+            assert n.value("mesh", k) == {"v": "good " + k}, (n.node_id, k)
+            assert n.cache()[f"mesh:{k}"] == cache_b[f"mesh:{k}"], (n.node_id, k)
+            e = errs.get(f"memory/mesh/{k}.json")
+            assert e is not None and e["reason"] and e["hint"], (n.node_id, k, errs)
+        assert n.value("mesh", "neighbour") == "n2"
+    for k, data in kept.items():
+        assert mem_path(mesh.share, "mesh", k).read_bytes() == data, k
+    assert mem_path(mesh.share, "mesh", "fifo").is_fifo()
+    assert mem_path(mesh.share, "mesh", "symlink").is_symlink()
+    # A third node joining meanwhile gets nothing bad, and nothing is deleted.
+    c = quick_node(mesh, "C", **env)
+    c.cli("sync", check=1, timeout=60)
+    assert c.value("mesh", "neighbour") == "n2"
+    assert all(c.row("mesh", k) is None for k in BREAKAGES)
+    assert a.sql("SELECT count(*) FROM mesh_memory") == [(len(BREAKAGES) + 1,)]
+    # Repairing a file by hand makes the repair the new version.
+    mem_path(mesh.share, "mesh", "invalid_json").write_text('{"value": {"v": "repaired"}}')
+    b.cli("sync", check=1, timeout=60)
+    a.cli("sync", check=1, timeout=60)
+    assert a.value("mesh", "invalid_json") == {"v": "repaired"} == b.value("mesh", "invalid_json")
