@@ -1,0 +1,693 @@
+#!/usr/bin/env python3
+"""meshsync benchmarks: every figure next to a bare baseline measured in the same run.
+
+    python3 benchmarks/run.py [--sizes 10000,100000] [--skills 200] [--quick] [--only NAME[,NAME]]
+
+For each size N it builds a share in a temporary folder (N memory files in memory/mesh/,
+rendered with meshsync.formats.render_memory so meshsync trusts them, plus the skills;
+every file's mtime set an hour back so the 3 s racy-file rule does not apply) and runs:
+
+  import   Node(settings).sync() in-process on a fresh index   vs scandir+read+orjson+INSERT
+  noop     a second, no-change Node.sync()                     vs scandir+stat walk
+  cache    Cache.write_memory(Node._cache_entries())           vs orjson.dumps + atomic write
+  latency  two real `meshsync run` daemons: hand edit -> other node's cache, foreign SQLite
+           write -> share file (events mode), CLI put on bindfs mount A -> node B's index
+           (poll mode, poll_interval 2 s)                      vs the designed wait (floor)
+  idle     CPU and peak RSS of an idle poll-mode daemon        vs a bare loop with its wake-ups
+  export   10k rows from a foreign SQLite writer -> Node.sync() writes 10k share files
+                                                               vs 10k atomic writes (fsync)
+
+Writes benchmarks/results.json and docs/benchmarks.png (needs matplotlib, a benchmark-only
+dependency: pip install matplotlib).  --quick and --only print the table but write those
+files only when --out/--plot are given.  See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+for _k in [k for k in os.environ if k.startswith("MESHSYNC_")]:
+    del os.environ[_k]  # the runs must not depend on the caller's meshsync settings
+for _i, _a in enumerate(sys.argv):  # --src must be known before meshsync is imported
+    if _a == "--src" and _i + 1 < len(sys.argv):
+        os.environ["BENCH_MESHSYNC_SRC"] = os.path.abspath(sys.argv[_i + 1])
+    elif _a.startswith("--src="):
+        os.environ["BENCH_MESHSYNC_SRC"] = os.path.abspath(_a[6:])
+
+import baselines  # noqa: E402
+import dataset  # noqa: E402
+import orjson  # noqa: E402
+from daemons import (  # noqa: E402
+    MESHSYNC,
+    PATCHED,
+    BindMounts,
+    ChangedFile,
+    NodeProc,
+    percentile,
+    proc_cpu_seconds,
+    proc_status_kb,
+    wait_until,
+)
+from dataset import REPO, SRC, key_of, value_of  # noqa: E402
+
+from meshsync import config, layout  # noqa: E402
+from meshsync.sync import Node  # noqa: E402
+
+BENCHES = ("import", "noop", "cache", "latency", "idle", "export")
+EXPORT_N = 10_000
+TICK = 0.05  # the daemon's index check period (meshsync.daemon.INDEX_TICK)
+T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.monotonic() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def mark() -> float:
+    """Start a timed segment: flush what earlier segments left dirty (sync(2)) so that
+    no segment pays for another's writeback, then read the clock."""
+    os.sync()
+    return time.perf_counter()
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+class Results:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, bench: str, label: str, size: int, value: float, baseline: float | None, unit: str,
+            target: float | None, baseline_kind: str = "measured", lower_bound: bool = False,
+            **details: Any) -> dict:
+        ratio = value / baseline if baseline else None
+        row = {"bench": bench, "label": label, "size": size, "value": value, "baseline": baseline,
+               "unit": unit, "ratio": ratio, "target": target, "baseline_kind": baseline_kind,
+               "lower_bound": lower_bound,
+               "ok": (ratio <= target) if (target is not None and ratio is not None) else None,
+               "details": details}
+        self.rows.append(row)
+        say(f"{label} @ {size}: {fmt(value, unit)} vs {fmt(baseline, unit)}"
+            + (f" -> ratio {ratio:.2f}" if ratio is not None else ""))
+        return row
+
+
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"
+    if unit == "%":
+        return f"{v:.2f} %"
+    if unit == "MiB":
+        return f"{v:.0f} MiB"
+    return f"{v:.3g} {unit}"
+
+
+def table(rows: list[dict]) -> str:
+    head = ["benchmark", "size", "meshsync", "baseline", "ratio", "target", "ok"]
+    lines = []
+    for r in rows:
+        base = fmt(r["baseline"], r["unit"]) + (" (design)" if r["baseline_kind"] == "design" else "")
+        ok = "-" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        ge = ">= " if r.get("lower_bound") else ""
+        lines.append([r["label"], str(r["size"]), ge + fmt(r["value"], r["unit"]), base,
+                      "-" if r["ratio"] is None else ge + f"{r['ratio']:.2f}",
+                      "-" if r["target"] is None else f"<= {r['target']:g}", ok])
+    widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
+    return "\n".join(out)
+
+
+# --- one size ---------------------------------------------------------------------------------
+
+
+class SizeRun:
+    def __init__(self, base: Path, n: int, opts: argparse.Namespace, results: Results):
+        self.base = base
+        self.n = n
+        self.o = opts
+        self.r = results
+        self.share = base / "share"
+        self.a_home = base / "node-a"
+        self.b_home = base / "node-b"
+        self.imported = False
+        self.big = n > 20_000
+
+    def settings(self, home: Path, node_id: str = "bench-a", share: Path | None = None) -> config.Settings:
+        return config.load(None, node_id=node_id, share=share or self.share, index=home / "index.sqlite",
+                           openclaw_home=home / "openclaw")
+
+    def reps(self, small: int, big: int) -> int:
+        if self.o.repeat:
+            return self.o.repeat
+        if self.o.quick:
+            return 1
+        return big if self.big else small
+
+    def run(self, only: set[str]) -> None:
+        self.base.mkdir(parents=True)
+        say(f"size {self.n}: building the share ({self.n} memory files, {self.o.skills} skills)")
+        info = dataset.build_share(self.share, self.n, self.o.skills)
+        say(f"size {self.n}: built in {info['seconds']} s, {info['avg_file_bytes']} bytes per memory file")
+        self.dataset_info = info
+        for b in BENCHES:
+            if b in only:
+                t = time.monotonic()
+                getattr(self, "bench_" + b)()
+                say(f"size {self.n}: {b} done in {time.monotonic() - t:.0f} s")
+
+    def ensure_imported(self) -> None:
+        if not self.imported:
+            say("importing once into node A's index (set-up, not measured)")
+            node = Node(self.settings(self.a_home))
+            node.sync()
+            node.close()
+            self.imported = True
+
+    def profile(self, name: str, fn: Callable[[], Any]) -> None:
+        """Run fn once more under pyinstrument (--profile DIR), outside the measured runs."""
+        if not self.o.profile:
+            return
+        try:
+            from pyinstrument import Profiler
+        except ImportError:
+            say("--profile needs pyinstrument (pip install pyinstrument); skipped")
+            return
+        out = Path(self.o.profile)
+        out.mkdir(parents=True, exist_ok=True)
+        prof = Profiler(interval=0.002)
+        prof.start()
+        try:
+            fn()
+        finally:
+            prof.stop()
+        stem = out / f"{name}-{self.n}"
+        stem.with_suffix(".txt").write_text(prof.output_text(unicode=False, color=False, show_all=False))
+        stem.with_suffix(".html").write_text(prof.output_html())
+        say(f"profile written to {stem}.txt/.html")
+
+    # a. initial import ------------------------------------------------------------------
+
+    def bench_import(self) -> None:
+        reps = self.reps(3, 1)
+        ms, bare, stats_d = [], [], {}
+        expected = self.n + self.o.skills
+        for r in range(reps):
+            db = self.base / f"bare-{r}.sqlite"
+            t = mark()
+            rows = baselines.import_share(self.share, db)
+            bare.append(time.perf_counter() - t)
+            assert rows == expected, (rows, expected)
+            for p in self.base.glob(f"bare-{r}.sqlite*"):
+                p.unlink()
+            last = r == reps - 1
+            home = self.a_home if last else self.base / f"import-{r}"
+            t = mark()
+            node = Node(self.settings(home))
+            st = node.sync()
+            ms.append(time.perf_counter() - t)
+            node.close()
+            assert st.to_index == expected and st.errors == 0, st.as_dict()
+            stats_d = st.as_dict()
+            if not last:
+                shutil.rmtree(home)
+        self.imported = True
+        self.r.add("import", "a. initial import", self.n, med(ms), med(bare), "s", 1.5,
+                   runs=ms, baseline_runs=bare, pass_stats={k: stats_d[k] for k in
+                                                            ("scanned", "read", "to_index", "cache_written")})
+
+        def again() -> None:
+            home = self.base / "import-prof"
+            node = Node(self.settings(home))
+            node.sync()
+            node.close()
+            shutil.rmtree(home)
+        self.profile("import", again)
+
+    # b. no-change pass ------------------------------------------------------------------
+
+    def bench_noop(self) -> None:
+        self.ensure_imported()
+        node = Node(self.settings(self.a_home))
+        reps = 3 if self.o.quick else 5
+        ms, bare = [], []
+        st = None
+        for _ in range(reps):
+            t = mark()
+            nfiles = baselines.walk_share(self.share)
+            bare.append(time.perf_counter() - t)
+            t = mark()
+            st = node.sync()
+            ms.append(time.perf_counter() - t)
+            assert st.read == 0 and st.to_index == 0 and st.to_share == 0, st.as_dict()
+        self.r.add("noop", "b. no-change pass", self.n, med(ms), med(bare), "s", 1.5, runs=ms,
+                   baseline_runs=bare, files_walked=nfiles, scanned=st.scanned if st else None)
+        self.profile("noop", node.sync)
+        node.close()
+
+    # d. cache rewrite -------------------------------------------------------------------
+
+    def bench_cache(self) -> None:
+        self.ensure_imported()
+        node = Node(self.settings(self.a_home))
+        db = sqlite3.connect(node.s.index)
+        plain = {f"{s}:{k}": {"value": orjson.loads(v), "nodeId": nd, "ts": ts}
+                 for s, k, v, nd, ts in db.execute("SELECT scope, key, value, node_id, updated_at FROM mesh_memory")}
+        db.close()
+        bare_path = self.base / "bare-cache.json"
+        reps = self.reps(5, 3)
+        full, write_only, bare = [], [], []
+        sig = None
+        for _ in range(reps):
+            t = mark()
+            nbytes = baselines.write_cache(plain, bare_path)
+            bare.append(time.perf_counter() - t)
+            t = mark()
+            entries = node._cache_entries()
+            t1 = time.perf_counter()
+            sig = node.cache.write_memory(entries)
+            t2 = time.perf_counter()
+            full.append(t2 - t)
+            write_only.append(t2 - t1)
+        with node.index.write() as wdb:  # as Node._finish does: the next pass must not rewrite it again
+            node.index.set_meta(wdb, cache_sig=sig or "")
+        size = node.cache.memory_path.stat().st_size
+        self.r.add("cache", "d. cache rewrite", self.n, med(full), med(bare), "s", 1.5, runs=full,
+                   baseline_runs=bare, entries=len(plain), cache_bytes=size, baseline_bytes=nbytes)
+        self.r.add("cache", "d. (write_memory only)", self.n, med(write_only), med(bare), "s", None,
+                   runs=write_only)
+        self.profile("cache", lambda: node.cache.write_memory(node._cache_entries()))
+        with node.index.write() as wdb:
+            node.index.set_meta(wdb, cache_sig=node.cache.memory_sig() or "")
+        node.close()
+        bare_path.unlink()
+
+    # e. daemon latency ------------------------------------------------------------------
+
+    def bench_latency(self) -> None:
+        self.ensure_imported()
+        self.rng = random.Random(self.n)
+        self.nonce = os.urandom(3).hex()
+        self._events_latency(MESHSYNC, "")
+        if not self.o.no_fix_sim:
+            self._events_latency(PATCHED, " [watch fix]")
+        self._nas_latency()
+
+    @property
+    def samples(self) -> int:
+        return self.o.samples or (10 if self.o.quick else 30)
+
+    def _sample(self, one: Callable[[int], tuple[float, Callable[[], bool]]], gap: Callable[[], float],
+                what: str) -> tuple[list[float], int]:
+        """Run ``one(i)`` (makes change i; returns its start time and the condition that
+        shows it arrived) for every sample.  A sample that does not arrive within
+        --sample-timeout counts as that timeout; after 3 timeouts the path stops."""
+        lat: list[float] = []
+        timeouts = 0
+        for i in range(self.samples):
+            t0, cond = one(i)
+            try:
+                lat.append(wait_until(cond, self.o.sample_timeout, what) - t0)
+            except TimeoutError:
+                timeouts += 1
+                lat.append(self.o.sample_timeout)
+                say(f"{what}: sample {i} did not arrive within {self.o.sample_timeout:g} s")
+                if timeouts >= 3:
+                    say(f"{what}: 3 timeouts, path stopped after {i + 1} samples")
+                    break
+            time.sleep(gap())
+        return lat, timeouts
+
+    def _events_latency(self, launcher: list[str], tag: str) -> None:
+        """e1 hand edit -> other node's cache and e2 foreign SQLite write -> share file, two
+        events-mode daemons on the real share; then their CPU while nothing changes."""
+        env = {"MESHSYNC_WATCH__MODE": "events", "MESHSYNC_WATCH__DEBOUNCE": str(self.o.debounce)}
+        a = NodeProc("bench-a", self.share, self.a_home, dict(env), launcher)
+        b = NodeProc("bench-b", self.share, self.b_home, dict(env), launcher)
+        ready_timeout = 120 + self.n * 0.01
+        deb = self.o.debounce
+        nonce = self.nonce + tag.strip(" []").replace(" ", "")
+
+        def gap() -> float:
+            return self.o.gap + self.rng.uniform(0, self.o.gap)
+        try:
+            a.start()
+            a_ready = a.wait_ready(ready_timeout)
+            b.start()
+            b_ready = b.wait_ready(ready_timeout)  # B's first run imports all N items
+            say(f"events daemons{tag} ready: A {a_ready:.1f} s, B {b_ready:.1f} s")
+            time.sleep(1.0)
+            watch_b = ChangedFile(b.cache_file)
+
+            def hand(i: int) -> tuple[float, Callable[[], bool]]:
+                k = (i * 7919 + 11) % self.n
+                path = self.share / layout.item_path(layout.memory_id("mesh", key_of(k)), "bench-a")
+                tok = f"hand-{nonce}-{i}".encode()
+                data = orjson.dumps({"value": {"hand": i, "tok": tok.decode()}})
+                t0 = time.perf_counter()
+                with open(path, "wb") as f:  # a hand edit, in place, as `echo > file` does
+                    f.write(data)
+                return t0, lambda: watch_b.contains(tok)
+            lat, to = self._sample(hand, gap, f"hand edit{tag}")
+            self._latency_rows(f"hand edit -> other node's cache{tag}", "events", lat, to, deb, deb,
+                               a_first_pass_s=a_ready, b_first_pass_s=b_ready)
+            db = sqlite3.connect(a.index, isolation_level=None, timeout=30)
+
+            def sql(i: int) -> tuple[float, Callable[[], bool]]:
+                key = f"lat.sql.{nonce}.{i:03d}"
+                tok = f"sql-{nonce}-{i}".encode()
+                f = ChangedFile(self.share / layout.item_path(layout.memory_id("mesh", key), "bench-a"))
+                t0 = time.perf_counter()
+                db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
+                           " ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value,"
+                           " node_id = excluded.node_id, updated_at = excluded.updated_at",
+                           ("mesh", key, orjson.dumps({"sql": i, "tok": tok.decode()}).decode(), "bench-tool",
+                            int(time.time())))
+                return t0, lambda: f.contains(tok)
+            lat, to = self._sample(sql, gap, f"SQLite write{tag}")
+            db.close()
+            self._latency_rows(f"SQLite write -> share file{tag}", "events", lat, to, deb + TICK / 2, deb + TICK)
+            window = self.o.events_idle_window or (5 if self.o.quick else 15)
+            cpu, bcpu, det = self._idle_cpu([a, b], window, settle=2.0)
+            self.r.add("idle", f"f. CPU after the samples, events mode, per daemon{tag}", self.n, cpu, bcpu,
+                       "%", None, **det)
+        finally:
+            a.stop()
+            b.stop()
+
+    def _nas_latency(self) -> None:
+        """e3: two bindfs mounts of the share, poll mode: CLI put on A -> B's index row."""
+        pi = self.o.poll_interval
+        deb = self.o.debounce
+        env = {"MESHSYNC_WATCH__MODE": "poll", "MESHSYNC_WATCH__POLL_INTERVAL": str(pi),
+               "MESHSYNC_WATCH__DEBOUNCE": str(deb)}
+        with BindMounts(self.share, [self.base / "mnt-a", self.base / "mnt-b"]) as m:
+            a = NodeProc("bench-a", m.mounts[0], self.a_home, dict(env))
+            b = NodeProc("bench-b", m.mounts[1], self.b_home, dict(env))
+            try:
+                a.start()
+                b.start()
+                a_ready = a.wait_ready(120 + self.n * 0.01)
+                b_ready = b.wait_ready(120 + self.n * 0.01)
+                say(f"NAS daemons ready: A {a_ready:.1f} s, B {b_ready:.1f} s (first passes through bindfs)")
+                time.sleep(1.0)
+                db = sqlite3.connect(b.index, isolation_level=None, timeout=30)
+                q = "SELECT value FROM mesh_memory WHERE scope = 'mesh' AND key = ?"
+                cli: list[float] = []
+
+                def put(i: int) -> tuple[float, Callable[[], bool]]:
+                    key = f"lat.nas.{self.nonce}.{i:03d}"
+                    tok = f"nas-{self.nonce}-{i}"
+                    t0 = time.perf_counter()
+                    a.cli("put", "mesh", key, orjson.dumps({"nas": i, "tok": tok}).decode())
+                    tc = time.perf_counter()  # committed: the CLI's start-up is not the daemons' latency
+                    cli.append(tc - t0)
+
+                    def has() -> bool:
+                        r = db.execute(q, (key,)).fetchone()
+                        return r is not None and tok in r[0]
+                    return tc, has
+                lat, to = self._sample(put, lambda: self.o.gap + self.rng.uniform(0, pi), "NAS put")
+                db.close()
+                self._latency_rows(f"NAS put (poll {pi:g} s) -> other node's index", "poll", lat, to,
+                                   2 * deb + TICK / 2 + pi / 2, 2 * deb + TICK + 0.99 * pi,
+                                   cli_seconds_median=med(cli), a_first_pass_s=a_ready, b_first_pass_s=b_ready)
+            finally:
+                a.stop()
+                b.stop()
+
+    def _latency_rows(self, what: str, mode: str, lat: list[float], timeouts: int, design50: float,
+                      design99: float, **details: Any) -> None:
+        """Latency rows; their baseline is the wait the design imposes (debounce, the 50 ms
+        index tick, the poll interval), not a measurement.  With timeouts, the figures are
+        lower bounds."""
+        lb = timeouts > 0
+        self.r.add("latency", f"e. {what} p50", self.n, percentile(lat, 50), design50, "s", None, "design",
+                   lower_bound=lb, mode=mode, samples=lat, timeouts=timeouts, **details)
+        self.r.add("latency", f"e. {what} p99", self.n, percentile(lat, 99), design99, "s", None, "design",
+                   lower_bound=lb, mode=mode, max=max(lat), timeouts=timeouts)
+
+    def _idle_cpu(self, procs: list[NodeProc], window: float, settle: float) -> tuple[float, float, dict]:
+        """Mean CPU (% of one core) of procs over window, and that of a bare loop with the
+        daemon's wake-ups (50 ms index check, journal scan every 2 s) run alongside."""
+        bare = subprocess.Popen([sys.executable, "-c", baselines.IDLE_LOOP, str(self.share),
+                                 str(procs[0].index), "2.0"], env=procs[0].env())
+        try:
+            time.sleep(settle)
+            c0 = [p.cpu_seconds() for p in procs]
+            b0, t0 = proc_cpu_seconds(bare.pid), time.monotonic()
+            time.sleep(window)
+            c1 = [p.cpu_seconds() for p in procs]
+            b1, t1 = proc_cpu_seconds(bare.pid), time.monotonic()
+            bhwm = proc_status_kb(bare.pid, "VmHWM") / 1024
+        finally:
+            bare.terminate()
+            bare.wait()
+        dt = t1 - t0
+        per = [(y - x) / dt * 100 for x, y in zip(c0, c1, strict=True)]
+        return (statistics.fmean(per), (b1 - b0) / dt * 100,
+                {"window_s": round(dt, 1), "per_daemon": per, "baseline_hwm_mib": bhwm})
+
+    # f. idle CPU and memory -----------------------------------------------------------------
+
+    def bench_idle(self) -> None:
+        self.ensure_imported()
+        window = self.o.idle_window or (15 if self.o.quick else 60)
+        a = NodeProc("bench-a", self.share, self.a_home, {"MESHSYNC_WATCH__MODE": "poll"})
+        try:
+            a.start()
+            ready = a.wait_ready(120 + self.n * 0.01)
+            cpu, bcpu, det = self._idle_cpu([a], window, settle=3.0)
+            assert a.proc is not None
+            hwm = proc_status_kb(a.proc.pid, "VmHWM") / 1024
+            rss = proc_status_kb(a.proc.pid, "VmRSS") / 1024
+        finally:
+            a.stop()
+        self.r.add("idle", "f. idle CPU (poll mode, % of a core)", self.n, cpu, bcpu, "%", None,
+                   first_pass_s=ready, **det)
+        self.r.add("idle", "f. peak RSS (VmHWM)", self.n, hwm, det["baseline_hwm_mib"], "MiB", None,
+                   rss_end_mib=rss)
+
+    # c. export ---------------------------------------------------------------------------
+
+    def bench_export(self) -> None:
+        self.ensure_imported()
+        node = Node(self.settings(self.a_home))
+        reps = self.reps(2, 1)
+        for mode in ("full", "targeted"):
+            ms, bare = [], []
+            st = None
+            for r in range(reps):
+                keys = [f"export.{mode}.{r}.{i:05d}" for i in range(EXPORT_N)]
+                self._foreign_insert(keys)
+                t = mark()
+                st = node.sync() if mode == "full" else node.sync(set())
+                ms.append(time.perf_counter() - t)
+                assert st.to_share == EXPORT_N, st.as_dict()
+                files = []
+                for k in keys:
+                    rel = layout.item_path(layout.memory_id("mesh", k), "bench-a")
+                    files.append((rel.rsplit("/", 1)[1], (self.share / rel).read_bytes()))
+                d = self.base / f"bare-export-{mode}-{r}"
+                d.mkdir()
+                t = mark()
+                baselines.write_files(d, files)
+                bare.append(time.perf_counter() - t)
+                shutil.rmtree(d)
+            if mode == "full":
+                self.r.add("export", "c. export 10k (full pass)", self.n, med(ms), med(bare), "s", 2.0,
+                           runs=ms, baseline_runs=bare, items=self.n + self.o.skills,
+                           cache_written=st.cache_written if st else None)
+            else:
+                self.r.add("export", "c. export 10k (targeted pass, daemon path)", self.n, med(ms), med(bare),
+                           "s", None, runs=ms, baseline_runs=bare)
+
+        def again() -> None:
+            self._foreign_insert([f"export.prof.{i:05d}" for i in range(EXPORT_N)])
+            node.sync()
+        self.profile("export", again)
+        node.close()
+
+    def _foreign_insert(self, keys: list[str]) -> None:
+        """One executemany INSERT through a separate sqlite3 connection (a foreign client)."""
+        now = int(time.time())
+        rows = [("mesh", k, orjson.dumps(value_of(i)).decode(), "bench-tool", now) for i, k in enumerate(keys)]
+        db = sqlite3.connect(self.a_home / "index.sqlite", isolation_level=None, timeout=30)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
+                           " ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value,"
+                           " node_id = excluded.node_id, updated_at = excluded.updated_at", rows)
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+
+# --- machine, output ----------------------------------------------------------------------------
+
+
+def machine(tmp: Path) -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem = f.readline().split(":", 1)[1].strip()
+    fs = {}
+    real = os.path.realpath(tmp)
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        best = ""
+        for line in f:
+            parts = line.split()
+            sep = parts.index("-")
+            mnt = parts[4]
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best = mnt
+                fs = {"mount": mnt, "type": parts[sep + 1], "source": parts[sep + 2], "options": parts[5]}
+
+    def git(*a: str) -> str:
+        p = subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True)
+        return p.stdout.strip()
+    src = {"meshsync_src": str(SRC), "commit": git("rev-parse", "--short", "HEAD"),
+           "meshsync_dirty": bool(git("status", "--porcelain", "--", "meshsync"))}
+    if SRC != REPO:  # a snapshot: its SNAPSHOT file names the commit it was taken from
+        snap = SRC / "SNAPSHOT"
+        src = {"meshsync_src": str(SRC), "commit": snap.read_text().strip() if snap.exists() else "?",
+               "meshsync_dirty": False}
+    return src | {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model, "mem_total": mem,
+            "tmp": str(tmp), "tmp_fs": fs, "kernel": platform.release(), "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version, "orjson": orjson.__version__, "watchdog": _version("watchdog")}
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("matplotlib is not installed (pip install matplotlib): no plot")
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    ax = axes[0]
+    lat = [r for r in rows if r["bench"] == "latency"]
+    for label in dict.fromkeys(r["label"] for r in lat):
+        pts = sorted((r["size"], r["value"]) for r in lat if r["label"] == label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                linestyle="-" if label.endswith("p50") else "--", label=label[3:])
+    ax.set(xscale="log", yscale="log", xlabel="memory items", ylabel="seconds", title="daemon latency p50 / p99")
+    ax.legend(fontsize=7)
+    for ax, label, unit, title in ((axes[1], "f. idle CPU (poll mode, % of a core)", "%", "idle CPU, poll mode"),
+                                   (axes[2], "f. peak RSS (VmHWM)", "MiB", "daemon peak RSS")):
+        pts = sorted((r["size"], r["value"], r["baseline"]) for r in rows if r["label"] == label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="meshsync run")
+        ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="s", linestyle=":", label="bare loop baseline")
+        ax.set(xscale="log", xlabel="memory items", ylabel=unit, title=title)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    say(f"plot written to {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default=None, help="comma-separated item counts (default 10000,100000; --quick: 10000)")
+    p.add_argument("--skills", type=int, default=200)
+    p.add_argument("--quick", action="store_true", help="1 repeat, 10 latency samples, 15 s idle window")
+    p.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of " + ", ".join(BENCHES))
+    p.add_argument("--repeat", type=int, default=0, help="runs per in-process benchmark (default 3-5, 1 at >20k items)")
+    p.add_argument("--samples", type=int, default=0, help="latency samples per path (default 30)")
+    p.add_argument("--gap", type=float, default=0.5, help="pause between latency samples (s; plus a random part)")
+    p.add_argument("--sample-timeout", type=float, default=30.0, help="a latency sample that takes longer counts as this")
+    p.add_argument("--no-fix-sim", action="store_true",
+                   help="skip the events-mode latency run with the proposed watch fix (benchmarks/patched_meshsync.py)")
+    p.add_argument("--events-idle-window", type=float, default=0, help="CPU window after the events samples (15 s)")
+    p.add_argument("--idle-window", type=float, default=0, help="idle CPU window (default 60 s, --quick 15 s)")
+    p.add_argument("--poll-interval", type=float, default=2.0, help="watch.poll_interval of the NAS daemons")
+    p.add_argument("--debounce", type=float, default=0.2, help="the daemons' watch.debounce (meshsync's default 0.2)")
+    p.add_argument("--src", metavar="DIR", help="import meshsync from DIR (e.g. a `git archive` snapshot with a "
+                   "SNAPSHOT file holding its commit) instead of this checkout")
+    p.add_argument("--tmp", default=tempfile.gettempdir(), help="where to build the data sets")
+    p.add_argument("--keep", action="store_true", help="keep the data sets")
+    p.add_argument("--profile", metavar="DIR", help="also run import/noop/cache/export once under pyinstrument")
+    p.add_argument("--out", help="results JSON (default benchmarks/results.json for full runs)")
+    p.add_argument("--plot", help="plot PNG (default docs/benchmarks.png for full runs)")
+    a = p.parse_args(argv)
+    only = {x.strip() for x in a.only.split(",") if x.strip()}
+    if only - set(BENCHES):
+        p.error(f"unknown benchmark(s): {', '.join(sorted(only - set(BENCHES)))}")
+    sizes = [int(x) for x in (a.sizes or ("10000" if a.quick else "10000,100000")).split(",")]
+    partial = a.quick or only != set(BENCHES)
+    out = Path(a.out) if a.out else (None if partial else REPO / "benchmarks" / "results.json")
+    png = Path(a.plot) if a.plot else (None if partial else REPO / "docs" / "benchmarks.png")
+    if "latency" in only and not (shutil.which("bindfs") and shutil.which("fusermount")):
+        p.error("the latency benchmark needs bindfs and fusermount (apt-get install bindfs fuse3)")
+
+    results = Results()
+    root = Path(tempfile.mkdtemp(prefix="meshsync-bench-", dir=a.tmp))
+    mach = machine(root)
+    say(f"data in {root}; {mach['nproc']} CPUs ({mach['cpu_model']}), {mach['tmp_fs'].get('type')} on "
+        f"{mach['tmp_fs'].get('source')}")
+    started = time.time()
+    try:
+        for n in sizes:
+            SizeRun(root / f"n{n}", n, a, results).run(only)
+    finally:
+        if a.keep:
+            say(f"data kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(table(results.rows))
+    doc = {"command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
+           "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+           "seconds": round(time.time() - started), "machine": mach, "sizes": sizes, "skills": a.skills,
+           "results": results.rows}
+    if out:
+        out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        say(f"results written to {out}")
+    if png:
+        plot(results.rows, png)
+    missed = [r for r in results.rows if r["ok"] is False]
+    if missed:
+        say("targets missed: " + "; ".join(f"{r['label']} @ {r['size']} ({r['ratio']:.2f} > {r['target']:g})"
+                                           for r in missed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
