@@ -135,7 +135,13 @@ class Node:
             return None
         return Version(st.stamp, st.node, st.digest, st.deleted)
 
-    def _index_stamp(self, updated_at: int, now_ms: int) -> int:
+    def _index_stamp(self, updated_at: Any, now_ms: int) -> int:
+        """Milliseconds for a row's updated_at; FormatError for a value that is no time
+        (SQLite keeps text such as 'yesterday' even in an INTEGER column)."""
+        if isinstance(updated_at, float) and updated_at.is_integer():
+            updated_at = int(updated_at)
+        if type(updated_at) is not int or not 0 <= updated_at <= 253_402_300_799_999:
+            raise FormatError(f"updated_at {updated_at!r} is not Unix seconds")
         if updated_at > 100_000_000_000:  # a client that wrote milliseconds
             return updated_at
         if updated_at == now_ms // 1000:
@@ -556,13 +562,13 @@ class Node:
                 if not isinstance(row.value, str):
                     raise FormatError(f"value is a {type(row.value).__name__}, not JSON text")
                 value = formats.loads(row.value, self.s.limits.max_json_depth)
+                stamp = self._index_stamp(row.updated_at, now_ms)
             except FormatError as exc:
-                problems[it] = (f"index row {it}: {exc}", "write valid JSON text into mesh_memory.value; "
-                                "the last good version stays on the share and in the cache")
+                problems[it] = (f"index row {it}: {exc}", "write valid JSON text into mesh_memory.value and "
+                                "Unix seconds into updated_at; the last good version stays on the share and in the cache")
                 continue
             text = formats.canonical(value)
-            v = Version(self._index_stamp(int(row.updated_at), now_ms), str(row.node_id) or self.node,
-                        formats.digest_bytes(text))
+            v = Version(stamp, str(row.node_id) or self.node, formats.digest_bytes(text))
             obs[it] = Obs(v, False, IndexMem(row, value, text.decode("utf-8")))
             problems[it] = None
         for it in skills:
@@ -575,9 +581,17 @@ class Node:
             if st is not None and st.row_sig == srow.sig:
                 obs[it] = Obs(self._base(st), True, None)
                 continue
+            try:
+                if not isinstance(srow.content, str | None) or not isinstance(srow.path, str | None):
+                    raise FormatError("content and path must be text")
+                stamp = self._index_stamp(srow.updated_at, now_ms)
+            except FormatError as exc:
+                problems[it] = (f"index row skill:{it.key}: {exc}", "fix the row in mesh_skills; "
+                                "the last good version stays on the share and in the cache")
+                continue
             content = srow.content.encode("utf-8", "surrogatepass") if srow.content is not None else None
             d = formats.skill_digest(content, srow.path, (st.aux or "") if st else "")
-            v = Version(self._index_stamp(int(srow.updated_at), now_ms), srow.source_node or self.node, d)
+            v = Version(stamp, str(srow.source_node) or self.node, d)
             obs[it] = Obs(v, False, IndexSkill(srow))
         return obs, problems
 
