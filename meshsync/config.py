@@ -81,9 +81,14 @@ class ShareSettings(_Section):
                 raise ValueError(f"there is no group {v!r} on this machine (create it or give a numeric gid)") from None
         return v
 
-    @field_validator("file_mode")
+    @field_validator("file_mode", mode="before")
     @classmethod
-    def _mode(cls, v: str | None) -> str | None:
+    def _mode(cls, v: Any) -> str | None:
+        if isinstance(v, int) and not isinstance(v, bool):
+            # YAML 1.1 reads an unquoted 0640 as the octal number 416.
+            if not 0 <= v <= 0o777:
+                raise ValueError(f"{v} is not a file mode; quote it as a string such as \"0640\"")
+            return f"0{v:o}"
         if v is not None:
             try:
                 m = int(str(v), 8)

@@ -88,6 +88,8 @@ class Daemon:
         self.reload = False
         self.notify = Notifier()
         self.node = Node(settings)
+        # Long passes tick the progress hook: keep systemd's watchdog fed meanwhile.
+        self.node.progress = lambda what, done, total: self.notify.ping()
         self.mode, self.why = choose_mode(settings.watch.mode, settings.share)
         self.events = ShareEvents(settings.share, settings.node_id)
         self.journal = journal.JournalReader(settings.share, settings.node_id)

@@ -270,13 +270,13 @@ class Node:
         mem = walk.memory
         total = len(mem)
         for n, (rel, fe) in enumerate(mem.items()):
+            if n % 2000 == 0:
+                self._tick("checking memory files", n, total)
             it = by_rel.get(rel)
             if it is not None:
                 st = state[it]
                 if fe.settled and st.share_sig == fe.sig:
                     continue
-            if n % 2000 == 0:
-                self._tick("reading changed files", n, total)
             stats.read += 1
             got = self._read_memory(rel, fe.sig if fe.settled else None, problems)
             if got is None:
