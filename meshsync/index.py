@@ -446,10 +446,16 @@ class Index:
 
     def check_fts(self, db: sqlite3.Connection) -> bool:
         """Rebuild the FTS table if a client bypassed the triggers (e.g. INSERT OR
-        REPLACE without recursive triggers leaves stale rows).  Returns True if rebuilt."""
-        n_rows = db.execute("SELECT count(*) FROM mesh_memory").fetchone()[0]
-        n_fts = db.execute("SELECT count(*) FROM mesh_memory_fts").fetchone()[0]
-        if n_rows == n_fts:
+        REPLACE without recursive triggers leaves stale rows) or wrote rows before they
+        existed.  Compares a fingerprint of the two sets of row ids, not just their counts
+        (one stale row plus one missing row have equal counts).  Returns True if rebuilt."""
+        fp = "SELECT count(*), sum({0}), sum(({0} * 2654435761) % 4294967296) FROM {1}"
+        rows = db.execute(fp.format("id", "mesh_memory")).fetchone()
+        try:  # FTS5's own per-row table: much cheaper to scan than the FTS table
+            fts = db.execute(fp.format("id", "mesh_memory_fts_docsize")).fetchone()
+        except sqlite3.OperationalError:  # an FTS table made with columnsize=0
+            fts = db.execute(fp.format("rowid", "mesh_memory_fts")).fetchone()
+        if tuple(rows) == tuple(fts):
             return False
         db.execute("DELETE FROM mesh_memory_fts")
         db.execute("INSERT INTO mesh_memory_fts (rowid, scope, key, content) SELECT id, scope, key, value FROM mesh_memory")

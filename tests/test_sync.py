@@ -239,8 +239,13 @@ def test_deletes_three_ways_reach_everyone_and_offline_node_does_not_resurrect(m
     # C returns: its index still has every row.
     assert all(c.row("mesh", k) is not None for k in keys)
     sync_json(c)
+    sync_json(a)
+    # Converged: a round of passes on every node is quiet (tombstones do not echo).
+    before = snapshot(mesh.share)
     for n in (a, b, c):
-        sync_json(n)
+        st = sync_json(n)
+        assert (st["to_share"], st["to_index"], st["cache_written"]) == (0, 0, False), (n.node_id, st)
+    assert snapshot(mesh.share) == before
     for k in ("by.file", "by.row", "by.cli"):
         assert_gone_everywhere([a, b, c], mesh.share, "mesh", k)
         assert _tomb(mesh.share, k).exists()
@@ -352,3 +357,19 @@ def test_local_write_after_seeing_newer_version_wins_despite_slow_clock(mesh, ab
     sync_json(a)
     assert_item_everywhere([a, b], mesh.share, "mesh", "causal", "from B, later", node_id="B")
     assert read_json(mem_path(mesh.share, "mesh", "causal"))["updated_at_ms"] > ahead * 1000
+
+
+# --- the cache as an entry point (R2) ----------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=False, reason="R2 gap: a write made through the cache (a Phase 1 tool editing "
+                   "mesh-memory.json) is not detected; the next pass overwrites it with the index")
+def test_write_through_the_cache_reaches_everyone(mesh, ab):
+    a, b = ab
+    a.cli("put", "mesh", "x", "1")
+    c = a.cache()
+    c["mesh:from.cache"] = {"value": {"phase1": True}, "nodeId": "A", "ts": int(time.time())}
+    a.cache_file.write_text(json.dumps(c))
+    sync_json(a)
+    sync_json(b)
+    assert b.value("mesh", "from.cache") == {"phase1": True}
