@@ -45,7 +45,7 @@ class IndexLock:
     def holder(self) -> str | None:
         """The pid of a live holder, or None when nobody holds the lock."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # read-only: status needs no write access
         except FileNotFoundError:
             return None
         try:

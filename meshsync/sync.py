@@ -627,7 +627,8 @@ class Node:
         win = plan.winner
         if plan.refused:
             index_problems[it] = (f"local write to {it} refused: this node may not write scope {it.scope!r}",
-                                  "add the scope to scopes.write, or undo the write; it stays local meanwhile")
+                                  "add the scope to scopes.write, or undo the write; it stays local meanwhile",
+                                  "refused")  # its own error kind: status lists refused writes apart
             stats.refused += 1
             return None
         if win is None:
@@ -821,9 +822,10 @@ class Node:
                     idx.replace_errors_one(db, "file", p.path, (p.reason, p.hint))
             for it in refused_read:
                 index_problems[it] = (f"index row {it} is in a scope this node may not read",
-                                      "it stays local and is not exported; add the scope to scopes.read to sync it")
+                                      "it stays local and is not exported; add the scope to scopes.read to sync it",
+                                      "refused")
             for it, prob in index_problems.items():
-                idx.replace_errors_one(db, "index", f"index:{it}", prob)
+                idx.replace_errors_one(db, prob[2] if prob and len(prob) > 2 else "index", f"index:{it}", prob)
             idx.ack_outbox(db, seq)
             # A refused or invalid row is not dropped: it stays queued, is reported by
             # every pass, and goes out once fixed (e.g. its scope made writable) (R9, R2).
@@ -866,7 +868,7 @@ class Node:
                                                      "deleted": stats.deleted}))
 
     def _cache_entries(self) -> dict[str, dict[str, Any]]:
-        bad = {r["path"][6:] for r in self.index.errors() if r["kind"] == "index"}
+        bad = {r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused")}
         old: dict[str, Any] | None = None
         out: dict[str, dict[str, Any]] = {}
         with self.index.read():
