@@ -88,6 +88,8 @@ def _sync_after_write(settings: config.Settings, items: list[ItemId]) -> str:
         node = _node(settings)
         try:
             node.sync(items)
+            if {f"index:{it}" for it in items} & {e["path"] for e in node.index.errors()}:
+                return "kept in the index; not exported (see `meshsync status`)"
             return "exported to the share"
         except ShareUnavailable as exc:
             node.record_unavailable(str(exc))
@@ -282,7 +284,9 @@ def cmd_put(s: config.Settings, a: argparse.Namespace) -> int:
 
 
 def cmd_rm(s: config.Settings, a: argparse.Namespace) -> int:
-    _scope(a.scope)
+    scope = _scope(a.scope)
+    if not s.may_write(scope):
+        raise CliError(f"this node may not write scope {scope!r} (scopes.write = {s.scopes.write}); nothing was changed")
     node = _node(s)
     try:
         found = node.delete_item(layout.memory_id(a.scope, a.key))

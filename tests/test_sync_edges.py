@@ -256,6 +256,10 @@ def test_write_scopes_refuse_export_and_report(mesh):
     assert [e for e in d.status()["errors"] if "user:bob" in e["path"] + e["reason"]]
     sync_json(a)
     assert a.row("user:bob", "note") is None and a.value("mesh", "ok") == "exported"
+    # `meshsync rm` in a scope the node may not write is refused too, and changes nothing.
+    p = d.cli("rm", "user:bob", "note", check=2)
+    assert "may not write" in p.stderr
+    assert d.value("user:bob", "note") == "from a foreign client on D"
     # Once the scope is writable, the pending row goes out and the error is gone.
     d.cli("sync", MESHSYNC_SCOPES__WRITE='["mesh", "user:*"]')
     assert read_json(mem_path(mesh.share, "user:bob", "note"))["value"] == "from a foreign client on D"
