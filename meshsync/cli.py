@@ -192,6 +192,10 @@ def status_data(s: config.Settings) -> dict[str, Any]:
         out["last_pass"] = orjson.loads(lp) if lp else None
         out["watch"] = orjson.loads(idx.meta("daemon_watch") or "null") if holder else None
         out["last_change"] = orjson.loads(idx.meta("last_change") or "null")
+        # R5: the daemon may be locked out (permissions) where this user is not; its
+        # own last check counts, or status says "available" while nothing syncs.
+        if holder and avail and idx.meta("share_status") == "unavailable":
+            out["share"].update(available=False, reason=f"the daemon reports: {idx.meta('share_reason')}")
         out["errors"] = idx.errors()
         out["conflicts"] = idx.conflicts(20)
         for c in out["conflicts"]:
