@@ -235,9 +235,11 @@ class Node:
                 walk.problems.append(Problem(top, "the share's top-level folder is missing or not a folder",
                                              "run `meshsync init` to recreate it; nothing was deleted"))
         if not walk.is_unknown(layout.MEMORY):
+            self._tick("scanning share", 0, None)
             if self.s.may_read("mesh"):
                 sh.walk_memory_dir(f"{layout.MEMORY}/mesh", walk, now_ns)
             for name in sh.walk_subdirs(f"{layout.MEMORY}/user", walk):
+                self._tick("scanning share", len(walk.memory), None)
                 try:
                     uid = layout.decode(name)
                 except layout.Shortened:
@@ -270,7 +272,7 @@ class Node:
         mem = walk.memory
         total = len(mem)
         for n, (rel, fe) in enumerate(mem.items()):
-            if n % 2000 == 0:
+            if n % 500 == 0:
                 self._tick("checking memory files", n, total)
             it = by_rel.get(rel)
             if it is not None:
@@ -605,7 +607,7 @@ class Node:
         pending: list[tuple[ItemId, Plan, dict[str, Obs], State | None]] = []
         total = len(plans)
         for n, (it, plan, sides) in enumerate(plans):
-            if n % 2000 == 0:
+            if n % 500 == 0:
                 self._tick("applying", n, total)
             new_state = self._apply_share(it, plan, sides, state.get(it), stats, index_problems)
             pending.append((it, plan, sides, new_state))
