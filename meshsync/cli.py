@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import orjson
 
 from . import __version__, config, formats, layout, logs
-from .index import Index, IndexError_
+from .index import Index, IndexError_, memory_row_sig, skill_row_sig
 from .layout import MEM, ItemId
 from .lock import IndexLock, Locked
 from .share import Share, ShareUnavailable
@@ -100,6 +101,92 @@ def _sync_after_write(settings: config.Settings, items: list[ItemId]) -> str:
         lock.release()
 
 
+# --- item states ---------------------------------------------------------------------------
+
+IN_SYNC, PENDING, CONFLICT, REFUSED, ERROR = "in sync", "pending", "conflict", "refused", "error"
+
+
+def _is_refusal(e: dict[str, Any]) -> bool:
+    # Older indexes recorded refusals with kind "index"; their reason says "refused".
+    return e["kind"] == "refused" or (e["kind"] == "index" and "refused" in e["reason"])
+
+
+class ItemStates:
+    """Each item's sync state, from the index alone (no share access, so it also works
+    while the share is unavailable):
+
+    - refused:  the node may not export it (an error of kind "refused"): it stays local;
+    - error:    its index row or its share file is invalid (an "index" or "file" error);
+    - pending:  a local change not yet synced (an outbox row, or the row differs from
+                the version last synced, meshsync_state.row_sig);
+    - conflict: the current version won a conflict; the beaten one is in
+                `meshsync conflicts` (until the item changes again);
+    - in sync:  otherwise.
+    """
+
+    def __init__(self, idx: Index, node_id: str):
+        from .watch import item_of_rel
+
+        db = idx.db
+        self.outbox = {ItemId(k, s, key) for k, s, key in
+                       db.execute("SELECT DISTINCT kind, scope, key FROM meshsync_outbox")}
+        self.synced: dict[ItemId, tuple[str | None, int, str]] = {
+            ItemId(k, s, key): (sig, stamp, node) for k, s, key, sig, stamp, node in
+            db.execute("SELECT kind, scope, key, row_sig, stamp, node FROM meshsync_state WHERE deleted = 0")}
+        self.errors: dict[str, dict[str, Any]] = {}
+        self.file_errors: dict[ItemId, dict[str, Any]] = {}
+        for e in idx.errors():
+            if e["kind"] == "file":
+                try:
+                    it = item_of_rel(e["path"], node_id)
+                except Exception:  # a path outside the layout: no item to blame
+                    it = None
+                if isinstance(it, ItemId):
+                    self.file_errors.setdefault(it, e)
+            else:
+                self.errors[e["path"]] = e
+        self.won: dict[ItemId, list[tuple[int, int, str]]] = {}
+        for cid, k, s, key, wstamp, wnode in db.execute(
+                "SELECT id, kind, scope, key, winner_stamp, winner_node FROM meshsync_conflicts ORDER BY id"):
+            self.won.setdefault(ItemId(k, s, key), []).append((cid, wstamp, wnode))
+
+    def of(self, it: ItemId, row_sig: str | None) -> dict[str, Any]:
+        """{"state": ..., plus "reason"/"hint" or "conflict_id" where they apply}."""
+        e = self.errors.get(f"index:{it}")
+        if e is not None:
+            return {"state": REFUSED if _is_refusal(e) else ERROR, "reason": e["reason"], "hint": e["hint"]}
+        fe = self.file_errors.get(it)
+        if fe is not None:
+            return {"state": ERROR, "reason": f"{fe['path']}: {fe['reason']}", "hint": fe["hint"]}
+        synced = self.synced.get(it)
+        if it in self.outbox or synced is None or synced[0] != row_sig:
+            return {"state": PENDING}
+        for cid, wstamp, wnode in reversed(self.won.get(it, [])):
+            if (wstamp, wnode) == synced[1:]:
+                return {"state": CONFLICT, "conflict_id": cid}
+        return {"state": IN_SYNC}
+
+
+def _row_sig(fn, *args: Any) -> str | None:
+    try:
+        return fn(*args)
+    except (AttributeError, TypeError):  # a foreign client stored something odd: not synced
+        return None
+
+
+def _when(ts: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return repr(ts)
+
+
+def _state_text(st: dict[str, Any]) -> str:
+    if st["state"] == CONFLICT:
+        return f"conflict (#{st['conflict_id']})"
+    return st["state"]
+
+
 # --- commands ------------------------------------------------------------------------------
 
 
@@ -165,6 +252,8 @@ def cmd_sync(s: config.Settings, a: argparse.Namespace) -> int:
 
 
 def status_data(s: config.Settings) -> dict[str, Any]:
+    """Everything `meshsync status` shows; read from the index and the share only, so it
+    works the same with and without a running daemon."""
     share = Share(s.share, max_file_bytes=s.limits.max_file_bytes)
     try:
         share.check()
@@ -182,7 +271,15 @@ def status_data(s: config.Settings) -> dict[str, Any]:
     if not s.index.exists():
         out["initialised"] = False
         return out
-    idx = Index(s.index)
+    try:
+        idx = Index(s.index)
+    except IndexError_ as exc:
+        idx = _read_only_index(s.index)
+        if idx is None:
+            out["initialised"] = True
+            out["index_error"] = str(exc)
+            return out
+        out["index_read_only"] = True
     try:
         out["initialised"] = True
         out["counts"] = idx.counts()
@@ -200,9 +297,40 @@ def status_data(s: config.Settings) -> dict[str, Any]:
         out["conflicts"] = idx.conflicts(20)
         for c in out["conflicts"]:
             c.pop("loser_value", None)
+        # Refused writes (R9): local changes this node may not export; they stay local.
+        out["refused"] = [e for e in out["errors"] if _is_refusal(e)]
+        held = {e["path"] for e in out["errors"] if e["path"].startswith("index:")}
+        pending = {f"index:{ItemId(k, sc, key)}" for k, sc, key in
+                   idx.db.execute("SELECT DISTINCT kind, scope, key FROM meshsync_outbox")}
+        out["counts"]["pending"] = len(pending - held)  # local changes waiting for a pass
+        out["counts"]["refused"] = len(out["refused"])
+        out["counts"]["problems"] = len(out["errors"]) - len(out["refused"])
+    except sqlite3.Error as exc:
+        out["index_error"] = f"cannot read index {s.index}: {exc} (see `meshsync doctor`)"
     finally:
         idx.close()
+    if not holder:
+        from .watch import choose_mode
+
+        mode, why = choose_mode(s.watch.mode, s.share)
+        out["watch_planned"] = {"mode": mode, "why": why}
     return out
+
+
+def _read_only_index(path: Path) -> Index | None:
+    """The index opened for reading only, for a user (or a mount) that may not write it:
+    read-only first, then immutable (a WAL database on a read-only file system cannot be
+    opened otherwise; nobody can be writing it there)."""
+    for uri in (f"file:{path}?mode=ro", f"file:{path}?immutable=1"):
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=10)
+            db.execute("SELECT count(*) FROM meshsync_meta").fetchone()
+        except sqlite3.Error:
+            continue
+        idx = Index.__new__(Index)  # the query methods only need .db
+        idx.path, idx.db = Path(path), db
+        return idx
+    return None
 
 
 def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
@@ -216,36 +344,65 @@ def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
     print(f"index     {d['index']}")
     print(f"cache     {d['cache']}")
     dm = d["daemon"]
-    print("daemon    " + (f"running (pid {dm['pid']})" if dm["running"] else "not running"))
+    print("daemon    " + (f"running (pid {dm['pid']})" if dm["running"]
+                          else "not running: changes move only on `meshsync sync` (start `meshsync run`)"))
+    if d.get("watch"):
+        print(f"watch     {d['watch'].get('mode')} ({d['watch'].get('why', '')})")
+    elif d.get("watch_planned"):
+        print(f"watch     {d['watch_planned']['mode']} once the daemon runs ({d['watch_planned']['why']})")
     if not d.get("initialised"):
         print("index not created yet: run `meshsync init`")
         return EXIT_OK
+    if d.get("index_read_only"):
+        print("index     opened read-only: this user cannot write it (see `meshsync doctor`)")
+    if d.get("index_error"):
+        print(f"INDEX     {d['index_error']}")
+        if "counts" not in d:
+            return EXIT_OK
     c = d["counts"]
     print(f"items     {c['memory']} memory, {c['skills']} skills, {c['tombstones']} tombstones")
-    print(f"pending   {c['pending_outbox']} index changes not yet synced")
-    if d.get("watch"):
-        print(f"watch     {d['watch'].get('mode')} ({d['watch'].get('why', '')})")
+    print(f"pending   {c['pending']} local changes not yet synced"
+          + ("" if c["pending"] == 0 or dm["running"] else " (run `meshsync sync` or start the daemon)"))
     if d["last_sync"]:
         ago = time.time() - d["last_sync"]
-        print(f"last sync {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d['last_sync']))} ({ago:.0f}s ago)")
+        lp = d.get("last_pass") or {}
+        took = f", took {lp['seconds']:.2f}s" if isinstance(lp.get("seconds"), int | float) else ""
+        print(f"last sync {_when(d['last_sync'])} ({_ago(ago)} ago{took})")
     else:
         print("last sync never")
     lc = d.get("last_change")
     if lc:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lc["at"]))
-        print(f"last change applied {when}: {', '.join(lc['items'][:3])}"
+        print(f"last change applied {_when(lc['at'])}: {', '.join(lc['items'][:3])}"
               + (" ..." if len(lc["items"]) > 3 else ""))
-    errs = d["errors"]
+    refused = d["refused"]
+    errs = [e for e in d["errors"] if not _is_refusal(e)]
     print(f"problems  {len(errs)}")
     for e in errs[:50]:
         print(f"  {e['path']}: {e['reason']}" + (f"\n    -> {e['hint']}" if e["hint"] else ""))
     if len(errs) > 50:
         print(f"  ... and {len(errs) - 50} more (meshsync status --json)")
+    print(f"refused   {len(refused)}" + (" local writes this node may not export (they stay local)" if refused else ""))
+    for e in refused[:50]:
+        print(f"  {e['path'].removeprefix('index:')}: {e['reason']}" + (f"\n    -> {e['hint']}" if e["hint"] else ""))
+    if len(refused) > 50:
+        print(f"  ... and {len(refused) - 50} more (meshsync status --json)")
     print(f"conflicts {c['conflicts']}")
     for cf in d["conflicts"][:10]:
         item = f"{cf['scope']}:{cf['key']}" if cf["kind"] == MEM else f"skill:{cf['key']}"
-        print(f"  {item}: version of {cf['loser_node']} beaten by {cf['winner_node']}")
+        print(f"  #{cf['id']} {item}: version of {cf['loser_node']} beaten by {cf['winner_node']}")
+    if c["conflicts"]:
+        print("  (beaten versions: `meshsync conflicts`; restore one with `meshsync conflicts restore ID`)")
     return EXIT_OK
+
+
+def _ago(sec: float) -> str:
+    if sec < 120:
+        return f"{max(sec, 0):.0f}s"
+    if sec < 7200:
+        return f"{sec / 60:.0f} min"
+    if sec < 2 * 86400:
+        return f"{sec / 3600:.1f} h"
+    return f"{sec / 86400:.0f} days"
 
 
 def _open_index(s: config.Settings) -> Index:
@@ -260,16 +417,22 @@ def cmd_get(s: config.Settings, a: argparse.Namespace) -> int:
     try:
         r = idx.db.execute("SELECT value, node_id, updated_at FROM mesh_memory WHERE scope = ? AND key = ?",
                            (a.scope, a.key)).fetchone()
+        st = ItemStates(idx, s.node_id).of(layout.memory_id(a.scope, a.key), _row_sig(memory_row_sig, *r)) \
+            if r else None
     finally:
         idx.close()
     if r is None:
         print(f"meshsync: no item {a.scope}:{a.key}", file=sys.stderr)
         return EXIT_NOT_FOUND
     if a.json:
-        print(_dump({"scope": a.scope, "key": a.key, "value": orjson.Fragment(r[0]), "node_id": r[1],
-                     "updated_at": r[2]}))
+        value = orjson.Fragment(r[0]) if isinstance(r[0], str) and r[0] else r[0]
+        print(_dump({"scope": a.scope, "key": a.key, "value": value, "node_id": r[1],
+                     "updated_at": r[2], **st}))
     else:
         print(_dump(orjson.Fragment(r[0])) if r[0] else r[0])
+        if sys.stdout.isatty():  # for a person, where it came from; a script gets the value only
+            print(f"# from {r[1]} at {_when(r[2])}, {_state_text(st)}"
+                  + (f": {st['reason']}" if "reason" in st else ""))
     return EXIT_OK
 
 
@@ -306,20 +469,21 @@ def cmd_rm(s: config.Settings, a: argparse.Namespace) -> int:
 def cmd_ls(s: config.Settings, a: argparse.Namespace) -> int:
     idx = _open_index(s)
     try:
+        q = "SELECT scope, key, node_id, updated_at, length(value), value FROM mesh_memory"
         if a.scope:
-            rows = idx.db.execute("SELECT scope, key, node_id, updated_at, length(value) FROM mesh_memory"
-                                  " WHERE scope = ? ORDER BY scope, key", (a.scope,)).fetchall()
+            rows = idx.db.execute(q + " WHERE scope = ? ORDER BY scope, key", (a.scope,)).fetchall()
         else:
-            rows = idx.db.execute("SELECT scope, key, node_id, updated_at, length(value) FROM mesh_memory"
-                                  " ORDER BY scope, key").fetchall()
+            rows = idx.db.execute(q + " ORDER BY scope, key").fetchall()
+        states = ItemStates(idx, s.node_id)
+        st = [states.of(layout.memory_id(r[0], r[1]), _row_sig(memory_row_sig, r[5], r[2], r[3])) for r in rows]
     finally:
         idx.close()
     if a.json:
-        print(_dump([{"scope": r[0], "key": r[1], "node_id": r[2], "updated_at": r[3], "bytes": r[4]} for r in rows]))
+        print(_dump([{"scope": r[0], "key": r[1], "node_id": r[2], "updated_at": r[3], "bytes": r[4], **x}
+                     for r, x in zip(rows, st, strict=True)]))
     else:
-        for r in rows:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r[3]))
-            print(f"{r[0]}\t{r[1]}\t{r[2]}\t{when}")
+        for r, x in zip(rows, st, strict=True):
+            print(f"{r[0]}\t{r[1]}\t{r[2]}\t{_when(r[3])}\t{_state_text(x)}")
     return EXIT_OK
 
 
@@ -351,15 +515,20 @@ def cmd_skill_get(s: config.Settings, a: argparse.Namespace) -> int:
     try:
         r = idx.db.execute("SELECT content, path, source_node, updated_at FROM mesh_skills WHERE name = ?",
                            (a.name,)).fetchone()
+        st = ItemStates(idx, s.node_id).of(layout.skill_id(a.name), _row_sig(skill_row_sig, *r)) if r else None
     finally:
         idx.close()
     if r is None:
         print(f"meshsync: no skill {a.name}", file=sys.stderr)
         return EXIT_NOT_FOUND
     if a.json:
-        print(_dump({"name": a.name, "content": r[0], "path": r[1], "source_node": r[2], "updated_at": r[3]}))
+        print(_dump({"name": a.name, "content": r[0], "path": r[1], "source_node": r[2], "updated_at": r[3], **st}))
     else:
-        sys.stdout.write(r[0] if r[0] is not None else f"(reference to {r[1]})\n")
+        text = r[0] if r[0] is not None else f"(reference to {r[1]})\n"
+        sys.stdout.write(text)
+        if sys.stdout.isatty():
+            print(("" if text.endswith("\n") else "\n") + f"# skill {a.name} from {r[2]} at {_when(r[3])}, "
+                  f"{_state_text(st)}" + (f": {st['reason']}" if "reason" in st else ""))
     return EXIT_OK
 
 
@@ -379,16 +548,18 @@ def cmd_skill_rm(s: config.Settings, a: argparse.Namespace) -> int:
 def cmd_skill_ls(s: config.Settings, a: argparse.Namespace) -> int:
     idx = _open_index(s)
     try:
-        rows = idx.db.execute("SELECT name, source_node, updated_at, length(content), path FROM mesh_skills"
+        rows = idx.db.execute("SELECT name, source_node, updated_at, length(content), path, content FROM mesh_skills"
                               " ORDER BY name").fetchall()
+        states = ItemStates(idx, s.node_id)
+        st = [states.of(layout.skill_id(r[0]), _row_sig(skill_row_sig, r[5], r[4], r[1], r[2])) for r in rows]
     finally:
         idx.close()
     if a.json:
-        print(_dump([{"name": r[0], "source_node": r[1], "updated_at": r[2], "bytes": r[3], "path": r[4]}
-                     for r in rows]))
+        print(_dump([{"name": r[0], "source_node": r[1], "updated_at": r[2], "bytes": r[3], "path": r[4], **x}
+                     for r, x in zip(rows, st, strict=True)]))
     else:
-        for r in rows:
-            print(f"{r[0]}\t{r[1]}\t{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r[2]))}")
+        for r, x in zip(rows, st, strict=True):
+            print(f"{r[0]}\t{r[1]}\t{_when(r[2])}\t{_state_text(x)}")
     return EXIT_OK
 
 
@@ -472,8 +643,14 @@ def cmd_doctor(s: config.Settings, a: argparse.Namespace) -> int:
     from . import doctor
 
     checks = doctor.run_checks(s)
+    return _print_checks(checks, a.json)
+
+
+def _print_checks(checks: list, as_json: bool) -> int:
+    from . import doctor
+
     code = doctor.exit_code(checks)
-    if a.json:
+    if as_json:
         print(_dump({"result": ["ok", "warnings", "failures"][code], "checks": doctor.as_json(checks)}))
         return code
     for c in checks:
@@ -576,6 +753,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"log_level": a.log_level} if a.log_level else {}
         settings = config.load(a.config, **overrides)
     except config.ConfigError as exc:
+        if getattr(a, "fn", None) is cmd_doctor:
+            # doctor reports a bad configuration as its first (failed) check, in its own format.
+            from .doctor import FAIL, Check
+
+            hint = "fix the setting named above (docs/configuration.md); meshsync stops with exit 2 until then"
+            return _print_checks([Check("configuration", FAIL, str(exc), hint)], a.json)
         print(f"meshsync: {exc}", file=sys.stderr)
         return EXIT_USAGE
     logs.setup(settings.log_level)

@@ -1,8 +1,9 @@
 """``meshsync doctor``: check a node's set-up, one line per check with a hint.
 
 Every check returns pass, warn or fail; the exit code is 0 when all pass, 1 when some
-warn, 2 when any fails.  Checks only read, except two probe files that are created and
-removed again (share writable, clock skew) inside ``.meshsync/``.
+warn, 2 when any fails.  Checks only read, except probe files (dot files, ignored by every
+scanner) that are created and removed again: in the share's folders (writable, clock skew
+against the file server), next to the index and in the cache.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -46,15 +48,38 @@ def _share_checks(s: Settings) -> list[Check]:
                          "mount the share (see docs/deployment.md), or run `meshsync init` for a new one"))
         return out
     out.append(Check("share", PASS, f"{s.share} is mounted and has its {layout.META}/ marker"))
-    probe = s.share / layout.META / f".doctor-{s.node_id}-{os.getpid()}"
+    probe = s.share / layout.META / f".doctor-{layout.encode(s.node_id)}-{os.getpid()}"
     try:
         t0 = time.time()
-        probe.write_bytes(b"probe")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
         t1 = time.time()
-        mtime = probe.stat().st_mtime
-        probe.unlink()
-        out.append(Check("share writable", PASS, "a probe file was written and removed"))
-        skew = mtime - (t0 + t1) / 2
+        mtime = os.lstat(probe).st_mtime
+        os.unlink(probe)
+    except OSError as exc:
+        out.append(Check("share writable", FAIL, f"cannot write in {s.share / layout.META}: {exc.strerror}",
+                         "give the meshsync user write access to the share (share_files.group, mount options; "
+                         "docs/deployment.md)"))
+    else:
+        # meshsync writes in every scope and skill folder, not only in the marker.
+        bad = []
+        for rel in (layout.MEMORY, f"{layout.MEMORY}/mesh", f"{layout.MEMORY}/user", f"{layout.MEMORY}/node",
+                    layout.SKILLS, f"{layout.META}/tombstones", journal.DIR):
+            d = s.share / rel
+            if d.is_dir() and not d.is_symlink():
+                err = _probe_dir(d, layout.encode(s.node_id))
+                if err:
+                    bad.append(f"{rel}/ ({err})")
+        if bad:
+            out.append(Check("share writable", FAIL, f"cannot write in {', '.join(bad)}",
+                             "give the meshsync user write access to the whole share, e.g. a common group "
+                             "and share_files.group (docs/deployment.md)"))
+        else:
+            out.append(Check("share writable", PASS, "probe files were written and removed"))
+        skew = round(mtime - (t0 + t1) / 2, 2) + 0.0  # + 0.0: no "-0.00"
         detail = f"file server clock is {skew:+.2f}s from this node's"
         if abs(skew) >= SKEW_FAIL_S:
             out.append(Check("clock skew (file server)", FAIL, detail,
@@ -64,9 +89,6 @@ def _share_checks(s: Settings) -> list[Check]:
                              "run NTP on both; meshsync tolerates minutes, but ordering gets coarser"))
         else:
             out.append(Check("clock skew (file server)", PASS, detail))
-    except OSError as exc:
-        out.append(Check("share writable", FAIL, f"cannot write in {s.share / layout.META}: {exc.strerror}",
-                         "give the meshsync user write access to the share (share_files.group, mount options)"))
     out.extend(_node_skew(s))
     mode, why = choose_mode(s.watch.mode, s.share)
     out.append(Check("filesystem", PASS, f"watch mode {mode}: {why}"))
@@ -75,31 +97,64 @@ def _share_checks(s: Settings) -> list[Check]:
     return out
 
 
+def _read_tail(p: Path, limit: int = 65536) -> bytes | None:
+    """The last ``limit`` bytes of a regular file, never following a symlink nor
+    blocking on a FIFO (the share is not trusted); None for anything else."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return os.pread(fd, limit, max(0, st.st_size - limit))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _node_skew(s: Settings) -> list[Check]:
     """Each other node's clock against the file server's, from their journals' last line
     (the time the node wrote in it versus the journal file's mtime)."""
     out = []
     d = s.share / journal.DIR
+    own = layout.encode(s.node_id) + ".log"
     try:
-        names = sorted(n for n in os.listdir(d) if n.endswith(".log"))
+        names = sorted(n for n in os.listdir(d) if n.endswith(".log") and n != own)
     except OSError:
         return out
+    now = time.time()
     for n in names:
         p = d / n
         try:
-            with open(p, "rb") as f:
-                f.seek(max(0, p.stat().st_size - 65536))
-                lines = f.read().splitlines()
-            mtime = p.stat().st_mtime
-            last = orjson.loads(lines[-1])
-        except (OSError, IndexError, orjson.JSONDecodeError):
+            mtime = os.lstat(p).st_mtime
+        except OSError:
             continue
-        skew = last["ms"] / 1000 - mtime
-        node = last.get("node", n[:-4])
-        detail = f"node {node}'s clock is {skew:+.1f}s from the file server's (last journal write)"
+        data = _read_tail(p)
+        lines = [ln for ln in (data or b"").splitlines() if ln.strip()]
+        try:
+            last = orjson.loads(lines[-1])
+            ms = last["ms"]
+            if not isinstance(ms, int | float) or isinstance(ms, bool):
+                raise TypeError
+            node = last.get("node")
+            node = node if isinstance(node, str) else n[:-4]
+        except (IndexError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
+            out.append(Check(f"clock skew ({n[:-4]})", WARN,
+                             f"{p} has no readable last entry: this node's clock cannot be compared",
+                             "that node's next write appends a good entry; delete the file if the node has left the mesh"))
+            continue
+        skew = ms / 1000 - mtime
+        age = now - mtime
+        when = f"{age / 86400:.0f} days ago" if age > 2 * 86400 else f"{age / 3600:.1f} h ago" \
+            if age > 3600 else f"{max(age, 0):.0f}s ago"
+        detail = f"node {node}'s clock is {skew:+.1f}s from the file server's (its last journal write, {when})"
         res = FAIL if abs(skew) >= SKEW_FAIL_S else WARN if abs(skew) >= SKEW_WARN_S else PASS
         out.append(Check(f"clock skew ({node})", res, detail,
-                         "run NTP on that node" if res != PASS else ""))
+                         "run NTP (chrony/systemd-timesyncd) on that node and on the file server"
+                         if res != PASS else ""))
     return out
 
 
@@ -149,15 +204,67 @@ def _index_checks(s: Settings) -> list[Check]:
                          "upgrade or downgrade meshsync to the version that made this index"))
     else:
         out.append(Check("index schema", PASS, f"schema {SCHEMA_VERSION}, journal mode {mode}"))
+    err = _probe_dir(s.index.parent, "index")
+    if err is None and not os.access(s.index, os.W_OK):
+        err = "the index file is read-only"
+    if err:
+        out.append(Check("index writable", FAIL, f"cannot write {s.index} and its -wal file in {s.index.parent}: {err}",
+                         "give the meshsync user ownership of the index and its folder"))
+    else:
+        out.append(Check("index writable", PASS, f"{s.index} and its folder are writable"))
     return out
+
+
+def _probe_dir(d: Path, tag: str) -> str | None:
+    """Create and remove a probe file in ``d``; the error text, or None when it worked.
+    A real write, not os.access(): root passes access() on any mode bits, and only a
+    write tells a read-only mount apart."""
+    probe = d / f".meshsync-doctor-{tag}-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _existing_ancestor(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
 
 
 def _cache_check(s: Settings) -> Check:
     home = s.openclaw_home
-    probe_dir = home if home.exists() else home.parent
-    if not os.access(probe_dir, os.W_OK):
-        return Check("cache", FAIL, f"{probe_dir} is not writable", "fix its ownership or set openclaw_home")
-    return Check("cache", PASS, f"{home} is writable")
+    if not home.exists():
+        anc = _existing_ancestor(home)
+        err = _probe_dir(anc, "cache") if anc.is_dir() else f"{anc} is not a folder"
+        if err:
+            return Check("cache", FAIL, f"{home} does not exist and cannot be created in {anc}: {err}",
+                         "create it for the meshsync user, or set openclaw_home")
+        return Check("cache", PASS, f"{home} does not exist yet; the first sync creates it")
+    dirs = [home] + [d for d in (home / "mesh", home / "mesh" / "skills") if d.is_dir()]
+    for d in dirs:
+        err = _probe_dir(d, "cache")
+        if err:
+            return Check("cache", FAIL, f"cannot write in {d}: {err}",
+                         "give the meshsync user write access to it (chown -R), or set openclaw_home")
+    f = home / "mesh-memory.json"
+    return Check("cache", PASS, f"{home} is writable" + ("" if f.exists() else " (no mesh-memory.json yet)"))
+
+
+def _daemon_check(s: Settings) -> Check:
+    from .lock import IndexLock
+
+    try:
+        pid = IndexLock(s.index).holder()
+    except OSError as exc:
+        return Check("daemon", WARN, f"cannot read {s.index}.lock: {exc.strerror}")
+    if pid:
+        return Check("daemon", PASS, f"a meshsync daemon (pid {pid}) keeps this node in sync")
+    return Check("daemon", WARN, "no meshsync daemon runs for this index: changes move only on `meshsync sync`",
+                 "start it: `systemctl enable --now meshsync` (docs/deployment.md), or `meshsync run`")
 
 
 def _systemd_check() -> Check:
@@ -179,6 +286,7 @@ def run_checks(s: Settings) -> list[Check]:
     checks += _share_checks(s)
     checks += _index_checks(s)
     checks.append(_cache_check(s))
+    checks.append(_daemon_check(s))
     checks.append(_systemd_check())
     return checks
 

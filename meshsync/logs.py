@@ -21,10 +21,23 @@ class _JournalFormatter(logging.Formatter):
         return f"<{_PRIO.get(record.levelno, 6)}>{msg}"
 
 
+_active: Progress | None = None  # the progress line on screen, if any
+
+
+class _Handler(logging.StreamHandler):
+    """A stream handler that first clears a progress line, so a log line never lands on
+    the end of one (the progress line is redrawn on its next tick)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _active is not None and _active.shown and _active.stream is self.stream:
+            _active.done()
+        super().emit(record)
+
+
 def setup(level: str) -> None:
     root = logging.getLogger("meshsync")
     root.handlers.clear()
-    h = logging.StreamHandler(sys.stderr)
+    h = _Handler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM"):
         h.setFormatter(_JournalFormatter("%(message)s"))
     elif sys.stderr.isatty():
@@ -37,31 +50,75 @@ def setup(level: str) -> None:
 
 
 class Progress:
-    """A one-line progress display for a terminal: what, count, total and rate.
-    Only used when stderr is a terminal; never in logs."""
+    """A one-line progress display for a terminal: what, count, total, rate and time left.
 
-    def __init__(self, stream=sys.stderr, every: float = 0.1):
-        self.stream = stream
+    Used only when the stream is a terminal (``meshsync sync`` at a prompt), never in logs
+    or pipes.  Nothing is drawn for work that is over within ``delay`` seconds, the line
+    is redrawn at most every ``every`` seconds and cleared by :meth:`done`."""
+
+    def __init__(self, stream=None, every: float = 0.1, delay: float = 0.3):
+        self.stream = stream if stream is not None else sys.stderr
+        try:
+            self.enabled = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.enabled = False
+        self.dumb = os.environ.get("TERM", "") == "dumb"
         self.every = every
+        self.created = time.monotonic()
+        self.delay = delay
         self.last = 0.0
         self.what = ""
-        self.start = time.monotonic()
+        self.start = self.created
+        self.width = 0  # length of the line on screen
         self.shown = False
 
+    def _columns(self) -> int:
+        try:
+            cols = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, AttributeError, ValueError):
+            cols = 0
+        return max(20, cols - 1) if cols > 0 else 79  # 0: a terminal that did not say
+
     def __call__(self, what: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
         now = time.monotonic()
         if what != self.what:
             self.what, self.start = what, now
         elif now - self.last < self.every:
             return
+        if now - self.created < self.delay:
+            return
         self.last = now
-        rate = done / (now - self.start) if now > self.start and done else 0.0
-        tot = f"/{total}" if total else ""
-        self.stream.write(f"\r\x1b[K{what}: {done}{tot}" + (f"  {rate:,.0f}/s" if rate else ""))
+        self._draw(self.line(what, done, total, now - self.start))
+
+    @staticmethod
+    def line(what: str, done: int, total: int | None, elapsed: float) -> str:
+        """The text shown, e.g. ``applying: 2000/5000  651/s, about 5s left``."""
+        rate = done / elapsed if elapsed > 0 and done else 0.0
+        text = f"{what}: {done:,}" + (f"/{total:,}" if total else "") if total or done else f"{what}..."
+        if rate:
+            text += f"  {rate:,.0f}/s"
+            if total and total > done:
+                left = (total - done) / rate
+                text += f", about {left:.0f}s left" if left < 120 else f", about {left / 60:.0f} min left"
+        return text
+
+    def _draw(self, text: str) -> None:
+        text = text[: self._columns()]
+        if self.dumb:
+            out = "\r" + text + " " * max(0, self.width - len(text))
+        else:
+            out = "\r\x1b[K" + text
+        global _active
+        _active = self
+        self.width = len(text)
+        self.stream.write(out)
         self.stream.flush()
         self.shown = True
 
     def done(self) -> None:
         if self.shown:
-            self.stream.write("\r\x1b[K")
+            self.stream.write("\r" + " " * self.width + "\r" if self.dumb else "\r\x1b[K")
             self.stream.flush()
+            self.shown = False
