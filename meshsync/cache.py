@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,53 @@ class Cache:
             except FileNotFoundError:
                 pass
         return changed
+
+
+# --- reading what Phase 1 tools wrote --------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    """One ``scope:key`` entry of mesh-memory.json as a Phase 1 tool left it."""
+
+    scope: str
+    key: str
+    value: Any
+    text: bytes  # canonical JSON of value
+    digest: str
+    node: str | None
+    ts: int | None  # seconds
+
+
+class CacheUnreadable(Exception):
+    """mesh-memory.json is mid-write or invalid: retry later, never read it as empty."""
+
+
+def parse_memory(data: bytes) -> dict[str, CacheEntry]:
+    """Parse mesh-memory.json into entries; raise CacheUnreadable for a file that is
+    not (yet) one JSON object of entries."""
+    from . import formats
+
+    try:
+        obj = formats.loads(data, 0)
+    except formats.FormatError as exc:
+        raise CacheUnreadable(f"mesh-memory.json is not valid JSON ({exc}); a tool may be writing it") from None
+    if not isinstance(obj, dict):
+        raise CacheUnreadable("mesh-memory.json is not a JSON object")
+    out: dict[str, CacheEntry] = {}
+    for ck, ent in obj.items():
+        scope, sep, key = ck.partition(":")
+        if scope == "user":  # user:<id>:<key>
+            uid, sep2, key = key.partition(":")
+            if not sep2:
+                continue
+            scope = f"user:{uid}"
+        if not sep or not isinstance(ent, dict) or "value" not in ent:
+            continue
+        ts = ent.get("ts")
+        node = ent.get("nodeId")
+        text = formats.canonical(ent["value"])
+        out[ck] = CacheEntry(scope, key, ent["value"], text, formats.digest_bytes(text),
+                             node if isinstance(node, str) and node else None,
+                             int(ts) if type(ts) in (int, float) and 0 <= ts < 253_402_300_800 else None)
+    return out
