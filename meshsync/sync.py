@@ -111,6 +111,7 @@ class Node:
         self.cache = Cache(settings.openclaw_home)
         self.progress: Callable[[str, int, int | None], None] | None = None
         self.written: list[ItemId] = []  # items this pass wrote to the share (for the journal)
+        self.deferred: list[ItemId] = []  # items whose share file changed under us: next pass
         # Signatures of files this process wrote: their change events are our own echo.
         self.own_sigs: dict[str, str] = {}
 
@@ -158,6 +159,7 @@ class Node:
         self.share.check()
         self.share.forget_dirs()
         self.written = []
+        self.deferred = []
         now_ms = int(time.time() * 1000)
         now_ns = time.time_ns()
         seq, outbox = self.index.outbox()
@@ -649,6 +651,9 @@ class Node:
         try:
             if SHARE in plan.write:
                 if not self._share_unchanged(rel, sh_obs, it):
+                    # Changed since we looked, or a file we could not read is in the way:
+                    # keep the item queued so a local write is not forgotten (R2).
+                    self.deferred.append(it)
                     return None
                 if win.deleted:
                     self.share.write(layout.tombstone_path(it, self.node), formats.render_tombstone(it, win.stamp, win.node))
@@ -714,8 +719,13 @@ class Node:
             path = payload.row.path
         elif isinstance(payload, ShareSkill):
             content, path = payload.content, payload.path
-        else:
-            raise FileRefused(Problem(rel, "no content to write for the skill", ""))
+        else:  # the winner was not read this pass (e.g. the base beat an older share version)
+            row = self.index.skill_rows([it]).get(it)
+            if row is None:
+                raise FileRefused(Problem(rel, "no content to write for the skill", ""))
+            payload = IndexSkill(row)
+            content = row.content.encode("utf-8", "surrogatepass") if row.content is not None else None
+            path = row.path
         extras = aux or ""
         if isinstance(sh_obs.payload if sh_obs else None, ShareSkill):
             extras = sh_obs.payload.extras  # type: ignore[union-attr]
@@ -831,7 +841,7 @@ class Node:
             idx.ack_outbox(db, seq)
             # A refused or invalid row is not dropped: it stays queued, is reported by
             # every pass, and goes out once fixed (e.g. its scope made writable) (R9, R2).
-            idx.requeue(db, sorted(it for it, prob in index_problems.items() if prob))
+            idx.requeue(db, sorted({it for it, prob in index_problems.items() if prob} | set(self.deferred)))
             if self.index.meta("index_scanned") != "1":
                 idx.set_meta(db, index_scanned="1")
             if full:

@@ -373,3 +373,35 @@ def test_write_through_the_cache_reaches_everyone(mesh, ab):
     sync_json(a)
     sync_json(b)
     assert b.value("mesh", "from.cache") == {"phase1": True}
+
+
+def test_older_version_put_back_on_the_share_is_replaced_by_the_newer_one(mesh, ab, tmp_path):
+    """A backup restore (or a lagging file-sync tool) puts back an older version that a
+    node has already moved past: that node re-exports the newer version, for memory
+    items and skills alike, and keeps the old one in its conflict history."""
+    import shutil
+
+    a, b = ab
+    t = int(time.time()) - 1000
+    foreign_put(a, "mesh", "doc", "v1", updated_at=t)
+    a.sql("INSERT INTO mesh_skills (name, source_node, content, updated_at) VALUES ('sk', 'A', '# v1\n', ?)", (t,))
+    sync_json(a)
+    sync_json(b)
+    f, d = mem_path(mesh.share, "mesh", "doc"), mesh.share / "skills" / "sk"
+    old_file = f.read_bytes()
+    shutil.copytree(d, tmp_path / "sk-backup")
+    foreign_put(b, "mesh", "doc", "v2", updated_at=t + 10)
+    b.sql("UPDATE mesh_skills SET content = '# v2\n', updated_at = ? WHERE name = 'sk'", (t + 10,))
+    sync_json(b)
+    # The backup comes back.
+    f.write_bytes(old_file)
+    shutil.rmtree(d)
+    shutil.copytree(tmp_path / "sk-backup", d)
+    sync_json(b)
+    sync_json(a)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "doc", "v2", node_id="B")
+    assert (d / "SKILL.md").read_text() == "# v2\n"
+    for n in (a, b):
+        assert n.sql("SELECT content, updated_at FROM mesh_skills") == [("# v2\n", t + 10)], n.node_id
+        assert (n.cache_skills / "sk.md").read_text() == "# v2\n"
+    assert {(c[1], c[3]) for c in conflicts(b)} >= {("doc", '"v1"')}

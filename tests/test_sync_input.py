@@ -227,3 +227,22 @@ def test_missing_memory_folder_deletes_nothing(mesh, ab, tmp_path):
     sync_json(b)
     sync_json(a)
     assert a.value("mesh", "k") == 1 and b.value("user:alice", "k") == 2
+
+
+def test_local_write_behind_an_unreadable_share_file_goes_out_once_it_is_fixed(mesh, ab):
+    """A bad hand-made file sits where a local write must go: the file is left alone,
+    and the write is not forgotten: it is exported once the file is removed."""
+    a, b = ab
+    f = mem_path(mesh.share, "mesh", "blocked")
+    f.write_bytes(b'{"value": oops')
+    foreign_put(b, "mesh", "blocked", "from B's index")
+    b.cli("sync", check=1)
+    assert f.read_bytes() == b'{"value": oops'
+    assert "memory/mesh/blocked.json" in errors(b)
+    b.cli("sync", check=1)  # still blocked, still not forgotten
+    f.unlink()
+    sync_json(b)
+    sync_json(a)
+    assert read_json(f)["value"] == "from B's index"
+    assert a.value("mesh", "blocked") == "from B's index"
+    assert errors(b) == {}
