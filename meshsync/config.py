@@ -99,6 +99,22 @@ class ShareSettings(_Section):
         return v
 
 
+class CacheSettings(_Section):
+    writable: bool = Field(True, description="Import what Phase 1 tools write into mesh-memory.json and mesh/skills/ as local writes.")
+    skill_dirs: list[Path] = Field([], description="Folders to mirror every shared skill directory into (e.g. one in OpenClaw's skills.load.extraDirs).")
+
+    @field_validator("skill_dirs")
+    @classmethod
+    def _expand_dirs(cls, v: list[Path]) -> list[Path]:
+        return [Path(os.path.expanduser(str(p))).absolute() for p in v]
+
+
+class SecretSettings(_Section):
+    guard: bool = Field(True, description="Refuse to export values and skill files that look like credentials.")
+    allow_items: list[str] = Field([], description="Items exported even if they look like secrets: \"scope:key\" or \"skill:name\".")
+    allow_rules: list[str] = Field([], description="Secret-guard rule names that never block an export (e.g. jwt).")
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
         super().__init__(settings_cls)
@@ -122,6 +138,8 @@ class Settings(BaseSettings):
     scopes: ScopeSettings = Field(default_factory=ScopeSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     share_files: ShareSettings = Field(default_factory=ShareSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    secrets: SecretSettings = Field(default_factory=SecretSettings)
     tombstone_retention_days: float = Field(30, gt=0, description="Days a delete is remembered so offline nodes do not bring items back.")
     conflict_retention_days: float = Field(90, gt=0, description="Days beaten versions are kept in the conflict history.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level: debug, info, warning or error.")
