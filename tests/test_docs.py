@@ -209,13 +209,64 @@ def test_readme_lists_every_command_and_exit_code():
         assert f"| {code} | {meaning} |" in text, f"README's exit code {code} differs from cli.py"
 
 
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to dashes."""
+    text = re.sub(r"[`*_]|<[^>]+>", "", heading).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(doc: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", doc.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return {github_anchor(h) for h in re.findall(r"^#{1,6} +(.+?) *#*$", text, re.M)}
+
+
 def test_doc_links_point_to_existing_files():
+    """Every relative link in the README and docs/ names a file that exists and, with a
+    #fragment into a Markdown file, a heading that exists there."""
     docs = [README, *sorted((REPO / "docs").glob("*.md"))]
     for doc in docs:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
+        for target, frag in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", doc.read_text(encoding="utf-8")):
             if re.match(r"[a-z]+:", target):
                 continue
-            assert (doc.parent / target).exists(), f"{doc.relative_to(REPO)} links to missing {target}"
+            path = (doc.parent / target) if target else doc
+            assert path.exists(), f"{doc.relative_to(REPO)} links to missing {target}"
+            if frag and path.suffix == ".md":
+                assert frag in anchors(path), (
+                    f"{doc.relative_to(REPO)} links to {target}#{frag}, but {path.name} has no such heading")
+
+
+def test_tests_named_in_the_docs_exist():
+    """`tests/test_x.py::test_y` and `tests/test_x.py`: `test_y`, `test_z` in the docs
+    (e.g. the "how it is tested" column of guarantees.md) name real test functions."""
+    import ast
+
+    defined: dict[str, set[str]] = {}
+
+    def functions(rel: str) -> set[str]:
+        if rel not in defined:
+            path = REPO / rel
+            assert path.is_file(), f"the docs name {rel}, which does not exist"
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            defined[rel] = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+        return defined[rel]
+
+    named = 0
+    for doc in [README, *sorted((REPO / "docs").glob("*.md"))]:
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            current = None
+            for tok in re.findall(r"`([^`]+)`", line):
+                m = re.fullmatch(r"(tests/test_\w+\.py)(?:::(test_\w+))?", tok)
+                if m:
+                    current = m.group(1)
+                    if m.group(2):
+                        assert m.group(2) in functions(current), f"{doc.name}: {tok} does not exist"
+                        named += 1
+                    else:
+                        functions(current)
+                elif current and re.fullmatch(r"test_\w+", tok):
+                    assert tok in functions(current), f"{doc.name}: {current}::{tok} does not exist"
+                    named += 1
+    assert named >= 30, "guarantees.md should name the tests of each guarantee"
 
 
 def test_guarantees_doc_covers_r1_to_r9():
@@ -307,3 +358,86 @@ def test_user_unit_settings():
     assert one["ExecStart"].endswith("/meshsync run")
     assert one["WantedBy"] == "default.target"
     assert one["Restart"] == "on-failure"
+
+
+# --- troubleshooting -----------------------------------------------------------------------------
+
+REPORTERS = {"Problem": 1, "ShareUnavailable": 0, "CliError": 0, "ConfigError": 0, "IndexError_": 0,
+             "FormatError": 0, "CacheUnreadable": 0}
+
+
+def reported_messages() -> list[tuple[str, int, str]]:
+    """(file, line, longest literal part) of every message meshsync reports to an operator:
+    per-file problems, unavailable share, CLI, configuration, index and format errors, index
+    row problems and the daemon's warnings and errors."""
+    import ast
+
+    def literal(node) -> list[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value]
+        if isinstance(node, ast.JoinedStr):
+            return [v.value for v in node.values if isinstance(v, ast.Constant)]
+        if isinstance(node, ast.BinOp):
+            return literal(node.left) + literal(node.right)
+        return []
+
+    out = []
+    for f in sorted((REPO / "meshsync").glob("*.py")):
+        if f.name == "doctor.py":  # its checks are covered by name below
+            continue
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        skip = set()
+        for fn in ast.walk(tree):  # tombstones are meshsync's own; a bad one is skipped silently
+            if isinstance(fn, ast.FunctionDef) and fn.name == "parse_tombstone":
+                skip |= {id(n) for n in ast.walk(fn)}
+        for n in ast.walk(tree):
+            if id(n) in skip:
+                continue
+            arg = None
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in REPORTERS:
+                i = REPORTERS[n.func.id]
+                arg = n.args[i] if len(n.args) > i else None
+            elif (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("warning", "error")
+                  and isinstance(n.func.value, ast.Name) and n.func.value.id == "log" and n.args):
+                arg = n.args[0]
+            elif (isinstance(n, ast.Assign) and isinstance(n.value, ast.Tuple) and n.value.elts
+                  and any(isinstance(t, ast.Subscript) and getattr(t.value, "id", "") == "index_problems"
+                          for t in n.targets)):
+                arg = n.value.elts[0]
+            parts = [seg for p in literal(arg) for seg in re.split(r"%[-\d.]*[sdgf]", p)] if arg is not None else []
+            parts = [p for p in parts if len(p.strip(" .,;:()")) >= 8]
+            if parts:
+                out.append((f.name, n.lineno, max(parts, key=len)))
+    return out
+
+
+def _words(text: str) -> list[str]:
+    text = re.sub(r"\\\w|[-`'\"\\]", " ", text).lower()
+    return [w.strip(".,;:()[]!?…") for w in text.split() if w.strip(".,;:()[]!?…")]
+
+
+def test_troubleshooting_covers_every_reported_error():
+    """docs/troubleshooting.md explains each message meshsync reports: for every message,
+    some run of (up to) four consecutive words of it appears in the doc."""
+    doc = " " + " ".join(_words((REPO / "docs" / "troubleshooting.md").read_text(encoding="utf-8"))) + " "
+    msgs = reported_messages()
+    assert len(msgs) >= 60, "the scan for reported messages found too few: is it still working?"
+    missing = []
+    for fname, line, text in msgs:
+        w = _words(text)
+        n = min(4, len(w))
+        if not any(" " + " ".join(w[i:i + n]) + " " in doc for i in range(len(w) - n + 1)):
+            missing.append(f"{fname}:{line}: {text!r}")
+    assert not missing, "docs/troubleshooting.md does not explain:\n" + "\n".join(missing)
+
+
+def test_troubleshooting_names_every_doctor_check():
+    import ast
+
+    tree = ast.parse((REPO / "meshsync" / "doctor.py").read_text(encoding="utf-8"))
+    names = {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Check"
+             and n.args and isinstance(n.args[0], ast.Constant)}
+    assert len(names) >= 10
+    text = (REPO / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
+    for name in sorted(names - {"configuration"}):
+        assert f"doctor: `{name}`" in text, f"docs/troubleshooting.md does not explain doctor's {name!r} check"

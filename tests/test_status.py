@@ -293,3 +293,15 @@ def test_skill_ls_and_get_show_origin_and_state(mesh: Mesh):
     b.sql("UPDATE mesh_skills SET content = '# Changed\n', updated_at = updated_at + 1 WHERE name = 'triage'")
     rows = {r["name"]: r for r in json.loads(b.cli("skill", "ls", "--json").stdout)}
     assert rows["triage"]["state"] == "pending"
+
+
+def test_json_everywhere_a_script_wants_it(mesh: Mesh):
+    a = mesh.node("a")
+    a.cli("put", "mesh", "k", "1")
+    a.cli("skill", "put", "triage", "-", input="# Triage\n")
+    for args in (["ls"], ["ls", "mesh"], ["get", "mesh", "k"], ["skill", "ls"], ["skill", "get", "triage"],
+                 ["status"], ["conflicts"], ["sync"]):
+        p = a.cli(*args, "--json")
+        json.loads(p.stdout)  # one JSON document, nothing else on stdout
+    d = json.loads(a.cli("doctor", "--json", check=1).stdout)
+    assert d["result"] == "warnings"
