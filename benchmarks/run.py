@@ -77,11 +77,32 @@ def say(msg: str) -> None:
     print(f"[{time.monotonic() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def mark() -> float:
-    """Start a timed segment: flush what earlier segments left dirty (sync(2)) so that
-    no segment pays for another's writeback, then read the clock."""
-    os.sync()
-    return time.perf_counter()
+class Clock:
+    """Wall and CPU (this process) time of repeated timed segments.  Each segment starts
+    after sync(2), so no segment pays for the writeback of an earlier one."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._t = (0.0, 0.0)
+
+    def start(self) -> None:
+        os.sync()
+        self._t = (time.perf_counter(), time.process_time())
+
+    def split(self) -> float:
+        return time.perf_counter() - self._t[0]
+
+    def stop(self) -> None:
+        self.wall.append(time.perf_counter() - self._t[0])
+        self.cpu.append(time.process_time() - self._t[1])
+
+    @property
+    def med(self) -> float:
+        return statistics.median(self.wall)
+
+    def details(self, prefix: str = "") -> dict[str, list[float]]:
+        return {prefix + "runs": [round(x, 4) for x in self.wall], prefix + "cpu": [round(x, 4) for x in self.cpu]}
 
 
 def med(xs: list[float]) -> float:
@@ -103,7 +124,10 @@ class Results:
                "unit": unit, "ratio": ratio, "target": target, "baseline_kind": baseline_kind,
                "lower_bound": lower_bound,
                "ok": (ratio <= target) if (target is not None and ratio is not None) else None,
-               "details": details}
+               "load1": round(os.getloadavg()[0], 2), "details": details}
+        cpu, bcpu = details.get("cpu"), details.get("baseline_cpu")
+        if cpu and bcpu and statistics.median(bcpu) > 0:  # in-process benchmarks: CPU time ratio too
+            row["cpu_ratio"] = statistics.median(cpu) / statistics.median(bcpu)
         self.rows.append(row)
         say(f"{label} @ {size}: {fmt(value, unit)} vs {fmt(baseline, unit)}"
             + (f" -> ratio {ratio:.2f}" if ratio is not None else ""))
@@ -123,7 +147,7 @@ def fmt(v: float | None, unit: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ["benchmark", "size", "meshsync", "baseline", "ratio", "target", "ok"]
+    head = ["benchmark", "size", "meshsync", "baseline", "ratio", "target", "ok", "cpu ratio", "load"]
     lines = []
     for r in rows:
         base = fmt(r["baseline"], r["unit"]) + (" (design)" if r["baseline_kind"] == "design" else "")
@@ -131,7 +155,8 @@ def table(rows: list[dict]) -> str:
         ge = ">= " if r.get("lower_bound") else ""
         lines.append([r["label"], str(r["size"]), ge + fmt(r["value"], r["unit"]), base,
                       "-" if r["ratio"] is None else ge + f"{r['ratio']:.2f}",
-                      "-" if r["target"] is None else f"<= {r['target']:g}", ok])
+                      "-" if r["target"] is None else f"<= {r['target']:g}", ok,
+                      f"{r['cpu_ratio']:.2f}" if r.get("cpu_ratio") else "", f"{r.get('load1', 0):.1f}"])
     widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
     out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -203,39 +228,40 @@ class SizeRun:
         finally:
             prof.stop()
         stem = out / f"{name}-{self.n}"
-        stem.with_suffix(".txt").write_text(prof.output_text(unicode=False, color=False, show_all=False))
-        stem.with_suffix(".html").write_text(prof.output_html())
-        say(f"profile written to {stem}.txt/.html")
+        (out / f"{stem.name}-tree.txt").write_text(prof.output_text(time="percent_of_total"))
+        (out / f"{stem.name}-flat.txt").write_text(prof.output_text(flat=True, time="percent_of_total"))
+        (out / f"{stem.name}.html").write_text(prof.output_html())
+        say(f"profile written to {stem}-tree.txt, -flat.txt, .html")
 
     # a. initial import ------------------------------------------------------------------
 
     def bench_import(self) -> None:
         reps = self.reps(3, 1)
-        ms, bare, stats_d = [], [], {}
+        ms, bare, stats_d = Clock(), Clock(), {}
         expected = self.n + self.o.skills
         for r in range(reps):
             db = self.base / f"bare-{r}.sqlite"
-            t = mark()
+            bare.start()
             rows = baselines.import_share(self.share, db)
-            bare.append(time.perf_counter() - t)
+            bare.stop()
             assert rows == expected, (rows, expected)
             for p in self.base.glob(f"bare-{r}.sqlite*"):
                 p.unlink()
             last = r == reps - 1
             home = self.a_home if last else self.base / f"import-{r}"
-            t = mark()
+            ms.start()
             node = Node(self.settings(home))
             st = node.sync()
-            ms.append(time.perf_counter() - t)
+            ms.stop()
             node.close()
             assert st.to_index == expected and st.errors == 0, st.as_dict()
             stats_d = st.as_dict()
             if not last:
                 shutil.rmtree(home)
         self.imported = True
-        self.r.add("import", "a. initial import", self.n, med(ms), med(bare), "s", 1.5,
-                   runs=ms, baseline_runs=bare, pass_stats={k: stats_d[k] for k in
-                                                            ("scanned", "read", "to_index", "cache_written")})
+        self.r.add("import", "a. initial import", self.n, ms.med, bare.med, "s", 1.5, **ms.details(),
+                   **bare.details("baseline_"),
+                   pass_stats={k: stats_d[k] for k in ("scanned", "read", "to_index", "cache_written")})
 
         def again() -> None:
             home = self.base / "import-prof"
@@ -250,20 +276,41 @@ class SizeRun:
     def bench_noop(self) -> None:
         self.ensure_imported()
         node = Node(self.settings(self.a_home))
-        reps = 3 if self.o.quick else 5
-        ms, bare = [], []
+        reps = self.reps(5, 3)
+        ms, bare = Clock(), Clock()
         st = None
-        for _ in range(reps):
-            t = mark()
+        nfiles = 0
+        for _ in range(max(reps, 3)):
+            bare.start()
             nfiles = baselines.walk_share(self.share)
-            bare.append(time.perf_counter() - t)
-            t = mark()
+            bare.stop()
+            ms.start()
             st = node.sync()
-            ms.append(time.perf_counter() - t)
+            ms.stop()
             assert st.read == 0 and st.to_index == 0 and st.to_share == 0, st.as_dict()
-        self.r.add("noop", "b. no-change pass", self.n, med(ms), med(bare), "s", 1.5, runs=ms,
-                   baseline_runs=bare, files_walked=nfiles, scanned=st.scanned if st else None)
+        self.r.add("noop", "b. no-change pass", self.n, ms.med, bare.med, "s", 1.5, **ms.details(),
+                   **bare.details("baseline_"), files_walked=nfiles, scanned=st.scanned if st else None)
         self.profile("noop", node.sync)
+        # The daemon's targeted pass over unchanged items (what an events-mode daemon runs for
+        # each batch of watchdog events) vs lstat + read + orjson.loads of the same files.
+        m = min(self.n, 10_000)
+        items = {layout.memory_id("mesh", key_of(i)) for i in range(m)}
+        paths = [str(self.share / layout.item_path(it, "bench-a")) for it in items]
+        ms, bare = Clock(), Clock()
+        for _ in range(self.reps(2, 1)):
+            bare.start()
+            for path in paths:
+                os.lstat(path)
+                with open(path, "rb") as f:
+                    orjson.loads(f.read())
+            bare.stop()
+            ms.start()
+            st = node.sync(items)
+            ms.stop()
+            assert st.to_index == 0 and st.to_share == 0, st.as_dict()
+        self.r.add("noop", f"b. targeted pass, {m // 1000}k unchanged items", self.n, ms.med, bare.med, "s",
+                   None, **ms.details(), **bare.details("baseline_"), items=m)
+        self.profile("targeted", lambda: node.sync(items))
         node.close()
 
     # d. cache rewrite -------------------------------------------------------------------
@@ -277,25 +324,27 @@ class SizeRun:
         db.close()
         bare_path = self.base / "bare-cache.json"
         reps = self.reps(5, 3)
-        full, write_only, bare = [], [], []
+        full, bare = Clock(), Clock()
+        build: list[float] = []
         sig = None
+        nbytes = 0
         for _ in range(reps):
-            t = mark()
+            bare.start()
             nbytes = baselines.write_cache(plain, bare_path)
-            bare.append(time.perf_counter() - t)
-            t = mark()
+            bare.stop()
+            full.start()
             entries = node._cache_entries()
-            t1 = time.perf_counter()
+            build.append(full.split())
             sig = node.cache.write_memory(entries)
-            t2 = time.perf_counter()
-            full.append(t2 - t)
-            write_only.append(t2 - t1)
+            full.stop()
         with node.index.write() as wdb:  # as Node._finish does: the next pass must not rewrite it again
             node.index.set_meta(wdb, cache_sig=sig or "")
         size = node.cache.memory_path.stat().st_size
-        self.r.add("cache", "d. cache rewrite", self.n, med(full), med(bare), "s", 1.5, runs=full,
-                   baseline_runs=bare, entries=len(plain), cache_bytes=size, baseline_bytes=nbytes)
-        self.r.add("cache", "d. (write_memory only)", self.n, med(write_only), med(bare), "s", None,
+        write_only = [f - b for f, b in zip(full.wall, build, strict=True)]
+        self.r.add("cache", "d. cache rewrite", self.n, full.med, bare.med, "s", 1.5, **full.details(),
+                   **bare.details("baseline_"), entries=len(plain), cache_bytes=size, baseline_bytes=nbytes,
+                   cache_entries_s=build)
+        self.r.add("cache", "d. (write_memory only)", self.n, med(write_only), bare.med, "s", None,
                    runs=write_only)
         self.profile("cache", lambda: node.cache.write_memory(node._cache_entries()))
         with node.index.write() as wdb:
@@ -310,7 +359,7 @@ class SizeRun:
         self.rng = random.Random(self.n)
         self.nonce = os.urandom(3).hex()
         self._events_latency(MESHSYNC, "")
-        if not self.o.no_fix_sim:
+        if self.n <= self.o.fix_sim_max:
             self._events_latency(PATCHED, " [watch fix]")
         self._nas_latency()
 
@@ -322,10 +371,15 @@ class SizeRun:
                 what: str) -> tuple[list[float], int]:
         """Run ``one(i)`` (makes change i; returns its start time and the condition that
         shows it arrived) for every sample.  A sample that does not arrive within
-        --sample-timeout counts as that timeout; after 3 timeouts the path stops."""
+        --sample-timeout counts as that timeout; after 3 timeouts the path stops, and after
+        --path-budget seconds it stops once it has 10 samples."""
         lat: list[float] = []
         timeouts = 0
+        t_end = time.monotonic() + self.o.path_budget
         for i in range(self.samples):
+            if time.monotonic() > t_end and i >= 10:
+                say(f"{what}: time budget ({self.o.path_budget:g} s) used up after {i} samples")
+                break
             t0, cond = one(i)
             try:
                 lat.append(wait_until(cond, self.o.sample_timeout, what) - t0)
@@ -357,7 +411,10 @@ class SizeRun:
             b.start()
             b_ready = b.wait_ready(ready_timeout)  # B's first run imports all N items
             say(f"events daemons{tag} ready: A {a_ready:.1f} s, B {b_ready:.1f} s")
-            time.sleep(1.0)
+            window = self.o.events_idle_window or (5 if self.o.quick else 10)
+            cpu, bcpu, det = self._idle_cpu([a, b], window, settle=1.0)
+            self.r.add("idle", f"f. CPU after start-up, events mode, per daemon{tag}", self.n, cpu, bcpu,
+                       "%", None, **det)
             watch_b = ChangedFile(b.cache_file)
 
             def hand(i: int) -> tuple[float, Callable[[], bool]]:
@@ -388,13 +445,12 @@ class SizeRun:
             lat, to = self._sample(sql, gap, f"SQLite write{tag}")
             db.close()
             self._latency_rows(f"SQLite write -> share file{tag}", "events", lat, to, deb + TICK / 2, deb + TICK)
-            window = self.o.events_idle_window or (5 if self.o.quick else 15)
             cpu, bcpu, det = self._idle_cpu([a, b], window, settle=2.0)
             self.r.add("idle", f"f. CPU after the samples, events mode, per daemon{tag}", self.n, cpu, bcpu,
                        "%", None, **det)
-        finally:
-            a.stop()
-            b.stop()
+        finally:  # a daemon finishes its pass in flight on SIGTERM; after 30 s it is killed (R7)
+            a.stop(30)
+            b.stop(30)
 
     def _nas_latency(self) -> None:
         """e3: two bindfs mounts of the share, poll mode: CLI put on A -> B's index row."""
@@ -428,7 +484,7 @@ class SizeRun:
                         r = db.execute(q, (key,)).fetchone()
                         return r is not None and tok in r[0]
                     return tc, has
-                lat, to = self._sample(put, lambda: self.o.gap + self.rng.uniform(0, pi), "NAS put")
+                lat, to = self._sample(put, lambda: 0.1 + self.rng.uniform(0, pi), "NAS put")
                 db.close()
                 self._latency_rows(f"NAS put (poll {pi:g} s) -> other node's index", "poll", lat, to,
                                    2 * deb + TICK / 2 + pi / 2, 2 * deb + TICK + 0.99 * pi,
@@ -494,16 +550,18 @@ class SizeRun:
     def bench_export(self) -> None:
         self.ensure_imported()
         node = Node(self.settings(self.a_home))
-        reps = self.reps(2, 1)
-        for mode in ("full", "targeted"):
-            ms, bare = [], []
+        reps = self.reps(1, 1)  # 10k fsyncs take 30-70 s on this disk: one run of each side
+        # --export-targeted adds the targeted pass (the daemon's path for outbox items); it
+        # measures the same writes (ratio 1.64 vs 1.65 for the full pass at 100k).
+        for mode in ("full", "targeted") if self.o.export_targeted else ("full",):
+            ms, bare = Clock(), Clock()
             st = None
             for r in range(reps):
                 keys = [f"export.{mode}.{r}.{i:05d}" for i in range(EXPORT_N)]
                 self._foreign_insert(keys)
-                t = mark()
+                ms.start()
                 st = node.sync() if mode == "full" else node.sync(set())
-                ms.append(time.perf_counter() - t)
+                ms.stop()
                 assert st.to_share == EXPORT_N, st.as_dict()
                 files = []
                 for k in keys:
@@ -511,17 +569,16 @@ class SizeRun:
                     files.append((rel.rsplit("/", 1)[1], (self.share / rel).read_bytes()))
                 d = self.base / f"bare-export-{mode}-{r}"
                 d.mkdir()
-                t = mark()
+                bare.start()
                 baselines.write_files(d, files)
-                bare.append(time.perf_counter() - t)
-                shutil.rmtree(d)
+                bare.stop()
             if mode == "full":
-                self.r.add("export", "c. export 10k (full pass)", self.n, med(ms), med(bare), "s", 2.0,
-                           runs=ms, baseline_runs=bare, items=self.n + self.o.skills,
+                self.r.add("export", "c. export 10k (full pass)", self.n, ms.med, bare.med, "s", 2.0,
+                           **ms.details(), **bare.details("baseline_"), items=self.n + self.o.skills,
                            cache_written=st.cache_written if st else None)
             else:
-                self.r.add("export", "c. export 10k (targeted pass, daemon path)", self.n, med(ms), med(bare),
-                           "s", None, runs=ms, baseline_runs=bare)
+                self.r.add("export", "c. export 10k (targeted pass, daemon path)", self.n, ms.med, bare.med,
+                           "s", None, **ms.details(), **bare.details("baseline_"))
 
         def again() -> None:
             self._foreign_insert([f"export.prof.{i:05d}" for i in range(EXPORT_N)])
@@ -601,26 +658,45 @@ def plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         say("matplotlib is not installed (pip install matplotlib): no plot")
         return
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.8))
+
+    def series(label: str, key: str = "value") -> tuple[list, list]:
+        pts = sorted((r["size"], r[key]) for r in rows if r["label"] == label and r[key] is not None)
+        return [p[0] for p in pts], [p[1] for p in pts]
+
     ax = axes[0]
     lat = [r for r in rows if r["bench"] == "latency"]
-    for label in dict.fromkeys(r["label"] for r in lat):
-        pts = sorted((r["size"], r["value"]) for r in lat if r["label"] == label)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                linestyle="-" if label.endswith("p50") else "--", label=label[3:])
-    ax.set(xscale="log", yscale="log", xlabel="memory items", ylabel="seconds", title="daemon latency p50 / p99")
-    ax.legend(fontsize=7)
-    for ax, label, unit, title in ((axes[1], "f. idle CPU (poll mode, % of a core)", "%", "idle CPU, poll mode"),
-                                   (axes[2], "f. peak RSS (VmHWM)", "MiB", "daemon peak RSS")):
-        pts = sorted((r["size"], r["value"], r["baseline"]) for r in rows if r["label"] == label)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="meshsync run")
-        ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="s", linestyle=":", label="bare loop baseline")
-        ax.set(xscale="log", xlabel="memory items", ylabel=unit, title=title)
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8)
+    paths = list(dict.fromkeys(r["label"][3:].rsplit(" ", 1)[0] for r in lat))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, path_ in enumerate(paths):
+        for pct, style, marker in (("p50", "-", "o"), ("p99", "--", "v")):
+            xs, ys = series(f"e. {path_} {pct}")
+            ax.plot(xs, ys, linestyle=style, marker=marker, color=colors[i % len(colors)],
+                    label=f"{path_} {pct}")
+    ax.set(xscale="log", yscale="log", xlabel="memory items", ylabel="seconds (log)",
+           title="daemon latency (p50 solid, p99 dashed)")
+    ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
+    ax = axes[1]
+    cpu = [r for r in rows if r["unit"] == "%"]
+    for i, label in enumerate(dict.fromkeys(r["label"] for r in cpu)):
+        xs, ys = series(label)
+        ax.plot(xs, ys, marker="o", color=colors[i % len(colors)], label=label[3:])
+    xs, ys = series("f. idle CPU (poll mode, % of a core)", "baseline")
+    ax.plot(xs, ys, marker="s", linestyle=":", color="black", label="bare loop with the same wake-ups")
+    ax.set(xscale="log", yscale="log", xlabel="memory items", ylabel="% of one core (log)",
+           title="daemon CPU while nothing changes")
+    ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
+    ax = axes[2]
+    xs, ys = series("f. peak RSS (VmHWM)")
+    ax.plot(xs, ys, marker="o", label="meshsync run (poll mode)")
+    xs, ys = series("f. peak RSS (VmHWM)", "baseline")
+    ax.plot(xs, ys, marker="s", linestyle=":", color="black", label="bare loop")
+    ax.set(xscale="log", xlabel="memory items", ylabel="MiB", title="daemon peak RSS (VmHWM)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     say(f"plot written to {path}")
 
 
@@ -632,11 +708,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of " + ", ".join(BENCHES))
     p.add_argument("--repeat", type=int, default=0, help="runs per in-process benchmark (default 3-5, 1 at >20k items)")
     p.add_argument("--samples", type=int, default=0, help="latency samples per path (default 30)")
-    p.add_argument("--gap", type=float, default=0.5, help="pause between latency samples (s; plus a random part)")
+    p.add_argument("--gap", type=float, default=0.3, help="pause between latency samples (s; plus a random part)")
     p.add_argument("--sample-timeout", type=float, default=30.0, help="a latency sample that takes longer counts as this")
-    p.add_argument("--no-fix-sim", action="store_true",
-                   help="skip the events-mode latency run with the proposed watch fix (benchmarks/patched_meshsync.py)")
-    p.add_argument("--events-idle-window", type=float, default=0, help="CPU window after the events samples (15 s)")
+    p.add_argument("--export-targeted", action="store_true", help="also time the export as a targeted pass")
+    p.add_argument("--path-budget", type=float, default=120.0,
+                   help="seconds per latency path; past it a path stops once it has 10 samples")
+    p.add_argument("--fix-sim-max", type=int, default=20_000,
+                   help="largest size for the events-mode run with the proposed watch fix "
+                   "(benchmarks/patched_meshsync.py); 0 skips it")
+    p.add_argument("--events-idle-window", type=float, default=0,
+                   help="CPU window of the events-mode daemons after start-up and after the samples (10 s)")
     p.add_argument("--idle-window", type=float, default=0, help="idle CPU window (default 60 s, --quick 15 s)")
     p.add_argument("--poll-interval", type=float, default=2.0, help="watch.poll_interval of the NAS daemons")
     p.add_argument("--debounce", type=float, default=0.2, help="the daemons' watch.debounce (meshsync's default 0.2)")
@@ -661,27 +742,30 @@ def main(argv: list[str] | None = None) -> int:
     results = Results()
     root = Path(tempfile.mkdtemp(prefix="meshsync-bench-", dir=a.tmp))
     mach = machine(root)
+    mach["loadavg_start"] = os.getloadavg()
     say(f"data in {root}; {mach['nproc']} CPUs ({mach['cpu_model']}), {mach['tmp_fs'].get('type')} on "
         f"{mach['tmp_fs'].get('source')}")
     started = time.time()
     try:
         for n in sizes:
             SizeRun(root / f"n{n}", n, a, results).run(only)
-    finally:
+    finally:  # results first (even after a failure), then the slow clean-up of the data sets
+        print(table(results.rows))
+        mach["loadavg_end"] = os.getloadavg()
+        doc = {"command": " ".join(["python3 benchmarks/run.py"] + (argv if argv is not None else sys.argv[1:])),
+               "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+               "seconds": round(time.time() - started), "machine": mach, "sizes": sizes, "skills": a.skills,
+               "results": results.rows}
+        if out and results.rows:
+            out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+            say(f"results written to {out}")
+        if png and results.rows:
+            plot(results.rows, png)
         if a.keep:
             say(f"data kept in {root}")
         else:
+            say("removing the data sets")
             shutil.rmtree(root, ignore_errors=True)
-    print(table(results.rows))
-    doc = {"command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
-           "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-           "seconds": round(time.time() - started), "machine": mach, "sizes": sizes, "skills": a.skills,
-           "results": results.rows}
-    if out:
-        out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-        say(f"results written to {out}")
-    if png:
-        plot(results.rows, png)
     missed = [r for r in results.rows if r["ok"] is False]
     if missed:
         say("targets missed: " + "; ".join(f"{r['label']} @ {r['size']} ({r['ratio']:.2f} > {r['target']:g})"
