@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import grp
 import logging
+import os
 import stat as stat_mod
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import formats, journal, layout
-from .cache import Cache, entry
+import orjson
+
+from . import cacheside, formats, journal, layout, secretguard, skilldirs
+from .cache import Cache, CacheEntry, entry
+from .cacheside import CacheSkill
 from .config import Settings
 from .formats import FormatError
 from .index import Index, MemoryRow, SkillRow, State, memory_row_sig, skill_row_sig
 from .layout import MEM, SKILL, ItemId
-from .reconcile import ABSENT, INDEX, SHARE, Obs, Plan, Version, reconcile
-from .share import FileRefused, Problem, Share, Walk, settled, sig_of
+from .reconcile import ABSENT, CACHE, INDEX, SHARE, Obs, Plan, Version, reconcile
+from .share import FileRefused, Problem, Share, Walk, settled, sig_of, sweep_temporaries
 
 log = logging.getLogger("meshsync")
 
@@ -160,6 +164,7 @@ class Node:
         self.share.forget_dirs()
         self.written = []
         self.deferred = []
+        self.young_added: set[str] = set()  # cache keys this pass adds (see cacheside.py)
         now_ms = int(time.time() * 1000)
         now_ns = time.time_ns()
         seq, outbox = self.index.outbox()
@@ -191,6 +196,11 @@ class Node:
                                          walk, now_ns, stats)
         # The share check again: an unmount during the walk must not read as deletes (R5).
         self.share.check()
+        if only is None:
+            self._sweep_temporaries(walk)
+        cache_side = self._detect_cache(state) if self.s.cache.writable else cacheside.CacheSide()
+        candidates |= set(cache_side.obs)
+        problems.extend(cache_side.problems)
 
         items = [it for it in candidates if it.kind in (MEM, SKILL)]
         refused_read = [it for it in items if not self.readable(it)]
@@ -208,11 +218,13 @@ class Node:
                 sides[SHARE] = share_obs[it]
             if it in index_obs:
                 sides[INDEX] = index_obs[it]
+            if it in cache_side.obs:
+                sides[CACHE] = cache_side.obs[it]
             if it.kind == MEM and not layout.valid_scope(it.scope):
                 index_problems[it] = (f"index row {it} has scope {it.scope!r}, which is not node, mesh or user:<id>",
                                       "fix the scope; the row stays local and is not exported")
                 continue
-            if SHARE not in sides and INDEX not in sides:
+            if SHARE not in sides and INDEX not in sides and CACHE not in sides:
                 continue
             writable = frozenset({INDEX, "cache"} | ({SHARE} if self.writable(it) else set()))
             plan = reconcile(self._base(state.get(it)), sides, now_ms=now_ms, node=self.node,
@@ -222,11 +234,47 @@ class Node:
 
         changed_mem, changed_skills = self._apply(plans, state, stats, index_problems, now_ms)
         self._finish(walk, problems, index_problems, refused_read, seq, state, changed_mem,
-                     changed_skills, stats, now_ms, only is None)
+                     changed_skills, stats, now_ms, only is None, cache_side.unreadable)
         stats.seconds = round(time.monotonic() - t0, 4)
         return stats
 
     # --- detection: share ---------------------------------------------------------------------
+
+    def _detect_cache(self, state: dict[ItemId, State]) -> cacheside.CacheSide:
+        """What Phase 1 tools changed in the cache since our last write (see
+        cacheside.py).  Costs one stat of mesh-memory.json and one listing of
+        mesh/skills/ when nothing changed."""
+        side = cacheside.CacheSide()
+        idx = self.index
+        sig = self.cache.memory_sig()
+        if sig is not None and sig != idx.meta("cache_sig"):
+            full = idx.load_state()
+            live = {cacheside.cache_key(it): it for it, st in full.items()
+                    if it.kind == MEM and not st.deleted and self.readable(it)}
+            young = set(orjson.loads(idx.meta("cache_young") or "[]"))
+            side = cacheside.detect_memory(self.cache, full, live, young, self.node, self.readable)
+            for it in side.obs:
+                if it in full:
+                    state[it] = full[it]
+        ssig = self._cache_skills_sig()
+        if ssig is not None and ssig != idx.meta("cache_skills_sig"):
+            contents = {name: content for name, content, _p, _n, _u in idx.all_skill_rows()}
+            sk = cacheside.detect_skills(self.cache, state, contents, self.node)
+            for it in sk.obs:
+                if it not in state:
+                    got = idx.load_state([it])
+                    state.update(got)
+            side.obs.update(sk.obs)
+            side.problems.extend(sk.problems)
+        return side
+
+    def _cache_skills_sig(self) -> str | None:
+        try:
+            names = sorted((e.name, e.stat(follow_symlinks=False).st_mtime_ns, e.stat(follow_symlinks=False).st_size)
+                           for e in os.scandir(self.cache.skills_dir) if e.name.endswith(".md"))
+        except OSError:
+            return None
+        return formats.digest_bytes(repr(names).encode())
 
     def _walk(self, walk: Walk, now_ns: int) -> None:
         sh = self.share
@@ -242,6 +290,10 @@ class Node:
                 sh.walk_memory_dir(f"{layout.MEMORY}/mesh", walk, now_ns)
             for name in sh.walk_subdirs(f"{layout.MEMORY}/user", walk):
                 self._tick("scanning share", len(walk.memory), None)
+                if _not_unicode(name) or _not_unicode(_decoded(name)):  # R6: see _read_memory
+                    walk.problems.append(Problem(f"{layout.MEMORY}/user/{name}", "folder " + NOT_UTF8_NAME[5:],
+                                                 "rename it to a name that is valid UTF-8"))
+                    continue
                 try:
                     uid = layout.decode(name)
                 except layout.Shortened:
@@ -262,6 +314,16 @@ class Node:
                 if i % 50 == 0:
                     self._tick("scanning skills", i, len(names))
         sh.walk_tombstones(walk, now_ns)
+
+    def _sweep_temporaries(self, walk: Walk) -> None:
+        """Remove the temporary files of writes killed midway (R7) once they are stale
+        (share.STALE_TEMP_S): those the walk saw in the share, and the cache's.  They are
+        never imported; this only keeps them from piling up."""
+        n = self.share.sweep_walked(walk)
+        for d in (self.cache.home, self.cache.skills_dir):
+            n += sweep_temporaries(d)
+        if n:
+            log.info("removed %d stale temporary file(s) left by interrupted writes", n)
 
     def _detect_share(self, walk: Walk, state: dict[ItemId, State], share_obs: dict[ItemId, Obs],
                       unknown: set[ItemId], problems: list[Problem], now_ms: int,
@@ -333,12 +395,19 @@ class Node:
         return ABSENT
 
     def _read_memory(self, rel: str, sig: str | None, problems: list[Problem]) -> tuple[ItemId, Obs] | None:
+        if _not_unicode(rel):  # R6: such a name used to crash the pass (SQLite cannot store it)
+            problems.append(Problem(rel, NOT_UTF8_NAME, "rename it to a name that is valid UTF-8"))
+            return None
         try:
             scope, key = _memory_rel(rel, self.node)
         except layout.LayoutError as exc:
             stem = rel.rsplit("/", 1)[-1][:-5]
             problems.append(Problem(rel, f"file name is not in meshsync's encoding ({exc})",
                                     f"rename it to {layout.encode(stem)}.json to import it as key {stem!r}"))
+            return None
+        if _not_unicode(scope, key):  # e.g. x%ed%b3%bf.json: an escaped lone surrogate
+            problems.append(Problem(rel, NOT_UTF8_NAME + " (it escapes a lone surrogate)",
+                                    "rename it to a name that is valid UTF-8"))
             return None
         try:
             data, st = self.share.read(rel)
@@ -375,6 +444,9 @@ class Node:
     def _read_skill(self, rel: str, files: list, sig: str | None, state: dict[ItemId, State],
                     problems: list[Problem]) -> tuple[ItemId, Obs] | None:
         name_seg = rel.rsplit("/", 1)[-1]
+        if _not_unicode(name_seg) or _not_unicode(_decoded(name_seg)):  # R6: see _read_memory
+            problems.append(Problem(rel, "folder " + NOT_UTF8_NAME[5:], "rename it to a name that is valid UTF-8"))
+            return None
         content: bytes | None = None
         meta: formats.SkillMeta | None = None
         extras: list[tuple[str, str]] = []
@@ -383,7 +455,8 @@ class Node:
             sub = fe.rel[len(rel) + 1:]
             limit = self.s.limits.max_skill_bytes if sub == layout.SKILL_MD else None
             try:
-                data, st = self.share.read(fe.rel, limit)
+                # The hint names the limit that applies (it said max_file_bytes for a SKILL.md).
+                data, st = self.share.read(fe.rel, limit, "limits.max_skill_bytes" if limit else "limits.max_file_bytes")
             except FileRefused as exc:
                 problems.append(exc.problem)
                 if sub in (layout.SKILL_MD, layout.SKILL_JSON):
@@ -648,6 +721,14 @@ class Node:
             if isinstance(sh_obs.payload, ShareSkill):
                 aux = sh_obs.payload.extras
         digest = win.digest
+        if SHARE in plan.write and plan.source in (INDEX, CACHE) and not win.deleted:
+            hits = self._secret_hits(it, src_payload)
+            if hits:
+                index_problems[it] = (f"{it} not exported: it looks like a secret ({', '.join(hits)})",
+                                      f"remove the secret, or allow it with secrets.allow_items [\"{it}\"] "
+                                      f"or secrets.allow_rules {_json(hits)}; it stays local meanwhile", "refused")
+                stats.refused += 1
+                return None
         try:
             if SHARE in plan.write:
                 if not self._share_unchanged(rel, sh_obs, it):
@@ -701,8 +782,25 @@ class Node:
             return cur is None
         return cur is not None
 
+    def _secret_hits(self, it: ItemId, payload: Any) -> list[str]:
+        """Secret-guard rules a local write matches, less the allowed ones."""
+        g = self.s.secrets
+        if not g.guard or str(it) in g.allow_items:
+            return []
+        if isinstance(payload, IndexMem | CacheEntry):
+            hits = secretguard.scan_value(payload.value, it.key)
+        elif isinstance(payload, IndexSkill):
+            hits = secretguard.scan_bytes((payload.row.content or "").encode("utf-8", "surrogatepass"))
+        elif isinstance(payload, CacheSkill):
+            hits = secretguard.scan_bytes(payload.content.encode("utf-8", "surrogatepass"))
+        else:
+            return []
+        return [h for h in hits if h not in g.allow_rules]
+
     def _winner_value(self, it: ItemId, payload: Any) -> Any:
         """The winning value; from the index row when the winner was not read this pass."""
+        if isinstance(payload, CacheEntry):
+            return payload.value
         if isinstance(payload, IndexMem):
             return payload.value
         if isinstance(payload, ShareMem):
@@ -719,6 +817,8 @@ class Node:
             path = payload.row.path
         elif isinstance(payload, ShareSkill):
             content, path = payload.content, payload.path
+        elif isinstance(payload, CacheSkill):
+            content, path = payload.content.encode("utf-8", "surrogatepass"), None
         else:  # the winner was not read this pass (e.g. the base beat an older share version)
             row = self.index.skill_rows([it]).get(it)
             if row is None:
@@ -770,6 +870,8 @@ class Node:
                         text = src.row.value
                     elif isinstance(src, ShareMem):
                         text = src.rec.text.decode("utf-8")
+                    elif isinstance(src, CacheEntry):
+                        text = src.text.decode("utf-8")
                     else:
                         text = None
                     if text is None:
@@ -788,6 +890,8 @@ class Node:
                     elif isinstance(src, ShareSkill):
                         content = src.content.decode("utf-8") if src.content is not None else None
                         path, have = src.path, True
+                    elif isinstance(src, CacheSkill):
+                        content, path, have = src.content, None, True
                     else:
                         content = path = None
                         have = False
@@ -804,6 +908,8 @@ class Node:
                 moved = old is None or not self._base(old).same(win)  # type: ignore[union-attr]
                 if moved:
                     stats.changed.append(str(it))
+                    if it.kind == MEM and not win.deleted and (old is None or old.deleted):
+                        self.young_added.add(cacheside.cache_key(it))
                 if moved and self.readable(it):
                     if it.kind == MEM:
                         changed_mem = True
@@ -823,7 +929,8 @@ class Node:
 
     def _finish(self, walk: Walk, problems: list[Problem], index_problems: dict, refused_read: list[ItemId],
                 seq: int, state: dict[ItemId, State], changed_mem: bool,
-                changed_skills: dict[str, str | None], stats: PassStats, now_ms: int, full: bool) -> None:
+                changed_skills: dict[str, str | None], stats: PassStats, now_ms: int, full: bool,
+                cache_unreadable: bool = False) -> None:
         idx = self.index
         all_problems = walk.problems + problems
         with idx.write() as db:
@@ -857,12 +964,18 @@ class Node:
             log.debug("skipped %s: %s", p.path, p.reason)
 
         cache_sig = idx.meta("cache_sig")
-        if changed_mem or cache_sig is None or cache_sig != self.cache.memory_sig():
+        if cache_unreadable:
+            # A tool is writing mesh-memory.json (or left it broken): never overwrite it;
+            # what this pass added stays "young" until the cache is written again.
+            young = set(orjson.loads(idx.meta("cache_young") or "[]")) | self.young_added
+            with idx.write() as db:
+                idx.set_meta(db, cache_young=_json(sorted(young)))
+        elif changed_mem or cache_sig is None or cache_sig != self.cache.memory_sig():
             self._tick("writing cache", 0, None)
             sig = self.cache.write_memory(self._cache_entries())
             stats.cache_written = True
             with idx.write() as db:
-                idx.set_meta(db, cache_sig=sig or "")
+                idx.set_meta(db, cache_sig=sig or "", cache_young=_json(sorted(self.young_added)))
         if changed_skills or not self.cache.skills_dir.exists():
             live = {name: c for name, c in changed_skills.items() if c is not None}
             removed = [name for name, c in changed_skills.items() if c is None]
@@ -871,6 +984,11 @@ class Node:
                         ((r[0], r[1], r[2], r[3], r[4]) for r in idx.all_skill_rows()) if c is not None}
             self.cache.sync_skills(live, removed)
             self.cache.skills_dir.mkdir(parents=True, exist_ok=True)
+        ssig = self._cache_skills_sig()
+        if ssig != idx.meta("cache_skills_sig"):
+            with idx.write() as db:
+                idx.set_meta(db, cache_skills_sig=ssig or "")
+        self._skill_folders(changed_skills, full)
         with idx.write() as db:
             idx.set_meta(db, last_sync=str(time.time()), share_status="available", share_reason="",
                          last_pass=_json(stats.as_dict()))
@@ -878,6 +996,40 @@ class Node:
                 idx.set_meta(db, last_change=_json({"at": time.time(), "items": stats.changed[:10],
                                                      "to_share": stats.to_share, "to_index": stats.to_index,
                                                      "deleted": stats.deleted}))
+
+    def _skill_folders(self, changed: dict[str, str | None], full: bool) -> None:
+        """Mirror skill folders into cache.skill_dirs, and warn about SKILL.md files
+        OpenClaw would not load (the skill is still synced)."""
+        targets = self.s.cache.skill_dirs
+        if full:
+            rows = {name: content for name, content, _p, _n, _u in self.index.all_skill_rows()}
+            todo: dict[str, str | None] = {n: layout.item_path(layout.skill_id(n), self.node) for n in rows}
+        else:
+            rows = {n: c for n, c in changed.items()}
+            todo = {n: (layout.item_path(layout.skill_id(n), self.node) if c is not None else None)
+                    for n, c in changed.items()}
+        if not todo:
+            return
+        warns: list[tuple[str, str, str]] = []
+        for name, content in rows.items():
+            if content is None:
+                continue
+            why = skilldirs.frontmatter_problem(content.encode("utf-8", "surrogatepass"))
+            path = f"skill:{name}"
+            if why:
+                warns.append((path, why, "OpenClaw may not load it; add --- name: ... description: ... --- "
+                              "at the top of SKILL.md (it is synced anyway)"))
+        if targets:
+            for w in skilldirs.mirror(self.share.root, targets, todo, set(rows) if full else None):
+                warns.append((w.path, w.reason, w.hint))
+        with self.index.write() as db:
+            if full:
+                self.index.replace_errors(db, "warning", warns)
+            else:
+                for n in todo:
+                    self.index.replace_errors_one(db, "warning", f"skill:{n}", None)
+                for path, why, hint in warns:
+                    self.index.replace_errors_one(db, "warning", path, (why, hint))
 
     def _cache_entries(self) -> dict[str, dict[str, Any]]:
         bad = {r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused")}
@@ -946,6 +1098,28 @@ def base_live(st: State | None) -> bool:
     return st is not None and not st.deleted
 
 
+NOT_UTF8_NAME = "file name is not valid UTF-8"
+
+
+def _not_unicode(*names: str | None) -> bool:
+    """A name no SQLite text or JSON string can hold: bytes that are not UTF-8 in a file
+    name (os.scandir hands them over as surrogate escapes), or a lone surrogate."""
+    for n in names:
+        if n is not None:
+            try:
+                n.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
+def _decoded(segment: str) -> str | None:
+    try:
+        return layout.decode(segment)
+    except layout.LayoutError:
+        return None
+
+
 def _memory_rel(rel: str, node_id: str) -> tuple[str | None, str | None]:
     from .share import item_of_memory_rel
 
@@ -957,6 +1131,8 @@ def _memory_rel(rel: str, node_id: str) -> tuple[str | None, str | None]:
 def _skill_content(src: Any, it: ItemId, db: Any) -> str | None:
     if isinstance(src, IndexSkill):
         return src.row.content
+    if isinstance(src, CacheSkill):
+        return src.content
     if isinstance(src, ShareSkill):
         return src.content.decode("utf-8") if src.content is not None else None
     r = db.execute("SELECT content FROM mesh_skills WHERE name = ?", (it.key,)).fetchone()
@@ -964,6 +1140,10 @@ def _skill_content(src: Any, it: ItemId, db: Any) -> str | None:
 
 
 def _loser_text(payload: Any) -> str | None:
+    if isinstance(payload, CacheEntry):
+        return payload.text.decode("utf-8")
+    if isinstance(payload, CacheSkill):
+        return payload.content
     if isinstance(payload, IndexMem):
         return payload.text
     if isinstance(payload, ShareMem):
@@ -980,6 +1160,4 @@ def _fmt_ms(ms: int) -> str:
 
 
 def _json(obj: Any) -> str:
-    import orjson
-
     return orjson.dumps(obj).decode()

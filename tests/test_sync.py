@@ -362,8 +362,6 @@ def test_local_write_after_seeing_newer_version_wins_despite_slow_clock(mesh, ab
 # --- the cache as an entry point (R2) ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason="R2 gap: a write made through the cache (a Phase 1 tool editing "
-                   "mesh-memory.json) is not detected; the next pass overwrites it with the index")
 def test_write_through_the_cache_reaches_everyone(mesh, ab):
     a, b = ab
     a.cli("put", "mesh", "x", "1")
