@@ -180,6 +180,21 @@ class SkillRow:
         return skill_row_sig(self.content, self.path, self.source_node, self.updated_at)
 
 
+def storable(text: str) -> str:
+    """Text that sqlite3 can store.  A file name that is not UTF-8 reaches us with
+    surrogate escapes (os.scandir), which sqlite3 refuses to encode: one such name used
+    to crash every pass (R6).  Its bytes are shown as ``\\xNN`` instead."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class IndexError_(Exception):
     """The index cannot be opened or is not ours."""
 
@@ -389,8 +404,9 @@ class Index:
         """Make the errors of ``kind`` exactly ``problems`` (path, reason, hint), keeping
         rows for ``keep`` paths (not looked at this time) as they are."""
         now = int(time.time())
-        seen = set(keep)
+        seen = {storable(p) for p in keep}
         for path, reason, hint in problems:
+            path, reason, hint = storable(path), storable(reason), storable(hint)
             seen.add(path)
             db.execute(
                 "INSERT INTO meshsync_errors (path, kind, reason, hint, since, seen) VALUES (?,?,?,?,?,?)"
@@ -403,6 +419,7 @@ class Index:
 
     def replace_errors_one(self, db: sqlite3.Connection, kind: str, path: str,
                            problem: tuple[str, str] | None) -> None:
+        path = storable(path)
         if problem is None:
             db.execute("DELETE FROM meshsync_errors WHERE path = ?", (path,))
             return
@@ -410,7 +427,7 @@ class Index:
         db.execute(
             "INSERT INTO meshsync_errors (path, kind, reason, hint, since, seen) VALUES (?,?,?,?,?,?)"
             " ON CONFLICT(path) DO UPDATE SET reason=excluded.reason, hint=excluded.hint, seen=excluded.seen",
-            (path, kind, problem[0], problem[1], now, now))
+            (path, kind, storable(problem[0]), storable(problem[1]), now, now))
 
     def errors(self) -> list[dict]:
         cur = self.db.execute("SELECT path, kind, reason, hint, since, seen FROM meshsync_errors ORDER BY kind, path")

@@ -26,6 +26,9 @@ from . import layout
 from .layout import META, ItemId
 
 TMP_PREFIX = ".meshsync-tmp-"
+# A temporary file of ours older than this is the leftover of a write killed midway (R7):
+# no write takes that long.  Full passes remove such files (sync.Node._sweep_temporaries).
+STALE_TEMP_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,9 @@ class FileRefused(Exception):
 
 
 def sig_of(st: os.stat_result) -> str:
-    return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+    # The permission bits too: a file made unreadable (chmod) is looked at again and
+    # reported, not silently taken as unchanged (R6).
+    return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}:{st.st_mode & 0o7777:o}"
 
 
 def settled(st: os.stat_result, now_ns: int, margin_ns: int = 3_000_000_000) -> bool:
@@ -81,6 +86,7 @@ class Walk:
     tombstones: dict[str, FileEntry] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # rel dirs that could not be listed
+    temporaries: list[str] = field(default_factory=list)  # our temporary files seen (never items)
 
     def is_unknown(self, rel: str) -> bool:
         return any(rel == u or rel.startswith(u + "/") for u in self.unknown)
@@ -183,8 +189,10 @@ class Share:
 
     # --- reads ---------------------------------------------------------------------------
 
-    def read(self, rel: str, limit: int | None = None) -> tuple[bytes, os.stat_result]:
-        """Read a regular file without following links or blocking; raise FileRefused."""
+    def read(self, rel: str, limit: int | None = None,
+             setting: str = "limits.max_file_bytes") -> tuple[bytes, os.stat_result]:
+        """Read a regular file without following links or blocking; raise FileRefused.
+        ``setting`` names the limit in the hint (a SKILL.md has its own limit)."""
         limit = self.max_file_bytes if limit is None else limit
         path = self.root / rel
         try:
@@ -208,7 +216,7 @@ class Share:
                 raise FileRefused(bad)
             if st.st_size > limit:
                 raise FileRefused(Problem(rel, f"is {st.st_size} bytes, over the {limit}-byte limit",
-                                          "shrink it, or raise limits.max_file_bytes"))
+                                          f"shrink it, or raise {setting}"))
             chunks = []
             total = 0
             while True:
@@ -218,7 +226,7 @@ class Share:
                 total += len(b)
                 if total > limit:
                     raise FileRefused(Problem(rel, f"grew over the {limit}-byte limit while read",
-                                              "shrink it, or raise limits.max_file_bytes"))
+                                              f"shrink it, or raise {setting}"))
                 chunks.append(b)
             return b"".join(chunks), st
         finally:
@@ -295,22 +303,22 @@ class Share:
         except OSError:
             pass
 
-    def sweep_temporaries(self, rel_dir: str, older_than_s: float = 3600) -> int:
+    def sweep_temporaries(self, rel_dir: str, older_than_s: float = STALE_TEMP_S) -> int:
         """Remove our own temporary files left by a crash (never other tools' files)."""
+        return sweep_temporaries(self.root / rel_dir, older_than_s)
+
+    def sweep_walked(self, walk: Walk, older_than_s: float = STALE_TEMP_S) -> int:
+        """Remove the stale temporary files the walk saw (R7); returns how many."""
         n = 0
         cutoff = time.time() - older_than_s
-        try:
-            with os.scandir(self.root / rel_dir) as it:
-                for e in it:
-                    if e.name.startswith(TMP_PREFIX):
-                        try:
-                            if e.stat(follow_symlinks=False).st_mtime < cutoff:
-                                os.unlink(e.path)
-                                n += 1
-                        except OSError:
-                            pass
-        except OSError:
-            pass
+        for rel in walk.temporaries:
+            try:
+                st = os.lstat(self.root / rel)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                    os.unlink(self.root / rel)
+                    n += 1
+            except OSError:
+                pass
         return n
 
     # --- the walk ------------------------------------------------------------------------
@@ -345,6 +353,8 @@ class Share:
         for e in self._scan(rel_dir, walk):
             name = e.name
             if layout.is_ignored_name(name):
+                if name.startswith(TMP_PREFIX):
+                    walk.temporaries.append(f"{rel_dir}/{name}")
                 continue
             rel = f"{rel_dir}/{name}"
             if not name.endswith(".json"):
@@ -382,6 +392,8 @@ class Share:
             d = stack.pop()
             for e in self._scan(d, walk):
                 if e.name.startswith(TMP_PREFIX) or layout.is_ignored_name(e.name):
+                    if e.name.startswith(TMP_PREFIX):
+                        walk.temporaries.append(f"{d}/{e.name}")
                     continue
                 rel = f"{d}/{e.name}"
                 if e.is_dir(follow_symlinks=False):
@@ -400,6 +412,8 @@ class Share:
             d = stack.pop()
             for e in self._scan(d, walk):
                 if e.name.startswith("."):
+                    if e.name.startswith(TMP_PREFIX):
+                        walk.temporaries.append(f"{d}/{e.name}")
                     continue
                 rel = f"{d}/{e.name}"
                 if e.is_dir(follow_symlinks=False):
@@ -408,6 +422,26 @@ class Share:
                     fe = self._file_entry(e, rel, walk, now_ns)
                     if fe is not None:
                         walk.tombstones[rel] = fe
+
+
+def sweep_temporaries(directory: Path, older_than_s: float = STALE_TEMP_S) -> int:
+    """Remove our own temporary files older than ``older_than_s`` from one directory
+    (never other tools' files); returns how many."""
+    n = 0
+    cutoff = time.time() - older_than_s
+    try:
+        with os.scandir(directory) as it:
+            for e in it:
+                if e.name.startswith(TMP_PREFIX):
+                    try:
+                        if e.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(e.path)
+                            n += 1
+                    except OSError:
+                        pass
+    except OSError:
+        pass
+    return n
 
 
 def item_of_memory_rel(rel: str, node_id: str) -> tuple[str | None, str | None]:
