@@ -101,6 +101,9 @@ class Daemon:
         self.last_full = 0.0
         self.last_poll = 0.0
         self.data_version = self.node.index.data_version()
+        self.cache_seen = self.node.cache.memory_sig()
+        self.cache_skills_seen = self.node.cache_skills_sig()
+        self.cache_dirty = False
 
     # --- signals -------------------------------------------------------------------------
 
@@ -192,7 +195,8 @@ class Daemon:
     def _collect(self) -> None:
         now = time.monotonic()
         items, full, jr = self.events.take()
-        if now - self.last_poll >= self.s.watch.poll_interval:
+        poll_tick = now - self.last_poll >= self.s.watch.poll_interval
+        if poll_tick:
             self.last_poll = now
             jr = jr or self.mode == "poll"
             if self.available:
@@ -213,10 +217,20 @@ class Daemon:
             self.data_version = dv
             _, out = self.node.index.outbox()
             items |= out
+        if self.s.cache.writable:
+            # A Phase 1 tool writing the cache: one stat per tick, the skills folder
+            # once per poll interval (see cacheside.py).
+            csig = self.node.cache.memory_sig()
+            ssig = self.cache_skills_seen
+            if poll_tick:
+                ssig = self.node.cache_skills_sig()
+            if csig != self.cache_seen or ssig != self.cache_skills_seen:
+                self.cache_seen, self.cache_skills_seen = csig, ssig
+                self.cache_dirty = True
         ri = self.s.watch.rescan_interval
         if ri and now - self.last_full >= ri:
             full = True
-        if items or full:
+        if items or full or self.cache_dirty:
             if not self.pending:
                 self.first_change = now
             self.pending |= items
@@ -248,8 +262,9 @@ class Daemon:
                 self.last_full = now
                 self._pass(None)
                 continue
-            if self.pending and (now - self.last_change >= debounce or now - self.first_change >= MAX_DELAY):
-                batch, self.pending = self.pending, set()
+            if (self.pending or self.cache_dirty) and (now - self.last_change >= debounce
+                                                       or now - self.first_change >= MAX_DELAY):
+                batch, self.pending, self.cache_dirty = self.pending, set(), False
                 if self.available:
                     self._pass(batch)
                 else:

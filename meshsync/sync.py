@@ -256,7 +256,7 @@ class Node:
             for it in side.obs:
                 if it in full:
                     state[it] = full[it]
-        ssig = self._cache_skills_sig()
+        ssig = self.cache_skills_sig()
         if ssig is not None and ssig != idx.meta("cache_skills_sig"):
             contents = {name: content for name, content, _p, _n, _u in idx.all_skill_rows()}
             sk = cacheside.detect_skills(self.cache, state, contents, self.node)
@@ -268,7 +268,7 @@ class Node:
             side.problems.extend(sk.problems)
         return side
 
-    def _cache_skills_sig(self) -> str | None:
+    def cache_skills_sig(self) -> str | None:
         try:
             names = sorted((e.name, e.stat(follow_symlinks=False).st_mtime_ns, e.stat(follow_symlinks=False).st_size)
                            for e in os.scandir(self.cache.skills_dir) if e.name.endswith(".md"))
@@ -984,7 +984,7 @@ class Node:
                         ((r[0], r[1], r[2], r[3], r[4]) for r in idx.all_skill_rows()) if c is not None}
             self.cache.sync_skills(live, removed)
             self.cache.skills_dir.mkdir(parents=True, exist_ok=True)
-        ssig = self._cache_skills_sig()
+        ssig = self.cache_skills_sig()
         if ssig != idx.meta("cache_skills_sig"):
             with idx.write() as db:
                 idx.set_meta(db, cache_skills_sig=ssig or "")
