@@ -438,7 +438,10 @@ class Node:
             v = Version(rec.stamp, rec.node, rec.digest)  # type: ignore[arg-type]
         else:
             mtime_ms = st.st_mtime_ns // 1_000_000
-            v = Version(max(rec.stamp or 0, mtime_ms), rec.node or self.node, rec.digest)
+            # An edited file comes after the version it still names, even when this node
+            # never saw that version and the file's mtime is behind its stamp (R3).
+            declared = rec.stamp + 1 if rec.stamp is not None else 0
+            v = Version(max(declared, mtime_ms), rec.node or self.node, rec.digest)
         return it, Obs(v, rec.trusted, ShareMem(rec, sig, h))
 
     def _read_skill(self, rel: str, files: list, sig: str | None, state: dict[ItemId, State],
@@ -509,7 +512,7 @@ class Node:
         if trusted:
             v = Version(meta.stamp, meta.node, digest)  # type: ignore[union-attr,arg-type]
         else:
-            declared = meta.stamp if meta and meta.stamp is not None else 0
+            declared = meta.stamp + 1 if meta and meta.stamp is not None else 0  # after it: see _read_memory
             v = Version(max(declared, newest), (meta.node if meta and meta.node else self.node), digest)
         return it, Obs(v, trusted, ShareSkill(content, path, ex, sig, digest))
 

@@ -179,6 +179,29 @@ def test_hand_edit_wins_over_the_version_it_edited_even_with_writer_clock_ahead(
     assert conflicts(a) == [] and conflicts(b) == [], "an edit of V replaces V, it does not beat it"
 
 
+def test_hand_edit_wins_when_the_importing_node_never_saw_the_edited_version(mesh, ab):
+    """The node that picks the edit up first has no base for the item: the edit must
+    still come after the version it edited, not tie with it (whichever digest is larger)."""
+    from meshsync.formats import canonical, digest_bytes
+
+    a, b = ab
+    ahead = int(time.time()) + 365 * 86400
+    original = {"step": 1}
+    foreign_put(a, "mesh", "plan", original, updated_at=ahead)
+    sync_json(a)
+    # An edit whose digest is smaller than the original's: a tie on (stamp, node) would lose.
+    edit = next(v for v in ({"step": 2, "n": i} for i in range(100))
+                if digest_bytes(canonical(v)) < digest_bytes(canonical(original)))
+    f = mem_path(mesh.share, "mesh", "plan")
+    doc = read_json(f)
+    doc["value"] = edit
+    f.write_text(json.dumps(doc))
+    sync_json(b)  # B never synced before
+    sync_json(a)
+    sync_json(b)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "plan", edit)
+
+
 def test_hand_made_value_only_file_is_imported_and_normalised_then_idle(mesh, ab):
     a, b = ab
     d = mesh.share / "memory" / "user" / "alice"
