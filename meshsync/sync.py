@@ -198,7 +198,13 @@ class Node:
         self.share.check()
         if only is None:
             self._sweep_temporaries(walk)
-        cache_side = self._detect_cache(state) if self.s.cache.writable else cacheside.CacheSide()
+        # R7: a pass killed after its index writes but before it refreshed the cache leaves
+        # cache_owed set.  The cache then lags behind the index because of us: its
+        # differences are not a tool's writes (a half-refreshed mesh/skills/ was taken as
+        # deletes and wiped skills everywhere), and this pass refreshes the whole cache.
+        owed = self.index.meta("cache_owed") == "1"
+        cache_side = (self._detect_cache(state) if self.s.cache.writable and not owed
+                      else cacheside.CacheSide())
         candidates |= set(cache_side.obs)
         problems.extend(cache_side.problems)
 
@@ -234,7 +240,7 @@ class Node:
 
         changed_mem, changed_skills = self._apply(plans, state, stats, index_problems, now_ms)
         self._finish(walk, problems, index_problems, refused_read, seq, state, changed_mem,
-                     changed_skills, stats, now_ms, only is None, cache_side.unreadable)
+                     changed_skills, stats, now_ms, only is None, cache_side.unreadable, owed)
         stats.seconds = round(time.monotonic() - t0, 4)
         return stats
 
@@ -926,6 +932,8 @@ class Node:
                                 _fmt_ms(v.stamp), win.node, _fmt_ms(win.stamp))
                 idx.put_state(db, it, new)
                 state[it] = new
+            if changed_mem or changed_skills:
+                idx.set_meta(db, cache_owed="1")  # with the rows it is owed for; see sync()
         return changed_mem, changed_skills
 
     # --- finish --------------------------------------------------------------------------------------
@@ -933,7 +941,7 @@ class Node:
     def _finish(self, walk: Walk, problems: list[Problem], index_problems: dict, refused_read: list[ItemId],
                 seq: int, state: dict[ItemId, State], changed_mem: bool,
                 changed_skills: dict[str, str | None], stats: PassStats, now_ms: int, full: bool,
-                cache_unreadable: bool = False) -> None:
+                cache_unreadable: bool = False, owed: bool = False) -> None:
         idx = self.index
         all_problems = walk.problems + problems
         with idx.write() as db:
@@ -967,6 +975,12 @@ class Node:
             log.debug("skipped %s: %s", p.path, p.reason)
 
         cache_sig = idx.meta("cache_sig")
+        if owed:  # a killed pass did not refresh the cache (R7): all of it, now
+            changed_mem = True
+            rows = {n: c for n, c, _p, _s, _u in idx.all_skill_rows()}
+            gone = {it.key: None for it, st in idx.load_state().items()
+                    if it.kind == SKILL and st.deleted and it.key not in rows}
+            changed_skills = {**gone, **rows, **changed_skills}
         if cache_unreadable:
             # A tool is writing mesh-memory.json (or left it broken): never overwrite it;
             # what this pass added stays "young" until the cache is written again.
@@ -994,7 +1008,7 @@ class Node:
         self._skill_folders(changed_skills, full)
         with idx.write() as db:
             idx.set_meta(db, last_sync=str(time.time()), share_status="available", share_reason="",
-                         last_pass=_json(stats.as_dict()))
+                         last_pass=_json(stats.as_dict()), cache_owed="0")
             if stats.changed or stats.to_index or stats.deleted:
                 idx.set_meta(db, last_change=_json({"at": time.time(), "items": stats.changed[:10],
                                                      "to_share": stats.to_share, "to_index": stats.to_index,
