@@ -176,6 +176,17 @@ class Node:
             only = set(only)
             state = self.index.load_state(only | outbox)
 
+        # R7: a pass killed after its index writes but before it refreshed the cache leaves
+        # cache_owed set.  The cache then lags behind the index because of us: its
+        # differences are not a tool's writes (a half-refreshed mesh/skills/ was taken as
+        # deletes and wiped skills everywhere), and this pass refreshes the whole cache.
+        owed = self.index.meta("cache_owed") == "1"
+        cache_side = (self._detect_cache(state) if self.s.cache.writable and not owed
+                      else cacheside.CacheSide())
+        # Items Phase 1 tools changed in the cache join the pass (and, in a targeted
+        # pass, get their share side observed like any other).
+        outbox |= set(cache_side.obs)
+
         walk = Walk()
         share_obs: dict[ItemId, Obs] = {}
         share_unknown: set[ItemId] = set()
@@ -198,14 +209,6 @@ class Node:
         self.share.check()
         if only is None:
             self._sweep_temporaries(walk)
-        # R7: a pass killed after its index writes but before it refreshed the cache leaves
-        # cache_owed set.  The cache then lags behind the index because of us: its
-        # differences are not a tool's writes (a half-refreshed mesh/skills/ was taken as
-        # deletes and wiped skills everywhere), and this pass refreshes the whole cache.
-        owed = self.index.meta("cache_owed") == "1"
-        cache_side = (self._detect_cache(state) if self.s.cache.writable and not owed
-                      else cacheside.CacheSide())
-        candidates |= set(cache_side.obs)
         problems.extend(cache_side.problems)
 
         items = [it for it in candidates if it.kind in (MEM, SKILL)]
