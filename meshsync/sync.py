@@ -732,6 +732,10 @@ class Node:
             share_sig, share_hash = sh_obs.payload.sig, sh_obs.payload.hash
             if isinstance(sh_obs.payload, ShareSkill):
                 aux = sh_obs.payload.extras
+        elif sh_obs is None and (st is None or not self._base(st).same(win)):
+            # The share could not be looked at (an unreadable file): whatever it holds is
+            # not this new version, so its old bytes must not read as "unchanged" later.
+            share_sig = share_hash = None
         digest = win.digest
         if SHARE in plan.write and plan.source in (INDEX, CACHE) and not win.deleted:
             hits = self._secret_hits(it, src_payload)

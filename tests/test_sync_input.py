@@ -17,6 +17,7 @@ import pytest
 from helpers import Mesh, MeshNode
 from sync_helpers import (
     UPSERT,
+    assert_item_everywhere,
     errors,
     foreign_put,
     mem_path,
@@ -246,3 +247,24 @@ def test_local_write_behind_an_unreadable_share_file_goes_out_once_it_is_fixed(m
     assert read_json(f)["value"] == "from B's index"
     assert a.value("mesh", "blocked") == "from B's index"
     assert errors(b) == {}
+
+
+def test_local_write_made_while_the_share_file_was_broken_goes_out_after_undo(mesh, ab):
+    """B writes while the share file is broken; the breakage is then undone (the old
+    bytes come back).  B's write is newer than what the file holds and must go out,
+    not be taken as already there."""
+    a, b = ab
+    t = int(time.time()) - 100
+    foreign_put(a, "mesh", "doc", "v1", updated_at=t)
+    sync_json(a)
+    sync_json(b)
+    f = mem_path(mesh.share, "mesh", "doc")
+    good = f.read_bytes()
+    f.write_bytes(b'{"value": "v1 being edi')
+    foreign_put(b, "mesh", "doc", "v2 from B", updated_at=t + 10)
+    b.cli("sync", check=1)
+    assert f.read_bytes() == b'{"value": "v1 being edi'
+    f.write_bytes(good)  # the editor's undo
+    sync_json(b)
+    sync_json(a)
+    assert_item_everywhere([a, b], mesh.share, "mesh", "doc", "v2 from B", node_id="B")
