@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -158,6 +159,13 @@ class ShareEvents:
 
     def stop(self) -> None:
         if self.observer is not None:
-            self.observer.stop()
-            self.observer.join(timeout=5)
-            self.observer = None
+            obs, self.observer = self.observer, None
+            try:
+                obs.stop()
+            except Exception as exc:
+                # watchdog's inotify bookkeeping raises (e.g. KeyError on a watched
+                # folder that was deleted or moved away meanwhile, watchdog issue #758)
+                # while it unschedules.  Stopping must never crash the daemon: it runs on
+                # SIGTERM (before the last pass) and when the share becomes unavailable.
+                logging.getLogger("meshsync").debug("stopping the share watcher: %r", exc)
+            obs.join(timeout=5)

@@ -46,6 +46,10 @@ class MeshNode:
     home: Path  # this node's private folder: index, cache, config
     extra_env: dict[str, str] = field(default_factory=dict)
     daemon: subprocess.Popen | None = None
+    # A command prefix for every process of this node (daemon and CLI), e.g. an `env` that
+    # preloads libfaketime for a node whose clock is behind; empty: run meshsync directly.
+    # The prefix must exec (as `env` does), so that the daemon's pid receives signals.
+    wrapper: list[str] = field(default_factory=list)
 
     @property
     def index(self) -> Path:
@@ -80,7 +84,7 @@ class MeshNode:
     def cli(self, *args: str, check: bool | int = True, input: str | None = None, timeout: float = 120,
             **env: str) -> subprocess.CompletedProcess:
         """Run ``meshsync ARGS`` as this node; ``check`` True means exit 0, an int means that code."""
-        p = subprocess.run([sys.executable, "-m", "meshsync", *args], env=self.env(**env), input=input,
+        p = subprocess.run([*self.wrapper, sys.executable, "-m", "meshsync", *args], env=self.env(**env), input=input,
                            capture_output=True, text=True, timeout=timeout)
         want = 0 if check is True else check
         if check is not False and p.returncode != want:
@@ -96,11 +100,13 @@ class MeshNode:
 
     # --- the daemon -------------------------------------------------------------------
 
-    def start(self, *args: str, **env: str) -> subprocess.Popen:
+    def start(self, *args: str, wrapper: list[str] | None = None, **env: str) -> subprocess.Popen:
+        """Start ``meshsync run ARGS``; ``wrapper`` (default: the node's own) prefixes the command."""
         assert self.daemon is None, "daemon already running"
-        log = open(self.home / f"daemon-{self.node_id}.log", "ab")
-        self.daemon = subprocess.Popen([sys.executable, "-m", "meshsync", "run", *args], env=self.env(**env),
-                                       stdout=log, stderr=subprocess.STDOUT)
+        prefix = self.wrapper if wrapper is None else wrapper
+        with open(self.home / f"daemon-{self.node_id}.log", "ab") as log:
+            self.daemon = subprocess.Popen([*prefix, sys.executable, "-m", "meshsync", "run", *args],
+                                           env=self.env(**env), stdout=log, stderr=subprocess.STDOUT)
         return self.daemon
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
