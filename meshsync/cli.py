@@ -134,6 +134,7 @@ class ItemStates:
             ItemId(k, s, key): (sig, stamp, node) for k, s, key, sig, stamp, node in
             db.execute("SELECT kind, scope, key, row_sig, stamp, node FROM meshsync_state WHERE deleted = 0")}
         self.errors: dict[str, dict[str, Any]] = {}
+        self.warnings: dict[str, dict[str, Any]] = {}
         self.file_errors: dict[ItemId, dict[str, Any]] = {}
         for e in idx.errors():
             if e["kind"] == "file":
@@ -143,6 +144,8 @@ class ItemStates:
                     it = None
                 if isinstance(it, ItemId):
                     self.file_errors.setdefault(it, e)
+            elif e["kind"] == "warning":
+                self.warnings.setdefault(e["path"], e)
             else:
                 self.errors[e["path"]] = e
         self.won: dict[ItemId, list[tuple[int, int, str]]] = {}
@@ -151,7 +154,14 @@ class ItemStates:
             self.won.setdefault(ItemId(k, s, key), []).append((cid, wstamp, wnode))
 
     def of(self, it: ItemId, row_sig: str | None) -> dict[str, Any]:
-        """{"state": ..., plus "reason"/"hint" or "conflict_id" where they apply}."""
+        """{"state": ..., plus "reason"/"hint", "conflict_id" or "warning" where they apply}."""
+        st = self._state(it, row_sig)
+        w = self.warnings.get(str(it))
+        if w is not None:
+            st["warning"] = w["reason"]
+        return st
+
+    def _state(self, it: ItemId, row_sig: str | None) -> dict[str, Any]:
         e = self.errors.get(f"index:{it}")
         if e is not None:
             return {"state": REFUSED if _is_refusal(e) else ERROR, "reason": e["reason"], "hint": e["hint"]}
@@ -299,12 +309,15 @@ def status_data(s: config.Settings) -> dict[str, Any]:
             c.pop("loser_value", None)
         # Refused writes (R9): local changes this node may not export; they stay local.
         out["refused"] = [e for e in out["errors"] if _is_refusal(e)]
+        # Warnings (e.g. a SKILL.md OpenClaw may not load): synced anyway, shown apart.
+        out["warnings"] = [e for e in out["errors"] if e["kind"] == "warning"]
         held = {e["path"] for e in out["errors"] if e["path"].startswith("index:")}
         pending = {f"index:{ItemId(k, sc, key)}" for k, sc, key in
                    idx.db.execute("SELECT DISTINCT kind, scope, key FROM meshsync_outbox")}
         out["counts"]["pending"] = len(pending - held)  # local changes waiting for a pass
         out["counts"]["refused"] = len(out["refused"])
-        out["counts"]["problems"] = len(out["errors"]) - len(out["refused"])
+        out["counts"]["warnings"] = len(out["warnings"])
+        out["counts"]["problems"] = len(out["errors"]) - len(out["refused"]) - len(out["warnings"])
     except sqlite3.Error as exc:
         out["index_error"] = f"cannot read index {s.index}: {exc} (see `meshsync doctor`)"
     finally:
@@ -375,7 +388,7 @@ def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
         print(f"last change applied {_when(lc['at'])}: {', '.join(lc['items'][:3])}"
               + (" ..." if len(lc["items"]) > 3 else ""))
     refused = d["refused"]
-    errs = [e for e in d["errors"] if not _is_refusal(e)]
+    errs = [e for e in d["errors"] if not _is_refusal(e) and e["kind"] != "warning"]
     print(f"problems  {len(errs)}")
     for e in errs[:50]:
         print(f"  {e['path']}: {e['reason']}" + (f"\n    -> {e['hint']}" if e["hint"] else ""))
@@ -386,6 +399,13 @@ def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
         print(f"  {e['path'].removeprefix('index:')}: {e['reason']}" + (f"\n    -> {e['hint']}" if e["hint"] else ""))
     if len(refused) > 50:
         print(f"  ... and {len(refused) - 50} more (meshsync status --json)")
+    warns = d.get("warnings", [])
+    if warns:
+        print(f"warnings  {len(warns)} (synced anyway)")
+        for e in warns[:50]:
+            print(f"  {e['path']}: {e['reason']}" + (f"\n    -> {e['hint']}" if e["hint"] else ""))
+        if len(warns) > 50:
+            print(f"  ... and {len(warns) - 50} more (meshsync status --json)")
     print(f"conflicts {c['conflicts']}")
     for cf in d["conflicts"][:10]:
         item = f"{cf['scope']}:{cf['key']}" if cf["kind"] == MEM else f"skill:{cf['key']}"
@@ -432,7 +452,8 @@ def cmd_get(s: config.Settings, a: argparse.Namespace) -> int:
         print(_dump(orjson.Fragment(r[0])) if r[0] else r[0])
         if sys.stdout.isatty():  # for a person, where it came from; a script gets the value only
             print(f"# from {r[1]} at {_when(r[2])}, {_state_text(st)}"
-                  + (f": {st['reason']}" if "reason" in st else ""))
+                  + (f": {st['reason']}" if "reason" in st else "")
+                  + (f" (warning: {st['warning']})" if "warning" in st else ""))
     return EXIT_OK
 
 
@@ -528,7 +549,8 @@ def cmd_skill_get(s: config.Settings, a: argparse.Namespace) -> int:
         sys.stdout.write(text)
         if sys.stdout.isatty():
             print(("" if text.endswith("\n") else "\n") + f"# skill {a.name} from {r[2]} at {_when(r[3])}, "
-                  f"{_state_text(st)}" + (f": {st['reason']}" if "reason" in st else ""))
+                  f"{_state_text(st)}" + (f": {st['reason']}" if "reason" in st else "")
+                  + (f" (warning: {st['warning']})" if "warning" in st else ""))
     return EXIT_OK
 
 

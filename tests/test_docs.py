@@ -363,7 +363,7 @@ def test_user_unit_settings():
 # --- troubleshooting -----------------------------------------------------------------------------
 
 REPORTERS = {"Problem": 1, "ShareUnavailable": 0, "CliError": 0, "ConfigError": 0, "IndexError_": 0,
-             "FormatError": 0, "CacheUnreadable": 0}
+             "FormatError": 0, "CacheUnreadable": 0, "Warning_": 1}
 
 
 def reported_messages() -> list[tuple[str, int, str]]:
@@ -400,6 +400,13 @@ def reported_messages() -> list[tuple[str, int, str]]:
             elif (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("warning", "error")
                   and isinstance(n.func.value, ast.Name) and n.func.value.id == "log" and n.args):
                 arg = n.args[0]
+            elif isinstance(n, ast.FunctionDef) and n.name.endswith("_problem"):  # returns the reason
+                for r in ast.walk(n):
+                    if isinstance(r, ast.Return) and r.value is not None:
+                        parts = [p for p in literal(r.value) if len(p.strip(" .,;:()")) >= 8]
+                        if parts:
+                            out.append((f.name, r.lineno, max(parts, key=len)))
+                continue
             elif (isinstance(n, ast.Assign) and isinstance(n.value, ast.Tuple) and n.value.elts
                   and any(isinstance(t, ast.Subscript) and getattr(t.value, "id", "") == "index_problems"
                           for t in n.targets)):

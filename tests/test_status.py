@@ -55,11 +55,11 @@ def section(text: str, head: str) -> list[str]:
 def test_status_without_daemon_text_and_json(mesh: Mesh):
     a = mesh.node("a")
     a.cli("put", "mesh", "one", "1")
-    a.cli("skill", "put", "triage", "-", input="# Triage\n")
+    a.cli("skill", "put", "triage", "-", input="---\nname: triage\ndescription: d\n---\n# Triage\n")
     st = a.status()
     # The fields scripts already rely on are all still there (additions only).
     for k in ("node_id", "share", "index", "cache", "daemon", "initialised", "counts", "last_sync",
-              "last_pass", "watch", "last_change", "errors", "conflicts", "refused", "watch_planned"):
+              "last_pass", "watch", "last_change", "errors", "conflicts", "refused", "warnings", "watch_planned"):
         assert k in st, k
     assert st["daemon"] == {"running": False, "pid": None}
     assert st["watch"] is None and st["watch_planned"]["mode"] in ("events", "poll")
@@ -77,6 +77,14 @@ def test_status_without_daemon_text_and_json(mesh: Mesh):
     assert "pending   0 local changes not yet synced" in lines
     assert any(ln.startswith("last sync 20") and "ago" in ln for ln in lines)
     assert "problems  0" in lines and "refused   0" in lines and "conflicts 0" in lines
+    assert not any(ln.startswith("warnings") for ln in lines)
+    # A skill OpenClaw may not load is a warning, shown apart; it is synced anyway.
+    a.cli("skill", "put", "bare", "-", input="# no header\n")
+    st = a.status()
+    assert st["counts"]["warnings"] == 1 and st["counts"]["problems"] == 0
+    assert st["warnings"][0]["path"] == "skill:bare" and "frontmatter" in st["warnings"][0]["reason"]
+    w = section(status_text(a), "warnings")
+    assert w[0] == "warnings  1 (synced anyway)" and w[1].startswith("  skill:bare: SKILL.md has no YAML frontmatter")
 
 
 def test_status_before_init_and_with_share_unavailable(mesh: Mesh, tmp_path):
@@ -290,6 +298,7 @@ def test_skill_ls_and_get_show_origin_and_state(mesh: Mesh):
     g = json.loads(b.cli("skill", "get", "triage", "--json").stdout)
     assert g["content"] == "# Triage\n" and g["state"] == "in sync" and g["source_node"] == "a"
     assert b.cli("skill", "get", "triage").stdout == "# Triage\n"  # not a terminal: content only
+    assert "frontmatter" in rows["triage"]["warning"]  # synced anyway: the state says in sync
     b.sql("UPDATE mesh_skills SET content = '# Changed\n', updated_at = updated_at + 1 WHERE name = 'triage'")
     rows = {r["name"]: r for r in json.loads(b.cli("skill", "ls", "--json").stdout)}
     assert rows["triage"]["state"] == "pending"
