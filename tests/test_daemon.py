@@ -241,3 +241,24 @@ def test_editor_save_styles_end_in_the_right_content(mesh: Mesh):
     # Any transient half-written state must be gone from the problems list.
     wait_for(lambda: not [e for e in b.status()["errors"] if "note" in e["path"]], 10, what="no leftover errors")
     assert a.stop() == 0 and b.stop() == 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_daemon_in_events_mode_does_not_wake_itself(mesh: Mesh):
+    # After importing another node's writes, an events-mode daemon must go quiet: no
+    # pass may be woken by the pass's own reads or writes (watch.ShareEvents filters
+    # read events and folder mtime changes; Node.own_sigs skips our own writes).
+    a, b = mesh.node("a"), mesh.node("b")
+    start(a, MESHSYNC_WATCH__MODE="events")
+    for i in range(5):
+        b.cli("put", "mesh", f"k{i}", str(i))
+    wait_for(lambda: a.value("mesh", "k4") == 4, 10, what="b's writes imported by a")
+    t0, c0 = time.monotonic(), _cpu_seconds(a.daemon.pid)
+    wait_for(lambda: time.monotonic() - t0 > 3, 10, what="three idle seconds")
+    used = _cpu_seconds(a.daemon.pid) - c0
+    assert used < 0.3, f"idle daemon used {used:.2f}s CPU in 3s"
+    assert a.stop() == 0
