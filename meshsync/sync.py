@@ -380,7 +380,12 @@ class Node:
                 continue
             it2, obs = got
             st = state.get(it2)
-            if st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel:
+            # A skill's hash covers its files, not what skill.json claims: a trusted
+            # skill.json naming another version of the same content (another node's
+            # normalisation of the same hand-made folder: same mtime stamp, its own node id)
+            # is a change, or the nodes keep different source_node values forever (R1).
+            if (st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel
+                    and (not obs.trusted or obs.version.same(self._base(st)))):
                 obs = Obs(self._base(st), True, obs.payload)
                 if st.share_sig == obs.payload.sig:
                     continue
@@ -556,7 +561,9 @@ class Node:
             unknown.add(item)
             return
         obs = got[1]
-        if st is not None and not st.deleted and st.share_hash == obs.payload.hash:
+        if (st is not None and not st.deleted and st.share_hash == obs.payload.hash
+                and (item.kind == MEM or not obs.trusted or obs.version.same(self._base(st)))):
+            # (skills: the hash does not cover skill.json's claimed version; see _detect_share)
             obs = Obs(self._base(st), True, obs.payload)
         if tomb is not None and tomb.version is not None:
             if effective_order(obs, st) < tomb.version.order:

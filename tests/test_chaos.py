@@ -672,3 +672,28 @@ def test_watcher_stop_survives_watchdog_errors(tmp_path: Path):
     ev.stop()
     assert ev.observer is None and BrokenObserver.joined
     ev.stop()  # idempotent
+
+
+def test_two_normalisations_of_one_hand_made_skill_converge(mesh: Mesh):
+    """Found by the chaos test (seed 31): two nodes that both imported the same hand-made
+    skill folder before either wrote its skill.json stamp it alike (the files' mtime) but
+    each with its own node id.  A skill's share hash covers its files, not skill.json, so
+    the node whose skill.json was overwritten took the other's as its own version and
+    the indexes kept different source_node values forever (R1)."""
+    a, b = mesh.node("a"), mesh.node("b")
+    d = mesh.share / "skills" / "alpha"
+    (d / "scripts").mkdir(parents=True)
+    (d / "scripts" / "x.sh").write_text("#!/bin/sh\necho 1\n")
+    (d / "SKILL.md").write_text("---\nname: alpha\ndescription: hand made\n---\n# alpha\n")
+    b.sync()  # b imports the hand-made folder and writes skill.json naming b
+    assert json.loads((d / "skill.json").read_bytes())["source_node"] == "b"
+    (d / "skill.json").unlink()  # as if a had read the folder before b's skill.json landed
+    a.sync()  # a imports the same folder and writes skill.json naming a
+    assert json.loads((d / "skill.json").read_bytes())["source_node"] == "a"
+    b.sync()
+    a.sync()
+    b.sync()
+    meta = json.loads((d / "skill.json").read_bytes())
+    rows = {n.node_id: n.sql("SELECT source_node, updated_at FROM mesh_skills WHERE name = 'alpha'")[0]
+            for n in (a, b)}
+    assert rows["a"] == rows["b"] == (meta["source_node"], meta["updated_at"])
