@@ -162,6 +162,7 @@ class Node:
         stats = PassStats(started=time.time(), full=only is None)
         self.share.check()
         self.share.forget_dirs()
+        self._recover_exports()
         self.written = []
         self.deferred = []
         self.young_added: set[str] = set()  # cache keys this pass adds (see cacheside.py)
@@ -703,6 +704,8 @@ class Node:
         for n, (it, plan, sides) in enumerate(plans):
             if n % 500 == 0:
                 self._tick("applying", n, total)
+            if n % BATCH == 0:
+                self._record_exports(plans[n:n + BATCH])
             new_state = self._apply_share(it, plan, sides, state.get(it), stats, index_problems)
             pending.append((it, plan, sides, new_state))
             if len(pending) >= BATCH:
@@ -715,6 +718,47 @@ class Node:
             changed_mem |= cm
             changed_skills.update(cs)
         return changed_mem, changed_skills
+
+    def _record_exports(self, chunk: list[tuple[ItemId, Plan, dict[str, Obs]]]) -> None:
+        """Before a batch's share writes, note in the index the version each export of an
+        index row will write.  A pass killed after the writes but before its index commit
+        loses the new base; the exported file then looked concurrent with a later write
+        of the same row, and within the same second the older one could win (R7, R2)."""
+        out = []
+        for it, plan, sides in chunk:
+            win = plan.winner
+            src = sides[plan.source].payload if plan.source in sides else None
+            if (it.kind == MEM and win is not None and not win.deleted and not plan.refused
+                    and SHARE in plan.write and isinstance(src, IndexMem)):
+                out.append([it.scope, it.key, win.stamp, win.node, win.digest,
+                            memory_row_sig(src.row.value, win.node, win.stamp // 1000)])
+        if out:
+            with self.index.write() as db:
+                self.index.set_meta(db, export_intents=_json(out))
+
+    def _recover_exports(self) -> None:
+        """After a killed pass (see _record_exports): an export whose file is on the share
+        exactly as noted gets the base the killed pass would have committed."""
+        raw = self.index.meta("export_intents")
+        if not raw:
+            return
+        fixed: list[tuple[ItemId, State]] = []
+        for scope, key, stamp, node, digest, row_sig in orjson.loads(raw):
+            it = layout.memory_id(scope, key)
+            try:
+                rel = layout.item_path(it, self.node)
+                data, _ = self.share.read(rel)
+                rec = formats.parse_memory(data, scope, key, self.s.limits.max_json_depth)
+            except (FileRefused, FormatError, OSError, layout.LayoutError):
+                continue
+            if rec.trusted and (rec.stamp, rec.node, rec.digest) == (stamp, node, digest):
+                fixed.append((it, State(stamp, node, digest, False, None, formats.digest_bytes(data), row_sig, rel)))
+        with self.index.write() as db:
+            for it, st in fixed:
+                self.index.put_state(db, it, st)
+            db.execute("DELETE FROM meshsync_meta WHERE k = 'export_intents'")
+        if fixed:
+            log.info("recovered the exports of an interrupted pass: %d item(s)", len(fixed))
 
     def _apply_share(self, it: ItemId, plan: Plan, sides: dict[str, Obs], st: State | None,
                      stats: PassStats, index_problems: dict) -> State | None:
@@ -879,7 +923,15 @@ class Node:
                     seen_sig = ix.payload.row.sig if ix.payload is not None else (state[it].row_sig if it in state else None)
                 cur_sig = idx.current_row_sig(db, it)
                 if ix is not None and cur_sig != seen_sig:
-                    continue  # a foreign write landed since we looked: next pass
+                    # A foreign write landed since we looked: the row waits for the next
+                    # pass.  An export of the row we saw, now on the share, is the base all
+                    # the same, or it looks concurrent with the row's newer write and, within
+                    # the same second, could beat it: a committed write lost (R1, R2).
+                    if SHARE in plan.write and plan.source == INDEX:
+                        new.row_sig = seen_sig
+                        idx.put_state(db, it, new)
+                        state[it] = new
+                    continue
                 row_sig = cur_sig
                 src = sides[plan.source].payload if plan.source in sides else None
                 if win.deleted:
@@ -948,6 +1000,7 @@ class Node:
                 state[it] = new
             if changed_mem or changed_skills:
                 idx.set_meta(db, cache_owed="1")  # with the rows it is owed for; see sync()
+            db.execute("DELETE FROM meshsync_meta WHERE k = 'export_intents'")  # see _record_exports
         return changed_mem, changed_skills
 
     # --- finish --------------------------------------------------------------------------------------

@@ -381,7 +381,8 @@ def test_kill_9_during_import_export_and_cache_rewrite(mesh: Mesh):
         c.check("after the sweep")
         c.assert_converged(a, "after the sweep")
         print("\n".join(c.trace))
-        print(f"kills={c.kills} missed={c.missed} mid-cache-write={c.mid_cache_write} "
+        conflicts = a.sql("SELECT count(*) FROM meshsync_conflicts")[0][0]
+        print(f"kills={c.kills} missed={c.missed} mid-cache-write={c.mid_cache_write} conflicts={conflicts} "
               f"max-leftover-temporaries={c.leftovers} swept={len(stale)} "
               f"kill-phase={kills_done:.1f}s total={time.monotonic() - t0:.1f}s")
         assert c.kills >= 2 * ROUNDS, f"only {c.kills} kills landed; CRASH_SEED={SEED}"
@@ -433,3 +434,78 @@ def test_killed_between_index_commit_and_cache_refresh(mesh: Mesh):
             assert (a.cache_skills / f"{where}-{i}.md").read_text() == f"# {where} {i}\n", (where, i)
             assert a.cache()[f"mesh:{where}-{i}"]["value"] == i, (where, i)
     assert not a.sql("SELECT * FROM meshsync_state WHERE deleted = 1")
+
+
+DIE_IN_APPLY_INDEX = """
+import os, sys
+import meshsync.sync as s
+s.Node._apply_index = lambda self, *a, **k: os._exit(137)  # share files written, index not committed
+from meshsync.cli import main
+sys.exit(main(["sync"]))
+"""
+
+
+def test_killed_after_export_before_index_commit_keeps_a_same_second_update(mesh: Mesh):
+    """A pass exports a foreign row (v1) to the share and is killed before its index
+    commit; the foreign client then updates the row again within the same second (v2).
+    v2 came after v1 and must win, whatever the digests say (R2, R1 order on one node)."""
+    from meshsync import formats
+
+    a = mesh.node("a")
+    sec = int(time.time()) - 30
+    v1 = {"n": 1}
+    d1 = formats.digest_bytes(formats.canonical(v1))
+    # A v2 whose digest is smaller: a tie on (stamp, node) would then go to v1.
+    v2 = next(v for v in ({"n": 2, "t": i} for i in range(100)) if formats.digest_bytes(formats.canonical(v)) < d1)
+    a.sql(UPSERT, ("mesh", "k", json.dumps(v1), "tool", sec))
+    p = subprocess.run([sys.executable, "-c", DIE_IN_APPLY_INDEX], env=a.env(), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 137, p.stderr
+    f = mesh.share / "memory" / "mesh" / "k.json"
+    assert json.loads(f.read_text())["value"] == v1  # the export happened, the index commit did not
+    a.sql(UPSERT, ("mesh", "k", json.dumps(v2), "tool", sec))
+    a.sync()
+    assert a.value("mesh", "k") == v2
+    assert json.loads(f.read_text())["value"] == v2
+    assert a.cache()["mesh:k"]["value"] == v2
+
+
+WRITE_DURING_PASS = """
+import os, sqlite3, sys
+import meshsync.share as sh
+real, done = sh.Share.write, []
+def write(self, rel, data):
+    st = real(self, rel, data)
+    if rel == "memory/mesh/k.json" and not done:  # the export is on the share; now the row changes
+        done.append(1)
+        db = sqlite3.connect(os.environ["MESHSYNC_INDEX"], isolation_level=None, timeout=30)
+        db.execute(os.environ["UPSERT"], ("mesh", "k", os.environ["V2"], "tool", int(os.environ["SEC"])))
+        db.close()
+    return st
+sh.Share.write = write
+from meshsync.cli import main
+sys.exit(main(["sync"]))
+"""
+
+
+def test_row_updated_while_its_export_is_written_keeps_the_update(mesh: Mesh):
+    """No crash: a foreign client updates a row (same second) after the pass read it and
+    while the pass writes its export.  The pass leaves the row for the next one; the
+    export it wrote must not then look concurrent with the update and beat it."""
+    from meshsync import formats
+
+    a = mesh.node("a")
+    sec = int(time.time()) - 30
+    v1 = {"n": 1}
+    d1 = formats.digest_bytes(formats.canonical(v1))
+    v2 = next(v for v in ({"n": 2, "t": i} for i in range(100)) if formats.digest_bytes(formats.canonical(v)) < d1)
+    a.sql(UPSERT, ("mesh", "k", json.dumps(v1), "tool", sec))
+    p = subprocess.run([sys.executable, "-c", WRITE_DURING_PASS],
+                       env=a.env(UPSERT=UPSERT, V2=json.dumps(v2), SEC=str(sec)), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert a.value("mesh", "k") == v2  # the update is in the index
+    a.sync()
+    assert a.value("mesh", "k") == v2
+    assert json.loads((mesh.share / "memory" / "mesh" / "k.json").read_text())["value"] == v2
+    assert a.cache()["mesh:k"]["value"] == v2
