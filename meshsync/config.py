@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,13 +172,15 @@ class Settings(BaseSettings):
     # --- scopes ---------------------------------------------------------------------------
 
     def may_read(self, scope: str) -> bool:
-        return _match(scope, self.scopes.read)
+        return _match(scope, tuple(self.scopes.read))
 
     def may_write(self, scope: str) -> bool:
-        return _match(scope, self.scopes.write)
+        return _match(scope, tuple(self.scopes.write))
 
 
-def _match(scope: str, patterns: list[str]) -> bool:
+@lru_cache(maxsize=4096)
+def _match(scope: str, patterns: tuple[str, ...]) -> bool:
+    # Cached: a pass asks for every item, and a mesh has few scopes.
     return any(p == "*" or fnmatchcase(scope, p) for p in patterns)
 
 

@@ -382,6 +382,12 @@ class Index:
             db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
                        (item.scope, item.key, value, node, updated_at))
 
+    def insert_memory_if_absent(self, db: sqlite3.Connection, item: ItemId, value: str, node: str,
+                                updated_at: int) -> bool:
+        cur = db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
+                         " ON CONFLICT(scope, key) DO NOTHING", (item.scope, item.key, value, node, updated_at))
+        return cur.rowcount == 1
+
     def set_skill(self, db: sqlite3.Connection, item: ItemId, content: str | None, path: str | None,
                   node: str, updated_at: int, exists: bool) -> None:
         if exists:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 _UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -49,8 +49,20 @@ def _escape_byte(b: int) -> str:
     return f"%{b:02x}"
 
 
+_PLAIN_RUN = re.compile(r"[a-z0-9_-][a-z0-9._-]*")
+
+
+def _plain_ok(name: str) -> bool:
+    """True when ``name`` is its own encoding (the common case, checked fast)."""
+    return (_PLAIN_RUN.fullmatch(name) is not None and not name.endswith(".")
+            and len(name) <= MAX_STEM and name.split(".", 1)[0] not in RESERVED
+            and ".sync-conflict-" not in name and not name.endswith(".tmp") and name != "desktop.ini")
+
+
 def encode(name: str) -> str:
     """Encode ``name`` as one portable path segment (without suffix)."""
+    if _plain_ok(name):
+        return name
     if name == "":
         return "^"
     out: list[str] = []
@@ -94,6 +106,8 @@ def decode(segment: str) -> str:
     Shortened names cannot be decoded (the full name is inside the file); they raise
     :class:`Shortened`.
     """
+    if _plain_ok(segment):
+        return segment
     if segment == "^":
         return ""
     if SHORT_MARK in segment:
@@ -131,9 +145,9 @@ MEM = "m"
 SKILL = "s"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ItemId:
-    """One memory entry (kind "m", scope, key) or one skill (kind "s", "", name)."""
+class ItemId(NamedTuple):
+    """One memory entry (kind "m", scope, key) or one skill (kind "s", "", name).
+    A named tuple: hashed and compared in C, which a pass over 100k items notices."""
 
     kind: str
     scope: str

@@ -921,7 +921,11 @@ class Node:
                 seen_sig = None
                 if ix is not None and ix.version is not None:
                     seen_sig = ix.payload.row.sig if ix.payload is not None else (state[it].row_sig if it in state else None)
-                cur_sig = idx.current_row_sig(db, it)
+                # A row we saw absent is inserted with ON CONFLICT DO NOTHING below, which
+                # is its own compare-and-set: no read needed (the bulk-import path).
+                fast_insert = (ix is not None and ix.version is None and it.kind == MEM
+                               and not win.deleted)
+                cur_sig = None if fast_insert else idx.current_row_sig(db, it)
                 if ix is not None and cur_sig != seen_sig:
                     # A foreign write landed since we looked: the row waits for the next
                     # pass.  An export of the row we saw, now on the share, is the base all
@@ -954,7 +958,11 @@ class Node:
                             continue
                     else:
                         want = memory_row_sig(text, win.node, win.stamp // 1000)
-                        if want != cur_sig:
+                        if fast_insert:
+                            if not idx.insert_memory_if_absent(db, it, text, win.node, win.stamp // 1000):
+                                continue  # a foreign insert won the race: next pass
+                            stats.to_index += 1
+                        elif want != cur_sig:
                             idx.set_memory(db, it, text, win.node, win.stamp // 1000, cur_sig is not None)
                             stats.to_index += 1
                         row_sig = want
