@@ -34,6 +34,15 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+def meshsync_paths(cwd: Path) -> dict[str, str]:
+    """Where this process and a daemon started like NodeProc import meshsync from."""
+    import meshsync
+
+    p = subprocess.run([sys.executable, "-c", "import meshsync; print(meshsync.__file__)"], env=clean_env(),
+                       cwd=cwd, capture_output=True, text=True)
+    return {"in_process": str(Path(meshsync.__file__).parent), "daemons": str(Path(p.stdout.strip()).parent)}
+
+
 def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: float = POLL) -> float:
     """Poll cond every ``interval`` s; return the perf_counter time it first held."""
     deadline = time.perf_counter() + timeout
@@ -85,6 +94,7 @@ class NodeProc:
     launcher: list[str] = field(default_factory=lambda: list(MESHSYNC))
     proc: subprocess.Popen | None = None
     started: float = 0.0
+    first_pass: dict = field(default_factory=dict)  # figures of its first full pass
 
     @property
     def index(self) -> Path:
@@ -112,7 +122,7 @@ class NodeProc:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         p = subprocess.run([*MESHSYNC, *args], env=self.env(), capture_output=True,
-                           text=True, timeout=timeout)
+                           text=True, timeout=timeout, cwd=self.home)
         if p.returncode != 0:
             raise RuntimeError(f"meshsync {' '.join(args)} ({self.node_id}) exited {p.returncode}: "
                                f"{p.stderr.strip()[-500:]}")
@@ -123,7 +133,9 @@ class NodeProc:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.started = time.time()
-        self.proc = subprocess.Popen([*self.launcher, "run"], env=self.env(),
+        # cwd: `python -m` puts the working directory first on sys.path, which must not
+        # shadow the meshsync that PYTHONPATH names (--src)
+        self.proc = subprocess.Popen([*self.launcher, "run"], env=self.env(), cwd=self.home,
                                      stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
@@ -137,7 +149,8 @@ class NodeProc:
         try:
             db = sqlite3.connect(f"file:{self.index}?mode=ro", uri=True, timeout=5)
             try:
-                meta = dict(db.execute("SELECT k, v FROM meshsync_meta WHERE k IN ('last_sync', 'daemon_watch')"))
+                meta = dict(db.execute("SELECT k, v FROM meshsync_meta WHERE k IN ('last_sync', 'daemon_watch',"
+                                       " 'last_pass')"))
             finally:
                 db.close()
         except sqlite3.Error:
@@ -145,7 +158,12 @@ class NodeProc:
         import orjson
 
         watch = orjson.loads(meta.get("daemon_watch") or "null") or {}
-        return watch.get("pid") == self.proc.pid and float(meta.get("last_sync") or 0) >= self.started
+        if watch.get("pid") == self.proc.pid and float(meta.get("last_sync") or 0) >= self.started:
+            lp = orjson.loads(meta.get("last_pass") or "{}")
+            self.first_pass = {k: lp.get(k) for k in ("seconds", "scanned", "read", "reconciled", "to_share",
+                                                       "to_index")}
+            return True
+        return False
 
     def wait_ready(self, timeout: float) -> float:
         """Wait for the first full pass; return its duration (s, from process start)."""

@@ -57,6 +57,7 @@ from daemons import (  # noqa: E402
     BindMounts,
     ChangedFile,
     NodeProc,
+    meshsync_paths,
     percentile,
     proc_cpu_seconds,
     proc_status_kb,
@@ -261,7 +262,8 @@ class SizeRun:
         self.imported = True
         self.r.add("import", "a. initial import", self.n, ms.med, bare.med, "s", 1.5, **ms.details(),
                    **bare.details("baseline_"),
-                   pass_stats={k: stats_d[k] for k in ("scanned", "read", "to_index", "cache_written")})
+                   pass_stats={k: stats_d.get(k) for k in ("scanned", "read", "reconciled", "to_index",
+                                                           "cache_written")})
 
         def again() -> None:
             home = self.base / "import-prof"
@@ -410,7 +412,7 @@ class SizeRun:
             a_ready = a.wait_ready(ready_timeout)
             b.start()
             b_ready = b.wait_ready(ready_timeout)  # B's first run imports all N items
-            say(f"events daemons{tag} ready: A {a_ready:.1f} s, B {b_ready:.1f} s")
+            say(f"events daemons{tag} ready: A {a_ready:.1f} s {a.first_pass}, B {b_ready:.1f} s {b.first_pass}")
             window = self.o.events_idle_window or (5 if self.o.quick else 10)
             cpu, bcpu, det = self._idle_cpu([a, b], window, settle=1.0)
             self.r.add("idle", f"f. CPU after start-up, events mode, per daemon{tag}", self.n, cpu, bcpu,
@@ -428,7 +430,8 @@ class SizeRun:
                 return t0, lambda: watch_b.contains(tok)
             lat, to = self._sample(hand, gap, f"hand edit{tag}")
             self._latency_rows(f"hand edit -> other node's cache{tag}", "events", lat, to, deb, deb,
-                               a_first_pass_s=a_ready, b_first_pass_s=b_ready)
+                               a_first_pass_s=a_ready, b_first_pass_s=b_ready, a_first_pass=a.first_pass,
+                               b_first_pass=b.first_pass)
             db = sqlite3.connect(a.index, isolation_level=None, timeout=30)
 
             def sql(i: int) -> tuple[float, Callable[[], bool]]:
@@ -466,7 +469,7 @@ class SizeRun:
                 b.start()
                 a_ready = a.wait_ready(120 + self.n * 0.01)
                 b_ready = b.wait_ready(120 + self.n * 0.01)
-                say(f"NAS daemons ready: A {a_ready:.1f} s, B {b_ready:.1f} s (first passes through bindfs)")
+                say(f"NAS daemons ready: A {a_ready:.1f} s {a.first_pass}, B {b_ready:.1f} s {b.first_pass}")
                 time.sleep(1.0)
                 db = sqlite3.connect(b.index, isolation_level=None, timeout=30)
                 q = "SELECT value FROM mesh_memory WHERE scope = 'mesh' AND key = ?"
@@ -488,7 +491,8 @@ class SizeRun:
                 db.close()
                 self._latency_rows(f"NAS put (poll {pi:g} s) -> other node's index", "poll", lat, to,
                                    2 * deb + TICK / 2 + pi / 2, 2 * deb + TICK + 0.99 * pi,
-                                   cli_seconds_median=med(cli), a_first_pass_s=a_ready, b_first_pass_s=b_ready)
+                                   cli_seconds_median=med(cli), a_first_pass_s=a_ready, b_first_pass_s=b_ready,
+                                   a_first_pass=a.first_pass, b_first_pass=b.first_pass)
             finally:
                 a.stop()
                 b.stop()
@@ -508,7 +512,7 @@ class SizeRun:
         """Mean CPU (% of one core) of procs over window, and that of a bare loop with the
         daemon's wake-ups (50 ms index check, journal scan every 2 s) run alongside."""
         bare = subprocess.Popen([sys.executable, "-c", baselines.IDLE_LOOP, str(self.share),
-                                 str(procs[0].index), "2.0"], env=procs[0].env())
+                                 str(procs[0].index), "2.0"], env=procs[0].env(), cwd=self.base)
         try:
             time.sleep(settle)
             c0 = [p.cpu_seconds() for p in procs]
@@ -541,7 +545,7 @@ class SizeRun:
         finally:
             a.stop()
         self.r.add("idle", "f. idle CPU (poll mode, % of a core)", self.n, cpu, bcpu, "%", None,
-                   first_pass_s=ready, **det)
+                   first_pass_s=ready, first_pass=a.first_pass, **det)
         self.r.add("idle", "f. peak RSS (VmHWM)", self.n, hwm, det["baseline_hwm_mib"], "MiB", None,
                    rss_end_mib=rss)
 
@@ -575,10 +579,10 @@ class SizeRun:
             if mode == "full":
                 self.r.add("export", "c. export 10k (full pass)", self.n, ms.med, bare.med, "s", 2.0,
                            **ms.details(), **bare.details("baseline_"), items=self.n + self.o.skills,
-                           cache_written=st.cache_written if st else None)
+                           pass_stats=_pass(st))
             else:
                 self.r.add("export", "c. export 10k (targeted pass, daemon path)", self.n, ms.med, bare.med,
-                           "s", None, **ms.details(), **bare.details("baseline_"))
+                           "s", None, **ms.details(), **bare.details("baseline_"), pass_stats=_pass(st))
 
         def again() -> None:
             self._foreign_insert([f"export.prof.{i:05d}" for i in range(EXPORT_N)])
@@ -599,6 +603,15 @@ class SizeRun:
             db.execute("COMMIT")
         finally:
             db.close()
+
+
+def _pass(st: Any) -> dict | None:
+    """The figures of a meshsync pass worth keeping next to its time."""
+    if st is None:
+        return None
+    d = st.as_dict()
+    return {k: d.get(k) for k in ("seconds", "scanned", "read", "reconciled", "to_share", "to_index",
+                                  "cache_written")}
 
 
 # --- machine, output ----------------------------------------------------------------------------
@@ -728,7 +741,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", metavar="DIR", help="also run import/noop/cache/export once under pyinstrument")
     p.add_argument("--out", help="results JSON (default benchmarks/results.json for full runs)")
     p.add_argument("--plot", help="plot PNG (default docs/benchmarks.png for full runs)")
+    p.add_argument("--report", metavar="JSON", help="only print the table of an earlier results.json")
     a = p.parse_args(argv)
+    if a.report:
+        print(table(orjson.loads(Path(a.report).read_bytes())["results"]))
+        return 0
     only = {x.strip() for x in a.only.split(",") if x.strip()}
     if only - set(BENCHES):
         p.error(f"unknown benchmark(s): {', '.join(sorted(only - set(BENCHES)))}")
@@ -743,6 +760,9 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="meshsync-bench-", dir=a.tmp))
     mach = machine(root)
     mach["loadavg_start"] = os.getloadavg()
+    mach["imports"] = meshsync_paths(root)
+    if len(set(mach["imports"].values())) != 1 or not mach["imports"]["daemons"].startswith(str(SRC)):
+        p.error(f"meshsync is imported from different places: {mach['imports']} (expected {SRC})")
     say(f"data in {root}; {mach['nproc']} CPUs ({mach['cpu_model']}), {mach['tmp_fs'].get('type')} on "
         f"{mach['tmp_fs'].get('source')}")
     started = time.time()
