@@ -217,6 +217,7 @@ class Daemon:
             self.data_version = dv
             _, out = self.node.index.outbox()
             items |= out
+        cache_news = False
         if self.s.cache.writable:
             # A Phase 1 tool writing the cache: one stat per tick, the skills folder
             # once per poll interval (see cacheside.py).
@@ -226,13 +227,16 @@ class Daemon:
                 ssig = self.node.cache_skills_sig()
             if csig != self.cache_seen or ssig != self.cache_skills_seen:
                 self.cache_seen, self.cache_skills_seen = csig, ssig
-                self.cache_dirty = True
+                cache_news = True
         ri = self.s.watch.rescan_interval
         if ri and now - self.last_full >= ri:
             full = True
-        if items or full or self.cache_dirty:
-            if not self.pending:
+        if items or full or cache_news:
+            # Only news moves the debounce clock: a change already waiting must not
+            # postpone itself tick after tick.
+            if not self.pending and not self.cache_dirty:
                 self.first_change = now
+            self.cache_dirty = self.cache_dirty or cache_news
             self.pending |= items
             self.last_change = now
             self.need_full = self.need_full or full

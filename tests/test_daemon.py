@@ -182,7 +182,9 @@ def test_nas_two_mounts_poll_mode(mesh: Mesh, nas):
     a.cli("put", "mesh", "nas", '{"via": "a"}')
     t0 = time.monotonic()
     wait_for(lambda: b.value("mesh", "nas") == {"via": "a"}, 10, interval=0.02, what="b index via polling")
-    assert time.monotonic() - t0 < 0.5 + 1.5
+    # Seen within poll_interval + a few hundred ms on an idle machine (docs/benchmarks.md);
+    # the bound here leaves room for a loaded CI machine.
+    assert time.monotonic() - t0 < 0.5 + 5
     wait_for(lambda: b.cache().get("mesh:nas", {}).get("value") == {"via": "a"}, 5, what="b cache")
     # A foreign index write on B reaches A.
     b.sqlite3_cli("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES "
