@@ -4,22 +4,29 @@ Three nodes share one folder: ``a`` watches for events, ``b`` polls (short poll 
 rescan intervals), ``c`` runs with its clock 5 minutes behind (libfaketime, for its
 daemon and its CLI calls).  A seeded random workload writes a small set of overlapping
 items through every entry point -- share files by hand (new files, hand edits that keep
-the old ``updated_at``/``rev``, in-place and atomic saves), foreign SQLite writers, the
-CLI -- deletes them through all three, creates/edits/deletes skills with several files,
-and stops (SIGTERM or SIGKILL) and restarts daemons at random moments.  Every operation
-is recorded.  After the writes stop and the mesh settles the test checks:
+the old ``updated_at``/``rev``, in-place and atomic saves, double saves), foreign SQLite
+writers (Python's sqlite3 and the ``sqlite3`` shell), the CLI, and the cache as a Phase 1
+tool writes it -- deletes them through the share, SQL and the CLI, creates/edits/deletes
+skills with several files (``SKILL.md`` + ``scripts/x.sh``; deleted by ``rm -rf`` or by a
+move to the trash), and stops (SIGTERM or SIGKILL) and restarts daemons at random
+moments.  Every operation is recorded with what its writer saw just before.  After the
+writes stop and the mesh settles the test checks:
 
 1. R1: every index, every cache and the share hold the same items with the same
-   values and the same updated_at/node_id;
+   values and the same updated_at/node_id, and no outbox row or error is left;
 2. R2: every recorded write is the final value of its item, or was superseded by a
    later recorded operation on that item, or is in some node's conflict history;
-3. R4: an item whose last recorded operation is a delete is gone everywhere (unless
-   the delete came from the skewed node without having seen the value that won:
-   then the concurrent update is the newer one, as R4 says);
-4. every share file parses and no temporary file is left behind.
+3. R3: no operation made after seeing the final version lost to it;
+4. R4: an item whose last recorded operation is a delete is gone everywhere, unless
+   that delete was concurrent with the update that won (it had not seen it) and the
+   update may carry the newer updated_at (written just before, or within the skew when
+   the skewed node stamped the delete);
+5. every share file parses, no temporary file is left and no daemon logged a traceback.
 
 Replay a failure with ``CHAOS_SEED=<seed printed at the start>``; ``CHAOS_ROUNDS``
-sets the number of random operations (default sized for CI, about 1-2 minutes).
+sets the number of random operations (default sized for CI, about 1-2 minutes);
+``CHAOS_KEEP_DIR=<dir>`` keeps a failed run's share, indexes, caches, logs and
+operations there.
 """
 
 from __future__ import annotations
@@ -31,13 +38,14 @@ import random
 import shutil
 import signal
 import sqlite3
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Mesh, MeshNode, wait_for
+from helpers import REPO, Mesh, MeshNode, wait_for
 
 from meshsync import formats, layout
 
@@ -59,20 +67,23 @@ NOTHING = object()  # "the writer saw no value"
 
 
 def faketime_wrapper(offset: str) -> list[str]:
-    """A command prefix that runs a process with its clock shifted by ``offset``.
+    """A command prefix that runs a meshsync process with its wall clock shifted by
+    ``offset`` (e.g. ``-5m``), for its daemon and its CLI calls alike.
 
     This is what ``faketime -f OFFSET`` does, but through ``env`` (which execs) instead
     of the ``faketime`` program (which forks and does not pass signals on), so that the
     daemon's pid is the Python process and SIGTERM reaches it.  The monotonic clock is
-    faked too: with FAKETIME_DONT_FAKE_MONOTONIC=1 libfaketime makes Python's
-    ``time.sleep`` (clock_nanosleep on CLOCK_MONOTONIC) fail with EINVAL."""
+    left alone and ``time.sleep`` goes through tests/faketime_shim (see there: the two
+    libfaketime bugs that otherwise hang or break Python's threads and sleeps)."""
     libs = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
                   + glob.glob("/usr/lib/faketime/libfaketimeMT.so.1"))
     if not libs:
         if os.environ.get("CI"):
             pytest.fail("libfaketime is missing: install the faketime package (.ci/run does)")
         pytest.skip("libfaketime is not installed (apt-get install faketime)")
-    return ["env", f"LD_PRELOAD={libs[0]}", f"FAKETIME={offset}"]
+    shim = Path(__file__).resolve().parent / "faketime_shim"
+    return ["env", f"PYTHONPATH={shim}{os.pathsep}{REPO}", f"LD_PRELOAD={libs[0]}", f"FAKETIME={offset}",
+            "FAKETIME_DONT_FAKE_MONOTONIC=1"]
 
 
 # --- the record ---------------------------------------------------------------------------
@@ -209,6 +220,26 @@ def settle(mesh: Mesh, nodes: list[MeshNode], timeout: float = 120.0) -> dict[st
 # --- the workload ------------------------------------------------------------------------
 
 
+def stop(n: MeshNode, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Stop a daemon; one that does not stop on SIGTERM in time is a failure, and gets
+    SIGABRT first so that faulthandler (PYTHONFAULTHANDLER) logs where every thread is."""
+    assert n.daemon is not None
+    n.daemon.send_signal(sig)
+    try:
+        n.daemon.wait(timeout)
+    except subprocess.TimeoutExpired:
+        n.daemon.send_signal(signal.SIGABRT)
+        try:
+            n.daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        n.stop(signal.SIGKILL)
+        raise AssertionError(f"{n.node_id}'s daemon did not stop within {timeout}s of "
+                             f"{signal.Signals(sig).name}; its threads:\n{n.log()[-6000:]}") from None
+    n.daemon = None
+
+
+
 @dataclass
 class Chaos:
     mesh: Mesh
@@ -276,6 +307,11 @@ class Chaos:
             pass
         self.save(p, json.dumps(doc, indent=2).encode())
         self.record("share", "share", ("m", scope, key), value, saw)
+        if self.rng.random() < 0.2:  # saved again a moment later, while daemons react to the first
+            time.sleep(self.rng.uniform(0, 0.05))
+            value2 = self.new_value("share", "share")
+            self.save(p, json.dumps(dict(doc, value=value2), indent=2).encode())
+            self.record("share", "share", ("m", scope, key), value2, value)
 
     def share_mem_delete(self, scope: str, key: str) -> bool:
         p = self.mem_path(scope, key)
@@ -417,6 +453,36 @@ class Chaos:
         self.record(n.node_id, "cli", ("s", "", name), None, r[0][0] if r else NOTHING)
         return True
 
+    # --- the cache, as a Phase 1 tool writes it ---
+
+    def cache_mem_write(self, n: MeshNode, scope: str, key: str) -> None:
+        """Read mesh-memory.json, change one entry, write the whole file back in place
+        (not atomically), as Phase 1 tools do."""
+        value = self.new_value(n.node_id, "cache")
+        try:
+            entries = json.loads(n.cache_file.read_bytes())
+        except (OSError, ValueError):
+            entries = {}
+        ck = f"{scope}:{key}"
+        saw = entries[ck]["value"] if isinstance(entries.get(ck), dict) and "value" in entries[ck] else NOTHING
+        entries[ck] = {"value": value, "nodeId": n.node_id, "ts": self.now_s(n.node_id)}
+        n.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(n.cache_file, "w") as f:
+            f.write(json.dumps(entries, indent=2))
+        self.record(n.node_id, "cache", ("m", scope, key), value, saw)
+
+    def cache_skill_write(self, n: MeshNode, name: str) -> None:
+        content = self.new_skill(name, n.node_id, "cache")
+        p = n.cache_skills / layout.cache_skill_name(name)
+        try:
+            saw: Any = p.read_text()
+        except (OSError, ValueError):
+            saw = NOTHING
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "w") as f:
+            f.write(content)
+        self.record(n.node_id, "cache", ("s", "", name), content, saw)
+
     # --- daemons ---
 
     def toggle_node(self) -> None:
@@ -430,7 +496,7 @@ class Chaos:
         elif up:
             n = self.rng.choice(up)
             sig = signal.SIGKILL if self.rng.random() < 0.35 else signal.SIGTERM
-            n.stop(sig)
+            stop(n, sig)
             if sig == signal.SIGKILL:
                 self.kills += 1
             else:
@@ -443,7 +509,10 @@ class Chaos:
             self.toggle_node()
             return
         n = self.rng.choice(list(self.nodes.values()))
+        # Deletes go through the three entry points R4 names; writes also through the
+        # cache (a Phase 1 tool editing mesh-memory.json or mesh/skills/<name>.md, R2).
         entry = self.rng.choice(["share", "sql", "cli"])
+        w_entry = self.rng.choice(["share", "share", "sql", "cli", "cache"])
         if r < 0.72:
             scope, key = self.rng.choice(MEM_ITEMS)
             if self.rng.random() < 0.75 or not {
@@ -453,7 +522,8 @@ class Chaos:
             }[entry]():
                 {"share": lambda: self.share_mem_write(scope, key),
                  "sql": lambda: self.sql_mem_write(n, scope, key),
-                 "cli": lambda: self.cli_mem_write(n, scope, key)}[entry]()
+                 "cli": lambda: self.cli_mem_write(n, scope, key),
+                 "cache": lambda: self.cache_mem_write(n, scope, key)}[w_entry]()
         else:
             name = self.rng.choice(SKILLS)
             if self.rng.random() < 0.7 or not {
@@ -463,7 +533,8 @@ class Chaos:
             }[entry]():
                 {"share": lambda: self.share_skill_write(name),
                  "sql": lambda: self.sql_skill_write(n, name),
-                 "cli": lambda: self.cli_skill_write(n, name)}[entry]()
+                 "cli": lambda: self.cli_skill_write(n, name),
+                 "cache": lambda: self.cache_skill_write(n, name)}[w_entry]()
 
     def pause(self) -> None:
         r = self.rng.random()
@@ -552,10 +623,12 @@ def _ready(n: MeshNode) -> bool:
 
 
 def chaos_mesh(mesh: Mesh, skew: list[str]) -> dict[str, MeshNode]:
-    a = mesh.node("a", MESHSYNC_WATCH__MODE="events", MESHSYNC_WATCH__RESCAN_INTERVAL="5")
+    a = mesh.node("a", MESHSYNC_WATCH__MODE="events", MESHSYNC_WATCH__RESCAN_INTERVAL="5",
+                  PYTHONFAULTHANDLER="1")
     b = mesh.node("b", MESHSYNC_WATCH__MODE="poll", MESHSYNC_WATCH__POLL_INTERVAL="0.3",
-                  MESHSYNC_WATCH__RESCAN_INTERVAL="2")
-    c = mesh.node("c", MESHSYNC_WATCH__MODE="events", MESHSYNC_WATCH__RESCAN_INTERVAL="5")
+                  MESHSYNC_WATCH__RESCAN_INTERVAL="2", PYTHONFAULTHANDLER="1")
+    c = mesh.node("c", MESHSYNC_WATCH__MODE="events", MESHSYNC_WATCH__RESCAN_INTERVAL="5",
+                  PYTHONFAULTHANDLER="1")
     c.wrapper = skew
     return {"a": a, "b": b, "c": c}
 
@@ -611,7 +684,7 @@ def test_chaos_convergence(mesh: Mesh, tmp_path: Path):
     finally:
         for n in nodes.values():
             if n.daemon is not None:
-                n.stop()
+                stop(n)
 
 
 def test_skewed_node_write_after_seeing_wins(mesh: Mesh):
@@ -648,7 +721,7 @@ def test_skewed_node_write_after_seeing_wins(mesh: Mesh):
     finally:
         for n in nodes.values():
             if n.daemon is not None:
-                n.stop()
+                stop(n)
 
 
 def test_watcher_stop_survives_watchdog_errors(tmp_path: Path):
