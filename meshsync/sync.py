@@ -50,6 +50,9 @@ class ShareMem:
     rec: formats.MemoryRecord
     sig: str | None
     hash: str
+    # The stat signature of the bytes read, even when too fresh to be trusted for skipping
+    # reads (``sig`` is None then): the compare-and-set before rewriting the file uses it.
+    cas: str | None = None
 
 
 @dataclass(slots=True)
@@ -457,7 +460,7 @@ class Node:
             # never saw that version and the file's mtime is behind its stamp (R3).
             declared = rec.stamp + 1 if rec.stamp is not None else 0
             v = Version(max(declared, mtime_ms), rec.node or self.node, rec.digest)
-        return it, Obs(v, rec.trusted, ShareMem(rec, sig, h))
+        return it, Obs(v, rec.trusted, ShareMem(rec, sig, h, sig_of(st)))
 
     def _read_skill(self, rel: str, files: list, sig: str | None, state: dict[ItemId, State],
                     problems: list[Problem]) -> tuple[ItemId, Obs] | None:
@@ -844,6 +847,10 @@ class Node:
         cur = self.share.lstat(rel)
         sig = getattr(sh_obs.payload, "sig", False)
         if sig is not False:
+            # Compare with the file as read even when it was modified in the last seconds
+            # (its ``sig`` is None then): a hand save landing between our read of the
+            # previous save and our rewrite was overwritten and lost, unrecorded (R2, R3).
+            sig = getattr(sh_obs.payload, "cas", None) or sig
             return cur is not None and (sig is None or sig_of(cur) == sig)
         if sh_obs.version is None or sh_obs.version.deleted:
             return cur is None

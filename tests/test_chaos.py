@@ -770,3 +770,41 @@ def test_two_normalisations_of_one_hand_made_skill_converge(mesh: Mesh):
     rows = {n.node_id: n.sql("SELECT source_node, updated_at FROM mesh_skills WHERE name = 'alpha'")[0]
             for n in (a, b)}
     assert rows["a"] == rows["b"] == (meta["source_node"], meta["updated_at"])
+
+
+def test_hand_save_during_a_pass_is_not_overwritten(tmp_path: Path):
+    """Found while analysing the chaos runs (the workload's double saves exercise it): a
+    file saved twice within a few seconds.  The pass that read the first save rewrote it
+    (normalised) without noticing the second save that landed meanwhile: its
+    compare-and-set skipped files modified in the last 3 s, whose signatures are too
+    fresh to skip reads but not to compare.  The second save was lost, unrecorded."""
+    from meshsync import config
+    from meshsync.share import Share
+    from meshsync.sync import Node
+
+    s = config.load(None, node_id="a", share=tmp_path / "share", index=tmp_path / "a.sqlite",
+                    openclaw_home=tmp_path / "openclaw")
+    s.share.mkdir()
+    Share(s.share, max_file_bytes=1 << 20).initialise()
+    node = Node(s)
+    try:
+        node.sync()
+        p = s.share / "memory" / "mesh" / "k.json"
+        p.write_text(json.dumps({"value": "first save"}))
+        check = node._share_unchanged
+
+        def second_save_lands(rel, sh_obs, it):  # between the pass's read and its rewrite
+            if rel.endswith("k.json") and json.loads(p.read_bytes())["value"] == "first save":
+                tmp = p.with_name(".k.json.swp")
+                tmp.write_text(json.dumps({"value": "second save"}))
+                os.replace(tmp, p)
+            return check(rel, sh_obs, it)
+
+        node._share_unchanged = second_save_lands
+        node.sync()
+        node._share_unchanged = check
+        node.sync()
+        assert json.loads(p.read_bytes())["value"] == "second save"
+        assert node.index.db.execute("SELECT value FROM mesh_memory").fetchall() == [('"second save"',)]
+    finally:
+        node.close()
