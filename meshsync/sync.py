@@ -185,6 +185,9 @@ class Node:
         # differences are not a tool's writes (a half-refreshed mesh/skills/ was taken as
         # deletes and wiped skills everywhere), and this pass refreshes the whole cache.
         owed = self.index.meta("cache_owed") == "1"
+        # What mesh/skills/ holds as this pass looks at it (see _finish: files a tool
+        # writes after this are left for the next pass).
+        self.cache_skills_before = self._cache_skill_stats() if self.s.cache.writable and not owed else None
         cache_side = (self._detect_cache(state) if self.s.cache.writable and not owed
                       else cacheside.CacheSide())
         # Items Phase 1 tools changed in the cache join the pass (and, in a targeted
@@ -280,6 +283,22 @@ class Node:
             side.obs.update(sk.obs)
             side.problems.extend(sk.problems)
         return side
+
+    def _cache_skill_stats(self) -> dict[str, tuple[int, int, int]]:
+        """mtime, size and inode of each file in mesh/skills/."""
+        out: dict[str, tuple[int, int, int]] = {}
+        try:
+            with os.scandir(self.cache.skills_dir) as it:
+                for e in it:
+                    if e.name.endswith(".md"):
+                        try:
+                            st = e.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        out[e.name] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            pass
+        return out
 
     def cache_skills_sig(self) -> str | None:
         try:
@@ -1075,15 +1094,26 @@ class Node:
             stats.cache_written = True
             with idx.write() as db:
                 idx.set_meta(db, cache_sig=sig or "", cache_young=_json(sorted(self.young_added)))
+        raced: set[str] = set()
         if changed_skills or not self.cache.skills_dir.exists():
             live = {name: c for name, c in changed_skills.items() if c is not None}
             removed = [name for name, c in changed_skills.items() if c is None]
             if not self.cache.skills_dir.exists():
                 live = {n: c for n, c, _p, _s, _u in
                         ((r[0], r[1], r[2], r[3], r[4]) for r in idx.all_skill_rows()) if c is not None}
+            # A Phase 1 tool may have written a skill file while this pass ran (after it
+            # looked): leave that file alone, the next pass imports it.  Removing or
+            # overwriting it lost the tool's write, unrecorded (R2; found by the chaos test).
+            before = self.cache_skills_before
+            if before is not None:
+                now_stats = self._cache_skill_stats()
+                raced = {n for n in (*live, *removed) if now_stats.get(self.cache.skill_path(n).name)
+                         != before.get(self.cache.skill_path(n).name)}
+                live = {n: c for n, c in live.items() if n not in raced}
+                removed = [n for n in removed if n not in raced]
             self.cache.sync_skills(live, removed)
             self.cache.skills_dir.mkdir(parents=True, exist_ok=True)
-        ssig = self.cache_skills_sig()
+        ssig = "" if raced else self.cache_skills_sig()  # "": the next pass lists mesh/skills/ again
         if ssig != idx.meta("cache_skills_sig"):
             with idx.write() as db:
                 idx.set_meta(db, cache_skills_sig=ssig or "")

@@ -808,3 +808,43 @@ def test_hand_save_during_a_pass_is_not_overwritten(tmp_path: Path):
         assert node.index.db.execute("SELECT value FROM mesh_memory").fetchall() == [('"second save"',)]
     finally:
         node.close()
+
+
+def test_tool_skill_file_written_during_a_pass_is_not_lost(tmp_path: Path):
+    """Found by the chaos test (seed 1001, 1200 rounds): a Phase 1 tool wrote
+    mesh/skills/alpha.md while a pass that applied another node's delete of alpha was
+    running; the pass's cache refresh removed the file it had never looked at, and the
+    tool's write was lost without a trace (R2)."""
+    from meshsync import config
+    from meshsync.share import Share
+    from meshsync.sync import Node
+
+    s = config.load(None, node_id="a", share=tmp_path / "share", index=tmp_path / "a.sqlite",
+                    openclaw_home=tmp_path / "openclaw")
+    s.share.mkdir()
+    Share(s.share, max_file_bytes=1 << 20).initialise()
+    node = Node(s)
+    try:
+        node.put_skill("alpha", "---\nname: alpha\ndescription: d\n---\nfirst\n", None)
+        node.sync()
+        cached = node.cache.skill_path("alpha")
+        assert cached.read_text().endswith("first\n")
+        node.delete_item(layout.skill_id("alpha"))  # the delete this pass applies
+        tool_text = "---\nname: alpha\ndescription: d\n---\nwritten by a tool during the pass\n"
+        apply = node._apply
+
+        def tool_writes_meanwhile(*args, **kwargs):  # after the pass looked at the cache
+            out = apply(*args, **kwargs)
+            time.sleep(0.01)  # a later mtime than the delete's stamp
+            cached.write_text(tool_text)
+            return out
+
+        node._apply = tool_writes_meanwhile
+        node.sync()
+        node._apply = apply
+        assert cached.read_text() == tool_text, "the pass removed the tool's file"
+        node.sync()
+        assert node.index.db.execute("SELECT content FROM mesh_skills WHERE name = 'alpha'").fetchall() == [(tool_text,)]
+        assert (s.share / "skills" / "alpha" / "SKILL.md").read_text() == tool_text
+    finally:
+        node.close()
