@@ -18,12 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset import REPO, SRC
+from dataset import SRC
 
 POLL = 0.005
 MESHSYNC = [sys.executable, "-m", "meshsync"]
-# meshsync with the event filter proposed in docs/benchmarks.md, applied by monkeypatching
-PATCHED = [sys.executable, str(REPO / "benchmarks" / "patched_meshsync.py")]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -53,7 +53,6 @@ import dataset  # noqa: E402
 import orjson  # noqa: E402
 from daemons import (  # noqa: E402
     MESHSYNC,
-    PATCHED,
     BindMounts,
     ChangedFile,
     NodeProc,
@@ -310,7 +309,7 @@ class SizeRun:
             st = node.sync(items)
             ms.stop()
             assert st.to_index == 0 and st.to_share == 0, st.as_dict()
-        self.r.add("noop", f"b. targeted pass, {m // 1000}k unchanged items", self.n, ms.med, bare.med, "s",
+        self.r.add("noop", f"b. targeted pass, {f'{m // 1000}k' if m >= 1000 else m} unchanged items", self.n, ms.med, bare.med, "s",
                    None, **ms.details(), **bare.details("baseline_"), items=m)
         self.profile("targeted", lambda: node.sync(items))
         node.close()
@@ -361,8 +360,6 @@ class SizeRun:
         self.rng = random.Random(self.n)
         self.nonce = os.urandom(3).hex()
         self._events_latency(MESHSYNC, "")
-        if self.n <= self.o.fix_sim_max:
-            self._events_latency(PATCHED, " [watch fix]")
         self._nas_latency()
 
     @property
@@ -678,6 +675,8 @@ def plot(rows: list[dict], path: Path) -> None:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     ax = axes[0]
+    # "[watch fix]" rows (an earlier run's monkeypatched daemons, now the same code) stay out
+    rows = [r for r in rows if "[watch fix]" not in r["label"]]
     lat = [r for r in rows if r["bench"] == "latency"]
     paths = list(dict.fromkeys(r["label"][3:].rsplit(" ", 1)[0] for r in lat))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -724,11 +723,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gap", type=float, default=0.3, help="pause between latency samples (s; plus a random part)")
     p.add_argument("--sample-timeout", type=float, default=30.0, help="a latency sample that takes longer counts as this")
     p.add_argument("--export-targeted", action="store_true", help="also time the export as a targeted pass")
-    p.add_argument("--path-budget", type=float, default=120.0,
+    p.add_argument("--path-budget", type=float, default=180.0,
                    help="seconds per latency path; past it a path stops once it has 10 samples")
-    p.add_argument("--fix-sim-max", type=int, default=20_000,
-                   help="largest size for the events-mode run with the proposed watch fix "
-                   "(benchmarks/patched_meshsync.py); 0 skips it")
     p.add_argument("--events-idle-window", type=float, default=0,
                    help="CPU window of the events-mode daemons after start-up and after the samples (10 s)")
     p.add_argument("--idle-window", type=float, default=0, help="idle CPU window (default 60 s, --quick 15 s)")
@@ -741,10 +737,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", metavar="DIR", help="also run import/noop/cache/export once under pyinstrument")
     p.add_argument("--out", help="results JSON (default benchmarks/results.json for full runs)")
     p.add_argument("--plot", help="plot PNG (default docs/benchmarks.png for full runs)")
-    p.add_argument("--report", metavar="JSON", help="only print the table of an earlier results.json")
+    p.add_argument("--report", metavar="JSON", help="only print the table of an earlier results.json "
+                   "(and redraw its plot with --plot)")
     a = p.parse_args(argv)
     if a.report:
-        print(table(orjson.loads(Path(a.report).read_bytes())["results"]))
+        rows = orjson.loads(Path(a.report).read_bytes())["results"]
+        print(table(rows))
+        if a.plot:
+            plot(rows, Path(a.plot))
         return 0
     only = {x.strip() for x in a.only.split(",") if x.strip()}
     if only - set(BENCHES):
