@@ -50,7 +50,7 @@ from helpers import REPO, Mesh, MeshNode, wait_for
 from meshsync import formats, layout
 
 SKEW_S = 300  # node c's clock is this many seconds behind
-DEFAULT_ROUNDS = 120
+DEFAULT_ROUNDS = 150
 ROUNDS = int(os.environ.get("CHAOS_ROUNDS") or DEFAULT_ROUNDS)
 
 MEM_ITEMS = [("mesh", "k0"), ("mesh", "k1"), ("mesh", "k2"), ("mesh", "Mixed.Case"), ("user:alice", "pref")]
@@ -100,8 +100,12 @@ class Op:
     saw: Any = NOTHING  # what the writer saw just before (index row value or file value)
 
     def __str__(self) -> str:
-        what = "DELETE" if self.value is None else json.dumps(self.value)[:80]
-        saw = "-" if self.saw is NOTHING else json.dumps(self.saw)[:60]
+        def short(v: Any) -> str:
+            if isinstance(v, str) and self.item[0] == layout.SKILL:  # SKILL.md text: its version line
+                return "skill " + (v.rsplit("\n\n", 1)[-1].strip() or v[:60])
+            return json.dumps(v)[:80]
+        what = "DELETE" if self.value is None else short(self.value)
+        saw = "-" if self.saw is NOTHING else short(self.saw)
         return f"#{self.seq} t={self.t:.3f} {self.node}/{self.entry} {what} (saw {saw})"
 
 
