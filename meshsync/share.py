@@ -229,6 +229,13 @@ class Share:
                     raise FileRefused(Problem(rel, f"grew over the {limit}-byte limit while read",
                                               f"shrink it, or raise {setting}"))
                 chunks.append(b)
+            # A file another program is still writing must not be imported half-written
+            # (R6, R7): a 1 MiB prefix of a growing SKILL.md was.  Retried on its next
+            # change or pass; the last good version stays meanwhile.
+            end = os.fstat(fd)
+            if total != st.st_size or (end.st_size, end.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                raise FileRefused(Problem(rel, "changed while it was read (is it still being written?)",
+                                          "nothing to do: it is read again once it stops changing"))
             return b"".join(chunks), st
         finally:
             os.close(fd)

@@ -167,6 +167,7 @@ class Node:
         self.share.forget_dirs()
         self._recover_exports()
         self.written = []
+        self.looked_ok: list[str] = []  # share paths a targeted pass found fine (or gone)
         self.deferred = []
         self.young_added: set[str] = set()  # cache keys this pass adds (see cacheside.py)
         now_ms = int(time.time() * 1000)
@@ -571,6 +572,7 @@ class Node:
         tomb = self._read_tomb(item)
         if lst is None:
             share_obs[item] = tomb or ABSENT
+            self.looked_ok.append(rel)
             return
         stats.read += 1
         if item.kind == MEM:
@@ -583,6 +585,8 @@ class Node:
         if got is None or got[0] != item:
             unknown.add(item)
             return
+        # Its earlier errors (e.g. read mid-write) go now, not at the next full rescan.
+        self.looked_ok += [rel] if item.kind == MEM else [rel, f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}"]
         obs = got[1]
         if (st is not None and not st.deleted and st.share_hash == obs.payload.hash
                 and (item.kind == MEM or not obs.trusted or obs.version.same(self._base(st)))):
@@ -827,10 +831,12 @@ class Node:
                     return None
                 if win.deleted:
                     self.share.write(layout.tombstone_path(it, self.node), formats.render_tombstone(it, win.stamp, win.node))
-                    if it.kind == MEM:
-                        self.share.remove(rel)
-                    else:
-                        self.share.remove_tree(rel)
+                    # Only a file we saw goes: one made since we saw none is a new write (R2).
+                    if sh_obs is None or sh_obs.dirty or (sh_obs.version is not None and not sh_obs.version.deleted):
+                        if it.kind == MEM:
+                            self.share.remove(rel)
+                        else:
+                            self.share.remove_tree(rel)
                     share_sig = share_hash = None
                 elif it.kind == MEM:
                     value = self._winner_value(it, src_payload)
@@ -1051,6 +1057,10 @@ class Node:
             else:
                 for p in all_problems:
                     idx.replace_errors_one(db, "file", p.path, (p.reason, p.hint))
+                bad = {p.path for p in all_problems}
+                for rel in self.looked_ok:
+                    if rel not in bad:
+                        idx.replace_errors_one(db, "file", rel, None)
             for it in refused_read:
                 index_problems[it] = (f"index row {it} is in a scope this node may not read",
                                       "it stays local and is not exported; add the scope to scopes.read to sync it",

@@ -19,8 +19,13 @@ has a name that is not one of ours (no temporary file was imported).  Leftover
 (backdated by 2 hours) are swept by a full pass while fresh ones are kept.
 
 Random choices come from one seed, printed on failure; replay with ``CRASH_SEED=<seed>``.
-``CRASH_ROUNDS`` (default 8) is the number of kills per phase; e.g. CRASH_ROUNDS=50 for
+``CRASH_ROUNDS`` (default 8) is the number of kills per phase; e.g. CRASH_ROUNDS=30 for
 a long run.
+
+The other tests pin the crash points the random run found, deterministically: a process
+that dies (``os._exit``) right after its index commit, halfway through the skill cache
+files, or between its share writes and its index commit, and a row updated again while
+its export is being written.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from fault_helpers import share_items
 from helpers import Mesh, MeshNode, wait_for
 
@@ -298,6 +304,7 @@ def _temps(*roots: Path) -> list[Path]:
     return [p for r in roots for p in r.rglob(TMP + "*")]
 
 
+@pytest.mark.timeout(300 + 3 * 15 * ROUNDS)  # about 5 s per kill on a slow machine, three phases
 def test_kill_9_during_import_export_and_cache_rewrite(mesh: Mesh):
     print(f"CRASH_SEED={SEED} CRASH_ROUNDS={ROUNDS}")
     rng = random.Random(SEED)
@@ -509,3 +516,37 @@ def test_row_updated_while_its_export_is_written_keeps_the_update(mesh: Mesh):
     assert a.value("mesh", "k") == v2
     assert json.loads((mesh.share / "memory" / "mesh" / "k.json").read_text())["value"] == v2
     assert a.cache()["mesh:k"]["value"] == v2
+
+
+RECREATE_DURING_DELETE = """
+import os, sys
+import meshsync.share as sh
+real, done = sh.Share.write, []
+def write(self, rel, data):
+    st = real(self, rel, data)
+    if rel.endswith("tombstones/memory/mesh/k.json") and not done:  # the delete is being applied
+        done.append(1)
+        with open(os.path.join(os.environ["MESHSYNC_SHARE"], "memory/mesh/k.json"), "w") as f:
+            f.write('{"value": "made again"}')
+    return st
+sh.Share.write = write
+from meshsync.cli import main
+sys.exit(main(["sync"]))
+"""
+
+
+def test_file_made_again_while_its_delete_is_applied_is_kept(mesh: Mesh):
+    """A user deletes a file and makes it again at once; meshsync's pass for the delete
+    writes the tombstone in between.  It must not remove the new file (R2): it was
+    absent when the pass looked, so whatever is there now is a new write."""
+    a = mesh.node("a")
+    f = mesh.share / "memory" / "mesh" / "k.json"
+    a.cli("put", "mesh", "k", '"first"')
+    f.unlink()
+    p = subprocess.run([sys.executable, "-c", RECREATE_DURING_DELETE], env=a.env(), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode in (0, 1), p.stderr
+    assert f.exists(), "the pass removed a file made after it looked"
+    a.sync()
+    assert a.value("mesh", "k") == "made again"
+    assert json.loads(f.read_text())["value"] == "made again"

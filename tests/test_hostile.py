@@ -28,7 +28,7 @@ MB = 1024 * 1024
 
 # Items that had a good version before they were broken: key -> how they are broken.
 BROKEN = ["invalid", "truncated", "notobject", "novalue", "badutf8", "bom", "deep", "huge", "empty",
-          "fifo", "sock", "link", "unreadable", "dir", "device"]
+          "fifo", "sock", "link", "unreadable", "device"]
 
 # Words the error's reason must contain, per share path (lower-cased comparison).
 REASON = {
@@ -110,18 +110,20 @@ def _make_corpus(m: Path, share: Path, tmp_path: Path) -> list[Path]:
         for _ in range(50):
             f.write(b"x" * MB)
         f.write(b'"}')
-    for k in ("fifo", "sock", "link", "dir", "device"):
-        (m / f"{k}.json").unlink()
-    os.mkfifo(m / "fifo.json")
-    os.mknod(m / "sock.json", stat.S_IFSOCK | 0o644)
-    os.symlink("/etc/passwd", m / "link.json")
-    (m / "dir.json").mkdir()
-    (m / "dir.json" / "inner.json").write_text('{"value": "inside a dir named like a file"}')
+    # Special files replace the good ones atomically (made under a dot name, which every
+    # scanner ignores, then renamed over): an unlink first would be a real delete (R4).
+    os.mkfifo(m / ".new-fifo")
+    os.mknod(m / ".new-sock", stat.S_IFSOCK | 0o644)
+    os.symlink("/etc/passwd", m / ".new-link")
     try:
-        os.mknod(m / "device.json", stat.S_IFCHR | 0o644, os.makedev(1, 3))  # like /dev/null
+        os.mknod(m / ".new-device", stat.S_IFCHR | 0o644, os.makedev(1, 3))  # like /dev/null
     except PermissionError:  # no CAP_MKNOD in this container: a FIFO stands in
-        os.mkfifo(m / "device.json")
+        os.mkfifo(m / ".new-device")
         REASON["memory/mesh/device.json"] = ["fifo"]
+    for k in ("fifo", "sock", "link", "device"):
+        os.rename(m / f".new-{k}", m / f"{k}.json")
+    (m / "dir.json").mkdir()  # a new name: a directory cannot be renamed over a file
+    (m / "dir.json" / "inner.json").write_text('{"value": "inside a dir named like a file"}')
     os.chmod(m / "unreadable.json", 0)
     (m / "Key.json").write_text('{"value": "upper-case twin"}')
     for name in BAD_NAMES:
@@ -133,7 +135,7 @@ def _make_corpus(m: Path, share: Path, tmp_path: Path) -> list[Path]:
     (share / "skills" / "bigskill" / "SKILL.md").write_bytes(b"# big\n" + b"y" * (MB + 10))
     os.symlink(".", share / "skills" / "loop")
     os.symlink(".", share / "memory" / "user" / "loop")
-    bad = [m / f"{k}.json" for k in BROKEN] + [m / "Key.json", share / "skills" / "bigskill" / "SKILL.md",
+    bad = [m / f"{k}.json" for k in BROKEN] + [m / "Key.json", m / "dir.json", share / "skills" / "bigskill" / "SKILL.md",
                                                 share / "skills" / "loop", share / "memory" / "user" / "loop"]
     return bad + [share / os.fsdecode(name) for name in BAD_NAMES]
 
@@ -259,5 +261,23 @@ def test_limits_are_configurable(mesh: Mesh):
     wait_for(lambda: "ready: first pass done" in a.log().split("stopped")[-1], 30, what="ready again")
     assert a.value("mesh", "mid") == "m" * 5000 and a.value("mesh", "nested") == [[[[1]]]]
     assert a.sql("SELECT length(content) FROM mesh_skills WHERE name = 's'") == [(3000,)]
-    assert a.status()["errors"] == []
+    assert [e for e in a.status()["errors"] if e["kind"] != "warning"] == []  # (no frontmatter: a warning)
+    assert a.stop() == 0
+
+
+def test_error_goes_once_the_file_is_fixed_without_waiting_for_a_rescan(mesh: Mesh):
+    """A file's error leaves status as soon as the change event's pass reads the fixed
+    file (full rescans are minutes apart); the same for a bad file that is removed."""
+    a = mesh.node("a")
+    a.start(MESHSYNC_WATCH__RESCAN_INTERVAL="3600")
+    wait_for(lambda: "ready: first pass done" in a.log(), 30, what="ready")
+    m = mesh.share / "memory" / "mesh"
+    (m / "fixme.json").write_text('{"value": [1,')
+    (m / "dropme.json").write_text("not json")
+    paths = {"memory/mesh/fixme.json", "memory/mesh/dropme.json"}
+    wait_for(lambda: paths <= {e["path"] for e in a.status()["errors"]}, 15, what="errors reported")
+    (m / "fixme.json").write_text('{"value": [1, 2]}')
+    (m / "dropme.json").unlink()
+    wait_for(lambda: a.value("mesh", "fixme") == [1, 2], 15, what="fixed file imported")
+    wait_for(lambda: not paths & {e["path"] for e in a.status()["errors"]}, 15, what="errors gone")
     assert a.stop() == 0
