@@ -85,6 +85,7 @@ class Daemon:
         self.s = settings
         self.config_path = config_path
         self.stop = threading.Event()
+        self.stop_signal: int | None = None  # set by the SIGTERM/SIGINT handler (see _on_stop)
         self.reload = False
         self.notify = Notifier()
         self.node = Node(settings)
@@ -107,14 +108,16 @@ class Daemon:
 
     # --- signals -------------------------------------------------------------------------
 
+    # A handler runs in the main thread between two bytecodes, possibly while that thread
+    # holds a threading lock (inside events.wake.wait() or .clear()): taking one here
+    # (Event.set) deadlocked the daemon on SIGTERM (found by the chaos test).  Handlers
+    # only set plain attributes; the loop looks at them at least every INDEX_TICK.
+
     def _on_stop(self, signum: int, frame: Any) -> None:
-        log.info("received %s: finishing the work in flight", signal.Signals(signum).name)
-        self.stop.set()
-        self.events.wake.set()
+        self.stop_signal = signum
 
     def _on_hup(self, signum: int, frame: Any) -> None:
         self.reload = True
-        self.events.wake.set()
 
     def _do_reload(self) -> None:
         self.reload = False
@@ -255,6 +258,10 @@ class Daemon:
             log.info("ready: first pass done, watching for changes")
         debounce = self.s.watch.debounce
         while not self.stop.is_set():
+            if self.stop_signal is not None:
+                log.info("received %s: finishing the work in flight", signal.Signals(self.stop_signal).name)
+                self.stop.set()
+                break
             self.notify.ping()
             if self.reload:
                 self._do_reload()

@@ -852,3 +852,34 @@ def test_tool_skill_file_written_during_a_pass_is_not_lost(tmp_path: Path):
         assert (s.share / "skills" / "alpha" / "SKILL.md").read_text() == tool_text
     finally:
         node.close()
+
+
+def test_signal_handlers_take_no_lock(tmp_path: Path):
+    """Found by the chaos test (seed 2002, 1200 rounds): SIGTERM arrived while the main
+    loop was inside events.wake.wait() holding that Event's lock; the handler called
+    wake.set(), which waits for the same lock: the daemon hung for ever (so did its
+    watchdog thread).  Handlers must only set flags."""
+    import threading
+
+    from meshsync import config
+    from meshsync.daemon import Daemon
+    from meshsync.share import Share
+
+    s = config.load(None, node_id="a", share=tmp_path / "share", index=tmp_path / "a.sqlite",
+                    openclaw_home=tmp_path / "openclaw")
+    s.share.mkdir()
+    Share(s.share, max_file_bytes=1 << 20).initialise()
+    d = Daemon(s, None)
+    try:
+        def handlers_while_the_lock_is_held() -> None:
+            with d.events.wake._cond:  # where the main thread is inside wake.wait()/clear()
+                d._on_stop(signal.SIGTERM, None)
+                d._on_hup(signal.SIGHUP, None)
+
+        t = threading.Thread(target=handlers_while_the_lock_is_held, daemon=True)
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), "a signal handler blocked on a lock the interrupted code holds"
+        assert d.stop_signal == signal.SIGTERM and d.reload
+    finally:
+        d.node.close()
