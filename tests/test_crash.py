@@ -9,8 +9,10 @@ One node is SIGKILLed again and again while it does three kinds of bulk work:
    cache (several MB) for each burst; half of these kills are aimed: they fire the
    moment a cache temporary file appears, i.e. in the middle of the rewrite.
 
-Each round starts ``meshsync sync`` or ``meshsync run`` (chosen at random), waits until
-the process has opened its index, kills it after a random delay, and checks: every share
+Each round adds work (150 more files or rows), starts ``meshsync sync`` or ``meshsync run``
+(chosen at random), waits until the process has opened its index and kills it after a
+random delay whose range adapts to the machine (a process already done is a miss: up to
+two more tries with more work).  After each kill it checks: every share
 file parses, the index passes ``integrity_check`` and still holds every row the foreign
 client committed and every row it held before, the cache parses, and no item anywhere
 has a name that is not one of ours (no temporary file was imported).  Leftover
@@ -49,9 +51,11 @@ from meshsync.index import Index
 
 SEED = int(os.environ.get("CRASH_SEED") or random.SystemRandom().randrange(1 << 32))
 ROUNDS = int(os.environ.get("CRASH_ROUNDS", "8"))
-N_IMPORT = 2000
+N_IMPORT = 1000  # hand-made files before the first import round
+IMPORT_PER_ROUND = 150  # and more before each round, so that every round has work to kill
 N_SKILLS = 30
-N_EXPORT = 2000
+N_EXPORT = 1000  # rows before the first export round
+EXPORT_PER_ROUND = 150
 TMP = ".meshsync-tmp-"
 UPSERT = ("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?, ?, ?, ?, ?) "
           "ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value, node_id = excluded.node_id, "
@@ -71,14 +75,17 @@ class ForeignWriter:
         self.db.execute("PRAGMA busy_timeout = 60000")
         self.committed: dict[str, list[object]] = {}
         self.lock = threading.Lock()
+        self.wlock = threading.Lock()
         self._stop = threading.Event()
         self._t: threading.Thread | None = None
+        self.error: BaseException | None = None
 
     def write(self, rows: list[tuple[str, object]]) -> None:
-        now = int(time.time())
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.executemany(UPSERT, [("mesh", k, json.dumps(v), "tool", now) for k, v in rows])
-        self.db.execute("COMMIT")
+        with self.wlock:  # one connection, used by the test and by the background thread
+            now = int(time.time())
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(UPSERT, [("mesh", k, json.dumps(v), "tool", now) for k, v in rows])
+            self.db.execute("COMMIT")
         with self.lock:
             for k, v in rows:
                 self.committed.setdefault(k, []).append(v)
@@ -99,11 +106,14 @@ class ForeignWriter:
 
     def run_in_background(self, batches, pause: float) -> None:
         def loop() -> None:
-            for batch in batches:
-                if self._stop.is_set():
-                    return
-                self.write(batch)
-                time.sleep(pause)
+            try:
+                for batch in batches:
+                    if self._stop.is_set():
+                        return
+                    self.write(batch)
+                    time.sleep(pause)
+            except BaseException as exc:  # re-raised by stop()
+                self.error = exc
 
         self._stop.clear()
         self._t = threading.Thread(target=loop, daemon=True)
@@ -114,10 +124,14 @@ class ForeignWriter:
         if self._t is not None:
             self._t.join(60)
             self._t = None
+        if self.error is not None:
+            raise AssertionError(f"the foreign writer failed: {self.error!r}") from self.error
 
     def close(self) -> None:
-        self.stop()
-        self.db.close()
+        try:
+            self.stop()
+        finally:
+            self.db.close()
 
 
 class Crasher:
@@ -136,6 +150,7 @@ class Crasher:
         self.skills_seen: set[str] = set()
         self._parsed: dict[Path, tuple] = {}
         self.trace: list[str] = []  # one line per round, printed at the end
+        self.max_delay: dict[str, float] = {}
 
     # --- one round ----------------------------------------------------------------------
 
@@ -159,8 +174,21 @@ class Crasher:
         return subprocess.Popen([sys.executable, "-m", "meshsync", *args], env=self.a.env(**env), stdout=log,
                                 stderr=subprocess.STDOUT)
 
-    def round(self, phase: str, max_delay: float, aimed: bool = False, daemon_share: float = 0.5) -> None:
+    def round(self, phase: str, max_delay: float, aimed: bool = False, daemon_share: float = 0.5,
+              refill=None) -> None:
+        """One kill: up to three tries (a process done before its kill is a miss; the
+        next try gets more work from ``refill`` and a shorter delay)."""
+        for attempt in range(3):
+            if attempt and refill is not None:
+                refill()
+            if self._attempt(phase, max_delay, aimed, daemon_share):
+                return
+
+    def _attempt(self, phase: str, max_delay: float, aimed: bool, daemon_share: float) -> bool:
         kind = "daemon" if self.rng.random() < daemon_share else "sync"
+        # The delay adapts to the machine: after a miss (the process was done before the
+        # kill) the phase's range shrinks, after a hit it grows back.
+        max_delay = self.max_delay.setdefault(phase, max_delay)
         delay = self.rng.uniform(0, max_delay)
         p = self.launch(kind)
         wait_for(lambda: self._opened_index(p.pid) or p.poll() is not None, 60, interval=0.005,
@@ -175,19 +203,23 @@ class Crasher:
                         break
                 except OSError:
                     pass
-                time.sleep(0.0005)
-            time.sleep(self.rng.uniform(0, 0.003))
+                time.sleep(0.0002)
+            time.sleep(self.rng.uniform(0, 0.001))
         else:
             time.sleep(delay)
-        if p.poll() is None:
+        killed = p.poll() is None
+        if killed:
             p.send_signal(signal.SIGKILL)
             self.kills += 1
+            self.max_delay[phase] = min(2 * max_delay, max_delay * 1.25)
         else:
             self.missed += 1
+            self.max_delay[phase] = max(0.05, delay * 0.7)
         p.wait(30)
         if any(n.startswith(TMP + "mesh-memory.json") for n in _listdir(self.a.openclaw_home)):
             self.mid_cache_write += 1
         self.check(f"{phase} round {self.n} ({kind}, {'aimed' if aimed else f'{delay:.3f}s'})")
+        return killed
 
     # --- the invariants after a kill ----------------------------------------------------
 
@@ -315,33 +347,56 @@ def test_kill_9_during_import_export_and_cache_rewrite(mesh: Mesh):
     try:
         # 1. Bulk import: hand-made files and skill folders -> index.
         m = mesh.share / "memory" / "mesh"
-        for i in range(N_IMPORT):
-            (m / f"imp-{i}.json").write_text(json.dumps({"value": {"i": i, "pad": "p" * (i % 50)}}))
-            c.expected_mem.add(f"imp-{i}")
+        n_imp = 0
+
+        def more_files(n: int) -> None:
+            nonlocal n_imp
+            for i in range(n_imp, n_imp + n):
+                (m / f"imp-{i}.json").write_text(json.dumps({"value": {"i": i, "pad": "p" * (100 + i % 100)}}))
+                c.expected_mem.add(f"imp-{i}")
+            n_imp += n
+
+        more_files(N_IMPORT)
         for i in range(N_SKILLS):
             d = mesh.share / "skills" / f"sk-{i}"
             (d / "scripts").mkdir(parents=True)
             (d / "SKILL.md").write_bytes(_skill_md(i))
             (d / "scripts" / "run.sh").write_text(f"echo {i}\n")
             c.expected_skills.add(f"sk-{i}")
-        for _ in range(ROUNDS):
-            c.round("import", 2.0)
+        for r in range(ROUNDS):
+            if r:
+                more_files(IMPORT_PER_ROUND)
+            c.round("import", 2.0, refill=lambda: more_files(IMPORT_PER_ROUND))
 
         # 2. Bulk export: a foreign writer's rows -> share files, half of them written while
         #    the node runs (and is killed).
         keys = [f"exp-{i}" for i in range(N_EXPORT)]
         c.expected_mem.update(keys)
-        for i in range(0, N_EXPORT // 2, 250):
+        for i in range(0, N_EXPORT, 250):
             c.writer.write([(k, {"e": k}) for k in keys[i:i + 250]])
-        rest = keys[N_EXPORT // 2:]
-        batches = [[(k, {"e": k}) for k in rest[i:i + 50]] for i in range(0, len(rest), 50)]
-        c.writer.run_in_background(batches, 0.02)
-        for _ in range(ROUNDS):
-            c.round("export", 2.0)
+
+        def trickle():  # rows written while the node runs
+            n = 0
+            while True:
+                batch = [f"exp-bg-{j}" for j in range(n, n + 20)]
+                c.expected_mem.update(batch)  # before they are committed
+                yield [(k, {"e": k}) for k in batch]
+                n += 20
+
+        c.writer.run_in_background(trickle(), 0.4)
+        def more_rows() -> None:
+            batch = [f"exp-r{c.n}-{j}" for j in range(EXPORT_PER_ROUND)]
+            c.expected_mem.update(batch)
+            c.writer.write([(k, {"e": k}) for k in batch])
+
+        for r in range(ROUNDS):
+            if r:
+                more_rows()
+            c.round("export", 2.0, refill=more_rows)
         c.writer.stop()
 
         # 3. Cache rewrites: a daemon rewrites the whole cache for each burst of updates.
-        upd = [f"imp-{i}" for i in range(N_IMPORT)]
+        upd = [f"imp-{i}" for i in range(n_imp)]
 
         def bursts():
             n = 0
@@ -360,7 +415,8 @@ def test_kill_9_during_import_export_and_cache_rewrite(mesh: Mesh):
         assert p.returncode == 0, (p.returncode, p.stdout, p.stderr[-3000:], SEED)
         c.check("after the clean pass")
         c.assert_converged(a, "after the clean pass")
-        assert len(share_items(mesh.share)) == N_IMPORT + N_EXPORT
+        written = {f"imp-{i}" for i in range(n_imp)} | set(c.writer.last())  # (not a batch the writer drew but never wrote)
+        assert set(share_items(mesh.share)) == {f"mesh:{k}" for k in written}
         for key, value in c.writer.last().items():
             assert a.value("mesh", key) == value, (key, SEED)
         b = mesh.node("b", init=False)
@@ -392,7 +448,7 @@ def test_kill_9_during_import_export_and_cache_rewrite(mesh: Mesh):
         print(f"kills={c.kills} missed={c.missed} mid-cache-write={c.mid_cache_write} conflicts={conflicts} "
               f"max-leftover-temporaries={c.leftovers} swept={len(stale)} "
               f"kill-phase={kills_done:.1f}s total={time.monotonic() - t0:.1f}s")
-        assert c.kills >= 2 * ROUNDS, f"only {c.kills} kills landed; CRASH_SEED={SEED}"
+        assert c.kills >= 3 * ROUNDS - 2, f"only {c.kills} kills landed; CRASH_SEED={SEED}"
     finally:
         c.writer.close()
 
