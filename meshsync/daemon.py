@@ -38,6 +38,7 @@ from .watch import ShareEvents, choose_mode
 log = logging.getLogger("meshsync")
 
 INDEX_TICK = 0.05
+LOCK_WAIT = 5.0  # seconds `meshsync run` waits for a CLI command holding the index lock
 MAX_DELAY = 1.0
 
 
@@ -299,13 +300,23 @@ def _version() -> str:
 
 def run(settings: Settings, config_path: str | None = None) -> int:
     lock = IndexLock(settings.index)
-    try:
-        lock.acquire()
-    except Locked as exc:
-        print(f"meshsync: another meshsync process (pid {exc.pid}) is already running on index "
-              f"{settings.index}; two writers would race. Stop it first (systemctl stop meshsync).",
-              file=sys.stderr)
-        return 5
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            lock.acquire()
+            break
+        except Locked as exc:
+            # A CLI command exporting its write (or `status` probing the lock) holds it
+            # for a moment: wait for that rather than exit; a CLI write made while the
+            # daemon started made it exit 5 (found by the chaos test).  A running daemon
+            # holds the lock for good: refused once LOCK_WAIT has passed.
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            print(f"meshsync: another meshsync process (pid {exc.pid or '?'}) is already running on index "
+                  f"{settings.index}; two writers would race. Stop it first (systemctl stop meshsync).",
+                  file=sys.stderr)
+            return 5
     try:
         try:
             d = Daemon(settings, config_path)
