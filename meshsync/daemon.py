@@ -172,14 +172,22 @@ class Daemon:
         self.notify.status(f"share unavailable: {exc}")
 
     def _pass(self, items: set[ItemId] | None) -> None:
+        if self.available is False:
+            # Say so before the pass that resumes: its results are visible to others
+            # (index, cache) before it returns.
+            try:
+                self.node.share.check()
+            except ShareUnavailable as exc:
+                self._unavailable(exc)
+                return
+            log.info("share available again: resuming")
+            self._start_watch()
+            self.available = True
         try:
             stats = self.node.sync(items)
         except ShareUnavailable as exc:
             self._unavailable(exc)
             return
-        if self.available is False:
-            log.info("share available again: resuming")
-            self._start_watch()
         self.available = True
         if items is None:
             self.journal.prime()
