@@ -302,12 +302,9 @@ class Node:
         return out
 
     def cache_skills_sig(self) -> str | None:
-        try:
-            names = sorted((e.name, e.stat(follow_symlinks=False).st_mtime_ns, e.stat(follow_symlinks=False).st_size)
-                           for e in os.scandir(self.cache.skills_dir) if e.name.endswith(".md"))
-        except OSError:
+        if not self.cache.skills_dir.is_dir():
             return None
-        return formats.digest_bytes(repr(names).encode())
+        return _skills_sig(self._cache_skill_stats())
 
     def _walk(self, walk: Walk, now_ns: int) -> None:
         sh = self.share
@@ -1105,6 +1102,7 @@ class Node:
             with idx.write() as db:
                 idx.set_meta(db, cache_sig=sig or "", cache_young=_json(sorted(self.young_added)))
         raced: set[str] = set()
+        before = self.cache_skills_before
         if changed_skills or not self.cache.skills_dir.exists():
             live = {name: c for name, c in changed_skills.items() if c is not None}
             removed = [name for name, c in changed_skills.items() if c is None]
@@ -1114,7 +1112,6 @@ class Node:
             # A Phase 1 tool may have written a skill file while this pass ran (after it
             # looked): leave that file alone, the next pass imports it.  Removing or
             # overwriting it lost the tool's write, unrecorded (R2; found by the chaos test).
-            before = self.cache_skills_before
             if before is not None:
                 now_stats = self._cache_skill_stats()
                 raced = {n for n in (*live, *removed) if now_stats.get(self.cache.skill_path(n).name)
@@ -1123,7 +1120,20 @@ class Node:
                 removed = [n for n in removed if n not in raced]
             self.cache.sync_skills(live, removed)
             self.cache.skills_dir.mkdir(parents=True, exist_ok=True)
-        ssig = "" if raced else self.cache_skills_sig()  # "": the next pass lists mesh/skills/ again
+            ours = {self.cache.skill_path(n).name for n in (*live, *removed)}
+        else:
+            ours = set()
+        if before is None:
+            ssig = "" if raced else self.cache_skills_sig()
+        else:
+            # The signature recorded as "seen" must not cover a file a tool wrote while
+            # this pass ran and that is not ours: the next pass would skip it and the
+            # tool's write was never imported (a skill dropped just after the cache
+            # refresh was lost).  "" makes the next pass list mesh/skills/ again.
+            now_stats = self._cache_skill_stats()
+            foreign = any(now_stats.get(f) != before.get(f) for f in now_stats.keys() | before.keys()
+                          if f not in ours)
+            ssig = "" if raced or foreign else _skills_sig(now_stats)
         if ssig != idx.meta("cache_skills_sig"):
             with idx.write() as db:
                 idx.set_meta(db, cache_skills_sig=ssig or "")
@@ -1296,6 +1306,11 @@ def _loser_text(payload: Any) -> str | None:
 
 def _fmt_ms(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def _skills_sig(stats: dict[str, tuple[int, int, int]]) -> str:
+    """What the daemon compares to notice a tool writing mesh/skills/: names, mtimes, sizes."""
+    return formats.digest_bytes(repr(sorted((n, m, z) for n, (m, z, _i) in stats.items())).encode())
 
 
 def _json(obj: Any) -> str:
