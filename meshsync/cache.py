@@ -22,7 +22,9 @@ from . import layout
 TMP_PREFIX = ".meshsync-tmp-"
 
 
-def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, fsync: bool = True) -> os.stat_result:
+    """Write by temp file and rename.  Returns the stat of what was written, taken
+    before the rename: a tool writing the file right after us must not be taken for us."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}-{time.monotonic_ns()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -33,9 +35,11 @@ def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
                 view = view[os.write(fd, view):]
             if fsync:
                 os.fsync(fd)
+            st = os.fstat(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        return st
     except BaseException:
         try:
             os.unlink(tmp)
@@ -76,8 +80,8 @@ class Cache:
 
     def write_memory(self, entries: dict[str, dict[str, Any]]) -> str | None:
         """Replace mesh-memory.json; returns its new stat signature."""
-        atomic_write(self.memory_path, render_memory(entries), self.fsync)
-        return self.memory_sig()
+        st = atomic_write(self.memory_path, render_memory(entries), self.fsync)
+        return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
 
     def skill_path(self, name: str) -> Path:
         return self.skills_dir / layout.cache_skill_name(name)
