@@ -9,7 +9,7 @@ every file's mtime set an hour back so the 3 s racy-file rule does not apply) an
 
   import   Node(settings).sync() in-process on a fresh index   vs scandir+read+orjson+INSERT
   noop     a second, no-change Node.sync()                     vs scandir+stat walk
-  cache    Cache.write_memory(Node._cache_entries())           vs orjson.dumps + atomic write
+  cache    Cache.write_memory(Node._cache_document())          vs orjson.dumps + atomic write
   latency  two real `meshsync run` daemons: hand edit -> other node's cache, foreign SQLite
            write -> share file (events mode), CLI put on bindfs mount A -> node B's index
            (poll mode, poll_interval 2 s)                      vs the designed wait (floor)
@@ -334,7 +334,7 @@ class SizeRun:
             nbytes = baselines.write_cache(plain, bare_path)
             bare.stop()
             full.start()
-            entries = node._cache_entries()
+            entries = node._cache_document()
             build.append(full.split())
             sig = node.cache.write_memory(entries)
             full.stop()
@@ -347,7 +347,7 @@ class SizeRun:
                    cache_entries_s=build)
         self.r.add("cache", "d. (write_memory only)", self.n, med(write_only), bare.med, "s", None,
                    runs=write_only)
-        self.profile("cache", lambda: node.cache.write_memory(node._cache_entries()))
+        self.profile("cache", lambda: node.cache.write_memory(node._cache_document()))
         with node.index.write() as wdb:
             node.index.set_meta(wdb, cache_sig=node.cache.memory_sig() or "")
         node.close()

@@ -78,9 +78,11 @@ class Cache:
             return {}
         return obj if isinstance(obj, dict) else {}
 
-    def write_memory(self, entries: dict[str, dict[str, Any]]) -> str | None:
-        """Replace mesh-memory.json; returns its new stat signature."""
-        st = atomic_write(self.memory_path, render_memory(entries), self.fsync)
+    def write_memory(self, entries: dict[str, dict[str, Any]] | bytes) -> str | None:
+        """Replace mesh-memory.json (entries, or the rendered document); returns its new
+        stat signature."""
+        data = entries if isinstance(entries, bytes) else render_memory(entries)
+        st = atomic_write(self.memory_path, data, self.fsync)
         return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
 
     def skill_path(self, name: str) -> Path:

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from .layout import MEM, SKILL, ItemId
 
 SCHEMA_VERSION = "1"
@@ -346,6 +348,27 @@ class Index:
 
     def all_memory_rows(self) -> Iterator[tuple[str, str, str, str, int]]:
         return self.db.execute("SELECT scope, key, value, node_id, updated_at FROM mesh_memory")
+
+    def memory_scopes(self) -> list[str]:
+        return [s for (s,) in self.db.execute("SELECT DISTINCT scope FROM mesh_memory")]
+
+    def cache_lines(self, scopes: list[str], exclude: list[str]) -> bytes:
+        """The entries of mesh-memory.json for rows in ``scopes``, one per line, rendered
+        by SQLite: at 100k rows building Python dicts cost five times the JSON dump.
+        Values are embedded as stored (JSON text checked on import; rows that are not
+        are in ``exclude``), so no value is parsed here."""
+        if not scopes:
+            return b""
+        q = ("SELECT CAST(group_concat(json_quote(scope || ':' || key) || ':{\"value\":' || value"
+             " || ',\"nodeId\":' || json_quote(node_id) || ',\"ts\":' || json_quote(updated_at) || '}',"
+             " ',' || char(10)) AS BLOB) FROM mesh_memory"
+             f" WHERE scope IN ({','.join('?' * len(scopes))})")
+        args: list[str] = list(scopes)
+        if exclude:
+            q += " AND scope || ':' || key NOT IN (SELECT value FROM json_each(?))"
+            args.append(orjson.dumps(exclude).decode())
+        r = self.db.execute(q, args).fetchone()
+        return r[0] or b"" if r else b""
 
     def skill_rows(self, items: Iterable[ItemId]) -> dict[ItemId, SkillRow]:
         out = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import sqlite3
 import stat as stat_mod
 import time
 from collections.abc import Callable, Iterable
@@ -24,7 +25,7 @@ from typing import Any
 import orjson
 
 from . import cacheside, formats, journal, layout, secretguard, skilldirs
-from .cache import Cache, CacheEntry, entry
+from .cache import Cache, CacheEntry, entry, render_memory
 from .cacheside import CacheSkill
 from .config import Settings
 from .formats import FormatError
@@ -1097,7 +1098,7 @@ class Node:
                 idx.set_meta(db, cache_young=_json(sorted(young)))
         elif changed_mem or cache_sig is None or cache_sig != self.cache.memory_sig():
             self._tick("writing cache", 0, None)
-            sig = self.cache.write_memory(self._cache_entries())
+            sig = self.cache.write_memory(self._cache_document())
             stats.cache_written = True
             with idx.write() as db:
                 idx.set_meta(db, cache_sig=sig or "", cache_young=_json(sorted(self.young_added)))
@@ -1179,6 +1180,25 @@ class Node:
                     self.index.replace_errors_one(db, "warning", f"skill:{n}", None)
                 for path, why, hint in warns:
                     self.index.replace_errors_one(db, "warning", path, (why, hint))
+
+    def _cache_document(self) -> bytes:
+        """mesh-memory.json as bytes: every row this node may read, one entry per line.
+        A row reported as bad keeps the entry the cache had (its last good version)."""
+        bad = sorted({r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused")})
+        kept: list[bytes] = []
+        if bad:
+            old = self.cache.read_memory()
+            kept = [orjson.dumps(ck) + b":" + orjson.dumps(old[ck]) for ck in bad if ck in old]
+        with self.index.read():
+            scopes = [sc for sc in self.index.memory_scopes() if self.s.may_read(sc) and layout.valid_scope(sc)]
+            try:
+                body = self.index.cache_lines(scopes, bad)
+            except sqlite3.Error as exc:  # e.g. a row that is not text: the slow path says which
+                log.debug("cache rendered in Python: %s", exc)
+                return render_memory(self._cache_entries())
+        parts = [body] if body else []
+        parts.extend(kept)
+        return b"{\n" + b",\n".join(parts) + (b"\n}\n" if parts else b"}\n")
 
     def _cache_entries(self) -> dict[str, dict[str, Any]]:
         bad = {r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused")}
