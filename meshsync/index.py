@@ -159,6 +159,63 @@ class State:
     aux: str | None = None
 
 
+class StateView(dict):
+    """The synced state of items, loaded on first use (negative answers remembered):
+    a full pass that finds nothing changed must not build a State for each of 100k
+    items."""
+
+    def __init__(self, index: Index) -> None:
+        super().__init__()
+        self._index = index
+        self._absent: set[ItemId] = set()
+        self._complete = False
+
+    def get(self, it: ItemId, default: State | None = None) -> State | None:  # type: ignore[override]
+        st = dict.get(self, it)
+        if st is not None:
+            return st
+        if self._complete or it in self._absent:
+            return default
+        got = self._index.load_state([it])
+        if got:
+            dict.update(self, got)
+            return got[it]
+        self._absent.add(it)
+        return default
+
+    def __missing__(self, it: ItemId) -> State:
+        st = self.get(it)
+        if st is None:
+            raise KeyError(it)
+        return st
+
+    def __contains__(self, it: object) -> bool:
+        return self.get(it) is not None  # type: ignore[arg-type]
+
+    def __setitem__(self, it: ItemId, st: State) -> None:
+        self._absent.discard(it)
+        dict.__setitem__(self, it, st)
+
+    def update(self, other: dict[ItemId, State]) -> None:  # type: ignore[override]
+        for it, st in other.items():
+            self[it] = st
+
+    def load_all(self) -> None:
+        for it, st in self._index.load_state().items():
+            if not dict.__contains__(self, it):
+                dict.__setitem__(self, it, st)
+        self._complete = True
+
+    def prefetch(self, items: Iterable[ItemId]) -> None:
+        """Load the state of many items at once (what the pass will look at)."""
+        want = [it for it in items if not dict.__contains__(self, it) and it not in self._absent]
+        if not want:
+            return
+        got = self._index.load_state_many(want)
+        dict.update(self, got)
+        self._absent.update(it for it in want if it not in got)
+
+
 @dataclass(slots=True)
 class MemoryRow:
     value: str
@@ -291,6 +348,38 @@ class Index:
         for kind, scope, key, stamp, node, digest, deleted, ssig, shash, rsig, rel, aux in rows:
             out[ItemId(kind, scope, key)] = State(stamp, node, digest, bool(deleted), ssig, shash, rsig,
                                                   rel, aux)
+        return out
+
+    def load_state_many(self, items: list[ItemId]) -> dict[ItemId, State]:
+        """load_state for many items in a few queries (500 per statement)."""
+        out: dict[ItemId, State] = {}
+        q = ("SELECT kind, scope, key, stamp, node, digest, deleted, share_sig, share_hash, row_sig,"
+             " rel, aux FROM meshsync_state WHERE (kind, scope, key) IN (VALUES {})")
+        for i in range(0, len(items), 500):
+            chunk = items[i:i + 500]
+            args = [v for it in chunk for v in (it.kind, it.scope, it.key)]
+            for kind, scope, key, stamp, node, digest, deleted, ssig, shash, rsig, rel, aux in self.db.execute(
+                    q.format(",".join(["(?,?,?)"] * len(chunk))), args):
+                out[ItemId(kind, scope, key)] = State(stamp, node, digest, bool(deleted), ssig, shash, rsig,
+                                                      rel, aux)
+        return out
+
+    def share_sigs(self) -> dict[str, str | None]:
+        """rel -> share signature of every live item with a share file: what a full pass
+        compares the walk with, built in C (no State, no tuple per item)."""
+        return dict(self.db.execute(
+            "SELECT rel, share_sig FROM meshsync_state WHERE deleted = 0 AND rel IS NOT NULL"))
+
+    def items_at(self, rels: Iterable[str]) -> dict[str, ItemId]:
+        """The live item whose share file is at each of ``rels``."""
+        want = list(rels)
+        out: dict[str, ItemId] = {}
+        for i in range(0, len(want), 500):
+            chunk = want[i:i + 500]
+            for rel, kind, scope, key in self.db.execute(
+                    "SELECT rel, kind, scope, key FROM meshsync_state WHERE deleted = 0 AND rel IN"
+                    f" ({','.join('?' * len(chunk))})", chunk):
+                out[rel] = ItemId(kind, scope, key)
         return out
 
     def put_state(self, db: sqlite3.Connection, item: ItemId, st: State) -> None:

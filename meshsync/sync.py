@@ -29,7 +29,7 @@ from .cache import Cache, CacheEntry, entry, render_memory
 from .cacheside import CacheSkill
 from .config import Settings
 from .formats import FormatError
-from .index import Index, MemoryRow, SkillRow, State, memory_row_sig, skill_row_sig
+from .index import Index, MemoryRow, SkillRow, State, StateView, memory_row_sig, skill_row_sig
 from .layout import MEM, SKILL, ItemId
 from .reconcile import ABSENT, CACHE, INDEX, SHARE, Obs, Plan, Version, reconcile
 from .share import FileRefused, Problem, Share, Walk, settled, sig_of, sweep_temporaries
@@ -176,11 +176,10 @@ class Node:
         seq, outbox = self.index.outbox()
         if full_index or self.index.meta("index_scanned") != "1":
             outbox |= self.index.all_items()
-        if only is None:
-            state = self.index.load_state()
-        else:
+        state = StateView(self.index)
+        if only is not None:
             only = set(only)
-            state = self.index.load_state(only | outbox)
+            state.prefetch(only | outbox)
 
         # R7: a pass killed after its index writes but before it refreshed the cache leaves
         # cache_owed set.  The cache then lags behind the index because of us: its
@@ -356,24 +355,29 @@ class Node:
         if n:
             log.info("removed %d stale temporary file(s) left by interrupted writes", n)
 
-    def _detect_share(self, walk: Walk, state: dict[ItemId, State], share_obs: dict[ItemId, Obs],
+    def _detect_share(self, walk: Walk, state: StateView, share_obs: dict[ItemId, Obs],
                       unknown: set[ItemId], problems: list[Problem], now_ms: int,
                       stats: PassStats) -> set[ItemId]:
-        by_rel: dict[str, ItemId] = {}
-        for it, st in state.items():
-            if st.rel is not None and not st.deleted:
-                by_rel[st.rel] = it
-        changed: set[ItemId] = set()
+        # What the last pass recorded for each share file, as plain tuples: the files whose
+        # signature is unchanged are done with here, without a State for each (100k items).
+        known = self.index.share_sigs()
         mem = walk.memory
-        total = len(mem)
-        for n, (rel, fe) in enumerate(mem.items()):
+        to_read = [(rel, fe) for rel, fe in mem.items()
+                   if not fe.settled or known.get(rel, 0) != fe.sig]
+        skills = [(rel, sd) for rel, sd in walk.skills.items()
+                  if not sd.settled or known.get(rel, 0) != sd.sig]
+        gone = [rel for rel in known if rel not in mem and rel not in walk.skills]
+        ids = self.index.items_at([rel for rel, _ in (*to_read, *skills) if rel in known] + gone)
+        if len(to_read) + len(skills) + len(gone) > max(1000, len(known) // 8):
+            state.load_all()  # a bulk change (first import): one query beats thousands
+        else:
+            state.prefetch(ids.values())
+        changed: set[ItemId] = set()
+        total = len(to_read)
+        for n, (rel, fe) in enumerate(to_read):
             if n % 500 == 0:
-                self._tick("checking memory files", n, total)
-            it = by_rel.get(rel)
-            if it is not None:
-                st = state[it]
-                if fe.settled and st.share_sig == fe.sig:
-                    continue
+                self._tick("reading changed memory files", n, total)
+            it = ids.get(rel)
             stats.read += 1
             got = self._read_memory(rel, fe.sig if fe.settled else None, problems)
             if got is None:
@@ -390,10 +394,8 @@ class Node:
                     continue
             share_obs[it2] = obs
             changed.add(it2)
-        for rel, sd in walk.skills.items():
-            it = by_rel.get(rel)
-            if it is not None and sd.settled and state[it].share_sig == sd.sig:
-                continue
+        for rel, sd in skills:
+            it = ids.get(rel)
             stats.read += 1
             got = self._read_skill(sd.rel, sd.files, sd.sig if sd.settled else None, state, problems)
             if got is None:
@@ -414,11 +416,13 @@ class Node:
             share_obs[it2] = obs
             changed.add(it2)
         # Items the share had at the last pass and no longer has.
-        for rel, it in by_rel.items():
-            if it.kind == MEM and rel not in mem or it.kind == SKILL and rel not in walk.skills:
-                if walk.is_unknown(rel) or not self.readable(it):
-                    continue
-                changed.add(it)
+        for rel in gone:
+            it = ids.get(rel)
+            if it is None:
+                continue
+            if walk.is_unknown(rel) or not self.readable(it):
+                continue
+            changed.add(it)
         return changed
 
     def _unread_share_obs(self, it: ItemId, st: State | None, walk: Walk) -> Obs:

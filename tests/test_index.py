@@ -282,3 +282,36 @@ def test_index_made_by_seed_client_before_meshsync_is_exported(mesh, tmp_path):
     assert fts(b, "lemur") == {("mesh", "legacy")}
     assert b.cache()["mesh:legacy"] == {"value": {"w": "lemur"}, "nodeId": "ceo", "ts": 1700000000}
     assert (b.cache_skills / "old.skill.md").read_text() == "# old"
+
+
+def test_state_view_loads_on_demand_and_in_bulk(idx):
+    """A pass's view of the synced state: rows are read when first asked for (absent
+    ones remembered), many at once by prefetch, all by load_all; share_sigs/items_at
+    give the full pass its comparison without a State per item."""
+    from meshsync.index import StateView
+
+    items = [memory_id("mesh", f"k{i}") for i in range(1200)]
+    with idx.write() as db:
+        for n, it in enumerate(items):
+            idx.put_state(db, it, State(n, "a", "d", False, f"sig{n}", "h", "r", f"memory/mesh/k{n}.json"))
+        idx.put_state(db, skill_id("gone"), State(1, "a", "", True, None, None, None))
+    view = StateView(idx)
+    assert view.get(items[5]).stamp == 5 and items[5] in view
+    missing = memory_id("mesh", "nope")
+    assert view.get(missing) is None and missing not in view
+    with idx.write() as db:  # remembered as absent: the view is one pass's snapshot
+        idx.put_state(db, missing, State(9, "a", "d", False, None, None, None))
+    assert view.get(missing) is None
+    view[missing] = State(10, "b", "d", False, None, None, None)
+    assert view[missing].stamp == 10
+    with pytest.raises(KeyError):
+        view[memory_id("mesh", "still-nope")]
+    fresh = StateView(idx)
+    fresh.prefetch(items[:1100] + [memory_id("mesh", "other")])
+    assert len(dict.items(fresh)) == 1100 and fresh.get(items[1099]).share_sig == "sig1099"
+    full = StateView(idx)
+    full.load_all()
+    assert full.get(skill_id("gone")).deleted and full.get(memory_id("mesh", "x")) is None
+    sigs = idx.share_sigs()
+    assert len(sigs) == 1200 and sigs["memory/mesh/k7.json"] == "sig7"  # tombstones and rows without a file: none
+    assert idx.items_at(["memory/mesh/k7.json", "memory/mesh/none.json"]) == {"memory/mesh/k7.json": items[7]}
