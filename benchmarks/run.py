@@ -9,7 +9,7 @@ every file's mtime set an hour back so the 3 s racy-file rule does not apply) an
 
   import   Node(settings).sync() in-process on a fresh index   vs scandir+read+orjson+INSERT
   noop     a second, no-change Node.sync()                     vs scandir+stat walk
-  cache    Cache.write_memory(Node._cache_document())          vs orjson.dumps + atomic write
+  cache    Node.write_cache_memory() (rows -> mesh-memory.json) vs orjson.dumps + atomic write
   latency  two real `meshsync run` daemons: hand edit -> other node's cache, foreign SQLite
            write -> share file (events mode), CLI put on bindfs mount A -> node B's index
            (poll mode, poll_interval 2 s)                      vs the designed wait (floor)
@@ -326,7 +326,6 @@ class SizeRun:
         bare_path = self.base / "bare-cache.json"
         reps = self.reps(5, 3)
         full, bare = Clock(), Clock()
-        build: list[float] = []
         sig = None
         nbytes = 0
         for _ in range(reps):
@@ -334,20 +333,14 @@ class SizeRun:
             nbytes = baselines.write_cache(plain, bare_path)
             bare.stop()
             full.start()
-            entries = node._cache_document()
-            build.append(full.split())
-            sig = node.cache.write_memory(entries)
+            sig = node.write_cache_memory()  # rows -> mesh-memory.json, as a pass does
             full.stop()
         with node.index.write() as wdb:  # as Node._finish does: the next pass must not rewrite it again
             node.index.set_meta(wdb, cache_sig=sig or "")
         size = node.cache.memory_path.stat().st_size
-        write_only = [f - b for f, b in zip(full.wall, build, strict=True)]
         self.r.add("cache", "d. cache rewrite", self.n, full.med, bare.med, "s", 1.5, **full.details(),
-                   **bare.details("baseline_"), entries=len(plain), cache_bytes=size, baseline_bytes=nbytes,
-                   cache_entries_s=build)
-        self.r.add("cache", "d. (write_memory only)", self.n, med(write_only), bare.med, "s", None,
-                   runs=write_only)
-        self.profile("cache", lambda: node.cache.write_memory(node._cache_document()))
+                   **bare.details("baseline_"), entries=len(plain), cache_bytes=size, baseline_bytes=nbytes)
+        self.profile("cache", node.write_cache_memory)
         with node.index.write() as wdb:
             node.index.set_meta(wdb, cache_sig=node.cache.memory_sig() or "")
         node.close()

@@ -22,7 +22,7 @@ from . import layout
 TMP_PREFIX = ".meshsync-tmp-"
 
 
-def atomic_write(path: Path, data: bytes, fsync: bool = True) -> os.stat_result:
+def atomic_write(path: Path, data: bytes | Iterable[bytes], fsync: bool = True) -> os.stat_result:
     """Write by temp file and rename.  Returns the stat of what was written, taken
     before the rename: a tool writing the file right after us must not be taken for us."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,9 +30,10 @@ def atomic_write(path: Path, data: bytes, fsync: bool = True) -> os.stat_result:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            for piece in (data,) if isinstance(data, bytes) else data:
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view):]
             if fsync:
                 os.fsync(fd)
             st = os.fstat(fd)
@@ -78,10 +79,10 @@ class Cache:
             return {}
         return obj if isinstance(obj, dict) else {}
 
-    def write_memory(self, entries: dict[str, dict[str, Any]] | bytes) -> str | None:
-        """Replace mesh-memory.json (entries, or the rendered document); returns its new
-        stat signature."""
-        data = entries if isinstance(entries, bytes) else render_memory(entries)
+    def write_memory(self, entries: dict[str, dict[str, Any]] | bytes | Iterable[bytes]) -> str | None:
+        """Replace mesh-memory.json (entries, or the rendered document, whole or in
+        pieces); returns its new stat signature."""
+        data = render_memory(entries) if isinstance(entries, dict) else entries
         st = atomic_write(self.memory_path, data, self.fsync)
         return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
 

@@ -441,23 +441,30 @@ class Index:
     def memory_scopes(self) -> list[str]:
         return [s for (s,) in self.db.execute("SELECT DISTINCT scope FROM mesh_memory")]
 
-    def cache_lines(self, scopes: list[str], exclude: list[str]) -> bytes:
+    def cache_chunks(self, scopes: list[str], exclude: list[str], step: int = 4096) -> Iterator[bytes]:
         """The entries of mesh-memory.json for rows in ``scopes``, one per line, rendered
-        by SQLite: at 100k rows building Python dicts cost five times the JSON dump.
-        Values are embedded as stored (JSON text checked on import; rows that are not
-        are in ``exclude``), so no value is parsed here."""
+        by SQLite in slices of ``step`` row ids: building Python dicts cost five times
+        the JSON dump at 100k rows, and slices keep the memory bounded (the whole
+        document is ~50 MB at 100k).  Values are embedded as stored (JSON text checked
+        on import; rows that are not are in ``exclude``), so no value is parsed here.
+        Call inside ``read()`` so that the slices are one snapshot."""
         if not scopes:
-            return b""
+            return
         q = ("SELECT CAST(group_concat(json_quote(scope || ':' || key) || ':{\"value\":' || value"
              " || ',\"nodeId\":' || json_quote(node_id) || ',\"ts\":' || json_quote(updated_at) || '}',"
              " ',' || char(10)) AS BLOB) FROM mesh_memory"
-             f" WHERE scope IN ({','.join('?' * len(scopes))})")
-        args: list[str] = list(scopes)
+             f" WHERE id > ? AND id <= ? AND scope IN ({','.join('?' * len(scopes))})")
+        tail: list[str] = list(scopes)
         if exclude:
             q += " AND scope || ':' || key NOT IN (SELECT value FROM json_each(?))"
-            args.append(orjson.dumps(exclude).decode())
-        r = self.db.execute(q, args).fetchone()
-        return r[0] or b"" if r else b""
+            tail.append(orjson.dumps(exclude).decode())
+        lo, hi = self.db.execute("SELECT min(id), max(id) FROM mesh_memory").fetchone()
+        if lo is None:
+            return
+        for start in range(lo - 1, hi, step):
+            r = self.db.execute(q, [start, start + step, *tail]).fetchone()
+            if r and r[0]:
+                yield r[0]
 
     def skill_rows(self, items: Iterable[ItemId]) -> dict[ItemId, SkillRow]:
         out = {}

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import stat as stat_mod
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -576,6 +576,13 @@ class Node:
             share_obs[item] = tomb or ABSENT
             self.looked_ok.append(rel)
             return
+        if (tomb is None and item.kind == MEM and st is not None and not st.deleted and st.rel == rel
+                and settled(lst, now_ns) and st.share_sig == sig_of(lst)):
+            # The file last synced, unchanged (same rule as the full pass: a settled file
+            # whose stat signature is the recorded one is not read again).
+            share_obs[item] = Obs(self._base(st), True, ShareFile(st.share_sig))
+            self.looked_ok.append(rel)
+            return
         stats.read += 1
         if item.kind == MEM:
             got = self._read_memory(rel, sig_of(lst) if settled(lst, now_ns) else None, problems)
@@ -1102,7 +1109,7 @@ class Node:
                 idx.set_meta(db, cache_young=_json(sorted(young)))
         elif changed_mem or cache_sig is None or cache_sig != self.cache.memory_sig():
             self._tick("writing cache", 0, None)
-            sig = self.cache.write_memory(self._cache_document())
+            sig = self.write_cache_memory()
             stats.cache_written = True
             with idx.write() as db:
                 idx.set_meta(db, cache_sig=sig or "", cache_young=_json(sorted(self.young_added)))
@@ -1185,24 +1192,37 @@ class Node:
                 for path, why, hint in warns:
                     self.index.replace_errors_one(db, "warning", path, (why, hint))
 
-    def _cache_document(self) -> bytes:
-        """mesh-memory.json as bytes: every row this node may read, one entry per line.
+    def _cache_document(self) -> Iterator[bytes]:
+        """mesh-memory.json in pieces: every row this node may read, one entry per line.
         A row reported as bad keeps the entry the cache had (its last good version)."""
         bad = sorted({r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused")})
         kept: list[bytes] = []
         if bad:
             old = self.cache.read_memory()
             kept = [orjson.dumps(ck) + b":" + orjson.dumps(old[ck]) for ck in bad if ck in old]
+        yield b"{\n"
+        n = 0
         with self.index.read():
             scopes = [sc for sc in self.index.memory_scopes() if self.s.may_read(sc) and layout.valid_scope(sc)]
-            try:
-                body = self.index.cache_lines(scopes, bad)
-            except sqlite3.Error as exc:  # e.g. a row that is not text: the slow path says which
-                log.debug("cache rendered in Python: %s", exc)
-                return render_memory(self._cache_entries())
-        parts = [body] if body else []
-        parts.extend(kept)
-        return b"{\n" + b",\n".join(parts) + (b"\n}\n" if parts else b"}\n")
+            for chunk in self.index.cache_chunks(scopes, bad):
+                if n:
+                    yield b",\n"
+                yield chunk
+                n += 1
+        for k in kept:
+            if n:
+                yield b",\n"
+            yield k
+            n += 1
+        yield b"\n}\n" if n else b"}\n"
+
+    def write_cache_memory(self) -> str | None:
+        """Rewrite mesh-memory.json from the index; returns its stat signature."""
+        try:
+            return self.cache.write_memory(self._cache_document())
+        except sqlite3.Error as exc:  # e.g. a BLOB where text belongs: the Python path copes
+            log.debug("cache rendered in Python: %s", exc)
+            return self.cache.write_memory(render_memory(self._cache_entries()))
 
     def _cache_entries(self) -> dict[str, dict[str, Any]]:
         bad = {r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused")}
