@@ -54,7 +54,11 @@ def entry(value_text: str, node: str, updated_at: int) -> dict[str, Any]:
 
 
 def render_memory(entries: dict[str, dict[str, Any]]) -> bytes:
-    return orjson.dumps(entries, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+    """One entry per line, as the SQLite rendering in sync.py writes it (greppable,
+    diffable, and JSON for every Phase 1 reader)."""
+    if not entries:
+        return b"{}\n"
+    return b"{\n" + b",\n".join(orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in entries.items()) + b"\n}\n"
 
 
 class Cache:

@@ -189,8 +189,12 @@ class Daemon:
             self._unavailable(exc)
             return
         self.available = True
+        if stats.cache_written:
+            # Our own rewrite of mesh-memory.json is not a tool's write: without this the
+            # next tick saw the new signature and ran another pass for nothing.  A tool
+            # writing after us changes the signature again and is noticed as before.
+            self.cache_seen = self.node.index.meta("cache_sig") or None
         if items is None:
-            self.journal.prime()
             self.last_full = time.monotonic()
             self.need_full = False
         done = stats.to_share + stats.to_index + stats.deleted
