@@ -722,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPU window of the events-mode daemons after start-up and after the samples (10 s)")
     p.add_argument("--idle-window", type=float, default=0, help="idle CPU window (default 60 s, --quick 15 s)")
     p.add_argument("--poll-interval", type=float, default=2.0, help="watch.poll_interval of the NAS daemons")
-    p.add_argument("--debounce", type=float, default=0.2, help="the daemons' watch.debounce (meshsync's default 0.2)")
+    p.add_argument("--debounce", type=float, default=config.WatchSettings.model_fields["debounce"].default,
+                   help="the daemons' watch.debounce (default: meshsync's default)")
     p.add_argument("--src", metavar="DIR", help="import meshsync from DIR (e.g. a `git archive` snapshot with a "
                    "SNAPSHOT file holding its commit) instead of this checkout")
     p.add_argument("--tmp", default=tempfile.gettempdir(), help="where to build the data sets")

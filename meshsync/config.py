@@ -43,7 +43,7 @@ class WatchSettings(_Section):
         "auto", description="How share changes are detected: auto (by filesystem type), events (inotify/FSEvents) or poll.")
     poll_interval: float = Field(2.0, gt=0, le=3600, description="Seconds between checks of the other nodes' journals (poll mode).")
     rescan_interval: float = Field(300.0, ge=0, description="Seconds between full rescans of the share; 0 disables them.")
-    debounce: float = Field(0.2, ge=0, le=10, description="Seconds to wait for a burst of changes to end before applying it.")
+    debounce: float = Field(0.1, ge=0, le=10, description="Seconds to wait for a burst of changes to end before applying it.")
 
 
 class ScopeSettings(_Section):
