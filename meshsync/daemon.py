@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from . import config, journal
+from . import config, journal, logs
 from .config import Settings
 from .index import IndexError_
 from .layout import ItemId
@@ -90,8 +90,16 @@ class Daemon:
         self.reload = False
         self.notify = Notifier()
         self.node = Node(settings)
-        # Long passes tick the progress hook: keep systemd's watchdog fed meanwhile.
-        self.node.progress = lambda what, done, total: self.notify.ping()
+        # Long passes tick the progress hook: keep systemd's watchdog fed meanwhile, and
+        # show a progress line when started at a terminal (never in a log or journald).
+        self.progress = logs.Progress() if sys.stderr.isatty() else None
+
+        def tick(what: str, done: int, total: int | None) -> None:
+            self.notify.ping()
+            if self.progress is not None:
+                self.progress(what, done, total)
+
+        self.node.progress = tick
         self.mode, self.why = choose_mode(settings.watch.mode, settings.share)
         self.events = ShareEvents(settings.share, settings.node_id)
         self.journal = journal.JournalReader(settings.share, settings.node_id)
@@ -172,6 +180,13 @@ class Daemon:
         self.notify.status(f"share unavailable: {exc}")
 
     def _pass(self, items: set[ItemId] | None) -> None:
+        try:
+            self._pass_inner(items)
+        finally:
+            if self.progress is not None:
+                self.progress.done()
+
+    def _pass_inner(self, items: set[ItemId] | None) -> None:
         if self.available is False:
             # Say so before the pass that resumes: its results are visible to others
             # (index, cache) before it returns.

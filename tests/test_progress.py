@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -127,3 +128,47 @@ def test_get_at_a_terminal_says_where_the_value_came_from(mesh: Mesh):
     assert lines[0] == "# Triage"
     assert re.fullmatch(r"# skill triage from a at .*, in sync \(warning: SKILL.md has no YAML frontmatter.*\)",
                         lines[1]), lines
+
+
+def test_daemon_at_a_terminal_shows_progress_of_its_first_pass(mesh: Mesh):
+    """`meshsync run` started by hand at a prompt on a big share: its first pass (an
+    initial import) draws the same progress line, cleared before the next log line."""
+    a = mesh.node("a")
+    big_share(mesh, a)
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "meshsync", "run"], env=a.env(TERM="xterm"),
+                         stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = bytearray()
+    stopped = False
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            if not stopped and b"ready: first pass done" in out:
+                p.send_signal(signal.SIGTERM)
+                stopped = True
+            r, _, _ = select.select([master], [], [], 0.2)
+            if r:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif p.poll() is not None:
+                break
+        rc = p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    text = out.decode("utf-8", "replace")
+    assert stopped and rc == 0, text[-2000:]
+    frames = [ANSI.sub("", f) for f in text.replace("\r\n", "\n").split("\r")]
+    assert any(re.fullmatch(rf"applying: [\d,]+/{FILES:,}  [\d,]+/s(, about .* left)?", f) for f in frames), \
+        frames[:40]
+    # The progress line is cleared before the pass's log line, which starts on a clean line.
+    assert re.search(r"\r\x1b\[K[^\r\n]*INFO +synced 3000 item", text), text[-1500:]
+    assert "ready: first pass done" in text
