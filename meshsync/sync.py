@@ -162,7 +162,7 @@ class Node:
     def sync(self, only: Iterable[ItemId] | None = None, *, full_index: bool = False) -> PassStats:
         """One two-way pass.  Raises ShareUnavailable (and changes nothing) when the
         share is not there."""
-        t0 = time.monotonic()
+        t0 = self.pass_t0 = time.monotonic()
         stats = PassStats(started=time.time(), full=only is None)
         self.share.check()
         self.share.forget_dirs()
@@ -1150,6 +1150,7 @@ class Node:
             with idx.write() as db:
                 idx.set_meta(db, cache_skills_sig=ssig or "")
         self._skill_folders(changed_skills, full)
+        stats.seconds = round(time.monotonic() - self.pass_t0, 4)  # as recorded for `status`
         with idx.write() as db:
             idx.set_meta(db, last_sync=str(time.time()), share_status="available", share_reason="",
                          last_pass=_json(stats.as_dict()), cache_owed="0")

@@ -67,6 +67,7 @@ def test_status_without_daemon_text_and_json(mesh: Mesh):
     assert (c["memory"], c["skills"], c["pending"], c["refused"], c["problems"], c["conflicts"]) == (1, 1, 0, 0, 0, 0)
     assert c["pending_outbox"] == 0 and c["errors"] == 0
     assert st["share"]["available"] is True and st["last_sync"] > time.time() - 60
+    assert st["last_pass"]["seconds"] > 0  # the pass's own duration, not 0 (it was stored too early)
     text = status_text(a)
     lines = text.splitlines()
     assert lines[0] == "node      a"
