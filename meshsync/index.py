@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import orjson
@@ -138,8 +139,13 @@ def _h(data: str | bytes | None) -> str:
     return hashlib.blake2b(b, digest_size=12).hexdigest()
 
 
+# Node ids repeat across rows: their hashes are remembered (row signatures are taken for
+# every row a pass reads or writes).
+_h_node = lru_cache(maxsize=1024)(_h)
+
+
 def memory_row_sig(value: str, node_id: str, updated_at: int) -> str:
-    return f"{updated_at}:{_h(node_id)}:{_h(value)}"
+    return f"{updated_at}:{_h_node(node_id)}:{_h(value)}"
 
 
 def skill_row_sig(content: str | None, path: str | None, node: str, updated_at: int) -> str:
@@ -394,6 +400,19 @@ class Index:
              st.share_sig, st.share_hash, st.row_sig, st.rel, st.aux),
         )
 
+    def put_states(self, db: sqlite3.Connection, states: list[tuple[ItemId, State]]) -> None:
+        """put_state for many items in one statement."""
+        if states:
+            db.executemany(
+                "INSERT INTO meshsync_state (kind, scope, key, stamp, node, digest, deleted, share_sig,"
+                " share_hash, row_sig, rel, aux) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(kind, scope, key) DO UPDATE SET"
+                " stamp=excluded.stamp, node=excluded.node, digest=excluded.digest, deleted=excluded.deleted,"
+                " share_sig=excluded.share_sig, share_hash=excluded.share_hash, row_sig=excluded.row_sig,"
+                " rel=excluded.rel, aux=excluded.aux",
+                [(it.kind, it.scope, it.key, st.stamp, st.node, st.digest, int(st.deleted), st.share_sig,
+                  st.share_hash, st.row_sig, st.rel, st.aux) for it, st in states])
+
     def put_share_sig(self, db: sqlite3.Connection, item: ItemId, sig: str | None) -> None:
         db.execute("UPDATE meshsync_state SET share_sig = ? WHERE kind = ? AND scope = ? AND key = ?",
                    (sig, item.kind, item.scope, item.key))
@@ -492,6 +511,21 @@ class Index:
                        (item.key,)).fetchone()
         return skill_row_sig(*r) if r else None
 
+    def current_memory_rows(self, db: sqlite3.Connection, items: list[ItemId]) -> dict[ItemId, tuple]:
+        """The (value, node_id, updated_at) of the memory rows of ``items`` that exist,
+        a few hundred per query (inside a write transaction: what current_row_sig would
+        read for each, as long as none of them is written in between)."""
+        out: dict[ItemId, tuple] = {}
+        for i in range(0, len(items), 400):
+            part = items[i:i + 400]
+            q = ("WITH w(s, k) AS (VALUES " + ",".join(["(?,?)"] * len(part)) + ")"
+                 " SELECT m.scope, m.key, m.value, m.node_id, m.updated_at FROM w"
+                 " JOIN mesh_memory m ON m.scope = w.s AND m.key = w.k")
+            args = [x for it in part for x in (it.scope, it.key)]
+            for scope, key, value, node_id, updated_at in db.execute(q, args):
+                out[ItemId(MEM, scope, key)] = (value, node_id, updated_at)
+        return out
+
     def set_memory(self, db: sqlite3.Connection, item: ItemId, value: str, node: str, updated_at: int,
                    exists: bool) -> None:
         if exists:
@@ -506,6 +540,14 @@ class Index:
         cur = db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
                          " ON CONFLICT(scope, key) DO NOTHING", (item.scope, item.key, value, node, updated_at))
         return cur.rowcount == 1
+
+    def insert_memory_rows_if_absent(self, db: sqlite3.Connection,
+                                     rows: list[tuple[str, str, str, str, int]]) -> int:
+        """Insert (scope, key, value, node_id, updated_at) rows, skipping any whose
+        (scope, key) exists; returns how many were inserted."""
+        cur = db.executemany("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
+                             " ON CONFLICT(scope, key) DO NOTHING", rows)
+        return cur.rowcount
 
     def set_skill(self, db: sqlite3.Connection, item: ItemId, content: str | None, path: str | None,
                   node: str, updated_at: int, exists: bool) -> None:
@@ -553,6 +595,10 @@ class Index:
             "INSERT INTO meshsync_errors (path, kind, reason, hint, since, seen) VALUES (?,?,?,?,?,?)"
             " ON CONFLICT(path) DO UPDATE SET reason=excluded.reason, hint=excluded.hint, seen=excluded.seen",
             (path, kind, storable(problem[0]), storable(problem[1]), now, now))
+
+    def clear_errors(self, db: sqlite3.Connection, paths: list[str]) -> None:
+        """replace_errors_one(db, kind, path, None) for each of ``paths``."""
+        db.executemany("DELETE FROM meshsync_errors WHERE path = ?", [(storable(p),) for p in paths])
 
     def errors(self) -> list[dict]:
         cur = self.db.execute("SELECT path, kind, reason, hint, since, seen FROM meshsync_errors ORDER BY kind, path")

@@ -856,7 +856,7 @@ class Node:
                     self.own_sigs[rel] = sig_of(st_new)
                     share_sig = sig_of(st_new) if settled(st_new, time.time_ns()) else None
                     share_hash = formats.digest_bytes(data)
-                    self.share.remove(layout.tombstone_path(it, self.node))
+                    self.share.remove(f"{layout.TOMBSTONES}/{rel}")  # layout.tombstone_path of a memory item
                 else:
                     digest, share_sig, share_hash, aux = self._write_skill(it, rel, win, src_payload, sh_obs, aux)
                     self.share.remove(layout.tombstone_path(it, self.node))
@@ -952,7 +952,18 @@ class Node:
         changed_mem = False
         changed_skills: dict[str, str | None] = {}
         idx = self.index
+        states: list[tuple[ItemId, State]] = []  # written with one executemany, see below
         with idx.write() as db:
+            # Rows we saw absent, inserted in one statement: all of them went in (the
+            # count of changed rows says so), or a foreign insert won the race for some,
+            # and then the batch is undone and each row takes the per-row path below,
+            # which leaves the foreign row alone.
+            bulk_done = self._bulk_insert(db, pending)
+            # The rows the compare-and-set below reads, read together (each item's own
+            # row is only written by its own turn of the loop, so they cannot change).
+            cur_rows = idx.current_memory_rows(db, [
+                it for it, plan, sides, new in pending
+                if new is not None and it.kind == MEM and not _absent_in_index(plan, sides)])
             for it, plan, sides, new in pending:
                 if new is None:
                     continue
@@ -964,9 +975,14 @@ class Node:
                     seen_sig = ix.payload.row.sig if ix.payload is not None else (state[it].row_sig if it in state else None)
                 # A row we saw absent is inserted with ON CONFLICT DO NOTHING below, which
                 # is its own compare-and-set: no read needed (the bulk-import path).
-                fast_insert = (ix is not None and ix.version is None and it.kind == MEM
-                               and not win.deleted)
-                cur_sig = None if fast_insert else idx.current_row_sig(db, it)
+                fast_insert = it.kind == MEM and _absent_in_index(plan, sides)
+                if fast_insert:
+                    cur_sig = None
+                elif it.kind == MEM:
+                    r = cur_rows.get(it)
+                    cur_sig = memory_row_sig(*r) if r is not None else None
+                else:
+                    cur_sig = idx.current_row_sig(db, it)
                 if ix is not None and cur_sig != seen_sig:
                     # A foreign write landed since we looked: the row waits for the next
                     # pass.  An export of the row we saw, now on the share, is the base all
@@ -974,7 +990,7 @@ class Node:
                     # the same second, could beat it: a committed write lost (R1, R2).
                     if SHARE in plan.write and plan.source == INDEX:
                         new.row_sig = seen_sig
-                        idx.put_state(db, it, new)
+                        states.append((it, new))
                         state[it] = new
                     continue
                 row_sig = cur_sig
@@ -986,21 +1002,15 @@ class Node:
                     row_sig = None
                     stats.deleted += 1 if base_live(state.get(it)) else 0
                 elif it.kind == MEM:
-                    if isinstance(src, IndexMem):
-                        text = src.row.value
-                    elif isinstance(src, ShareMem):
-                        text = src.rec.text.decode("utf-8")
-                    elif isinstance(src, CacheEntry):
-                        text = src.text.decode("utf-8")
-                    else:
-                        text = None
+                    text = _mem_text(src)
                     if text is None:
                         if cur_sig is None:
                             continue
                     else:
                         want = memory_row_sig(text, win.node, win.stamp // 1000)
                         if fast_insert:
-                            if not idx.insert_memory_if_absent(db, it, text, win.node, win.stamp // 1000):
+                            if (it not in bulk_done
+                                    and not idx.insert_memory_if_absent(db, it, text, win.node, win.stamp // 1000)):
                                 continue  # a foreign insert won the race: next pass
                             stats.to_index += 1
                         elif want != cur_sig:
@@ -1045,12 +1055,45 @@ class Node:
                     stats.conflicts += 1
                     log.warning("conflict on %s: version from %s (%s) beaten by %s (%s)", it, v.node,
                                 _fmt_ms(v.stamp), win.node, _fmt_ms(win.stamp))
-                idx.put_state(db, it, new)
+                states.append((it, new))
                 state[it] = new
+            idx.put_states(db, states)
             if changed_mem or changed_skills:
                 idx.set_meta(db, cache_owed="1")  # with the rows it is owed for; see sync()
             db.execute("DELETE FROM meshsync_meta WHERE k = 'export_intents'")  # see _record_exports
         return changed_mem, changed_skills
+
+    def _bulk_insert(self, db: sqlite3.Connection,
+                     pending: list[tuple[ItemId, Plan, dict[str, Obs], State | None]]) -> set[ItemId]:
+        """Insert in one statement the memory rows of ``pending`` that the index did not
+        have when we looked (the bulk-import path of _apply_index).  Returns the items
+        inserted: all of those rows, or none when a foreign insert landed on any of them
+        since we looked (the batch is rolled back and each row then takes the per-row
+        compare-and-set, which keeps the foreign row)."""
+        rows: dict[ItemId, tuple[str, str, str, str, int]] = {}
+        for it, plan, sides, new in pending:
+            win = plan.winner
+            if new is None or win is None or it.kind != MEM or not _absent_in_index(plan, sides):
+                continue
+            text = _mem_text(sides[plan.source].payload if plan.source in sides else None)
+            if text is not None:
+                rows[it] = (it.scope, it.key, text, win.node, win.stamp // 1000)
+        if len(rows) < 2:
+            return set()
+        db.execute("SAVEPOINT meshsync_bulk")
+        try:
+            n = self.index.insert_memory_rows_if_absent(db, list(rows.values()))
+        except BaseException:
+            db.execute("ROLLBACK TO meshsync_bulk")
+            db.execute("RELEASE meshsync_bulk")
+            raise
+        if n != len(rows):
+            db.execute("ROLLBACK TO meshsync_bulk")
+            db.execute("RELEASE meshsync_bulk")
+            log.debug("bulk insert: %d of %d rows appeared meanwhile; row by row", len(rows) - n, len(rows))
+            return set()
+        db.execute("RELEASE meshsync_bulk")
+        return set(rows)
 
     # --- finish --------------------------------------------------------------------------------------
 
@@ -1074,8 +1117,13 @@ class Node:
                 index_problems[it] = (f"index row {it} is in a scope this node may not read",
                                       "it stays local and is not exported; add the scope to scopes.read to sync it",
                                       "refused")
+            fine: list[str] = []  # rows with no problem: their old errors go, in one statement
             for it, prob in index_problems.items():
-                idx.replace_errors_one(db, prob[2] if prob and len(prob) > 2 else "index", f"index:{it}", prob)
+                if prob is None:
+                    fine.append(f"index:{it}")
+                else:
+                    idx.replace_errors_one(db, prob[2] if len(prob) > 2 else "index", f"index:{it}", prob)
+            idx.clear_errors(db, fine)
             idx.ack_outbox(db, seq)
             # A refused or invalid row is not dropped: it stays queued, is reported by
             # every pass, and goes out once fixed (e.g. its scope made writable) (R9, R2).
@@ -1315,11 +1363,25 @@ def _decoded(segment: str) -> str | None:
 
 
 def _memory_rel(rel: str, node_id: str) -> tuple[str | None, str | None]:
-    from .share import item_of_memory_rel
-
-    return item_of_memory_rel(rel, node_id)
+    return _item_of_memory_rel(rel, node_id)
 
 
+def _absent_in_index(plan: Plan, sides: dict[str, Obs]) -> bool:
+    """A live winner for an item the index did not have when we looked: inserted with ON
+    CONFLICT DO NOTHING, its own compare-and-set (the fast path of _apply_index)."""
+    ix = sides.get(INDEX)
+    return ix is not None and ix.version is None and plan.winner is not None and not plan.winner.deleted
+
+
+def _mem_text(src: Any) -> str | None:
+    """The index value text of a memory winner's payload (None: not read this pass)."""
+    if isinstance(src, IndexMem):
+        return src.row.value
+    if isinstance(src, ShareMem):
+        return src.rec.text.decode("utf-8")
+    if isinstance(src, CacheEntry):
+        return src.text.decode("utf-8")
+    return None
 
 
 def _skill_content(src: Any, it: ItemId, db: Any) -> str | None:
@@ -1360,3 +1422,8 @@ def _skills_sig(stats: dict[str, tuple[int, int, int]]) -> str:
 
 def _json(obj: Any) -> str:
     return orjson.dumps(obj).decode()
+
+
+# Bound once here: the import statement inside _memory_rel cost ~10 us for every memory
+# file read (a quarter of parsing it).
+from .share import item_of_memory_rel as _item_of_memory_rel  # noqa: E402

@@ -574,6 +574,69 @@ def test_row_updated_while_its_export_is_written_keeps_the_update(mesh: Mesh):
     assert a.cache()["mesh:k"]["value"] == v2
 
 
+INSERT_DURING_IMPORT = """
+import os, sqlite3, sys
+import meshsync.sync as s
+real_apply, real_bulk = s.Node._apply, s.Node._bulk_insert
+def _apply(self, *a, **k):  # detection is done (k2 was absent from the index): now a client inserts it
+    db = sqlite3.connect(os.environ["MESHSYNC_INDEX"], isolation_level=None, timeout=30)
+    db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
+               ("mesh", os.environ["KEY"], '"foreign"', "tool", int(os.environ["SEC"])))
+    db.close()
+    return real_apply(self, *a, **k)
+def _bulk(self, db, pending):
+    got = real_bulk(self, db, pending)
+    print(f"bulk inserted {len(got)} of {len(pending)}", file=sys.stderr)
+    return got
+if os.environ.get("KEY"):
+    s.Node._apply = _apply
+s.Node._bulk_insert = _bulk
+from meshsync.cli import main
+sys.exit(main(["sync"]))
+"""
+
+
+def test_foreign_insert_racing_the_bulk_import_keeps_the_foreign_row(mesh: Mesh):
+    """The import inserts the rows it saw absent in one statement.  A client inserting
+    one of them after the pass looked must keep its row: the batch is undone, the other
+    rows go in one by one, and the foreign row is synced by the next pass (it is newer
+    than the hand-made file, so it wins everywhere)."""
+    a = mesh.node("a")
+    old = time.time() - 3600
+    for i in range(5):
+        f = mesh.share / "memory" / "mesh" / f"k{i}.json"
+        f.write_text(json.dumps({"value": f"file {i}"}))
+        os.utime(f, (old, old))
+    env = a.env(KEY="k2", SEC=str(int(time.time())))
+    p = subprocess.run([sys.executable, "-c", INSERT_DURING_IMPORT], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "bulk inserted 0 of 5" in p.stderr, p.stderr  # the batch saw the foreign row and was undone
+    assert a.value("mesh", "k2") == "foreign"
+    assert [a.value("mesh", f"k{i}") for i in (0, 1, 3, 4)] == [f"file {i}" for i in (0, 1, 3, 4)]
+    assert a.sql("SELECT count(*) FROM meshsync_state WHERE key = 'k2'") == [(0,)]  # left for the next pass
+    assert a.sql("SELECT count(*) FROM meshsync_outbox WHERE key = 'k2'") == [(1,)]
+    a.sync()
+    assert a.value("mesh", "k2") == "foreign"
+    assert json.loads((mesh.share / "memory" / "mesh" / "k2.json").read_text())["value"] == "foreign"
+    assert a.cache()["mesh:k2"]["value"] == "foreign"
+    assert a.cache()["mesh:k0"]["value"] == "file 0"
+    assert not [c for c in a.sql("SELECT key, side FROM meshsync_conflicts") if c[0] != "k2"]
+
+
+def test_bulk_import_without_a_race_inserts_in_one_statement(mesh: Mesh):
+    a = mesh.node("a")
+    for i in range(5):
+        (mesh.share / "memory" / "mesh" / f"k{i}.json").write_text(json.dumps({"value": i}))
+    p = subprocess.run([sys.executable, "-c", INSERT_DURING_IMPORT], env=a.env(), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "bulk inserted 5 of 5" in p.stderr, p.stderr
+    assert [a.value("mesh", f"k{i}") for i in range(5)] == list(range(5))
+    assert a.sql("SELECT count(*) FROM meshsync_outbox") == [(0,)]  # our own writes are not foreign writes
+    assert a.sql("SELECT count(*) FROM mesh_memory_fts WHERE mesh_memory_fts MATCH 'k3'") == [(1,)]
+
+
 RECREATE_DURING_DELETE = """
 import os, sys
 import meshsync.share as sh

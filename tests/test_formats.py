@@ -429,3 +429,11 @@ def test_floats_survive_exactly():
         assert loads(canonical(f)) == f
         assert math.copysign(1, loads(canonical(f))) == math.copysign(1, f)
         assert loads(canonical([f, BIG])) == [f, BIG]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=8), st.sampled_from([b"1" * 15, b"2" * 16, b"9" * 40, b"0", b"\xd9", b"\xb9"])),
+                max_size=10))
+def test_big_int_check_matches_the_regular_expression(parts):
+    raw = b"".join(parts)
+    assert formats._has_big_int(raw) == (formats._BIG_INT.search(raw) is not None)
