@@ -283,6 +283,9 @@ class Share:
                     os.fchown(fd, -1, self.gid)
                 if self.fsync:
                     os.fsync(fd)
+                # Taken before the rename: a program replacing the file just after it
+                # must not be taken for our own write (its write would be skipped).
+                st = os.fstat(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, target)
@@ -292,7 +295,7 @@ class Share:
             except OSError:
                 pass
             raise
-        return os.lstat(target)
+        return st
 
     def remove(self, rel: str) -> None:
         try:

@@ -1013,6 +1013,12 @@ class Node:
                                     and not idx.insert_memory_if_absent(db, it, text, win.node, win.stamp // 1000)):
                                 continue  # a foreign insert won the race: next pass
                             stats.to_index += 1
+                        elif ix is not None and ix.version is not None and ix.version.same(win):
+                            # The row holds the winning version already, perhaps formatted
+                            # otherwise by its writer: left as it is (rewriting it to our
+                            # canonical text cost an UPDATE and its FTS work per exported row
+                            # when the next pass re-read the fresh files).
+                            want = cur_sig
                         elif want != cur_sig:
                             idx.set_memory(db, it, text, win.node, win.stamp // 1000, cur_sig is not None)
                             stats.to_index += 1

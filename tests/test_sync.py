@@ -11,11 +11,13 @@ test_sync_edges.py; bad input on the share in test_sync_input.py.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
 from helpers import Mesh, MeshNode
 from sync_helpers import (
+    UPSERT,
     assert_gone_everywhere,
     assert_item_everywhere,
     conflicts,
@@ -314,3 +316,24 @@ def test_write_through_the_cache_reaches_everyone(mesh, ab):
     sync_json(a)
     sync_json(b)
     assert b.value("mesh", "from.cache") == {"phase1": True}
+
+
+def test_foreign_row_text_is_left_as_written_after_its_export(mesh, ab):
+    """A foreign client writes JSON formatted its own way.  The export is canonical on
+    the share, but the row keeps the client's text: re-reading the fresh export (it is
+    less than 3 s old, so its signature is not trusted yet) finds the same version and
+    must not rewrite every exported row (an UPDATE and its FTS work per row), here once
+    the file has settled."""
+    a, _b = ab
+    text = '{ "note" :  "spaced out",\n  "n": 1 }'
+    a.sql(UPSERT, ("mesh", "styled", text, "tool", int(time.time()) - 10))
+    first = sync_json(a)
+    assert first["to_share"] == 1
+    assert read_json(mem_path(mesh.share, "mesh", "styled"))["value"] == {"note": "spaced out", "n": 1}
+    f = mem_path(mesh.share, "mesh", "styled")
+    old = time.time() - 3600  # settled now: read again, same version, and its signature recorded
+    os.utime(f, (old, old))
+    again = sync_json(a)
+    assert again["read"] == 1 and again["to_index"] == 0
+    assert a.sql("SELECT value FROM mesh_memory WHERE key = 'styled'") == [(text,)]
+    assert outbox(a) == []
