@@ -8,6 +8,10 @@ writes like any other (R2).  How they are told apart from noise:
   next pass, never read as empty;
 * an entry whose value, ``ts`` or ``nodeId`` differs from the last synced version is a
   write, stamped after that version (it was made by someone who saw it, R3);
+* an entry that holds exactly the version our last write replaced (updated or deleted
+  since) is a stale copy written back — a tool that read the file just before that
+  write — not a write: it would otherwise beat the newer version or bring a deleted
+  item back (the next write puts the current version back);
 * an entry that is *missing* is a delete only when the item had already been in the
   cache for two of our writes (``young`` lists the keys our last write added: a tool
   that read the file just before that write and wrote it back just after never saw
@@ -53,9 +57,12 @@ def cache_key(it: ItemId) -> str:
 
 
 def detect_memory(cache: Cache, state: dict[ItemId, State], live_keys: dict[str, ItemId],
-                  young: set[str], node: str, readable) -> CacheSide:
+                  young: set[str], node: str, readable,
+                  replaced: dict[str, list] | None = None) -> CacheSide:
     """Compare a changed mesh-memory.json with the synced state.  ``live_keys`` maps
-    each cache key we last wrote to its item."""
+    each cache key we last wrote to its item; ``replaced`` maps each key our last write
+    changed or removed to the version it had before, as [digest, ts, nodeId]."""
+    replaced = replaced or {}
     side = CacheSide()
     try:
         data = cache.memory_path.read_bytes()
@@ -82,6 +89,9 @@ def detect_memory(cache: Cache, state: dict[ItemId, State], live_keys: dict[str,
         if st is not None and not st.deleted and e.digest == st.digest and e.ts == st.stamp // 1000 \
                 and (e.node is None or e.node == st.node):
             continue  # unchanged
+        prev = replaced.get(ck)
+        if prev is not None and e.digest == prev[0] and e.ts == prev[1] and (e.node is None or e.node == prev[2]):
+            continue  # the version our last write replaced, written back by a stale copy: not a write
         # The file's mtime says when the tool wrote; an unchanged or zero ts must not
         # date the write in the past (it still comes after the base: reconcile bumps it).
         declared = max(e.ts * 1000 if e.ts is not None else 0, mtime_ms)

@@ -359,8 +359,11 @@ class Index:
     def load_state_many(self, items: list[ItemId]) -> dict[ItemId, State]:
         """load_state for many items in a few queries (500 per statement)."""
         out: dict[ItemId, State] = {}
-        q = ("SELECT kind, scope, key, stamp, node, digest, deleted, share_sig, share_hash, row_sig,"
-             " rel, aux FROM meshsync_state WHERE (kind, scope, key) IN (VALUES {})")
+        # A join with the list, not "(kind, scope, key) IN (VALUES ...)": SQLite scans the
+        # whole table for the latter (O(items) per daemon batch), searches the key for this.
+        q = ("WITH w(k, s, y) AS (VALUES {}) SELECT t.kind, t.scope, t.key, t.stamp, t.node, t.digest,"
+             " t.deleted, t.share_sig, t.share_hash, t.row_sig, t.rel, t.aux FROM w"
+             " JOIN meshsync_state t ON t.kind = w.k AND t.scope = w.s AND t.key = w.y")
         for i in range(0, len(items), 500):
             chunk = items[i:i + 500]
             args = [v for it in chunk for v in (it.kind, it.scope, it.key)]
@@ -377,16 +380,14 @@ class Index:
             "SELECT rel, share_sig FROM meshsync_state WHERE deleted = 0 AND rel IS NOT NULL"))
 
     def items_at(self, rels: Iterable[str]) -> dict[str, ItemId]:
-        """The live item whose share file is at each of ``rels``."""
+        """The live item whose share file is at each of ``rels``: one scan of the state
+        table (a full pass's changed and vanished files), whatever their number."""
         want = list(rels)
-        out: dict[str, ItemId] = {}
-        for i in range(0, len(want), 500):
-            chunk = want[i:i + 500]
-            for rel, kind, scope, key in self.db.execute(
-                    "SELECT rel, kind, scope, key FROM meshsync_state WHERE deleted = 0 AND rel IN"
-                    f" ({','.join('?' * len(chunk))})", chunk):
-                out[rel] = ItemId(kind, scope, key)
-        return out
+        if not want:
+            return {}
+        return {rel: ItemId(kind, scope, key) for rel, kind, scope, key in self.db.execute(
+            "SELECT rel, kind, scope, key FROM meshsync_state WHERE deleted = 0"
+            " AND rel IN (SELECT value FROM json_each(?))", (orjson.dumps(want).decode(),))}
 
     def put_state(self, db: sqlite3.Connection, item: ItemId, st: State) -> None:
         db.execute(
@@ -446,12 +447,17 @@ class Index:
     # --- rows ----------------------------------------------------------------------------------
 
     def memory_rows(self, items: Iterable[ItemId]) -> dict[ItemId, MemoryRow]:
+        """The rows of ``items``, 500 per query (a batch costs O(batch), never O(rows))."""
+        want = list(items)
         out = {}
-        q = "SELECT value, node_id, updated_at FROM mesh_memory WHERE scope = ? AND key = ?"
-        for it in items:
-            r = self.db.execute(q, (it.scope, it.key)).fetchone()
-            if r is not None:
-                out[it] = MemoryRow(*r)
+        for i in range(0, len(want), 500):
+            chunk = want[i:i + 500]
+            q = (f"WITH w(s, k) AS (VALUES {','.join(['(?,?)'] * len(chunk))})"
+                 " SELECT m.scope, m.key, m.value, m.node_id, m.updated_at FROM w"
+                 " JOIN mesh_memory m ON m.scope = w.s AND m.key = w.k")
+            for scope, key, value, node_id, updated_at in self.db.execute(
+                    q, [v for it in chunk for v in (it.scope, it.key)]):
+                out[ItemId(MEM, scope, key)] = MemoryRow(value, node_id, updated_at)
         return out
 
     def all_memory_rows(self) -> Iterator[tuple[str, str, str, str, int]]:

@@ -171,6 +171,7 @@ class Node:
         self.looked_ok: list[str] = []  # share paths a targeted pass found fine (or gone)
         self.deferred = []
         self.young_added: set[str] = set()  # cache keys this pass adds (see cacheside.py)
+        self.cache_replaced: dict[str, list] = {}  # key -> version this pass replaces in the cache
         now_ms = int(time.time() * 1000)
         now_ns = time.time_ns()
         seq, outbox = self.index.outbox()
@@ -269,7 +270,8 @@ class Node:
             live = {cacheside.cache_key(it): it for it, st in full.items()
                     if it.kind == MEM and not st.deleted and self.readable(it)}
             young = set(orjson.loads(idx.meta("cache_young") or "[]"))
-            side = cacheside.detect_memory(self.cache, full, live, young, self.node, self.readable)
+            replaced = orjson.loads(idx.meta("cache_prev") or "{}")
+            side = cacheside.detect_memory(self.cache, full, live, young, self.node, self.readable, replaced)
             for it in side.obs:
                 if it in full:
                     state[it] = full[it]
@@ -672,12 +674,7 @@ class Node:
         mem = [it for it in items if it.kind == MEM]
         skills = [it for it in items if it.kind == SKILL]
         with self.index.read():
-            if len(mem) > 2000:
-                rows = {}
-                for scope, key, value, node_id, updated_at in self.index.all_memory_rows():
-                    rows[ItemId(MEM, scope, key)] = MemoryRow(value, node_id, updated_at)
-            else:
-                rows = self.index.memory_rows(mem)
+            rows = self.index.memory_rows(mem)
             srows = self.index.skill_rows(skills)
         for it in mem:
             st = state.get(it)
@@ -1050,6 +1047,9 @@ class Node:
                     stats.changed.append(str(it))
                     if it.kind == MEM and not win.deleted and (old is None or old.deleted):
                         self.young_added.add(cacheside.cache_key(it))
+                    if it.kind == MEM and old is not None and not old.deleted:
+                        self.cache_replaced.setdefault(cacheside.cache_key(it),
+                                                       [old.digest, old.stamp // 1000, old.node])
                 if moved and self.readable(it):
                     if it.kind == MEM:
                         changed_mem = True
@@ -1159,14 +1159,18 @@ class Node:
             # A tool is writing mesh-memory.json (or left it broken): never overwrite it;
             # what this pass added stays "young" until the cache is written again.
             young = set(orjson.loads(idx.meta("cache_young") or "[]")) | self.young_added
+            # The file still holds what our last write put there: the versions it had
+            # before this pass stay the ones a stale copy would carry.
+            replaced = {**self.cache_replaced, **orjson.loads(idx.meta("cache_prev") or "{}")}
             with idx.write() as db:
-                idx.set_meta(db, cache_young=_json(sorted(young)))
+                idx.set_meta(db, cache_young=_json(sorted(young)), cache_prev=_json(replaced))
         elif changed_mem or cache_sig is None or cache_sig != self.cache.memory_sig():
             self._tick("writing cache", 0, None)
             sig = self.write_cache_memory()
             stats.cache_written = True
             with idx.write() as db:
-                idx.set_meta(db, cache_sig=sig or "", cache_young=_json(sorted(self.young_added)))
+                idx.set_meta(db, cache_sig=sig or "", cache_young=_json(sorted(self.young_added)),
+                             cache_prev=_json(self.cache_replaced))
         raced: set[str] = set()
         before = self.cache_skills_before
         if changed_skills or not self.cache.skills_dir.exists():

@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,37 @@ def test_phase1_skill_drop_and_mass_drop_guard(mesh: Mesh):
     assert len(a.sql("SELECT key FROM mesh_memory")) == 31
     wait_for(lambda: len(b.cache()) == 31, 15, what="b cache restored")
     assert a.stop() == 0 and b.stop() == 0
+
+
+def test_stale_phase1_copy_written_back_undoes_nothing(mesh: Mesh):
+    """A Phase 1 tool reads the cache, meshsync then refreshes it (an update and a delete
+    from another node), and the tool writes its now stale copy back with its own one
+    change.  The tool's change is a write; the versions our last refresh replaced, written
+    back unchanged, are not: they must not beat the newer update or bring the deleted
+    item back (R2, R4)."""
+    a, b = mesh.node("a"), mesh.node("b")
+    for k, v in (("x", '"v1"'), ("gone", '"g"'), ("other", '"o"')):
+        a.cli("put", "mesh", k, v)
+    a.sync()
+    b.sync()
+    stale = json.loads(b.cache_file.read_text())  # the tool reads B's cache
+    a.cli("put", "mesh", "x", '"v2"')
+    a.cli("rm", "mesh", "gone")
+    a.sync()
+    b.sync()
+    assert b.cache()["mesh:x"]["value"] == "v2" and "mesh:gone" not in b.cache()
+    stale["mesh:y"] = {"value": "new", "nodeId": "b", "ts": int(time.time())}
+    with open(b.cache_file, "w") as f:  # ...and writes its copy back, in place
+        f.write(json.dumps(stale))
+    b.sync()
+    a.sync()
+    b.sync()
+    for n in (a, b):
+        assert n.value("mesh", "x") == "v2", n.node_id
+        assert n.value("mesh", "gone") is None, n.node_id
+        assert n.value("mesh", "y") == "new", n.node_id
+        assert n.cache()["mesh:x"]["value"] == "v2" and "mesh:gone" not in n.cache()
+    assert not (mesh.share / "memory" / "mesh" / "gone.json").exists()
 
 
 DROP_SKILL_DURING_PASS = """
