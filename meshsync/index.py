@@ -390,16 +390,7 @@ class Index:
             " AND rel IN (SELECT value FROM json_each(?))", (orjson.dumps(want).decode(),))}
 
     def put_state(self, db: sqlite3.Connection, item: ItemId, st: State) -> None:
-        db.execute(
-            "INSERT INTO meshsync_state (kind, scope, key, stamp, node, digest, deleted, share_sig,"
-            " share_hash, row_sig, rel, aux) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(kind, scope, key) DO UPDATE SET"
-            " stamp=excluded.stamp, node=excluded.node, digest=excluded.digest, deleted=excluded.deleted,"
-            " share_sig=excluded.share_sig, share_hash=excluded.share_hash, row_sig=excluded.row_sig,"
-            " rel=excluded.rel, aux=excluded.aux",
-            (item.kind, item.scope, item.key, st.stamp, st.node, st.digest, int(st.deleted),
-             st.share_sig, st.share_hash, st.row_sig, st.rel, st.aux),
-        )
+        self.put_states(db, [(item, st)])
 
     def put_states(self, db: sqlite3.Connection, states: list[tuple[ItemId, State]]) -> None:
         """put_state for many items in one statement."""

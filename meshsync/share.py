@@ -59,6 +59,13 @@ def sig_of(st: os.stat_result) -> str:
 SETTLE_NS = 3_000_000_000
 
 
+def _unlistable(rel: str, walk: Walk, exc: OSError) -> None:
+    """A directory that cannot be listed: its items are unknown this pass, never gone (R5)."""
+    walk.unknown.append(rel)
+    walk.problems.append(Problem(rel, f"directory cannot be listed: {exc.strerror}",
+                                 "check permissions and the mount; items below it are left as they are"))
+
+
 def settled(st: os.stat_result, now_ns: int, margin_ns: int = SETTLE_NS) -> bool:
     """A file modified in the last few seconds may change again within the same mtime
     tick; its signature is not trusted to skip a read next time (the "racy git" rule)."""
@@ -349,9 +356,7 @@ class Share:
         except FileNotFoundError:
             return
         except OSError as exc:
-            walk.unknown.append(rel)
-            walk.problems.append(Problem(rel, f"directory cannot be listed: {exc.strerror}",
-                                         "check permissions and the mount; items below it are left as they are"))
+            _unlistable(rel, walk, exc)
 
     def _file_entry(self, e: os.DirEntry[str], rel: str, walk: Walk, now_ns: int) -> FileEntry | None:
         try:
@@ -376,9 +381,7 @@ class Share:
         except FileNotFoundError:
             return
         except OSError as exc:
-            walk.unknown.append(rel_dir)
-            walk.problems.append(Problem(rel_dir, f"directory cannot be listed: {exc.strerror}",
-                                         "check permissions and the mount; items below it are left as they are"))
+            _unlistable(rel_dir, walk, exc)
             return
         mem = walk.memory
         cutoff = now_ns - SETTLE_NS

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from helpers import Mesh, MeshNode, wait_for
 
@@ -22,9 +23,11 @@ FILES = 3000
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def run_in_pty(n: MeshNode, *args: str, timeout: float = 180, **env: str) -> tuple[int, str]:
+def run_in_pty(n: MeshNode, *args: str, timeout: float = 180,
+               on_output: Callable[[bytes, subprocess.Popen], None] | None = None, **env: str) -> tuple[int, str]:
     """Run ``meshsync ARGS`` with stdin, stdout and stderr on a pseudo-terminal; return
-    (exit code, everything it wrote)."""
+    (exit code, everything it wrote).  ``on_output`` sees the output so far on each turn
+    (e.g. to signal a daemon once it is ready)."""
     master, slave = pty.openpty()
     p = subprocess.Popen([sys.executable, "-m", "meshsync", *args], env=n.env(TERM="xterm", **env),
                          stdin=slave, stdout=slave, stderr=slave, close_fds=True)
@@ -33,6 +36,8 @@ def run_in_pty(n: MeshNode, *args: str, timeout: float = 180, **env: str) -> tup
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
+            if on_output is not None:
+                on_output(bytes(out), p)
             r, _, _ = select.select([master], [], [], 0.2)
             if r:
                 try:
@@ -135,36 +140,14 @@ def test_daemon_at_a_terminal_shows_progress_of_its_first_pass(mesh: Mesh):
     initial import) draws the same progress line, cleared before the next log line."""
     a = mesh.node("a")
     big_share(mesh, a)
-    master, slave = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "meshsync", "run"], env=a.env(TERM="xterm"),
-                         stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    os.close(slave)
-    out = bytearray()
-    stopped = False
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline:
-            if not stopped and b"ready: first pass done" in out:
-                p.send_signal(signal.SIGTERM)
-                stopped = True
-            r, _, _ = select.select([master], [], [], 0.2)
-            if r:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            elif p.poll() is not None:
-                break
-        rc = p.wait(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        os.close(master)
-    text = out.decode("utf-8", "replace")
+    stopped = []
+
+    def stop_when_ready(out: bytes, p: subprocess.Popen) -> None:
+        if not stopped and b"ready: first pass done" in out:
+            p.send_signal(signal.SIGTERM)
+            stopped.append(1)
+
+    rc, text = run_in_pty(a, "run", on_output=stop_when_ready)
     assert stopped and rc == 0, text[-2000:]
     frames = [ANSI.sub("", f) for f in text.replace("\r\n", "\n").split("\r")]
     assert any(re.fullmatch(rf"applying: [\d,]+/{FILES:,}  [\d,]+/s(, about .* left)?", f) for f in frames), \
