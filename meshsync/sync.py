@@ -44,6 +44,7 @@ class ShareFile:
     """A share file seen in the walk but not read (its signature was unchanged)."""
 
     sig: str | None
+    cas: str | None = None  # the signature seen by the walk, even when too fresh to trust
 
 
 @dataclass(slots=True)
@@ -63,6 +64,9 @@ class ShareSkill:
     extras: str
     sig: str | None
     hash: str
+    # The stat signature of SKILL.md as read ("" when there was none): the compare-and-set
+    # before an export rewrites it (see _share_unchanged).
+    cas: str | None = None
 
 
 @dataclass(slots=True)
@@ -433,7 +437,7 @@ class Node:
         if st is not None and not st.deleted and st.rel is not None:
             fe = walk.memory.get(st.rel) if it.kind == MEM else walk.skills.get(st.rel)
             if fe is not None:
-                return Obs(self._base(st), True, ShareFile(fe.sig if fe.settled else None))
+                return Obs(self._base(st), True, ShareFile(fe.sig if fe.settled else None, fe.sig))
         return ABSENT
 
     def _read_memory(self, rel: str, sig: str | None, problems: list[Problem]) -> tuple[ItemId, Obs] | None:
@@ -556,7 +560,8 @@ class Node:
         else:
             declared = meta.stamp + 1 if meta and meta.stamp is not None else 0  # after it: see _read_memory
             v = Version(max(declared, newest), (meta.node if meta and meta.node else self.node), digest)
-        return it, Obs(v, trusted, ShareSkill(content, path, ex, sig, digest))
+        md = next((fe.sig for fe in files if fe.rel == f"{rel}/{layout.SKILL_MD}"), "")
+        return it, Obs(v, trusted, ShareSkill(content, path, ex, sig, digest, md))
 
     def _observe_share_item(self, item: ItemId, st: State | None, share_obs: dict[ItemId, Obs],
                             unknown: set[ItemId], problems: list[Problem], walk: Walk, now_ns: int,
@@ -873,7 +878,21 @@ class Node:
     def _share_unchanged(self, rel: str, sh_obs: Obs | None, it: ItemId) -> bool:
         """Compare-and-set on the share: the file must still be what we observed, so a
         hand edit that lands between our read and our write is not overwritten."""
-        if it.kind == SKILL or sh_obs is None:
+        if sh_obs is None:
+            return True
+        if it.kind == SKILL:
+            # The file people edit is SKILL.md: an export must not replace one saved after
+            # we looked (a hand edit lost without a trace, found by the chaos test).
+            cur = self.share.lstat(f"{rel}/{layout.SKILL_MD}")
+            if isinstance(sh_obs.payload, ShareSkill) and sh_obs.payload.cas is not None:
+                return (sig_of(cur) if cur is not None else "") == sh_obs.payload.cas
+            if isinstance(sh_obs.payload, ShareFile) and (sh_obs.payload.cas or sh_obs.payload.sig):
+                # Not read this pass (its folder's signature was the recorded one): it must
+                # still be what the walk saw.
+                return (self.share.walk_skill(rel, Walk(), time.time_ns()).sig
+                        == (sh_obs.payload.cas or sh_obs.payload.sig))
+            if sh_obs.payload is None and (sh_obs.version is None or sh_obs.version.deleted):
+                return cur is None  # we saw no folder: one made since is a new write
             return True
         cur = self.share.lstat(rel)
         sig = getattr(sh_obs.payload, "sig", False)

@@ -669,3 +669,43 @@ def test_file_made_again_while_its_delete_is_applied_is_kept(mesh: Mesh):
     a.sync()
     assert a.value("mesh", "k") == "made again"
     assert json.loads(f.read_text())["value"] == "made again"
+
+
+HAND_EDIT_DURING_SKILL_EXPORT = """
+import os, sys
+import meshsync.sync as s
+real, done = s.Node._secret_hits, []
+def hits(self, it, payload):  # runs after the pass looked at the share, before it exports
+    if it.key == "alpha" and not done:
+        done.append(1)
+        with open(os.path.join(os.environ["MESHSYNC_SHARE"], "skills/alpha/SKILL.md"), "w") as f:
+            f.write("# alpha\\n\\nsaved by hand during the export\\n")
+    return real(self, it, payload)
+s.Node._secret_hits = hits
+from meshsync.cli import main
+sys.exit(main(["sync"]))
+"""
+
+
+def test_skill_md_saved_by_hand_during_an_export_is_not_overwritten(mesh: Mesh):
+    """A foreign client updates a skill's row; while the pass that exports it runs (after
+    it looked at the share), a person saves SKILL.md by hand.  The export must not replace
+    that file (there was no compare-and-set for skills: the chaos test lost such a save
+    without a trace); the next pass sees both writes and keeps the loser in the history."""
+    a = mesh.node("a")
+    a.cli("skill", "put", "alpha", "-", input="# alpha\n\nfirst\n")
+    a.sync()
+    a.sql("UPDATE mesh_skills SET content = ?, updated_at = ? WHERE name = 'alpha'",
+          ("# alpha\n\nfrom the index\n", int(time.time())))
+    p = subprocess.run([sys.executable, "-c", HAND_EDIT_DURING_SKILL_EXPORT], env=a.env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode in (0, 1), p.stderr
+    md = mesh.share / "skills" / "alpha" / "SKILL.md"
+    assert md.read_text() == "# alpha\n\nsaved by hand during the export\n"
+    a.sync(check=False)
+    a.sync(check=False)
+    final = a.sql("SELECT content FROM mesh_skills WHERE name = 'alpha'")[0][0]
+    history = a.cli("conflicts", "--json").stdout
+    for text in ("# alpha\n\nsaved by hand during the export\n", "# alpha\n\nfrom the index\n"):
+        assert final == text or json.dumps(text)[1:-1] in history, (text, final, history)
+    assert md.read_text() == final
