@@ -421,7 +421,6 @@ class Share:
         fe = self._file_entry(e, rel, walk, now_ns)
         if fe is not None:
             walk.memory[rel] = fe
-        return
 
     def walk_subdirs(self, rel_dir: str, walk: Walk) -> list[str]:
         """Names of real (non-link) subdirectories of rel_dir."""

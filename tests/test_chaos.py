@@ -791,20 +791,27 @@ def test_two_normalisations_of_one_hand_made_skill_converge(mesh: Mesh):
     assert rows["a"] == rows["b"] == (meta["source_node"], meta["updated_at"])
 
 
+
+def _local_settings(tmp_path: Path):
+    """Settings of one in-process node "a" on a fresh, initialised share under tmp_path."""
+    from meshsync import config
+    from meshsync.share import Share
+
+    s = config.load(None, node_id="a", share=tmp_path / "share", index=tmp_path / "a.sqlite",
+                    openclaw_home=tmp_path / "openclaw")
+    s.share.mkdir()
+    Share(s.share, max_file_bytes=1 << 20).initialise()
+    return s
+
 def test_hand_save_during_a_pass_is_not_overwritten(tmp_path: Path):
     """Found while analysing the chaos runs (the workload's double saves exercise it): a
     file saved twice within a few seconds.  The pass that read the first save rewrote it
     (normalised) without noticing the second save that landed meanwhile: its
     compare-and-set skipped files modified in the last 3 s, whose signatures are too
     fresh to skip reads but not to compare.  The second save was lost, unrecorded."""
-    from meshsync import config
-    from meshsync.share import Share
     from meshsync.sync import Node
 
-    s = config.load(None, node_id="a", share=tmp_path / "share", index=tmp_path / "a.sqlite",
-                    openclaw_home=tmp_path / "openclaw")
-    s.share.mkdir()
-    Share(s.share, max_file_bytes=1 << 20).initialise()
+    s = _local_settings(tmp_path)
     node = Node(s)
     try:
         node.sync()
@@ -834,14 +841,9 @@ def test_tool_skill_file_written_during_a_pass_is_not_lost(tmp_path: Path):
     mesh/skills/alpha.md while a pass that applied another node's delete of alpha was
     running; the pass's cache refresh removed the file it had never looked at, and the
     tool's write was lost without a trace (R2)."""
-    from meshsync import config
-    from meshsync.share import Share
     from meshsync.sync import Node
 
-    s = config.load(None, node_id="a", share=tmp_path / "share", index=tmp_path / "a.sqlite",
-                    openclaw_home=tmp_path / "openclaw")
-    s.share.mkdir()
-    Share(s.share, max_file_bytes=1 << 20).initialise()
+    s = _local_settings(tmp_path)
     node = Node(s)
     try:
         node.put_skill("alpha", "---\nname: alpha\ndescription: d\n---\nfirst\n", None)
@@ -876,14 +878,9 @@ def test_signal_handlers_take_no_lock(tmp_path: Path):
     watchdog thread).  Handlers must only set flags."""
     import threading
 
-    from meshsync import config
     from meshsync.daemon import Daemon
-    from meshsync.share import Share
 
-    s = config.load(None, node_id="a", share=tmp_path / "share", index=tmp_path / "a.sqlite",
-                    openclaw_home=tmp_path / "openclaw")
-    s.share.mkdir()
-    Share(s.share, max_file_bytes=1 << 20).initialise()
+    s = _local_settings(tmp_path)
     d = Daemon(s, None)
     try:
         def handlers_while_the_lock_is_held() -> None:
