@@ -26,9 +26,11 @@ from pathlib import Path
 
 import orjson
 
+from .cache import Slice
 from .layout import MEM, SKILL, ItemId
 
 SCHEMA_VERSION = "1"
+CACHE_STEP = 1024  # row ids per slice of mesh-memory.json (cache.CacheLayout)
 
 SEED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS mesh_memory (
@@ -457,30 +459,64 @@ class Index:
     def memory_scopes(self) -> list[str]:
         return [s for (s,) in self.db.execute("SELECT DISTINCT scope FROM mesh_memory")]
 
-    def cache_chunks(self, scopes: list[str], exclude: list[str], step: int = 4096) -> Iterator[bytes]:
-        """The entries of mesh-memory.json for rows in ``scopes``, one per line, rendered
-        by SQLite in slices of ``step`` row ids: building Python dicts cost five times
-        the JSON dump at 100k rows, and slices keep the memory bounded (the whole
-        document is ~50 MB at 100k).  Values are embedded as stored (JSON text checked
-        on import; rows that are not are in ``exclude``), so no value is parsed here.
-        Call inside ``read()`` so that the slices are one snapshot."""
-        if not scopes:
-            return
-        q = ("SELECT CAST(group_concat(json_quote(scope || ':' || key) || ':{\"value\":' || value"
-             " || ',\"nodeId\":' || json_quote(node_id) || ',\"ts\":' || json_quote(updated_at) || '}',"
-             " ',' || char(10)) AS BLOB) FROM mesh_memory"
-             f" WHERE id > ? AND id <= ? AND scope IN ({','.join('?' * len(scopes))})")
-        tail: list[str] = list(scopes)
+    def _cache_filter(self, scopes: list[str], exclude: list[str]) -> tuple[str, list]:
+        q = f" AND scope IN ({','.join('?' * len(scopes))})"
+        args: list = list(scopes)
         if exclude:
             q += " AND scope || ':' || key NOT IN (SELECT value FROM json_each(?))"
-            tail.append(orjson.dumps(exclude).decode())
-        lo, hi = self.db.execute("SELECT min(id), max(id) FROM mesh_memory").fetchone()
-        if lo is None:
+            args.append(orjson.dumps(exclude).decode())
+        return q, args
+
+    def cache_slices(self, scopes: list[str], exclude: list[str], step: int = CACHE_STEP,
+                     only: Iterable[int] | None = None) -> Iterator[Slice]:
+        """The entries of mesh-memory.json for rows in ``scopes``, one per line, rendered
+        by SQLite one slice of ``step`` row ids at a time (all slices, or ``only`` those):
+        building Python dicts cost five times the JSON dump at 100k rows, and slices keep
+        the memory bounded (the whole document is ~50 MB at 100k) and let a rewrite
+        render only the slices that changed (cache.CacheLayout).  Values are embedded as
+        stored (JSON text checked on import; rows that are not are in ``exclude``), so
+        no value is parsed here.  Call inside ``read()`` so that the slices are one
+        snapshot."""
+        if not scopes:
             return
-        for start in range(lo - 1, hi, step):
-            r = self.db.execute(q, [start, start + step, *tail]).fetchone()
-            if r and r[0]:
-                yield r[0]
+        where, tail = self._cache_filter(scopes, exclude)
+        q = ("SELECT count(*), coalesce(sum(id), 0), CAST(group_concat(json_quote(scope || ':' || key)"
+             " || ':{\"value\":' || value || ',\"nodeId\":' || json_quote(node_id) || ',\"ts\":'"
+             " || json_quote(updated_at) || '}', ',' || char(10)) AS BLOB)"
+             # By row id, never by the scope index: the order of the lines must not
+             # depend on the query plan (a patched file equals a full rendering).
+             " FROM mesh_memory NOT INDEXED WHERE id > ? AND id <= ?" + where)
+        if only is None:
+            lo, hi = self.db.execute("SELECT min(id), max(id) FROM mesh_memory").fetchone()
+            if lo is None:
+                return
+            numbers: Iterable[int] = range((lo - 1) // step, (hi - 1) // step + 1)
+        else:
+            numbers = sorted(only)
+        for n in numbers:
+            rows, idsum, body = self.db.execute(q, [n * step, (n + 1) * step, *tail]).fetchone()
+            yield Slice(n, rows, idsum, body)
+
+    def cache_totals(self, scopes: list[str], exclude: list[str]) -> tuple[int, int]:
+        """How many rows the cache holds and the sum of their ids: what a patched cache
+        must add up to (a row added or removed behind our back shows here)."""
+        if not scopes:
+            return 0, 0
+        where, args = self._cache_filter(scopes, exclude)
+        rows, idsum = self.db.execute(
+            "SELECT count(*), coalesce(sum(id), 0) FROM mesh_memory WHERE 1" + where, args).fetchone()
+        return rows, idsum
+
+    def memory_ids(self, items: Iterable[ItemId]) -> list[int]:
+        """Row ids of the memory rows of ``items`` that exist, 500 per query."""
+        want = [it for it in items if it.kind == MEM]
+        out: list[int] = []
+        for i in range(0, len(want), 500):
+            chunk = want[i:i + 500]
+            q = (f"WITH w(s, k) AS (VALUES {','.join(['(?,?)'] * len(chunk))})"
+                 " SELECT m.id FROM w JOIN mesh_memory m ON m.scope = w.s AND m.key = w.k")
+            out.extend(r[0] for r in self.db.execute(q, [v for it in chunk for v in (it.scope, it.key)]))
+        return out
 
     def skill_rows(self, items: Iterable[ItemId]) -> dict[ItemId, SkillRow]:
         out = {}
@@ -555,11 +591,14 @@ class Index:
             db.execute("INSERT INTO mesh_skills (name, source_node, content, path, updated_at) VALUES (?,?,?,?,?)",
                        (item.key, node, content, path, updated_at))
 
-    def delete_row(self, db: sqlite3.Connection, item: ItemId) -> None:
+    def delete_row(self, db: sqlite3.Connection, item: ItemId) -> int | None:
+        """Delete the item's row; returns the id a memory row had (its cache slice)."""
         if item.kind == MEM:
-            db.execute("DELETE FROM mesh_memory WHERE scope = ? AND key = ?", (item.scope, item.key))
-        else:
-            db.execute("DELETE FROM mesh_skills WHERE name = ?", (item.key,))
+            r = db.execute("DELETE FROM mesh_memory WHERE scope = ? AND key = ? RETURNING id",
+                           (item.scope, item.key)).fetchall()
+            return r[0][0] if r else None
+        db.execute("DELETE FROM mesh_skills WHERE name = ?", (item.key,))
+        return None
 
     # --- errors and conflicts -------------------------------------------------------------------
 

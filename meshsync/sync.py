@@ -25,11 +25,21 @@ from typing import Any
 import orjson
 
 from . import cacheside, formats, journal, layout, secretguard, skilldirs
-from .cache import Cache, CacheEntry, entry, render_memory
+from .cache import Cache, CacheEntry, CacheLayout, SpanGone, entry, render_memory
+from .cache import document as cache_document
 from .cacheside import CacheSkill
 from .config import Settings
 from .formats import FormatError
-from .index import Index, MemoryRow, SkillRow, State, StateView, memory_row_sig, skill_row_sig
+from .index import (
+    CACHE_STEP,
+    Index,
+    MemoryRow,
+    SkillRow,
+    State,
+    StateView,
+    memory_row_sig,
+    skill_row_sig,
+)
 from .layout import MEM, SKILL, ItemId
 from .reconcile import ABSENT, CACHE, INDEX, SHARE, Obs, Plan, Version, reconcile
 from .share import FileRefused, Problem, Share, Walk, settled, sig_of, sweep_temporaries
@@ -126,6 +136,14 @@ class Node:
         self.deferred: list[ItemId] = []  # items whose share file changed under us: next pass
         # Signatures of files this process wrote: their change events are our own echo.
         self.own_sigs: dict[str, str] = {}
+        # mesh-memory.json as we last wrote it, and what may have changed in it since:
+        # the memory items of every pass (their rows are the only ones we write; foreign
+        # writes reach a pass through the outbox) and the ids of rows we deleted.
+        self.cache_layout: CacheLayout | None = None
+        self.cache_dirty: set[ItemId] = set()
+        self.cache_dirty_ids: set[int] = set()
+        self.cache_step = CACHE_STEP
+        self.cache_patched = False  # how the last cache write went (tests, benchmarks)
 
     def close(self) -> None:
         self.index.close()
@@ -225,6 +243,7 @@ class Node:
         problems.extend(cache_side.problems)
 
         items = [it for it in candidates if it.kind in (MEM, SKILL)]
+        self.cache_dirty.update(it for it in items if it.kind == MEM)
         refused_read = [it for it in items if not self.readable(it)]
         items = [it for it in items if self.readable(it)]
         index_obs, index_problems = self._detect_index(items, state, now_ms)
@@ -1013,7 +1032,9 @@ class Node:
                 src = sides[plan.source].payload if plan.source in sides else None
                 if win.deleted:
                     if cur_sig is not None:
-                        idx.delete_row(db, it)
+                        rid = idx.delete_row(db, it)
+                        if rid is not None:
+                            self.cache_dirty_ids.add(rid)
                         stats.to_index += 1
                     row_sig = None
                     stats.deleted += 1 if base_live(state.get(it)) else 0
@@ -1185,7 +1206,8 @@ class Node:
                 idx.set_meta(db, cache_young=_json(sorted(young)), cache_prev=_json(replaced))
         elif changed_mem or cache_sig is None or cache_sig != self.cache.memory_sig():
             self._tick("writing cache", 0, None)
-            sig = self.write_cache_memory()
+            # A full pass renders every entry again (and so mends anything a patch missed).
+            sig = self.write_cache_memory(patch=not full)
             stats.cache_written = True
             with idx.write() as db:
                 idx.set_meta(db, cache_sig=sig or "", cache_young=_json(sorted(self.young_added)),
@@ -1270,37 +1292,83 @@ class Node:
                 for path, why, hint in warns:
                     self.index.replace_errors_one(db, "warning", path, (why, hint))
 
-    def _cache_document(self) -> Iterator[bytes]:
-        """mesh-memory.json in pieces: every row this node may read, one entry per line.
-        A row reported as bad keeps the entry the cache had (its last good version)."""
-        bad = sorted({r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused")})
-        kept: list[bytes] = []
-        if bad:
-            old = self.cache.read_memory()
-            kept = [orjson.dumps(ck) + b":" + orjson.dumps(old[ck]) for ck in bad if ck in old]
-        yield b"{\n"
-        n = 0
-        with self.index.read():
-            scopes = [sc for sc in self.index.memory_scopes() if self.s.may_read(sc) and layout.valid_scope(sc)]
-            for chunk in self.index.cache_chunks(scopes, bad):
-                if n:
-                    yield b",\n"
-                yield chunk
-                n += 1
-        for k in kept:
-            if n:
-                yield b",\n"
-            yield k
-            n += 1
-        yield b"\n}\n" if n else b"}\n"
+    def _cache_bad(self) -> list[str]:
+        """Cache keys of rows reported as bad: their entries keep the cache's last good version."""
+        return sorted({r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused")})
 
-    def write_cache_memory(self) -> str | None:
-        """Rewrite mesh-memory.json from the index; returns its stat signature."""
+    def _cache_scopes(self) -> list[str]:
+        return [sc for sc in self.index.memory_scopes() if self.s.may_read(sc) and layout.valid_scope(sc)]
+
+    def _cache_document(self) -> Iterator[bytes]:
+        """The whole of mesh-memory.json, in pieces (for tests: the pass writes slices)."""
+        bad = self._cache_bad()
+        with self.index.read():
+            slices = list(self.index.cache_slices(self._cache_scopes(), bad, self.cache_step))
+        for piece in cache_document(slices, self._cache_kept(bad)):
+            assert isinstance(piece, bytes)
+            yield piece
+
+    def _cache_kept(self, bad: list[str]) -> list[bytes]:
+        if not bad:
+            return []
+        old = self.cache.read_memory()
+        return [orjson.dumps(ck) + b":" + orjson.dumps(old[ck]) for ck in bad if ck in old]
+
+    def write_cache_memory(self, patch: bool = False) -> str | None:
+        """Rewrite mesh-memory.json from the index; returns its stat signature.  With
+        ``patch``, only the slices holding rows that may have changed since our last
+        write are rendered again, when that file is still ours and the rows add up."""
+        dirty, dirty_ids = set(self.cache_dirty), set(self.cache_dirty_ids)
         try:
-            return self.cache.write_memory(self._cache_document())
+            sig = self._patch_cache(dirty, dirty_ids) if patch else None
+            self.cache_patched = sig is not None
+            if sig is None:
+                bad = self._cache_bad()
+                with self.index.read():
+                    scopes = self._cache_scopes()
+                    # One snapshot: the slices are written as SQLite renders them.
+                    self.cache_layout = self.cache.write_memory_slices(
+                        self.index.cache_slices(scopes, bad, self.cache_step), tuple(scopes), self.cache_step,
+                        self._cache_kept(bad))
+                sig = self.cache_layout.sig if self.cache_layout else self.cache.memory_sig()
         except sqlite3.Error as exc:  # e.g. a BLOB where text belongs: the Python path copes
             log.debug("cache rendered in Python: %s", exc)
-            return self.cache.write_memory(render_memory(self._cache_entries()))
+            self.cache_layout = None
+            self.cache_patched = False
+            sig = self.cache.write_memory(render_memory(self._cache_entries()))
+        self.cache_dirty -= dirty
+        self.cache_dirty_ids -= dirty_ids
+        return sig
+
+    def _patch_cache(self, dirty: set[ItemId], dirty_ids: set[int]) -> str | None:
+        lay = self.cache_layout
+        if lay is None or self._cache_bad():
+            return None
+        fd = self.cache.open_if_ours(lay)
+        if fd is None:
+            return None
+        try:
+            with self.index.read():
+                scopes = self._cache_scopes()
+                if tuple(scopes) != lay.scopes:
+                    return None
+                touched = {(i - 1) // lay.step for i in (*self.index.memory_ids(dirty), *dirty_ids)}
+                if len(touched) > max(8, len(lay.slices) // 4):
+                    return None  # most of it changed: rendering it all is as cheap
+                fresh = {s.n: s for s in self.index.cache_slices(scopes, [], lay.step, touched)}
+                want = self.index.cache_totals(scopes, [])
+            slices = lay.spans(fd, fresh)
+            if (sum(s.rows for s in slices), sum(s.idsum for s in slices)) != want:
+                # A row came or went that no pass of ours saw (a foreign delete, say).
+                log.debug("cache: rows changed outside the slices looked at; rendering all of it")
+                return None
+            new = self.cache.write_memory_slices(slices, lay.scopes, lay.step, [])
+        except SpanGone:
+            return None
+        finally:
+            os.close(fd)
+        self.cache_layout = new
+        return new.sig if new else None
 
     def _cache_entries(self) -> dict[str, dict[str, Any]]:
         bad = {r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused")}
