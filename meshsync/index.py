@@ -269,6 +269,8 @@ class IndexError_(Exception):
 class Index:
     def __init__(self, path: Path, *, create: bool = True):
         self.path = Path(path)
+        self.state_writes = 0  # changes to meshsync_state through this connection
+        self._share_sigs: tuple[tuple[int, int], dict[str, str | None]] | None = None
         if not create and not self.path.exists():
             raise IndexError_(f"index {self.path} does not exist (run `meshsync init`)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -377,9 +379,15 @@ class Index:
 
     def share_sigs(self) -> dict[str, str | None]:
         """rel -> share signature of every live item with a share file: what a full pass
-        compares the walk with, built in C (no State, no tuple per item)."""
-        return dict(self.db.execute(
-            "SELECT rel, share_sig FROM meshsync_state WHERE deleted = 0 AND rel IS NOT NULL"))
+        compares the walk with, built in C (no State, no tuple per item).  Kept while
+        nobody wrote the database (PRAGMA data_version: other connections; state_writes:
+        ours), so the periodic rescan of an idle node does not rebuild 100k entries.
+        Read-only for callers."""
+        key = (self.data_version(), self.state_writes)
+        if self._share_sigs is None or self._share_sigs[0] != key:
+            self._share_sigs = (key, dict(self.db.execute(
+                "SELECT rel, share_sig FROM meshsync_state WHERE deleted = 0 AND rel IS NOT NULL")))
+        return self._share_sigs[1]
 
     def items_at(self, rels: Iterable[str]) -> dict[str, ItemId]:
         """The live item whose share file is at each of ``rels``: one scan of the state
@@ -397,6 +405,7 @@ class Index:
     def put_states(self, db: sqlite3.Connection, states: list[tuple[ItemId, State]]) -> None:
         """put_state for many items in one statement."""
         if states:
+            self.state_writes += 1
             db.executemany(
                 "INSERT INTO meshsync_state (kind, scope, key, stamp, node, digest, deleted, share_sig,"
                 " share_hash, row_sig, rel, aux) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -408,10 +417,12 @@ class Index:
                   st.share_hash, st.row_sig, st.rel, st.aux) for it, st in states])
 
     def put_share_sig(self, db: sqlite3.Connection, item: ItemId, sig: str | None) -> None:
+        self.state_writes += 1
         db.execute("UPDATE meshsync_state SET share_sig = ? WHERE kind = ? AND scope = ? AND key = ?",
                    (sig, item.kind, item.scope, item.key))
 
     def drop_state(self, db: sqlite3.Connection, item: ItemId) -> None:
+        self.state_writes += 1
         db.execute("DELETE FROM meshsync_state WHERE kind = ? AND scope = ? AND key = ?",
                    (item.kind, item.scope, item.key))
 

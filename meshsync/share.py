@@ -91,6 +91,11 @@ class SkillDir:
 class Walk:
     """What a stat walk of the share found."""
 
+    # Memory files: those the last pass recorded with this very signature (settled) are
+    # only named in ``same``; the others, to be read, are in ``memory``.  Comparing during
+    # the walk spares a FileEntry and a second loop per file at 100k files.
+    known: dict[str, str | None] = field(default_factory=dict)  # rel -> signature last synced
+    same: set[str] = field(default_factory=set)
     memory: dict[str, FileEntry] = field(default_factory=dict)  # rel -> entry
     skills: dict[str, SkillDir] = field(default_factory=dict)  # rel -> dir
     tombstones: dict[str, FileEntry] = field(default_factory=dict)
@@ -100,6 +105,20 @@ class Walk:
 
     def is_unknown(self, rel: str) -> bool:
         return any(rel == u or rel.startswith(u + "/") for u in self.unknown)
+
+    def has_memory(self, rel: str) -> bool:
+        return rel in self.same or rel in self.memory
+
+    def memory_entry(self, rel: str) -> FileEntry | None:
+        if rel in self.same:
+            return FileEntry(rel, self.known[rel] or "", True)
+        return self.memory.get(rel)
+
+    def add_memory(self, fe: FileEntry) -> None:
+        if fe.settled and self.known.get(fe.rel) == fe.sig:
+            self.same.add(fe.rel)
+        else:
+            self.memory[fe.rel] = fe
 
 
 def _kind_problem(rel: str, st: os.stat_result) -> Problem | None:
@@ -384,6 +403,8 @@ class Share:
             _unlistable(rel_dir, walk, exc)
             return
         mem = walk.memory
+        same = walk.same
+        known = walk.known.get
         cutoff = now_ns - SETTLE_NS
         with it:
             for e in it:
@@ -396,9 +417,14 @@ class Share:
                         continue
                     if st.st_mode & 0o170000 == 0o100000:  # a regular file
                         rel = f"{rel_dir}/{name}"
-                        mem[rel] = FileEntry(
-                            rel, f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}:{st.st_mode & 0o7777:o}",
-                            st.st_mtime_ns < cutoff)
+                        sig = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}:{st.st_mode & 0o7777:o}"
+                        if st.st_mtime_ns < cutoff:
+                            if known(rel) == sig:
+                                same.add(rel)
+                            else:
+                                mem[rel] = FileEntry(rel, sig, True)
+                        else:
+                            mem[rel] = FileEntry(rel, sig, False)
                         continue
                 self._memory_entry(e, rel_dir, walk, now_ns)
 
@@ -420,7 +446,7 @@ class Share:
             return
         fe = self._file_entry(e, rel, walk, now_ns)
         if fe is not None:
-            walk.memory[rel] = fe
+            walk.add_memory(fe)
 
     def walk_subdirs(self, rel_dir: str, walk: Walk) -> list[str]:
         """Names of real (non-link) subdirectories of rel_dir."""

@@ -224,8 +224,11 @@ class Node:
         problems: list[Problem] = []
 
         if only is None:
+            # What the last pass recorded for each share file: the walk sets aside the
+            # memory files that still have that signature, without a State for each.
+            walk.known = self.index.share_sigs()
             self._walk(walk, now_ns)
-            stats.scanned = len(walk.memory) + len(walk.skills)
+            stats.scanned = len(walk.memory) + len(walk.same) + len(walk.skills)
             candidates = self._detect_share(walk, state, share_obs, share_unknown, problems, now_ms, stats)
             candidates |= self._detect_tombstones(walk, state, share_obs, problems, now_ms)
             candidates |= outbox  # foreign writes to the index (other SQLite clients, the CLI)
@@ -344,7 +347,7 @@ class Node:
             if self.s.may_read("mesh"):
                 sh.walk_memory_dir(f"{layout.MEMORY}/mesh", walk, now_ns)
             for name in sh.walk_subdirs(f"{layout.MEMORY}/user", walk):
-                self._tick("scanning share", len(walk.memory), None)
+                self._tick("scanning share", len(walk.memory) + len(walk.same), None)
                 if _not_unicode(name) or _not_unicode(_decoded(name)):  # R6: see _read_memory
                     walk.problems.append(Problem(f"{layout.MEMORY}/user/{name}", "folder " + NOT_UTF8_NAME[5:],
                                                  "rename it to a name that is valid UTF-8"))
@@ -383,15 +386,14 @@ class Node:
     def _detect_share(self, walk: Walk, state: StateView, share_obs: dict[ItemId, Obs],
                       unknown: set[ItemId], problems: list[Problem], now_ms: int,
                       stats: PassStats) -> set[ItemId]:
-        # What the last pass recorded for each share file, as plain tuples: the files whose
-        # signature is unchanged are done with here, without a State for each (100k items).
-        known = self.index.share_sigs()
+        known = walk.known
         mem = walk.memory
-        to_read = [(rel, fe) for rel, fe in mem.items()
-                   if not fe.settled or known.get(rel, 0) != fe.sig]
+        to_read = list(mem.items())  # the walk set aside the memory files known unchanged
         skills = [(rel, sd) for rel, sd in walk.skills.items()
                   if not sd.settled or known.get(rel, 0) != sd.sig]
-        gone = [rel for rel in known if rel not in mem and rel not in walk.skills]
+        seen = len(walk.same) + sum(1 for rel in mem if rel in known) + sum(1 for rel in walk.skills if rel in known)
+        gone = ([] if seen == len(known) else
+                [rel for rel in known if rel not in walk.same and rel not in mem and rel not in walk.skills])
         ids = self.index.items_at([rel for rel, _ in (*to_read, *skills) if rel in known] + gone)
         if len(to_read) + len(skills) + len(gone) > max(1000, len(known) // 8):
             state.load_all()  # a bulk change (first import): one query beats thousands
@@ -454,7 +456,7 @@ class Node:
         """The share side of an item the walk did not read: its file is still the one
         last synced (signature unchanged), or it is absent."""
         if st is not None and not st.deleted and st.rel is not None:
-            fe = walk.memory.get(st.rel) if it.kind == MEM else walk.skills.get(st.rel)
+            fe = walk.memory_entry(st.rel) if it.kind == MEM else walk.skills.get(st.rel)
             if fe is not None:
                 return Obs(self._base(st), True, ShareFile(fe.sig if fe.settled else None, fe.sig))
         return ABSENT
@@ -671,11 +673,11 @@ class Node:
             st = state.get(item)
             item_rel = layout.item_path(item, self.node)
             cur = share_obs.get(item)
-            present = item_rel in (walk.memory if item.kind == MEM else walk.skills)
+            present = walk.has_memory(item_rel) if item.kind == MEM else item_rel in walk.skills
             if cur is None and present:
                 if walk.is_unknown(item_rel) or not base_live(st):
                     continue  # the file could not be read: leave both alone this time
-                fe = walk.memory.get(item_rel) if item.kind == MEM else walk.skills.get(item_rel)
+                fe = walk.memory_entry(item_rel) if item.kind == MEM else walk.skills.get(item_rel)
                 cur = Obs(self._base(st), True, ShareFile(fe.sig if fe else None))
             if cur is None or cur.version is None:
                 share_obs[item] = Obs(tv, True, None)

@@ -15,7 +15,7 @@ import os
 import time
 
 import pytest
-from helpers import Mesh, MeshNode
+from helpers import Mesh, MeshNode, wait_for
 from sync_helpers import (
     UPSERT,
     assert_gone_everywhere,
@@ -337,3 +337,53 @@ def test_foreign_row_text_is_left_as_written_after_its_export(mesh, ab):
     assert again["read"] == 1 and again["to_index"] == 0
     assert a.sql("SELECT value FROM mesh_memory WHERE key = 'styled'") == [(text,)]
     assert outbox(a) == []
+
+
+# --- 6. what a full pass reads -----------------------------------------------------------------
+
+
+def test_full_pass_reads_only_files_whose_signature_changed(mesh: Mesh):
+    """A no-change pass reads no file; an edit is read once, by whichever process made
+    the signature map stale (this one, or another meshsync on the same index), and a
+    removed file is still seen as gone although the walk sets unchanged files aside."""
+    from meshsync import config
+    from meshsync.sync import Node
+
+    a = mesh.node("A")
+    for i in range(5):
+        a.cli("put", "mesh", f"k{i}", f'"v{i}"')
+
+    def age(key: str) -> None:  # older than the 3 s racy-file window: its signature is trusted
+        old = time.time() - 3600
+        os.utime(mem_path(a.share, "mesh", key), (old, old))
+
+    def edit(key: str, value: str) -> None:
+        p = mem_path(a.share, "mesh", key)
+        doc = read_json(p)
+        doc["value"] = value
+        p.write_text(json.dumps(doc))
+        age(key)
+
+    for i in range(5):
+        age(f"k{i}")
+    s = config.load(None, node_id="A", share=a.share, index=a.index, openclaw_home=a.openclaw_home)
+    node = Node(s)
+    node.sync()
+    assert node.sync().read == 0
+    edit("k1", "edited")
+    assert node.sync().read == 1
+    assert a.sql("SELECT value FROM mesh_memory WHERE key = 'k1'") == [('"edited"',)]
+    # The import rewrote the file in canonical form: read again until it is 3 s old,
+    # then never, as its own state write refreshed the map (a stale map: read forever).
+    wait_for(lambda: node.sync().read == 0, what="no file read once the rewrite settled")
+    edit("k2", "by the other process")
+    other = Node(s)
+    assert other.sync().read == 1
+    other.close()
+    wait_for(lambda: node.sync().read == 0, what="the other connection's state write seen")
+    assert a.sql("SELECT value FROM mesh_memory WHERE key = 'k2'") == [('"by the other process"',)]
+    mem_path(a.share, "mesh", "k3").unlink()
+    node.sync()
+    assert a.sql("SELECT key FROM mesh_memory WHERE key = 'k3'") == []
+    assert node.sync().read == 0
+    node.close()
