@@ -271,6 +271,7 @@ class Index:
         self.path = Path(path)
         self.state_writes = 0  # changes to meshsync_state through this connection
         self._share_sigs: tuple[tuple[int, int], dict[str, str | None]] | None = None
+        self._by_folder: dict[str, dict[str, str | None]] | None = None
         if not create and not self.path.exists():
             raise IndexError_(f"index {self.path} does not exist (run `meshsync init`)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -387,7 +388,22 @@ class Index:
         if self._share_sigs is None or self._share_sigs[0] != key:
             self._share_sigs = (key, dict(self.db.execute(
                 "SELECT rel, share_sig FROM meshsync_state WHERE deleted = 0 AND rel IS NOT NULL")))
+            self._by_folder = None
         return self._share_sigs[1]
+
+    def share_sigs_by_folder(self) -> dict[str, dict[str, str | None]]:
+        """share_sigs() as folder -> file name -> signature (the walk looks names up)."""
+        sigs = self.share_sigs()
+        if self._by_folder is None:
+            by: dict[str, dict[str, str | None]] = {}
+            for rel, sig in sigs.items():
+                folder, _, name = rel.rpartition("/")
+                d = by.get(folder)
+                if d is None:
+                    d = by[folder] = {}
+                d[name] = sig
+            self._by_folder = by
+        return self._by_folder
 
     def items_at(self, rels: Iterable[str]) -> dict[str, ItemId]:
         """The live item whose share file is at each of ``rels``: one scan of the state

@@ -92,10 +92,12 @@ class Walk:
     """What a stat walk of the share found."""
 
     # Memory files: those the last pass recorded with this very signature (settled) are
-    # only named in ``same``; the others, to be read, are in ``memory``.  Comparing during
-    # the walk spares a FileEntry and a second loop per file at 100k files.
+    # only named in ``same`` (folder -> names); the others, to be read, are in ``memory``.
+    # Comparing during the walk spares a FileEntry, a path string and a second loop per
+    # file at 100k files.
     known: dict[str, str | None] = field(default_factory=dict)  # rel -> signature last synced
-    same: set[str] = field(default_factory=set)
+    known_dirs: dict[str, dict[str, str | None]] = field(default_factory=dict)  # the same by folder, name
+    same: dict[str, set[str]] = field(default_factory=dict)
     memory: dict[str, FileEntry] = field(default_factory=dict)  # rel -> entry
     skills: dict[str, SkillDir] = field(default_factory=dict)  # rel -> dir
     tombstones: dict[str, FileEntry] = field(default_factory=dict)
@@ -106,17 +108,25 @@ class Walk:
     def is_unknown(self, rel: str) -> bool:
         return any(rel == u or rel.startswith(u + "/") for u in self.unknown)
 
+    def is_same(self, rel: str) -> bool:
+        folder, _, name = rel.rpartition("/")
+        return name in self.same.get(folder, ())
+
+    def same_count(self) -> int:
+        return sum(len(names) for names in self.same.values())
+
     def has_memory(self, rel: str) -> bool:
-        return rel in self.same or rel in self.memory
+        return rel in self.memory or self.is_same(rel)
 
     def memory_entry(self, rel: str) -> FileEntry | None:
-        if rel in self.same:
+        if self.is_same(rel):
             return FileEntry(rel, self.known[rel] or "", True)
         return self.memory.get(rel)
 
     def add_memory(self, fe: FileEntry) -> None:
         if fe.settled and self.known.get(fe.rel) == fe.sig:
-            self.same.add(fe.rel)
+            folder, _, name = fe.rel.rpartition("/")
+            self.same.setdefault(folder, set()).add(name)
         else:
             self.memory[fe.rel] = fe
 
@@ -403,12 +413,24 @@ class Share:
             _unlistable(rel_dir, walk, exc)
             return
         mem = walk.memory
-        same = walk.same
-        known = walk.known.get
+        add_same = walk.same.setdefault(rel_dir, set()).add
+        known = walk.known_dirs.get(rel_dir, {}).get
         cutoff = now_ns - SETTLE_NS
         with it:
             for e in it:
                 name = e.name
+                old = known(name)
+                if old is not None:  # the name of an item file at the last pass
+                    try:
+                        st = e.stat(follow_symlinks=False)  # cached by the DirEntry for below
+                    except OSError:
+                        self._memory_entry(e, rel_dir, walk, now_ns)
+                        continue
+                    mt = st.st_mtime_ns
+                    if (mt < cutoff and st.st_mode & 0o170000 == 0o100000
+                            and old == f"{mt}:{st.st_size}:{st.st_ino}:{st.st_mode & 0o7777:o}"):
+                        add_same(name)
+                        continue
                 if name[-5:] == ".json" and name[0] not in ".~" and ".sync-conflict-" not in name:
                     try:
                         st = e.stat(follow_symlinks=False)
@@ -418,13 +440,11 @@ class Share:
                     if st.st_mode & 0o170000 == 0o100000:  # a regular file
                         rel = f"{rel_dir}/{name}"
                         sig = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}:{st.st_mode & 0o7777:o}"
-                        if st.st_mtime_ns < cutoff:
-                            if known(rel) == sig:
-                                same.add(rel)
-                            else:
-                                mem[rel] = FileEntry(rel, sig, True)
+                        mt = st.st_mtime_ns
+                        if mt < cutoff and old == sig:
+                            add_same(name)
                         else:
-                            mem[rel] = FileEntry(rel, sig, False)
+                            mem[rel] = FileEntry(rel, sig, mt < cutoff)
                         continue
                 self._memory_entry(e, rel_dir, walk, now_ns)
 

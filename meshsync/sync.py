@@ -226,9 +226,9 @@ class Node:
         if only is None:
             # What the last pass recorded for each share file: the walk sets aside the
             # memory files that still have that signature, without a State for each.
-            walk.known = self.index.share_sigs()
+            walk.known, walk.known_dirs = self.index.share_sigs(), self.index.share_sigs_by_folder()
             self._walk(walk, now_ns)
-            stats.scanned = len(walk.memory) + len(walk.same) + len(walk.skills)
+            stats.scanned = len(walk.memory) + walk.same_count() + len(walk.skills)
             candidates = self._detect_share(walk, state, share_obs, share_unknown, problems, now_ms, stats)
             candidates |= self._detect_tombstones(walk, state, share_obs, problems, now_ms)
             candidates |= outbox  # foreign writes to the index (other SQLite clients, the CLI)
@@ -347,7 +347,7 @@ class Node:
             if self.s.may_read("mesh"):
                 sh.walk_memory_dir(f"{layout.MEMORY}/mesh", walk, now_ns)
             for name in sh.walk_subdirs(f"{layout.MEMORY}/user", walk):
-                self._tick("scanning share", len(walk.memory) + len(walk.same), None)
+                self._tick("scanning share", len(walk.memory) + walk.same_count(), None)
                 if _not_unicode(name) or _not_unicode(_decoded(name)):  # R6: see _read_memory
                     walk.problems.append(Problem(f"{layout.MEMORY}/user/{name}", "folder " + NOT_UTF8_NAME[5:],
                                                  "rename it to a name that is valid UTF-8"))
@@ -391,9 +391,9 @@ class Node:
         to_read = list(mem.items())  # the walk set aside the memory files known unchanged
         skills = [(rel, sd) for rel, sd in walk.skills.items()
                   if not sd.settled or known.get(rel, 0) != sd.sig]
-        seen = len(walk.same) + sum(1 for rel in mem if rel in known) + sum(1 for rel in walk.skills if rel in known)
+        seen = walk.same_count() + sum(1 for rel in mem if rel in known) + sum(1 for rel in walk.skills if rel in known)
         gone = ([] if seen == len(known) else
-                [rel for rel in known if rel not in walk.same and rel not in mem and rel not in walk.skills])
+                [rel for rel in known if rel not in mem and rel not in walk.skills and not walk.is_same(rel)])
         ids = self.index.items_at([rel for rel, _ in (*to_read, *skills) if rel in known] + gone)
         if len(to_read) + len(skills) + len(gone) > max(1000, len(known) // 8):
             state.load_all()  # a bulk change (first import): one query beats thousands
