@@ -232,6 +232,10 @@ class Node:
             candidates = self._detect_share(walk, state, share_obs, share_unknown, problems, now_ms, stats)
             candidates |= self._detect_tombstones(walk, state, share_obs, problems, now_ms)
             candidates |= outbox  # foreign writes to the index (other SQLite clients, the CLI)
+            if len(outbox) > max(1000, len(walk.known) // 8):
+                state.load_all()
+            else:
+                state.prefetch(outbox)  # not one query per item when 10k rows were written
         else:
             candidates = set(only)
             candidates |= outbox
@@ -1373,7 +1377,7 @@ class Node:
         return new.sig if new else None
 
     def _cache_entries(self) -> dict[str, dict[str, Any]]:
-        bad = {r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused")}
+        bad = set(self._cache_bad())
         old: dict[str, Any] | None = None
         out: dict[str, dict[str, Any]] = {}
         with self.index.read():
