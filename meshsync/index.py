@@ -345,37 +345,33 @@ class Index:
 
     # --- state -------------------------------------------------------------------------------
 
+    _STATE_COLS = "t.kind, t.scope, t.key, t.stamp, t.node, t.digest, t.deleted, t.share_sig, t.share_hash," \
+                  " t.row_sig, t.rel, t.aux"
+
+    @staticmethod
+    def _states(rows: Iterable[tuple], out: dict[ItemId, State]) -> dict[ItemId, State]:
+        for kind, scope, key, stamp, node, digest, deleted, ssig, shash, rsig, rel, aux in rows:
+            out[ItemId(kind, scope, key)] = State(stamp, node, digest, bool(deleted), ssig, shash, rsig, rel, aux)
+        return out
+
     def load_state(self, items: Iterable[ItemId] | None = None) -> dict[ItemId, State]:
         """The base of every item, or of ``items`` only (the daemon's per-change path
         must not cost O(all items))."""
-        out: dict[ItemId, State] = {}
-        q = ("SELECT kind, scope, key, stamp, node, digest, deleted, share_sig, share_hash, row_sig,"
-             " rel, aux FROM meshsync_state")
-        if items is None:
-            rows: Iterable[tuple] = self.db.execute(q)
-        else:
-            q += " WHERE kind = ? AND scope = ? AND key = ?"
-            rows = [r for it in items for r in self.db.execute(q, (it.kind, it.scope, it.key))]
-        for kind, scope, key, stamp, node, digest, deleted, ssig, shash, rsig, rel, aux in rows:
-            out[ItemId(kind, scope, key)] = State(stamp, node, digest, bool(deleted), ssig, shash, rsig,
-                                                  rel, aux)
-        return out
+        if items is not None:
+            return self.load_state_many(list(items))
+        return self._states(self.db.execute(f"SELECT {self._STATE_COLS} FROM meshsync_state t"), {})
 
     def load_state_many(self, items: list[ItemId]) -> dict[ItemId, State]:
         """load_state for many items in a few queries (500 per statement)."""
         out: dict[ItemId, State] = {}
         # A join with the list, not "(kind, scope, key) IN (VALUES ...)": SQLite scans the
         # whole table for the latter (O(items) per daemon batch), searches the key for this.
-        q = ("WITH w(k, s, y) AS (VALUES {}) SELECT t.kind, t.scope, t.key, t.stamp, t.node, t.digest,"
-             " t.deleted, t.share_sig, t.share_hash, t.row_sig, t.rel, t.aux FROM w"
+        q = (f"WITH w(k, s, y) AS (VALUES {{}}) SELECT {self._STATE_COLS} FROM w"
              " JOIN meshsync_state t ON t.kind = w.k AND t.scope = w.s AND t.key = w.y")
         for i in range(0, len(items), 500):
             chunk = items[i:i + 500]
             args = [v for it in chunk for v in (it.kind, it.scope, it.key)]
-            for kind, scope, key, stamp, node, digest, deleted, ssig, shash, rsig, rel, aux in self.db.execute(
-                    q.format(",".join(["(?,?,?)"] * len(chunk))), args):
-                out[ItemId(kind, scope, key)] = State(stamp, node, digest, bool(deleted), ssig, shash, rsig,
-                                                      rel, aux)
+            self._states(self.db.execute(q.format(",".join(["(?,?,?)"] * len(chunk))), args), out)
         return out
 
     def share_sigs(self) -> dict[str, str | None]:

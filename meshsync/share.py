@@ -380,7 +380,7 @@ class Share:
 
     def _scan(self, rel: str, walk: Walk) -> Iterator[os.DirEntry[str]]:
         try:
-            with os.scandir(self.root / rel) as it:
+            with os.scandir(f"{self._root_s}/{rel}") as it:
                 yield from it
         except FileNotFoundError:
             return
@@ -406,7 +406,7 @@ class Share:
         # The hot loop of a no-change pass at 100k files: the usual name and a regular
         # file take a fast path (no generator, no helper calls); the rest the general one.
         try:
-            it = os.scandir(f"{self.root}/{rel_dir}")
+            it = os.scandir(f"{self._root_s}/{rel_dir}")
         except FileNotFoundError:
             return
         except OSError as exc:

@@ -144,6 +144,7 @@ class Node:
         self.cache_dirty_ids: set[int] = set()
         self.cache_step = CACHE_STEP
         self.cache_patched = False  # how the last cache write went (tests, benchmarks)
+        self.tombs_read: dict[str, tuple[str, tuple[ItemId, int, str]]] = {}  # rel -> signature, content
 
     def close(self) -> None:
         self.index.close()
@@ -660,10 +661,19 @@ class Node:
         newer wins and the side is marked dirty so that apply removes the other."""
         changed: set[ItemId] = set()
         horizon = now_ms - int(self.s.tombstone_retention_days * 86_400_000)
-        for rel in walk.tombstones:
+        # Tombstones are written once and never edited: one read each, not one per pass
+        # (a settled file with the signature it had when last read holds the same bytes).
+        seen, self.tombs_read = self.tombs_read, {}
+        for rel, fe in walk.tombstones.items():
+            hit = seen.get(rel)
             try:
-                data, _ = self.share.read(rel, 64 * 1024)
-                item, stamp, node = formats.parse_tombstone(data)
+                if hit is not None and fe.settled and hit[0] == fe.sig:
+                    item, stamp, node = hit[1]
+                else:
+                    data, _ = self.share.read(rel, 64 * 1024)
+                    item, stamp, node = formats.parse_tombstone(data)
+                if fe.settled:
+                    self.tombs_read[rel] = (fe.sig, (item, stamp, node))
                 if layout.tombstone_path(item, self.node) != rel:
                     continue  # another node's node-scope tombstone, or a stray file
             except (FileRefused, FormatError, FileNotFoundError, layout.LayoutError):
