@@ -42,21 +42,25 @@ class SpanGone(OSError):
     """The file a Span copies from is shorter than when it was looked at."""
 
 
+_copy_file_range = getattr(os, "copy_file_range", None)  # Linux only; macOS copies through Python
+
+
 def _copy_span(span: Span, out: int) -> None:
     off, left = span.offset, span.length
     while left:
-        try:
-            n = os.copy_file_range(span.fd, out, left, off)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            n = 0
+        n = -1
+        if _copy_file_range is not None:
+            try:
+                n = _copy_file_range(span.fd, out, left, off)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+        if n < 0:
             data = os.pread(span.fd, min(left, 1 << 20), off)
-            if data:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(out, view):]
-                n = len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view):]
+            n = len(data)
         if n == 0:
             raise SpanGone(errno.EIO, "the previous cache file changed while it was copied")
         off += n

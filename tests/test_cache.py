@@ -159,3 +159,24 @@ def test_cache_patch_only_when_the_file_is_ours_and_the_rows_add_up(mesh: Mesh):
     assert rewrite()  # and then it is patched again
     db.close()
     n.close()
+
+
+def test_patch_copies_without_copy_file_range(mesh: Mesh, monkeypatch):
+    """macOS has no copy_file_range: the unchanged slices are copied with pread/write."""
+    from meshsync import cache
+
+    monkeypatch.setattr(cache, "_copy_file_range", None)
+    n = _node(mesh)
+    n.cache_step = 4
+    db = sqlite3.connect(n.s.index, isolation_level=None)
+    for i in range(30):
+        db.execute(UPSERT, ("mesh", f"k{i}", str(i), "n1", i))
+    n.write_cache_memory()
+    db.execute(UPSERT, ("mesh", "k5", '"five"', "n2", 500))
+    n.cache_dirty.add(memory_id("mesh", "k5"))
+    n.write_cache_memory(patch=True)
+    assert n.cache_patched
+    assert n.cache.memory_path.read_bytes() == b"".join(n._cache_document())
+    assert n.cache.read_memory()["mesh:k5"]["value"] == "five"
+    db.close()
+    n.close()
