@@ -115,13 +115,20 @@ def test_patched_cache_is_byte_for_byte_the_full_rendering(mesh: Mesh, start, op
     n.close()
 
 
-def test_cache_patch_only_when_the_file_is_ours_and_the_rows_add_up(mesh: Mesh):
+def _cached_node(mesh: Mesh, rows: int) -> tuple[Node, sqlite3.Connection]:
+    """A node whose cache holds rows k0..k<rows-1>, written whole, in slices of 4 ids;
+    and a foreign connection to its index."""
     n = _node(mesh)
     n.cache_step = 4
     db = sqlite3.connect(n.s.index, isolation_level=None)
-    for i in range(40):
+    for i in range(rows):
         db.execute(UPSERT, ("mesh", f"k{i}", str(i), "n1", i))
     n.write_cache_memory()
+    return n, db
+
+
+def test_cache_patch_only_when_the_file_is_ours_and_the_rows_add_up(mesh: Mesh):
+    n, db = _cached_node(mesh, 40)
 
     def rewrite() -> bool:
         n.write_cache_memory(patch=True)
@@ -166,12 +173,7 @@ def test_patch_copies_without_copy_file_range(mesh: Mesh, monkeypatch):
     from meshsync import cache
 
     monkeypatch.setattr(cache, "_copy_file_range", None)
-    n = _node(mesh)
-    n.cache_step = 4
-    db = sqlite3.connect(n.s.index, isolation_level=None)
-    for i in range(30):
-        db.execute(UPSERT, ("mesh", f"k{i}", str(i), "n1", i))
-    n.write_cache_memory()
+    n, db = _cached_node(mesh, 30)
     db.execute(UPSERT, ("mesh", "k5", '"five"', "n2", 500))
     n.cache_dirty.add(memory_id("mesh", "k5"))
     n.write_cache_memory(patch=True)
