@@ -12,6 +12,7 @@ not yet recorded in the index is simply seen as a (trusted) change of the share.
 
 from __future__ import annotations
 
+import gc
 import grp
 import logging
 import os
@@ -185,6 +186,19 @@ class Node:
     def sync(self, only: Iterable[ItemId] | None = None, *, full_index: bool = False) -> PassStats:
         """One two-way pass.  Raises ShareUnavailable (and changes nothing) when the
         share is not there."""
+        # Python's cycle collector is paused for the pass: a pass allocates an object or
+        # more per file and keeps most of them to its end, so collections kept walking
+        # everything alive for nothing (a fifth of a 10k no-change pass).  Our objects
+        # form no cycles; any the pass leaves are collected once it returns.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._sync(only, full_index=full_index)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _sync(self, only: Iterable[ItemId] | None, *, full_index: bool) -> PassStats:
         t0 = self.pass_t0 = time.monotonic()
         stats = PassStats(started=time.time(), full=only is None)
         self.share.check()
