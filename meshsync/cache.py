@@ -201,12 +201,13 @@ class Cache:
         return file_sig(atomic_write(self.memory_path, data, self.fsync))
 
     def write_memory_slices(self, slices: Iterable[Slice], scopes: tuple[str, ...], step: int,
-                            tail: list[bytes]) -> CacheLayout | None:
-        """Write the document made of ``slices`` (then ``tail``); returns its layout, or
-        None when there is a tail (entries not from slices: the next write renders all)."""
+                            tail: list[bytes]) -> tuple[str, CacheLayout | None]:
+        """Write the document made of ``slices`` (then ``tail``); returns its signature and
+        layout, no layout when there is a tail (entries not from slices: the next write
+        renders all)."""
         placed: dict[int, tuple[int, int, int, int]] = {}
         sig = self.write_memory(document(slices, tail, placed))
-        return None if tail else CacheLayout(sig, scopes, step, placed)
+        return sig, (None if tail else CacheLayout(sig, scopes, step, placed))
 
     def open_if_ours(self, layout_: CacheLayout) -> int | None:
         """mesh-memory.json open for reading if it is still the file ``layout_`` describes."""

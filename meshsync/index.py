@@ -28,6 +28,7 @@ import orjson
 
 from .cache import Slice
 from .layout import MEM, SKILL, ItemId
+from .share import KnownSigs
 
 SCHEMA_VERSION = "1"
 CACHE_STEP = 1024  # row ids per slice of mesh-memory.json (cache.CacheLayout)
@@ -214,6 +215,16 @@ class StateView(dict):
                 dict.__setitem__(self, it, st)
         self._complete = True
 
+    def want(self, items: Iterable[ItemId], total: int, looking_at: int | None = None) -> None:
+        """The pass will look at ``looking_at`` items (default: ``items``, those with a
+        state) out of ``total``: every row in one query when that is a large part (a first
+        import, a bulk foreign write), else those of ``items`` in a few."""
+        items = list(items)
+        if (len(items) if looking_at is None else looking_at) > max(1000, total // 8):
+            self.load_all()
+        else:
+            self.prefetch(items)
+
     def prefetch(self, items: Iterable[ItemId]) -> None:
         """Load the state of many items at once (what the pass will look at)."""
         want = [it for it in items if not dict.__contains__(self, it) and it not in self._absent]
@@ -270,8 +281,7 @@ class Index:
     def __init__(self, path: Path, *, create: bool = True):
         self.path = Path(path)
         self.state_writes = 0  # changes to meshsync_state through this connection
-        self._share_sigs: tuple[tuple[int, int], dict[str, str | None]] | None = None
-        self._by_folder: dict[str, dict[str, str | None]] | None = None
+        self._share_sigs: tuple[tuple[int, int], KnownSigs] | None = None
         if not create and not self.path.exists():
             raise IndexError_(f"index {self.path} does not exist (run `meshsync init`)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -374,32 +384,17 @@ class Index:
             self._states(self.db.execute(q.format(",".join(["(?,?,?)"] * len(chunk))), args), out)
         return out
 
-    def share_sigs(self) -> dict[str, str | None]:
+    def share_sigs(self) -> KnownSigs:
         """rel -> share signature of every live item with a share file: what a full pass
-        compares the walk with, built in C (no State, no tuple per item).  Kept while
-        nobody wrote the database (PRAGMA data_version: other connections; state_writes:
-        ours), so the periodic rescan of an idle node does not rebuild 100k entries.
-        Read-only for callers."""
+        compares the walk with, without a State per item.  Kept while nobody wrote the
+        database (PRAGMA data_version: other connections; state_writes: ours), so the
+        periodic rescan of an idle node does not rebuild 100k entries.  Read-only for
+        callers."""
         key = (self.data_version(), self.state_writes)
         if self._share_sigs is None or self._share_sigs[0] != key:
-            self._share_sigs = (key, dict(self.db.execute(
+            self._share_sigs = (key, KnownSigs(self.db.execute(
                 "SELECT rel, share_sig FROM meshsync_state WHERE deleted = 0 AND rel IS NOT NULL")))
-            self._by_folder = None
         return self._share_sigs[1]
-
-    def share_sigs_by_folder(self) -> dict[str, dict[str, str | None]]:
-        """share_sigs() as folder -> file name -> signature (the walk looks names up)."""
-        sigs = self.share_sigs()
-        if self._by_folder is None:
-            by: dict[str, dict[str, str | None]] = {}
-            for rel, sig in sigs.items():
-                folder, _, name = rel.rpartition("/")
-                d = by.get(folder)
-                if d is None:
-                    d = by[folder] = {}
-                d[name] = sig
-            self._by_folder = by
-        return self._by_folder
 
     def items_at(self, rels: Iterable[str]) -> dict[str, ItemId]:
         """The live item whose share file is at each of ``rels``: one scan of the state
@@ -462,19 +457,21 @@ class Index:
 
     # --- rows ----------------------------------------------------------------------------------
 
-    def memory_rows(self, items: Iterable[ItemId]) -> dict[ItemId, MemoryRow]:
-        """The rows of ``items``, 500 per query (a batch costs O(batch), never O(rows))."""
-        want = list(items)
-        out = {}
-        for i in range(0, len(want), 500):
-            chunk = want[i:i + 500]
+    def _memory_by_key(self, db: sqlite3.Connection, items: Iterable[ItemId], cols: str) -> Iterator[tuple]:
+        """``cols`` of the mesh_memory rows m of ``items`` that exist: a join with the list,
+        400 items per statement, so a batch costs O(batch), never O(rows)."""
+        want = [it for it in items if it.kind == MEM]
+        for i in range(0, len(want), 400):
+            chunk = want[i:i + 400]
             q = (f"WITH w(s, k) AS (VALUES {','.join(['(?,?)'] * len(chunk))})"
-                 " SELECT m.scope, m.key, m.value, m.node_id, m.updated_at FROM w"
-                 " JOIN mesh_memory m ON m.scope = w.s AND m.key = w.k")
-            for scope, key, value, node_id, updated_at in self.db.execute(
-                    q, [v for it in chunk for v in (it.scope, it.key)]):
-                out[ItemId(MEM, scope, key)] = MemoryRow(value, node_id, updated_at)
-        return out
+                 f" SELECT {cols} FROM w JOIN mesh_memory m ON m.scope = w.s AND m.key = w.k")
+            yield from db.execute(q, [v for it in chunk for v in (it.scope, it.key)])
+
+    def memory_rows(self, items: Iterable[ItemId]) -> dict[ItemId, MemoryRow]:
+        """The rows of ``items`` that exist."""
+        return {ItemId(MEM, scope, key): MemoryRow(value, node_id, updated_at)
+                for scope, key, value, node_id, updated_at in self._memory_by_key(
+                    self.db, items, "m.scope, m.key, m.value, m.node_id, m.updated_at")}
 
     def all_memory_rows(self) -> Iterator[tuple[str, str, str, str, int]]:
         return self.db.execute("SELECT scope, key, value, node_id, updated_at FROM mesh_memory")
@@ -531,15 +528,8 @@ class Index:
         return rows, idsum
 
     def memory_ids(self, items: Iterable[ItemId]) -> list[int]:
-        """Row ids of the memory rows of ``items`` that exist, 500 per query."""
-        want = [it for it in items if it.kind == MEM]
-        out: list[int] = []
-        for i in range(0, len(want), 500):
-            chunk = want[i:i + 500]
-            q = (f"WITH w(s, k) AS (VALUES {','.join(['(?,?)'] * len(chunk))})"
-                 " SELECT m.id FROM w JOIN mesh_memory m ON m.scope = w.s AND m.key = w.k")
-            out.extend(r[0] for r in self.db.execute(q, [v for it in chunk for v in (it.scope, it.key)]))
-        return out
+        """Row ids of the memory rows of ``items`` that exist."""
+        return [r[0] for r in self._memory_by_key(self.db, items, "m.id")]
 
     def skill_rows(self, items: Iterable[ItemId]) -> dict[ItemId, SkillRow]:
         out = {}
@@ -568,19 +558,12 @@ class Index:
         return skill_row_sig(*r) if r else None
 
     def current_memory_rows(self, db: sqlite3.Connection, items: list[ItemId]) -> dict[ItemId, tuple]:
-        """The (value, node_id, updated_at) of the memory rows of ``items`` that exist,
-        a few hundred per query (inside a write transaction: what current_row_sig would
-        read for each, as long as none of them is written in between)."""
-        out: dict[ItemId, tuple] = {}
-        for i in range(0, len(items), 400):
-            part = items[i:i + 400]
-            q = ("WITH w(s, k) AS (VALUES " + ",".join(["(?,?)"] * len(part)) + ")"
-                 " SELECT m.scope, m.key, m.value, m.node_id, m.updated_at FROM w"
-                 " JOIN mesh_memory m ON m.scope = w.s AND m.key = w.k")
-            args = [x for it in part for x in (it.scope, it.key)]
-            for scope, key, value, node_id, updated_at in db.execute(q, args):
-                out[ItemId(MEM, scope, key)] = (value, node_id, updated_at)
-        return out
+        """The (value, node_id, updated_at) of the memory rows of ``items`` that exist
+        (inside a write transaction: what current_row_sig would read for each, as long as
+        none of them is written in between)."""
+        return {ItemId(MEM, scope, key): (value, node_id, updated_at)
+                for scope, key, value, node_id, updated_at in self._memory_by_key(
+                    db, items, "m.scope, m.key, m.value, m.node_id, m.updated_at")}
 
     def set_memory(self, db: sqlite3.Connection, item: ItemId, value: str, node: str, updated_at: int,
                    exists: bool) -> None:

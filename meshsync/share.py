@@ -18,7 +18,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +87,42 @@ class SkillDir:
     settled: bool
 
 
+class KnownSigs:
+    """The share signature the last pass recorded for each file, kept by folder and
+    name (the walk looks names up without building a path per file); read as a mapping
+    rel -> signature everywhere else."""
+
+    def __init__(self, rows: Iterable[tuple[str, str | None]] = ()) -> None:
+        self.folders: dict[str, dict[str, str | None]] = {}
+        self._n = 0
+        for rel, sig in rows:
+            folder, _, name = rel.rpartition("/")
+            d = self.folders.get(folder)
+            if d is None:
+                d = self.folders[folder] = {}
+            d[name] = sig
+            self._n += 1
+
+    def get(self, rel: str, default: object = None) -> object:
+        folder, _, name = rel.rpartition("/")
+        return self.folders.get(folder, {}).get(name, default)
+
+    def __getitem__(self, rel: str) -> str | None:
+        folder, _, name = rel.rpartition("/")
+        return self.folders[folder][name]
+
+    def __contains__(self, rel: object) -> bool:
+        return isinstance(rel, str) and self.get(rel, self) is not self
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[str]:
+        for folder, names in self.folders.items():
+            for name in names:
+                yield f"{folder}/{name}"
+
+
 @dataclass(slots=True)
 class Walk:
     """What a stat walk of the share found."""
@@ -95,8 +131,7 @@ class Walk:
     # only named in ``same`` (folder -> names); the others, to be read, are in ``memory``.
     # Comparing during the walk spares a FileEntry, a path string and a second loop per
     # file at 100k files.
-    known: dict[str, str | None] = field(default_factory=dict)  # rel -> signature last synced
-    known_dirs: dict[str, dict[str, str | None]] = field(default_factory=dict)  # the same by folder, name
+    known: KnownSigs = field(default_factory=KnownSigs)
     same: dict[str, set[str]] = field(default_factory=dict)
     memory: dict[str, FileEntry] = field(default_factory=dict)  # rel -> entry
     skills: dict[str, SkillDir] = field(default_factory=dict)  # rel -> dir
@@ -414,7 +449,7 @@ class Share:
             return
         mem = walk.memory
         add_same = walk.same.setdefault(rel_dir, set()).add
-        known = walk.known_dirs.get(rel_dir, {}).get
+        known = walk.known.folders.get(rel_dir, {}).get
         cutoff = now_ns - SETTLE_NS
         with it:
             for e in it:

@@ -241,16 +241,13 @@ class Node:
         if only is None:
             # What the last pass recorded for each share file: the walk sets aside the
             # memory files that still have that signature, without a State for each.
-            walk.known, walk.known_dirs = self.index.share_sigs(), self.index.share_sigs_by_folder()
+            walk.known = self.index.share_sigs()
             self._walk(walk, now_ns)
             stats.scanned = len(walk.memory) + walk.same_count() + len(walk.skills)
             candidates = self._detect_share(walk, state, share_obs, share_unknown, problems, now_ms, stats)
             candidates |= self._detect_tombstones(walk, state, share_obs, problems, now_ms)
             candidates |= outbox  # foreign writes to the index (other SQLite clients, the CLI)
-            if len(outbox) > max(1000, len(walk.known) // 8):
-                state.load_all()
-            else:
-                state.prefetch(outbox)  # not one query per item when 10k rows were written
+            state.want(outbox, len(walk.known))  # not one query per item when 10k rows were written
         else:
             candidates = set(only)
             candidates |= outbox
@@ -414,10 +411,7 @@ class Node:
         gone = ([] if seen == len(known) else
                 [rel for rel in known if rel not in mem and rel not in walk.skills and not walk.is_same(rel)])
         ids = self.index.items_at([rel for rel, _ in (*to_read, *skills) if rel in known] + gone)
-        if len(to_read) + len(skills) + len(gone) > max(1000, len(known) // 8):
-            state.load_all()  # a bulk change (first import): one query beats thousands
-        else:
-            state.prefetch(ids.values())
+        state.want(ids.values(), len(known), len(to_read) + len(skills) + len(gone))
         changed: set[ItemId] = set()
         total = len(to_read)
         for n, (rel, fe) in enumerate(to_read):
@@ -1350,17 +1344,16 @@ class Node:
         write are rendered again, when that file is still ours and the rows add up."""
         dirty, dirty_ids = set(self.cache_dirty), set(self.cache_dirty_ids)
         try:
-            sig = self._patch_cache(dirty, dirty_ids) if patch else None
+            bad = self._cache_bad()
+            sig = self._patch_cache(dirty, dirty_ids) if patch and not bad else None
             self.cache_patched = sig is not None
             if sig is None:
-                bad = self._cache_bad()
                 with self.index.read():
                     scopes = self._cache_scopes()
                     # One snapshot: the slices are written as SQLite renders them.
-                    self.cache_layout = self.cache.write_memory_slices(
+                    sig, self.cache_layout = self.cache.write_memory_slices(
                         self.index.cache_slices(scopes, bad, self.cache_step), tuple(scopes), self.cache_step,
                         self._cache_kept(bad))
-                sig = self.cache_layout.sig if self.cache_layout else self.cache.memory_sig()
         except sqlite3.Error as exc:  # e.g. a BLOB where text belongs: the Python path copes
             log.debug("cache rendered in Python: %s", exc)
             self.cache_layout = None
@@ -1372,7 +1365,7 @@ class Node:
 
     def _patch_cache(self, dirty: set[ItemId], dirty_ids: set[int]) -> str | None:
         lay = self.cache_layout
-        if lay is None or self._cache_bad():
+        if lay is None:
             return None
         fd = self.cache.open_if_ours(lay)
         if fd is None:
@@ -1392,13 +1385,12 @@ class Node:
                 # A row came or went that no pass of ours saw (a foreign delete, say).
                 log.debug("cache: rows changed outside the slices looked at; rendering all of it")
                 return None
-            new = self.cache.write_memory_slices(slices, lay.scopes, lay.step, [])
+            sig, self.cache_layout = self.cache.write_memory_slices(slices, lay.scopes, lay.step, [])
         except SpanGone:
             return None
         finally:
             os.close(fd)
-        self.cache_layout = new
-        return new.sig if new else None
+        return sig
 
     def _cache_entries(self) -> dict[str, dict[str, Any]]:
         bad = set(self._cache_bad())
