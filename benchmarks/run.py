@@ -688,6 +688,9 @@ def plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         say("matplotlib is not installed (pip install matplotlib): no plot")
         return
+    if not any(r["bench"] in ("latency", "idle") for r in rows):
+        say("no plot: it shows the latency and idle benchmarks, and this run had neither")
+        return
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.8))
 
     def series(label: str, key: str = "value") -> tuple[list, list]:

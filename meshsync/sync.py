@@ -261,7 +261,10 @@ class Node:
             self._sweep_temporaries(walk)
         problems.extend(cache_side.problems)
 
-        items = [it for it in candidates if it.kind in (MEM, SKILL)]
+        # In key order: the index's b-trees (the state table's and mesh_memory's (scope,
+        # key) index) then take a batch's rows at neighbouring places, not all over the
+        # file.  Written in hash order, a 100k import's commits wrote twice the pages.
+        items = sorted(it for it in candidates if it.kind in (MEM, SKILL))
         self.cache_dirty.update(it for it in items if it.kind == MEM)
         refused_read = [it for it in items if not self.readable(it)]
         items = [it for it in items if self.readable(it)]
