@@ -477,7 +477,12 @@ class Index:
         return self.db.execute("SELECT scope, key, value, node_id, updated_at FROM mesh_memory")
 
     def memory_scopes(self) -> list[str]:
-        return [s for (s,) in self.db.execute("SELECT DISTINCT scope FROM mesh_memory")]
+        """The distinct scopes of mesh_memory, one index seek each (a skip scan of the scope
+        index: DISTINCT read all 100k index entries, 12 ms at every cache write)."""
+        return [s for (s,) in self.db.execute(
+            "WITH RECURSIVE s(x) AS (SELECT min(scope) FROM mesh_memory"
+            " UNION ALL SELECT (SELECT min(scope) FROM mesh_memory WHERE scope > s.x) FROM s WHERE s.x IS NOT NULL)"
+            " SELECT x FROM s WHERE x IS NOT NULL")]
 
     def _cache_filter(self, scopes: list[str], exclude: list[str]) -> tuple[str, list]:
         q = f" AND scope IN ({','.join('?' * len(scopes))})"

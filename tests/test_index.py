@@ -315,3 +315,19 @@ def test_state_view_loads_on_demand_and_in_bulk(idx):
     sigs = idx.share_sigs()
     assert len(sigs) == 1200 and sigs["memory/mesh/k7.json"] == "sig7"  # tombstones and rows without a file: none
     assert idx.items_at(["memory/mesh/k7.json", "memory/mesh/none.json"]) == {"memory/mesh/k7.json": items[7]}
+
+
+def test_memory_scopes_lists_every_distinct_scope(idx):
+    """memory_scopes seeks the scope index once per scope: it must still list each scope
+    once, whatever a foreign writer stored (odd text, an integer, a blob)."""
+    assert idx.memory_scopes() == []
+    db = sqlite3.connect(idx.path, isolation_level=None)
+    scopes = ["mesh", "user:b", "user:a", "node", "user:a", "", "user:\u00e9", "mesh"]
+    for i, sc in enumerate(scopes):
+        db.execute(UPSERT, (sc, f"k{i}", "1", "n", i))
+    db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (7, 'x', '1', 'n', 1)")
+    db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (x'6d657368', 'y', '1', 'n', 1)")
+    got = idx.memory_scopes()
+    want = [r[0] for r in db.execute("SELECT DISTINCT scope FROM mesh_memory NOT INDEXED")]
+    assert sorted(map(repr, got)) == sorted(map(repr, want)) and len(got) == len(set(map(repr, got))) == 8
+    db.close()
