@@ -467,11 +467,13 @@ class Index:
                  f" SELECT {cols} FROM w JOIN mesh_memory m ON m.scope = w.s AND m.key = w.k")
             yield from db.execute(q, [v for it in chunk for v in (it.scope, it.key)])
 
-    def memory_rows(self, items: Iterable[ItemId]) -> dict[ItemId, MemoryRow]:
-        """The rows of ``items`` that exist."""
+    def memory_rows(self, items: Iterable[ItemId], db: sqlite3.Connection | None = None) -> dict[ItemId, MemoryRow]:
+        """The rows of ``items`` that exist (through ``db``, e.g. inside a write
+        transaction: what current_row_sig would read for each, as long as none of them is
+        written in between)."""
         return {ItemId(MEM, scope, key): MemoryRow(value, node_id, updated_at)
                 for scope, key, value, node_id, updated_at in self._memory_by_key(
-                    self.db, items, "m.scope, m.key, m.value, m.node_id, m.updated_at")}
+                    db or self.db, items, "m.scope, m.key, m.value, m.node_id, m.updated_at")}
 
     def all_memory_rows(self) -> Iterator[tuple[str, str, str, str, int]]:
         return self.db.execute("SELECT scope, key, value, node_id, updated_at FROM mesh_memory")
@@ -561,14 +563,6 @@ class Index:
         r = db.execute("SELECT content, path, source_node, updated_at FROM mesh_skills WHERE name = ?",
                        (item.key,)).fetchone()
         return skill_row_sig(*r) if r else None
-
-    def current_memory_rows(self, db: sqlite3.Connection, items: list[ItemId]) -> dict[ItemId, tuple]:
-        """The (value, node_id, updated_at) of the memory rows of ``items`` that exist
-        (inside a write transaction: what current_row_sig would read for each, as long as
-        none of them is written in between)."""
-        return {ItemId(MEM, scope, key): (value, node_id, updated_at)
-                for scope, key, value, node_id, updated_at in self._memory_by_key(
-                    db, items, "m.scope, m.key, m.value, m.node_id, m.updated_at")}
 
     def set_memory(self, db: sqlite3.Connection, item: ItemId, value: str, node: str, updated_at: int,
                    exists: bool) -> None:

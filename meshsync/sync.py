@@ -1016,16 +1016,15 @@ class Node:
         idx = self.index
         states: list[tuple[ItemId, State]] = []  # written with one executemany, see below
         with idx.write() as db:
-            # Rows we saw absent, inserted in one statement: all of them went in (the
-            # count of changed rows says so), or a foreign insert won the race for some,
-            # and then the batch is undone and each row takes the per-row path below,
-            # which leaves the foreign row alone.
+            # Rows we saw absent, inserted in one statement; a row a foreign insert put
+            # there first is left alone and not in bulk_done, so the per-row path below
+            # skips it until the next pass.
             bulk_done = self._bulk_insert(db, pending)
             # The rows the compare-and-set below reads, read together (each item's own
             # row is only written by its own turn of the loop, so they cannot change).
-            cur_rows = idx.current_memory_rows(db, [
+            cur_rows = idx.memory_rows([
                 it for it, plan, sides, new in pending
-                if new is not None and it.kind == MEM and not _absent_in_index(plan, sides)])
+                if new is not None and it.kind == MEM and not _absent_in_index(plan, sides)], db)
             for it, plan, sides, new in pending:
                 if new is None:
                     continue
@@ -1042,7 +1041,7 @@ class Node:
                     cur_sig = None
                 elif it.kind == MEM:
                     r = cur_rows.get(it)
-                    cur_sig = memory_row_sig(*r) if r is not None else None
+                    cur_sig = r.sig if r is not None else None
                 else:
                     cur_sig = idx.current_row_sig(db, it)
                 if ix is not None and cur_sig != seen_sig:

@@ -118,16 +118,10 @@ class ShareEvents:
             return None
         return path[len(root) + 1:]
 
-    # watchdog also reports reads; our own reads must not wake the next pass.
-    IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})
-
     def dispatch(self, event) -> None:
-        """watchdog handler entry point (called on the observer thread)."""
-        kind = getattr(event, "event_type", "")
-        if kind in self.IGNORED_EVENTS:
-            return
-        if kind == "modified" and getattr(event, "is_directory", False):
-            return  # a folder's own mtime: its files' events say what changed
+        """watchdog handler entry point (called on the observer thread).  Reads and a
+        folder's own mtime changes never arrive here: start() asks for change events only
+        (its event_filter)."""
         for p in (getattr(event, "src_path", None), getattr(event, "dest_path", None)):
             if not p:
                 continue
