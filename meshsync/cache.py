@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -98,6 +99,21 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes | Span], fsync: bool =
         raise
 
 
+def close_behind(fd: int) -> None:
+    """Close ``fd`` on a thread of its own.  When it holds the last reference to a
+    replaced cache file, close() frees the file's blocks: 30-65 ms for the 30 MB of a
+    100k-item cache on ext4 (more with `discard`), which a pass need not wait for
+    (close releases the GIL)."""
+    threading.Thread(target=_close_quietly, args=(fd,), name="meshsync-close", daemon=True).start()
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def file_sig(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
 
@@ -120,6 +136,9 @@ class CacheLayout:
     scopes: tuple[str, ...]
     step: int
     slices: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # n -> rows, idsum, offset, length
+    # The index's PRAGMA data_version read before the rendering's snapshot: while it
+    # has not moved, no other connection has written a row since.
+    data_version: int | None = None
 
     def spans(self, fd: int, fresh: dict[int, Slice]) -> list[Slice]:
         """The next document's slices in order: ``fresh`` ones as rendered, the others

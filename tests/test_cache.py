@@ -182,3 +182,28 @@ def test_patch_copies_without_copy_file_range(mesh: Mesh, monkeypatch):
     assert n.cache.read_memory()["mesh:k5"]["value"] == "five"
     db.close()
     n.close()
+
+
+def test_patch_reads_the_totals_only_after_another_connection_wrote(mesh: Mesh, monkeypatch):
+    """The totals (a read of the whole scope index) guard against rows that no pass of ours
+    saw; only another connection can make those, and PRAGMA data_version tells when one
+    committed.  Our own changes are patched without them, a foreign delete still is not."""
+    n, db = _cached_node(mesh, 40)
+    reads: list[int] = []
+    real = n.index.cache_totals
+    monkeypatch.setattr(n.index, "cache_totals", lambda *a: reads.append(1) or real(*a))
+    with n.index.write() as w:
+        n.cache_dirty_ids.add(n.index.delete_row(w, memory_id("mesh", "k3")))
+        n.index.set_memory(w, memory_id("mesh", "k5"), '"five"', "a", 5, exists=True)
+        n.index.set_memory(w, memory_id("mesh", "new"), '"new"', "a", 6, exists=False)
+    n.cache_dirty |= {memory_id("mesh", "k3"), memory_id("mesh", "k5"), memory_id("mesh", "new")}
+    n.write_cache_memory(patch=True)
+    assert n.cache_patched and reads == []
+    assert n.cache.memory_path.read_bytes() == b"".join(n._cache_document())
+    assert "mesh:k3" not in n.cache.read_memory() and n.cache.read_memory()["mesh:new"]["value"] == "new"
+    db.execute("DELETE FROM mesh_memory WHERE key = 'k20'")  # another program, no pass saw it
+    n.write_cache_memory(patch=True)
+    assert reads == [1] and not n.cache_patched
+    assert "mesh:k20" not in n.cache.read_memory()
+    db.close()
+    n.close()
