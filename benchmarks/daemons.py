@@ -54,21 +54,26 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: fl
 
 class ChangedFile:
     """``contains(token)``: does the file hold the JSON string "token"?  The file is re-read only when its
-    (mtime, size, inode) changed since the last look."""
+    (mtime, size, inode) changed since the last look.  ``seen_at`` is the perf_counter time of the look
+    that first saw the current file: when it arrived, give or take one poll, and before this process
+    spent its own time reading it (30 MB, 20-30 ms, for a 100k-item cache)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.sig: tuple | None = None
+        self.seen_at = 0.0
         self.data = b""
         self.memo: tuple[bytes, bool] | None = None
 
     def contains(self, token: bytes) -> bool:
+        t = time.perf_counter()
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return False
         sig = (st.st_mtime_ns, st.st_size, st.st_ino)
         if sig != self.sig:
+            self.seen_at = t
             try:
                 with open(self.path, "rb") as f:
                     self.data = f.read()

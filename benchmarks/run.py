@@ -375,10 +375,11 @@ class SizeRun:
     def samples(self) -> int:
         return self.o.samples or (10 if self.o.quick else 30)
 
-    def _sample(self, one: Callable[[int], tuple[float, Callable[[], bool]]], gap: Callable[[], float],
+    def _sample(self, one: Callable[[int], tuple], gap: Callable[[], float],
                 what: str) -> tuple[list[float], int]:
-        """Run ``one(i)`` (makes change i; returns its start time and the condition that
-        shows it arrived) for every sample.  A sample that does not arrive within
+        """Run ``one(i)`` (makes change i; returns its start time, the condition that
+        shows it arrived and, optionally, a function giving the time it arrived when
+        that is earlier than the time the condition was seen to hold) for every sample.  A sample that does not arrive within
         --sample-timeout counts as that timeout; after 3 timeouts the path stops, and after
         --path-budget seconds it stops once it has 10 samples."""
         lat: list[float] = []
@@ -388,9 +389,10 @@ class SizeRun:
             if time.monotonic() > t_end and i >= 10:
                 say(f"{what}: time budget ({self.o.path_budget:g} s) used up after {i} samples")
                 break
-            t0, cond = one(i)
+            t0, cond, *arrived = one(i)
             try:
-                lat.append(wait_until(cond, self.o.sample_timeout, what) - t0)
+                t = wait_until(cond, self.o.sample_timeout, what)
+                lat.append((arrived[0]() if arrived else t) - t0)
             except TimeoutError:
                 timeouts += 1
                 lat.append(self.o.sample_timeout)
@@ -425,7 +427,7 @@ class SizeRun:
                        "%", None, **det)
             watch_b = ChangedFile(b.cache_file)
 
-            def hand(i: int) -> tuple[float, Callable[[], bool]]:
+            def hand(i: int) -> tuple[float, Callable[[], bool], Callable[[], float]]:
                 k = (i * 7919 + 11) % self.n
                 path = self.share / layout.item_path(layout.memory_id("mesh", key_of(k)), "bench-a")
                 tok = f"hand-{nonce}-{i}".encode()
@@ -433,7 +435,9 @@ class SizeRun:
                 t0 = time.perf_counter()
                 with open(path, "wb") as f:  # a hand edit, in place, as `echo > file` does
                     f.write(data)
-                return t0, lambda: watch_b.contains(tok)
+                # Arrived when the rename put the new cache in place (first seen by a
+                # stat), not when this process had read all of it back.
+                return t0, lambda: watch_b.contains(tok), lambda: watch_b.seen_at
             lat, to = self._sample(hand, gap, f"hand edit{tag}")
             self._latency_rows(f"hand edit -> other node's cache{tag}", "events", lat, to, deb, deb,
                                a_first_pass_s=a_ready, b_first_pass_s=b_ready, a_first_pass=a.first_pass,
