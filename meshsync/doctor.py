@@ -181,7 +181,7 @@ def _index_checks(s: Settings) -> list[Check]:
         db = sqlite3.connect(f"file:{s.index}?mode=ro", uri=True, timeout=10)
         try:
             qc = db.execute("PRAGMA quick_check").fetchall()
-            have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table','trigger')")}
+            have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table','trigger','index')")}
             mode = db.execute("PRAGMA journal_mode").fetchone()[0]
             ver = db.execute("SELECT v FROM meshsync_meta WHERE k = 'schema'").fetchone() if "meshsync_meta" in have else None
         finally:

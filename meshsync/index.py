@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS meshsync_state (
   rel TEXT,                        -- share path of the file/dir (NULL for tombstones)
   aux TEXT,                        -- skills: digest of the files other than SKILL.md
   PRIMARY KEY (kind, scope, key)) WITHOUT ROWID;
+-- Tombstones by age: a full pass expires them without reading every state row.
+CREATE INDEX IF NOT EXISTS meshsync_state_tombstones ON meshsync_state(stamp) WHERE deleted = 1;
 CREATE TABLE IF NOT EXISTS meshsync_errors (
   path TEXT PRIMARY KEY, kind TEXT NOT NULL, reason TEXT NOT NULL, hint TEXT NOT NULL,
   since INTEGER NOT NULL, seen INTEGER NOT NULL) WITHOUT ROWID;
@@ -132,7 +134,7 @@ REQUIRED = {"mesh_memory", "mesh_memory_fts", "mesh_skills", "meshsync_meta", "m
             "meshsync_outbox", "meshsync_state", "meshsync_errors", "meshsync_conflicts",
             "mesh_memory_fts_ai", "mesh_memory_fts_au", "mesh_memory_fts_ad", "meshsync_mem_ai",
             "meshsync_mem_au", "meshsync_mem_ad", "meshsync_skill_ai", "meshsync_skill_au",
-            "meshsync_skill_ad"}
+            "meshsync_skill_ad", "meshsync_state_tombstones"}
 
 
 def _h(data: str | bytes | None) -> str:
@@ -282,6 +284,7 @@ class Index:
         self.path = Path(path)
         self.state_writes = 0  # changes to meshsync_state through this connection
         self._share_sigs: tuple[tuple[int, int], KnownSigs] | None = None
+        self._fts_same_at: int | None = None  # data_version when check_fts last found no drift
         if not create and not self.path.exists():
             raise IndexError_(f"index {self.path} does not exist (run `meshsync init`)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +305,7 @@ class Index:
 
     def _ensure_schema(self) -> None:
         have = {r[0] for r in self.db.execute(
-            "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger', 'index')")}
         if REQUIRED <= have:
             return
         try:
@@ -677,7 +680,14 @@ class Index:
         """Rebuild the FTS table if a client bypassed the triggers (e.g. INSERT OR
         REPLACE without recursive triggers leaves stale rows) or wrote rows before they
         existed.  Compares a fingerprint of the two sets of row ids, not just their counts
-        (one stale row plus one missing row have equal counts).  Returns True if rebuilt."""
+        (one stale row plus one missing row have equal counts).  Returns True if rebuilt.
+
+        Our own writes keep the FTS table by its triggers, so only another connection can
+        make it drift: while none has committed since a check found the two equal
+        (PRAGMA data_version), the check (two reads of every row id) is skipped."""
+        dv = self.data_version()
+        if dv == self._fts_same_at:
+            return False
         fp = "SELECT count(*), sum({0}), sum(({0} * 2654435761) % 4294967296) FROM {1}"
         rows = db.execute(fp.format("id", "mesh_memory")).fetchone()
         try:  # FTS5's own per-row table: much cheaper to scan than the FTS table
@@ -685,6 +695,7 @@ class Index:
         except sqlite3.OperationalError:  # an FTS table made with columnsize=0
             fts = db.execute(fp.format("rowid", "mesh_memory_fts")).fetchone()
         if tuple(rows) == tuple(fts):
+            self._fts_same_at = dv
             return False
         db.execute("DELETE FROM mesh_memory_fts")
         db.execute("INSERT INTO mesh_memory_fts (rowid, scope, key, content) SELECT id, scope, key, value FROM mesh_memory")

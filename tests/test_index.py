@@ -181,6 +181,42 @@ def test_fts_check_repairs_insert_or_replace(idx):
     db.close()
 
 
+def test_fts_check_is_skipped_until_another_connection_commits(idx):
+    """Our own writes keep the FTS table by its triggers; the check (two reads of every
+    row id) runs again only once another connection has committed something."""
+    db = foreign(idx.path)
+    db.execute(UPSERT, ("mesh", "k", '"emu"', "c", 1))
+    with idx.write() as w:
+        assert idx.check_fts(w) is False  # equal: remembered with the data version
+    # A drift no meshsync write makes (INSERT OR REPLACE skips the delete trigger), made
+    # through our own connection, so that only the skip can explain that it stays.
+    idx.db.execute("INSERT OR REPLACE INTO mesh_memory (scope, key, value, node_id, updated_at)"
+                   " VALUES ('mesh', 'k', '\"ferret\"', 'c', 2)")
+    with idx.write() as w:
+        assert idx.check_fts(w) is False
+    assert search(db, "emu") == {("mesh", "k")}  # still stale: not looked at
+    db.execute(UPSERT, ("mesh", "other", '"gnu"', "c", 3))  # any commit by another client
+    with idx.write() as w:
+        assert idx.check_fts(w) is True
+    assert search(db, "emu") == set() and search(db, "ferret") == {("mesh", "k")}
+    db.close()
+
+
+def test_tombstones_expire_through_their_own_index(tmp_path):
+    """A full pass deletes tombstones past the retention by age without reading every
+    state row; an index made before the tombstone index existed gains it when opened."""
+    path = tmp_path / "index.sqlite"
+    Index(path).close()
+    shell(path, "DROP INDEX meshsync_state_tombstones;")
+    i = Index(path)
+    try:
+        plan = " ".join(str(r) for r in i.db.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM meshsync_state WHERE deleted = 1 AND stamp < ?", (5,)))
+        assert "meshsync_state_tombstones" in plan
+    finally:
+        i.close()
+
+
 def test_fts_check_repairs_stale_rows_even_when_counts_match(tmp_path):
     """A store made by the seed client (rows not yet indexed) plus an INSERT OR REPLACE
     (one stale FTS row): the counts agree, the content does not."""
