@@ -392,7 +392,7 @@ class Index:
         compares the walk with, without a State per item.  Kept while nobody wrote the
         database (PRAGMA data_version: other connections; state_writes: ours), so the
         periodic rescan of an idle node does not rebuild 100k entries.  Read-only for
-        callers."""
+        callers but the walk, which packs the entries it finds unchanged (see KnownSigs)."""
         key = (self.data_version(), self.state_writes)
         if self._share_sigs is None or self._share_sigs[0] != key:
             self._share_sigs = (key, KnownSigs(self.db.execute(
