@@ -377,11 +377,12 @@ class SizeRun:
 
     def _sample(self, one: Callable[[int], tuple], gap: Callable[[], float],
                 what: str) -> tuple[list[float], int]:
-        """Run ``one(i)`` (makes change i; returns its start time, the condition that
-        shows it arrived and, optionally, a function giving the time it arrived when
-        that is earlier than the time the condition was seen to hold) for every sample.  A sample that does not arrive within
-        --sample-timeout counts as that timeout; after 3 timeouts the path stops, and after
-        --path-budget seconds it stops once it has 10 samples."""
+        """Run ``one(i)`` for every sample: it makes change i and returns its start time,
+        the condition that shows it arrived and, optionally, a function giving the time
+        it arrived when that is earlier than the time the condition was seen to hold.  A
+        sample that does not arrive within --sample-timeout counts as that timeout; after
+        3 timeouts the path stops, and after --path-budget seconds it stops once it has 10
+        samples."""
         lat: list[float] = []
         timeouts = 0
         t_end = time.monotonic() + self.o.path_budget
