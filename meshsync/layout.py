@@ -157,12 +157,17 @@ class ItemId(NamedTuple):
         return f"{self.scope}:{self.key}" if self.kind == MEM else f"skill:{self.key}"
 
 
+# tuple.__new__ skips the named tuple's Python-level constructor: a pass makes an id for
+# every file it reads.
+_new_id = tuple.__new__
+
+
 def memory_id(scope: str, key: str) -> ItemId:
-    return ItemId(MEM, scope, key)
+    return _new_id(ItemId, (MEM, scope, key))
 
 
 def skill_id(name: str) -> ItemId:
-    return ItemId(SKILL, "", name)
+    return _new_id(ItemId, (SKILL, "", name))
 
 
 def valid_scope(scope: str) -> bool:

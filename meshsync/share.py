@@ -315,7 +315,9 @@ class Share:
             chunks = []
             total = 0
             while True:
-                b = os.read(fd, 1 << 20)
+                # One byte more than the size it had: a file that grew shows, and one
+                # that did not ends with this read (no second read to see the end).
+                b = os.read(fd, st.st_size + 1 - total if total <= st.st_size else 1 << 20)
                 if not b:
                     break
                 total += len(b)
@@ -323,6 +325,8 @@ class Share:
                     raise FileRefused(Problem(rel, f"grew over the {limit}-byte limit while read",
                                               f"shrink it, or raise {setting}"))
                 chunks.append(b)
+                if total == st.st_size:
+                    break  # a short read at the size fstat gave: a regular file's end
             # A file another program is still writing must not be imported half-written
             # (R6, R7): a 1 MiB prefix of a growing SKILL.md was.  Retried on its next
             # change or pass; the last good version stays meanwhile.

@@ -47,6 +47,9 @@ from .share import FileRefused, Problem, Share, Walk, settled, sig_of, sweep_tem
 
 log = logging.getLogger("meshsync")
 
+# The sides a pass may write for an item of a scope this node may write, or only read.
+WRITE_ALL = frozenset({SHARE, INDEX, "cache"})
+WRITE_LOCAL = frozenset({INDEX, "cache"})
 BATCH = 500  # rows per index write transaction: short, so other writers are never starved
 
 
@@ -146,6 +149,8 @@ class Node:
         self.cache_step = CACHE_STEP
         self.cache_patched = False  # how the last cache write went (tests, benchmarks)
         self.tombs_read: dict[str, tuple[str, tuple[ItemId, int, str]]] = {}  # rel -> signature, content
+        self._may_read: dict[str, bool] = {}  # scope -> settings.may_read(scope)
+        self._may_write: dict[str, bool] = {}
 
     def close(self) -> None:
         self.index.close()
@@ -153,10 +158,21 @@ class Node:
     # --- helpers ------------------------------------------------------------------------------
 
     def readable(self, item: ItemId) -> bool:
-        return item.kind == SKILL or self.s.may_read(item.scope)
+        # Asked several times for every item of a pass, and a mesh has few scopes.
+        if item.kind == SKILL:
+            return True
+        ok = self._may_read.get(item.scope)
+        if ok is None:
+            ok = self._may_read[item.scope] = self.s.may_read(item.scope)
+        return ok
 
     def writable(self, item: ItemId) -> bool:
-        return item.kind == SKILL or self.s.may_write(item.scope)
+        if item.kind == SKILL:
+            return True
+        ok = self._may_write.get(item.scope)
+        if ok is None:
+            ok = self._may_write[item.scope] = self.s.may_write(item.scope)
+        return ok
 
     def _tick(self, what: str, done: int, total: int | None) -> None:
         if self.progress is not None:
@@ -289,7 +305,7 @@ class Node:
                 continue
             if SHARE not in sides and INDEX not in sides and CACHE not in sides:
                 continue
-            writable = frozenset({INDEX, "cache"} | ({SHARE} if self.writable(it) else set()))
+            writable = WRITE_ALL if self.writable(it) else WRITE_LOCAL
             plan = reconcile(self._base(state.get(it)), sides, now_ms=now_ms, node=self.node,
                              writable=writable)
             plans.append((it, plan, sides))
@@ -478,7 +494,8 @@ class Node:
         return ABSENT
 
     def _read_memory(self, rel: str, sig: str | None, problems: list[Problem]) -> tuple[ItemId, Obs] | None:
-        if _not_unicode(rel):  # R6: such a name used to crash the pass (SQLite cannot store it)
+        # An ASCII name is valid UTF-8, and only its %-escapes can decode to a lone surrogate.
+        if not rel.isascii() and _not_unicode(rel):  # R6: such a name used to crash the pass
             problems.append(Problem(rel, NOT_UTF8_NAME, "rename it to a name that is valid UTF-8"))
             return None
         try:
@@ -488,7 +505,7 @@ class Node:
             problems.append(Problem(rel, f"file name is not in meshsync's encoding ({exc})",
                                     f"rename it to {layout.encode(stem)}.json to import it as key {stem!r}"))
             return None
-        if _not_unicode(scope, key):  # e.g. x%ed%b3%bf.json: an escaped lone surrogate
+        if "%" in rel and _not_unicode(scope, key):  # e.g. x%ed%b3%bf.json: an escaped lone surrogate
             problems.append(Problem(rel, NOT_UTF8_NAME + " (it escapes a lone surrogate)",
                                     "rename it to a name that is valid UTF-8"))
             return None

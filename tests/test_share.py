@@ -80,3 +80,45 @@ def test_a_second_walk_with_the_same_map_compares_packed_signatures(tmp_path: Pa
     assert walk.same == {"memory/mesh": {"a.json"}}
     assert sorted(walk.memory) == ["memory/mesh/b.json"]
     assert [p.path for p in walk.problems] == ["memory/mesh/c.json"]
+
+
+def test_a_read_returns_whole_files_or_refuses_one_that_grows_under_it(tmp_path: Path):
+    """Share.read reads one byte more than the size fstat gave and stops there: a file
+    that grows meanwhile must be refused, never returned cut at its old size."""
+    import threading
+
+    from meshsync.share import FileRefused
+
+    root = tmp_path / "share"
+    root.mkdir()
+    share = Share(root, max_file_bytes=1 << 24)
+    path = root / "grow.json"
+    line = b"x" * 4095 + b"\n"
+    path.write_bytes(line)
+    stop = threading.Event()
+
+    def grow() -> None:
+        with open(path, "ab", buffering=0) as f:
+            while not stop.is_set() and f.tell() < (1 << 23):
+                f.write(line)
+
+    writer = threading.Thread(target=grow)
+    writer.start()
+    refused = whole = 0
+    try:
+        deadline = time.monotonic() + 20
+        while writer.is_alive() and time.monotonic() < deadline:
+            try:
+                data, st = share.read("grow.json")
+            except FileRefused as exc:
+                assert "while it was read" in exc.problem.reason or "while read" in exc.problem.reason
+                refused += 1
+                continue
+            assert len(data) == st.st_size and len(data) % len(line) == 0 and data == line * (len(data) // len(line))
+            whole += 1
+    finally:
+        stop.set()
+        writer.join()
+    data, st = share.read("grow.json")  # settled: read whole
+    assert len(data) == st.st_size == path.stat().st_size
+    assert refused + whole > 0
