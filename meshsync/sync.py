@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from . import cacheside, formats, journal, layout, secretguard, skilldirs
+from . import cacheside, formats, journal, layout, memread, secretguard, skilldirs
 from .cache import Cache, CacheEntry, CacheLayout, SpanGone, close_behind, entry, render_memory
 from .cache import document as cache_document
 from .cacheside import CacheSkill
@@ -42,6 +42,7 @@ from .index import (
     skill_row_sig,
 )
 from .layout import MEM, SKILL, ItemId
+from .memread import NOT_UTF8_NAME, not_unicode
 from .reconcile import ABSENT, CACHE, INDEX, SHARE, Obs, Plan, Version, reconcile
 from .share import FileRefused, Problem, Share, Walk, settled, sig_of, sweep_temporaries
 
@@ -151,6 +152,11 @@ class Node:
         self.tombs_read: dict[str, tuple[str, tuple[ItemId, int, str]]] = {}  # rel -> signature, content
         self._may_read: dict[str, bool] = {}  # scope -> settings.may_read(scope)
         self._may_write: dict[str, bool] = {}
+        # A pass with this many memory files to read reads them with a helper process
+        # (memread.Helper; 0: never); helper_read counts the files it read in the last such pass.
+        self.readahead_min = memread.MIN_FILES
+        self.helper_read = 0
+        self.helper: memread.Helper | None = None  # started before the walk of a first import
 
     def close(self) -> None:
         self.index.close()
@@ -211,6 +217,9 @@ class Node:
         try:
             return self._sync(only, full_index=full_index)
         finally:
+            if self.helper is not None:  # a pass that failed before it read anything
+                self.helper.close()
+                self.helper = None
             if paused:
                 gc.enable()
 
@@ -258,6 +267,9 @@ class Node:
             # What the last pass recorded for each share file: the walk sets aside the
             # memory files that still have that signature, without a State for each.
             walk.known = self.index.share_sigs()
+            if not walk.known and self.index.meta("index_scanned") != "1" and self.readahead_min:
+                # A first import reads every file: the helper process starts during the walk.
+                self.helper = memread.Helper.start(self.share, self.node, self.s.limits.max_json_depth)
             self._walk(walk, now_ns)
             stats.scanned = len(walk.memory) + walk.same_count() + len(walk.skills)
             candidates = self._detect_share(walk, state, share_obs, share_unknown, problems, now_ms, stats)
@@ -383,7 +395,7 @@ class Node:
                 sh.walk_memory_dir(f"{layout.MEMORY}/mesh", walk, now_ns)
             for name in sh.walk_subdirs(f"{layout.MEMORY}/user", walk):
                 self._tick("scanning share", len(walk.memory) + walk.same_count(), None)
-                if _not_unicode(name) or _not_unicode(_decoded(name)):  # R6: see _read_memory
+                if not_unicode(name) or not_unicode(_decoded(name)):  # R6: see _read_memory
                     walk.problems.append(Problem(f"{layout.MEMORY}/user/{name}", "folder " + NOT_UTF8_NAME[5:],
                                                  "rename it to a name that is valid UTF-8"))
                     continue
@@ -433,26 +445,40 @@ class Node:
         state.want(ids.values(), len(known), len(to_read) + len(skills) + len(gone))
         changed: set[ItemId] = set()
         total = len(to_read)
-        for n, (rel, fe) in enumerate(to_read):
-            if n % 500 == 0:
-                self._tick("reading changed memory files", n, total)
-            it = ids.get(rel)
-            stats.read += 1
-            got = self._read_memory(rel, fe.sig if fe.settled else None, problems)
-            if got is None:
-                if it is not None:
-                    unknown.add(it)
-                continue
-            it2, obs = got
-            if it is not None and it2 != it:
-                unknown.add(it)
-            st = state.get(it2)
-            if st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel:
-                obs = Obs(self._base(st), True, obs.payload)
-                if st.share_sig == obs.payload.sig:
+        helper, self.helper = self.helper, None
+        if helper is None and self.readahead_min and total >= self.readahead_min:
+            helper = memread.Helper.start(self.share, self.node, self.s.limits.max_json_depth)
+        elif helper is not None and total < memread.CHUNK * 4:
+            helper.close()
+            helper = None
+        if helper is not None:
+            helper.begin([rel for rel, _ in to_read])
+        try:
+            for n, (rel, fe) in enumerate(to_read):
+                if n % 500 == 0:
+                    self._tick("reading changed memory files", n, total)
+                it = ids.get(rel)
+                stats.read += 1
+                got = self._read_memory(rel, fe.sig if fe.settled else None, problems,
+                                        helper.take(n) if helper is not None else False)
+                if got is None:
+                    if it is not None:
+                        unknown.add(it)
                     continue
-            share_obs[it2] = obs
-            changed.add(it2)
+                it2, obs = got
+                if it is not None and it2 != it:
+                    unknown.add(it)
+                st = state.get(it2)
+                if st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel:
+                    obs = Obs(self._base(st), True, obs.payload)
+                    if st.share_sig == obs.payload.sig:
+                        continue
+                share_obs[it2] = obs
+                changed.add(it2)
+        finally:
+            if helper is not None:
+                helper.close()
+                self.helper_read = helper.answered
         for rel, sd in skills:
             it = ids.get(rel)
             stats.read += 1
@@ -493,61 +519,34 @@ class Node:
                 return Obs(self._base(st), True, ShareFile(fe.sig if fe.settled else None, fe.sig))
         return ABSENT
 
-    def _read_memory(self, rel: str, sig: str | None, problems: list[Problem]) -> tuple[ItemId, Obs] | None:
-        # An ASCII name is valid UTF-8, and only its %-escapes can decode to a lone surrogate.
-        if not rel.isascii() and _not_unicode(rel):  # R6: such a name used to crash the pass
-            problems.append(Problem(rel, NOT_UTF8_NAME, "rename it to a name that is valid UTF-8"))
+    def _read_memory(self, rel: str, sig: str | None, problems: list[Problem],
+                     got: memread.Read | Problem | None | bool = False) -> tuple[ItemId, Obs] | None:
+        """The share side of one memory file; ``got`` is the helper process's reading of
+        it (False: read it here)."""
+        if got is False:
+            got = memread.read(self.share, rel, self.node, self.s.limits.max_json_depth)
+        if got is None:
             return None
-        try:
-            scope, key = _memory_rel(rel, self.node)
-        except layout.LayoutError as exc:
-            stem = rel.rsplit("/", 1)[-1][:-5]
-            problems.append(Problem(rel, f"file name is not in meshsync's encoding ({exc})",
-                                    f"rename it to {layout.encode(stem)}.json to import it as key {stem!r}"))
+        if isinstance(got, Problem):
+            problems.append(got)
             return None
-        if "%" in rel and _not_unicode(scope, key):  # e.g. x%ed%b3%bf.json: an escaped lone surrogate
-            problems.append(Problem(rel, NOT_UTF8_NAME + " (it escapes a lone surrogate)",
-                                    "rename it to a name that is valid UTF-8"))
-            return None
-        try:
-            data, st = self.share.read(rel)
-        except FileRefused as exc:
-            problems.append(exc.problem)
-            return None
-        except FileNotFoundError:
-            return None
-        try:
-            rec = formats.parse_memory(data, scope, key, self.s.limits.max_json_depth)
-        except FormatError as exc:
-            problems.append(Problem(rel, str(exc), "fix the file (it needs at least {\"value\": ...}); "
-                                    "the last good version is kept until then"))
-            return None
+        rec, h, mtime_ns, read_sig = got  # type: ignore[misc]
         it = layout.memory_id(rec.scope, rec.key)
-        if scope is None or key is None:
-            if layout.item_path(it, self.node) != rel:
-                problems.append(Problem(rel, "its scope/key do not match its shortened name",
-                                        "remove the file or restore its scope and key"))
-                return None
-        if rec.scope == "node" and "/node/" not in rel:
-            problems.append(Problem(rel, "says scope node but is not in this node's folder", "fix the scope"))
-            return None
         if not self.readable(it):
             return None
-        h = formats.digest_bytes(data)
         if rec.trusted:
             v = Version(rec.stamp, rec.node, rec.digest)  # type: ignore[arg-type]
         else:
-            mtime_ms = st.st_mtime_ns // 1_000_000
             # An edited file comes after the version it still names, even when this node
             # never saw that version and the file's mtime is behind its stamp (R3).
             declared = rec.stamp + 1 if rec.stamp is not None else 0
-            v = Version(max(declared, mtime_ms), rec.node or self.node, rec.digest)
-        return it, Obs(v, rec.trusted, ShareMem(rec, sig, h, sig_of(st)))
+            v = Version(max(declared, mtime_ns // 1_000_000), rec.node or self.node, rec.digest)
+        return it, Obs(v, rec.trusted, ShareMem(rec, sig, h, read_sig))
 
     def _read_skill(self, rel: str, files: list, sig: str | None, state: dict[ItemId, State],
                     problems: list[Problem]) -> tuple[ItemId, Obs] | None:
         name_seg = rel.rsplit("/", 1)[-1]
-        if _not_unicode(name_seg) or _not_unicode(_decoded(name_seg)):  # R6: see _read_memory
+        if not_unicode(name_seg) or not_unicode(_decoded(name_seg)):  # R6: see _read_memory
             problems.append(Problem(rel, "folder " + NOT_UTF8_NAME[5:], "rename it to a name that is valid UTF-8"))
             return None
         content: bytes | None = None
@@ -1483,30 +1482,11 @@ def base_live(st: State | None) -> bool:
     return st is not None and not st.deleted
 
 
-NOT_UTF8_NAME = "file name is not valid UTF-8"
-
-
-def _not_unicode(*names: str | None) -> bool:
-    """A name no SQLite text or JSON string can hold: bytes that are not UTF-8 in a file
-    name (os.scandir hands them over as surrogate escapes), or a lone surrogate."""
-    for n in names:
-        if n is not None:
-            try:
-                n.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-    return False
-
-
 def _decoded(segment: str) -> str | None:
     try:
         return layout.decode(segment)
     except layout.LayoutError:
         return None
-
-
-def _memory_rel(rel: str, node_id: str) -> tuple[str | None, str | None]:
-    return _item_of_memory_rel(rel, node_id)
 
 
 def _absent_in_index(plan: Plan, sides: dict[str, Obs]) -> bool:
@@ -1565,8 +1545,3 @@ def _skills_sig(stats: dict[str, tuple[int, int, int]]) -> str:
 
 def _json(obj: Any) -> str:
     return orjson.dumps(obj).decode()
-
-
-# Bound once here: the import statement inside _memory_rel cost ~10 us for every memory
-# file read (a quarter of parsing it).
-from .share import item_of_memory_rel as _item_of_memory_rel  # noqa: E402

@@ -1,0 +1,276 @@
+"""Reading memory files for a pass: here, or in a helper process beside it.
+
+A pass reads every memory file whose signature changed; at a first import that is every
+file, and each costs 60–120 µs of Python (read with the R6/R7 checks, parse, digests) on
+one core.  With more than ``MIN_FILES`` to read, a helper process reads the list from its
+end while the pass reads it from the start, in chunks the pass hands out, until they
+meet.  The helper runs :func:`read` exactly as the pass would and answers with plain
+tuples; anything going wrong with it (it cannot start, dies, stalls) only means the pass
+reads the rest itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import formats, layout
+from .formats import FormatError, MemoryRecord
+from .share import FileRefused, Problem, Share, item_of_memory_rel, sig_of
+
+log = logging.getLogger(__name__)
+
+MIN_FILES = 2000  # fewer files are read faster than a helper process starts (~0.15 s)
+CHUNK = 128  # files per request to the helper
+DEPTH = 2  # requests the helper has queued, so it never waits for the pass
+STALL_S = 60.0  # a helper silent this long while the pass waits for it is given up
+
+NOT_UTF8_NAME = "file name is not valid UTF-8"
+
+# (record, digest of the file's bytes, its mtime in ns, its signature as read)
+Read = tuple[MemoryRecord, str, int, str]
+
+
+def not_unicode(*names: str | None) -> bool:
+    """A name no SQLite text or JSON string can hold: bytes that are not UTF-8 in a file
+    name (os.scandir hands them over as surrogate escapes), or a lone surrogate."""
+    for n in names:
+        if n is not None:
+            try:
+                n.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
+def read(share: Share, rel: str, node_id: str, max_depth: int) -> Read | Problem | None:
+    """One memory file as a pass takes it: a Read, a Problem to report, or None when the
+    file is gone.  The caller checks the scope against what the node may read."""
+    # An ASCII name is valid UTF-8, and only its %-escapes can decode to a lone surrogate.
+    if not rel.isascii() and not_unicode(rel):  # R6: such a name used to crash the pass
+        return Problem(rel, NOT_UTF8_NAME, "rename it to a name that is valid UTF-8")
+    try:
+        scope, key = item_of_memory_rel(rel, node_id)
+    except layout.LayoutError as exc:
+        stem = rel.rsplit("/", 1)[-1][:-5]
+        return Problem(rel, f"file name is not in meshsync's encoding ({exc})",
+                       f"rename it to {layout.encode(stem)}.json to import it as key {stem!r}")
+    if "%" in rel and not_unicode(scope, key):  # e.g. x%ed%b3%bf.json: an escaped lone surrogate
+        return Problem(rel, NOT_UTF8_NAME + " (it escapes a lone surrogate)", "rename it to a name that is valid UTF-8")
+    try:
+        data, st = share.read(rel)
+    except FileRefused as exc:
+        return exc.problem
+    except FileNotFoundError:
+        return None
+    try:
+        rec = formats.parse_memory(data, scope, key, max_depth)
+    except FormatError as exc:
+        return Problem(rel, str(exc), "fix the file (it needs at least {\"value\": ...}); "
+                       "the last good version is kept until then")
+    if scope is None or key is None:
+        if layout.item_path(layout.memory_id(rec.scope, rec.key), node_id) != rel:
+            return Problem(rel, "its scope/key do not match its shortened name",
+                           "remove the file or restore its scope and key")
+    if rec.scope == "node" and "/node/" not in rel:
+        return Problem(rel, "says scope node but is not in this node's folder", "fix the scope")
+    return rec, formats.digest_bytes(data), st.st_mtime_ns, sig_of(st)
+
+
+# --- the helper process ------------------------------------------------------------------------
+# Frames both ways: a 4-byte big-endian length, then a pickle.  The pass sends the setup
+# (share root, file size limit, node id, depth limit) then lists of paths; the helper
+# answers each list with one result per path: ("r", record fields, hash, mtime, sig),
+# ("p", path, reason, hint) or ("g",) for a file gone.  It exits when its input closes.
+
+_LEN = struct.Struct(">I")
+
+
+def _frame(obj: Any) -> bytes:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LEN.pack(len(data)) + data
+
+
+def _encode(got: Read | Problem | None) -> tuple:
+    if got is None:
+        return ("g",)
+    if isinstance(got, Problem):
+        return ("p", got.path, got.reason, got.hint)
+    rec, h, mtime_ns, sig = got
+    return ("r", rec.scope, rec.key, rec.value, rec.text, rec.digest, rec.node, rec.stamp, rec.trusted,
+            h, mtime_ns, sig)
+
+
+def _decode(t: tuple) -> Read | Problem | None:
+    if t[0] == "r":
+        return MemoryRecord(*t[1:9]), t[9], t[10], t[11]
+    if t[0] == "p":
+        return Problem(t[1], t[2], t[3])
+    return None
+
+
+def serve() -> None:
+    """The helper process's main loop (``python -m meshsync.memread``)."""
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+
+    def recv() -> Any:
+        head = inp.read(_LEN.size)
+        if len(head) < _LEN.size:
+            return None
+        return pickle.loads(inp.read(_LEN.unpack(head)[0]))
+
+    # The pass decides when the helper ends (by closing its input): a Ctrl-C at a
+    # terminal reaches the pass, which then closes it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup = recv()
+    if setup is None:
+        return
+    root, max_file_bytes, node_id, max_depth = setup
+    share = Share(Path(root), max_file_bytes=max_file_bytes)
+    try:
+        while (rels := recv()) is not None:
+            out.write(_frame([_encode(read(share, rel, node_id, max_depth)) for rel in rels]))
+            out.flush()
+    except BrokenPipeError:  # the pass went away or gave up on us: nothing to say
+        pass
+
+
+class Helper:
+    """The pass's side of the helper: it hands out chunks from the end of ``rels`` and
+    says, for each position, whether the pass reads that file itself (``take`` returns
+    None) or has the helper's result."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.rels: list[str] = []
+        self.lo = 0  # the helper has rels[lo:] (asked or answered)
+        self.asked: list[tuple[int, int]] = []  # chunks asked and not yet answered, newest last
+        self.got: dict[int, tuple] = {}
+        self.buf = bytearray()
+        self.failed = False
+        self.answered = 0  # files the helper read (tests, logs)
+
+    @classmethod
+    def start(cls, share: Share, node_id: str, max_depth: int) -> Helper | None:
+        """A helper, or None when none could be started (the pass reads alone).  It may be
+        started before the pass knows what to read: it takes ~0.15 s to be ready."""
+        pkg_parent = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH")) if p)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "meshsync.memread"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, env=env, close_fds=True)
+        except OSError as exc:
+            log.warning("cannot start a helper process for reading (%s): the pass reads alone", exc)
+            return None
+        h = cls(proc)
+        if not h._send((str(share.root), share.max_file_bytes, node_id, max_depth)):
+            h.close()
+            return None
+        return h
+
+    def begin(self, rels: list[str]) -> None:
+        """The files to read, in the order the pass goes through them."""
+        self.rels = rels
+        self.lo = len(rels)
+
+    def take(self, n: int) -> Read | Problem | None | bool:
+        """The helper's result for position ``n``, or False when the pass reads it itself
+        (its part of the list, or anything the helper did not answer)."""
+        if n < self.lo and not self.failed:
+            if n % CHUNK == 0:
+                self._pump(n, wait=False)
+            if n < self.lo:
+                return False
+        while n not in self.got and self.asked and not self.failed:
+            self._pump(n, wait=True)
+        t = self.got.pop(n, None)
+        return False if t is None else _decode(t)
+
+    def _pump(self, n: int, *, wait: bool) -> None:
+        """Take in the helper's answers (waiting for one if ``wait``), then keep DEPTH
+        chunks asked, all beyond the chunk the pass reads next."""
+        try:
+            self._receive(STALL_S if wait else 0.0)
+            while not self.failed and len(self.asked) < DEPTH and self.lo - CHUNK >= n + CHUNK:
+                lo = self.lo - CHUNK
+                if not self._send(self.rels[lo:self.lo]):
+                    return
+                self.asked.append((lo, self.lo))
+                self.lo = lo
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError, struct.error) as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _receive(self, timeout: float) -> None:
+        """Read what the helper sent: all that is there (timeout 0), or until one more
+        answer came (failing the helper after ``timeout`` seconds without one)."""
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout
+        before = self.answered
+        while self.asked and not self.failed:
+            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                if timeout:
+                    self._fail(f"no answer in {timeout:.0f} s")
+                return
+            data = os.read(fd, 1 << 20)
+            if not data:
+                self._fail("it exited")
+                return
+            self.buf += data
+            while len(self.buf) >= _LEN.size:
+                size = _LEN.unpack_from(self.buf)[0]
+                if len(self.buf) < _LEN.size + size:
+                    break
+                results = pickle.loads(self.buf[_LEN.size:_LEN.size + size])
+                del self.buf[:_LEN.size + size]
+                lo, hi = self.asked.pop(0)
+                if len(results) != hi - lo:
+                    raise ValueError(f"{len(results)} answers for {hi - lo} files")
+                self.got.update(zip(range(lo, hi), results, strict=True))
+                self.answered += len(results)
+            if timeout and self.answered > before:
+                return
+
+    def _send(self, obj: Any) -> bool:
+        try:
+            self.proc.stdin.write(_frame(obj))  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+            return True
+        except OSError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return False
+
+    def _fail(self, why: str) -> None:
+        if not self.failed:
+            self.failed = True
+            log.warning("helper process for reading stopped (%s): the pass reads the rest itself", why)
+            self.proc.kill()
+
+    def close(self) -> None:
+        """End the helper: at the end of its input when it has nothing left to answer,
+        else at once (a pass that stopped early)."""
+        if self.asked and not self.failed:
+            self.proc.kill()
+        try:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()  # type: ignore[union-attr]
+
+
+if __name__ == "__main__":
+    serve()

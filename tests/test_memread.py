@@ -1,0 +1,127 @@
+"""The helper process that reads memory files beside a pass (meshsync/memread.py).
+
+A pass with the helper must end exactly as one without it: the same rows, the same
+state, the same problems reported for bad files, whichever process read them; and a
+helper that dies or stalls only means the pass reads the rest itself.  Real files, a
+real helper process, real SQLite; the helper is killed or stopped with real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+from helpers import Mesh
+
+from meshsync import config, memread
+from meshsync.sync import Node
+
+N_GOOD = 1200
+
+
+def _children() -> list[int]:
+    """This process's child processes that run the helper."""
+    out = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"meshsync.memread" in cmd:
+                out.append(int(pid))
+    return out
+
+
+def _fill(share: Path, tmp: Path) -> None:
+    """Good files, and one bad file of each kind every hundred, so that both the pass's
+    part of the list and the helper's hold some."""
+    m = share / "memory" / "mesh"
+    m.mkdir(parents=True, exist_ok=True)
+    outside = tmp / "outside.json"
+    outside.write_text('{"value": "outside"}')
+    for i in range(N_GOOD):
+        doc = {"value": {"n": i, "text": f"note {i}", "big": 12345678901234567890 if i % 50 == 0 else 1}}
+        if i % 3 == 0:  # hand-made: no scope, key or time (its mtime stamps it)
+            (m / f"note.{i:05d}.json").write_text(json.dumps(doc))
+        else:
+            doc.update(scope="mesh", key=f"note.{i:05d}", node_id="elsewhere", updated_at=1_700_000_000 + i)
+            (m / f"note.{i:05d}.json").write_text(json.dumps(doc))
+        if i % 100 == 0:
+            j = i // 100
+            (m / f"broken.{j}.json").write_bytes(b'{"value": [1, 2,')
+            (m / f"novalue.{j}.json").write_bytes(b'{"val": 1}')
+            (m / f"bom.{j}.json").write_bytes(b'\xef\xbb\xbf{"value": 1}')
+            (m / f"big.{j}.json").write_bytes(b'{"value": "' + b"x" * 5000 + b'"}')
+            (m / f"Upper{j}.json").write_bytes(b'{"value": 1}')
+            (m / f"nodescope.{j}.json").write_bytes(b'{"value": 1, "scope": "node", "key": "nodescope.%d"}' % j)
+            os.symlink(outside, m / f"link.{j}.json")
+            os.mkfifo(m / f"pipe.{j}.json")
+            fd = os.open(os.fsencode(str(m)) + b"/bad\xff%d.json" % j, os.O_CREAT | os.O_WRONLY, 0o644)
+            os.write(fd, b'{"value": 1}')
+            os.close(fd)
+
+
+def _node(mesh: Mesh, name: str, readahead_min: int) -> Node:
+    n = mesh.node(name)
+    s = config.load(None, node_id="n", share=n.share, index=n.index, openclaw_home=n.openclaw_home,
+                    limits={"max_file_bytes": 4096})
+    node = Node(s)
+    node.readahead_min = readahead_min
+    return node
+
+
+def _outcome(node: Node) -> dict:
+    db = sqlite3.connect(node.s.index)
+    try:
+        return {
+            "rows": db.execute("SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY scope, key").fetchall(),
+            "state": db.execute("SELECT kind, scope, key, stamp, node, digest, deleted, share_hash, rel"
+                                " FROM meshsync_state ORDER BY kind, scope, key").fetchall(),
+            "errors": db.execute("SELECT path, kind, reason, hint FROM meshsync_errors ORDER BY path").fetchall(),
+        }
+    finally:
+        db.close()
+
+
+def _run(mesh: Mesh, tmp_path: Path, on_progress=None) -> tuple[dict, dict, Node]:
+    alone = _node(mesh, "alone", 0)
+    with_helper = _node(mesh, "helped", 1)
+    _fill(mesh.share, tmp_path)
+    alone.sync()
+    with_helper.progress = on_progress
+    st = with_helper.sync()
+    assert st.to_index == N_GOOD
+    return _outcome(alone), _outcome(with_helper), with_helper
+
+
+def test_a_pass_with_the_helper_ends_as_one_without(mesh: Mesh, tmp_path: Path):
+    want, got, node = _run(mesh, tmp_path)
+    assert node.helper_read >= memread.DEPTH * memread.CHUNK  # the chunks it was asked first, at least
+    assert len(want["rows"]) == N_GOOD and len(want["errors"]) >= 9 * (N_GOOD // 100)
+    assert got == want
+    assert _children() == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_helper_that_dies_or_stalls_leaves_the_rest_to_the_pass(mesh: Mesh, tmp_path: Path, monkeypatch, sig):
+    monkeypatch.setattr(memread, "STALL_S", 2.0)
+    hit = []
+
+    def progress(what: str, done: int, total: int | None) -> None:
+        if what.startswith("reading") and done == 500:
+            pids = _children()
+            assert pids, "no helper process while the pass reads"
+            for pid in pids:
+                os.kill(pid, sig)
+            hit.extend(pids)
+
+    want, got, node = _run(mesh, tmp_path, progress)
+    assert hit
+    assert got == want
+    assert node.helper_read < N_GOOD
+    assert _children() == []
