@@ -88,9 +88,16 @@ def _outcome(node: Node) -> dict:
         db.close()
 
 
-def _run(mesh: Mesh, tmp_path: Path, on_progress=None) -> tuple[dict, dict, Node]:
+def _run(mesh: Mesh, tmp_path: Path, on_progress=None, first_import: bool = True) -> tuple[dict, dict, Node]:
+    """The same share read by a node without the helper and one with it: at the nodes'
+    first import (the helper starts before the walk), or at a later pass (it starts when
+    the walk has found that many files to read)."""
     alone = _node(mesh, "alone", 0)
-    with_helper = _node(mesh, "helped", 1)
+    with_helper = _node(mesh, "helped", 0 if not first_import else 1)
+    if not first_import:
+        alone.sync()
+        with_helper.sync()
+        with_helper.readahead_min = 1
     _fill(mesh.share, tmp_path)
     alone.sync()
     with_helper.progress = on_progress
@@ -99,8 +106,9 @@ def _run(mesh: Mesh, tmp_path: Path, on_progress=None) -> tuple[dict, dict, Node
     return _outcome(alone), _outcome(with_helper), with_helper
 
 
-def test_a_pass_with_the_helper_ends_as_one_without(mesh: Mesh, tmp_path: Path):
-    want, got, node = _run(mesh, tmp_path)
+@pytest.mark.parametrize("first_import", [True, False])
+def test_a_pass_with_the_helper_ends_as_one_without(mesh: Mesh, tmp_path: Path, first_import: bool):
+    want, got, node = _run(mesh, tmp_path, first_import=first_import)
     assert node.helper_read >= memread.DEPTH * memread.CHUNK  # the chunks it was asked first, at least
     assert len(want["rows"]) == N_GOOD and len(want["errors"]) >= 9 * (N_GOOD // 100)
     assert got == want
