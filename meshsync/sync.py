@@ -150,8 +150,9 @@ class Node:
         self.cache_step = CACHE_STEP
         self.cache_patched = False  # how the last cache write went (tests, benchmarks)
         self.tombs_read: dict[str, tuple[str, tuple[ItemId, int, str]]] = {}  # rel -> signature, content
-        self._may_read: dict[str, bool] = {}  # scope -> settings.may_read(scope)
+        self._may_read: dict[str, bool] = {}  # scope -> self.s.may_read(scope)
         self._may_write: dict[str, bool] = {}
+        self._scopes_of = settings  # the settings those answers came from
         # A pass with this many memory files to read reads them with a helper process
         # (memread.Helper; 0: never); helper_read counts the files it read in the last such pass.
         self.readahead_min = memread.MIN_FILES
@@ -164,9 +165,12 @@ class Node:
     # --- helpers ------------------------------------------------------------------------------
 
     def readable(self, item: ItemId) -> bool:
-        # Asked several times for every item of a pass, and a mesh has few scopes.
+        # Asked several times for every item of a pass, and a mesh has few scopes.  The
+        # answers are remembered per settings object: a reload (SIGHUP) replaces it.
         if item.kind == SKILL:
             return True
+        if self._scopes_of is not self.s:
+            self._forget_scopes()
         ok = self._may_read.get(item.scope)
         if ok is None:
             ok = self._may_read[item.scope] = self.s.may_read(item.scope)
@@ -175,10 +179,17 @@ class Node:
     def writable(self, item: ItemId) -> bool:
         if item.kind == SKILL:
             return True
+        if self._scopes_of is not self.s:
+            self._forget_scopes()
         ok = self._may_write.get(item.scope)
         if ok is None:
             ok = self._may_write[item.scope] = self.s.may_write(item.scope)
         return ok
+
+    def _forget_scopes(self) -> None:
+        self._scopes_of = self.s
+        self._may_read.clear()
+        self._may_write.clear()
 
     def _tick(self, what: str, done: int, total: int | None) -> None:
         if self.progress is not None:

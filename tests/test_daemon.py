@@ -92,6 +92,29 @@ def test_sighup_reload_and_bad_config(mesh: Mesh, tmp_path: Path):
     assert a.stop() == 0
 
 
+def test_sighup_reload_applies_new_read_scopes(mesh: Mesh, tmp_path: Path):
+    """The pass remembers which scopes it may read; a reload must make it forget."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("scopes: {read: [mesh, node]}\n")
+    a = mesh.node("a")
+    a.extra_env["MESHSYNC_CONFIG"] = str(cfg)
+    start(a)
+    # A local row of alice's scope: the pass asks whether it may read that scope (no).
+    a.sql("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at)"
+          " VALUES ('user:alice', 'local', '\"x\"', 'tool', strftime('%s','now'))")
+    alice = memfile(mesh.share, "user/alice", "note.json")
+    alice.parent.mkdir(parents=True, exist_ok=True)
+    alice.write_text('{"value": "for alice"}')
+    memfile(mesh.share, "mesh", "marker.json").write_text('{"value": "after alice"}')
+    wait_for(lambda: a.row("mesh", "marker") is not None, 10, what="the later file imported")
+    assert a.row("user:alice", "note") is None  # not a scope this node reads yet
+    cfg.write_text("scopes: {read: [mesh, node, 'user:*']}\n")
+    a.daemon.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in a.log(), 10, what="reload reported")
+    wait_for(lambda: a.value("user:alice", "note") == "for alice", 15, what="alice's note imported after the reload")
+    assert a.stop() == 0
+
+
 def test_sd_notify_ready_status_watchdog(mesh: Mesh, tmp_path: Path):
     sock_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
