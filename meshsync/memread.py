@@ -147,7 +147,7 @@ def serve() -> None:
 class Helper:
     """The pass's side of the helper: it hands out chunks from the end of ``rels`` and
     says, for each position, whether the pass reads that file itself (``take`` returns
-    None) or has the helper's result."""
+    False) or has the helper's result."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc

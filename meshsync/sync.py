@@ -457,6 +457,7 @@ class Node:
         changed: set[ItemId] = set()
         total = len(to_read)
         helper, self.helper = self.helper, None
+        self.helper_read = 0
         if helper is None and self.readahead_min and total >= self.readahead_min:
             helper = memread.Helper.start(self.share, self.node, self.s.limits.max_json_depth)
         elif helper is not None and total < memread.CHUNK * 4:
