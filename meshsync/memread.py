@@ -256,20 +256,16 @@ class Helper:
             self.proc.kill()
 
     def close(self) -> None:
-        """End the helper: at the end of its input when it has nothing left to answer,
-        else at once (a pass that stopped early)."""
-        if self.asked and not self.failed:
-            self.proc.kill()
-        try:
-            self.proc.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()  # type: ignore[union-attr]
+        """End the helper at once: it holds nothing but answers the pass no longer wants,
+        and one closed before it was even ready (a first import with little to read) would
+        otherwise be waited for until its start-up ends (~0.2 s)."""
+        self.proc.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        self.proc.wait()
 
 
 if __name__ == "__main__":
