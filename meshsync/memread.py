@@ -265,7 +265,12 @@ class Helper:
                 pipe.close()  # type: ignore[union-attr]
             except OSError:
                 pass
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            # Stuck in a read of a hung network mount (uninterruptible): it exits when
+            # the read returns, and the next Popen reaps it.  The pass goes on.
+            log.warning("helper process %d for reading has not exited yet (a hung share?)", self.proc.pid)
 
 
 if __name__ == "__main__":
