@@ -165,25 +165,19 @@ class Node:
     # --- helpers ------------------------------------------------------------------------------
 
     def readable(self, item: ItemId) -> bool:
-        # Asked several times for every item of a pass, and a mesh has few scopes.  The
-        # answers are remembered per settings object: a reload (SIGHUP) replaces it.
-        if item.kind == SKILL:
-            return True
-        if self._scopes_of is not self.s:
-            self._forget_scopes()
-        ok = self._may_read.get(item.scope)
-        if ok is None:
-            ok = self._may_read[item.scope] = self.s.may_read(item.scope)
-        return ok
+        return item.kind == SKILL or self._scope_ok(item.scope, self._may_read, Settings.may_read)
 
     def writable(self, item: ItemId) -> bool:
-        if item.kind == SKILL:
-            return True
+        return item.kind == SKILL or self._scope_ok(item.scope, self._may_write, Settings.may_write)
+
+    def _scope_ok(self, scope: str, answers: dict[str, bool], ask: Callable[[Settings, str], bool]) -> bool:
+        # Asked several times for every item of a pass, and a mesh has few scopes.  The
+        # answers are remembered per settings object: a reload (SIGHUP) replaces it.
         if self._scopes_of is not self.s:
             self._forget_scopes()
-        ok = self._may_write.get(item.scope)
+        ok = answers.get(scope)
         if ok is None:
-            ok = self._may_write[item.scope] = self.s.may_write(item.scope)
+            ok = answers[scope] = ask(self.s, scope)
         return ok
 
     def _forget_scopes(self) -> None:

@@ -75,12 +75,17 @@ def test_signals_stop_cleanly_without_temp_files(mesh: Mesh, sig: int):
     assert leftovers == []
 
 
-def test_sighup_reload_and_bad_config(mesh: Mesh, tmp_path: Path):
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("log_level: info\n")
+def _started_with_config(mesh: Mesh, cfg: Path, text: str) -> MeshNode:
+    cfg.write_text(text)
     a = mesh.node("a")
     a.extra_env["MESHSYNC_CONFIG"] = str(cfg)
     start(a)
+    return a
+
+
+def test_sighup_reload_and_bad_config(mesh: Mesh, tmp_path: Path):
+    cfg = tmp_path / "cfg.yaml"
+    a = _started_with_config(mesh, cfg, "log_level: info\n")
     cfg.write_text("watch: {mode: bogus}\n")
     a.daemon.send_signal(signal.SIGHUP)
     wait_for(lambda: "configuration not reloaded" in a.log(), 10, what="bad reload reported")
@@ -95,10 +100,7 @@ def test_sighup_reload_and_bad_config(mesh: Mesh, tmp_path: Path):
 def test_sighup_reload_applies_new_read_scopes(mesh: Mesh, tmp_path: Path):
     """The pass remembers which scopes it may read; a reload must make it forget."""
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("scopes: {read: [mesh, node]}\n")
-    a = mesh.node("a")
-    a.extra_env["MESHSYNC_CONFIG"] = str(cfg)
-    start(a)
+    a = _started_with_config(mesh, cfg, "scopes: {read: [mesh, node]}\n")
     # A local row of alice's scope: the pass asks whether it may read that scope (no).
     a.sql("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at)"
           " VALUES ('user:alice', 'local', '\"x\"', 'tool', strftime('%s','now'))")
