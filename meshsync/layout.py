@@ -139,6 +139,20 @@ class Shortened(LayoutError):
     """A shortened name: the full name must be read from the file itself."""
 
 
+NOT_UTF8_NAME = "file name is not valid UTF-8"
+
+def not_unicode(*names: str | None) -> bool:
+    """A name no SQLite text or JSON string can hold: bytes that are not UTF-8 in a file
+    name (os.scandir hands them over as surrogate escapes), or a lone surrogate."""
+    for n in names:
+        if n is not None:
+            try:
+                n.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
 # --- items -----------------------------------------------------------------------------
 
 MEM = "m"

@@ -486,18 +486,13 @@ class Share:
                     except OSError:
                         self._memory_entry(e, rel_dir, walk, now_ns)
                         continue
-                    mt = st.st_mtime_ns
                     if type(old) is tuple:  # packed by an earlier walk (see KnownSigs)
                         # Equal modes mean a regular file: the packed mode has its type bits.
+                        mt = st.st_mtime_ns
                         if old == (mt, st.st_size, st.st_ino, st.st_mode) and mt < cutoff:
                             add_same(name)
                             continue
                         old = unpack_sig(old)
-                    elif (mt < cutoff and st.st_mode & 0o170000 == 0o100000
-                            and old == f"{mt}:{st.st_size}:{st.st_ino}:{st.st_mode & 0o7777:o}"):
-                        folder[name] = (mt, st.st_size, st.st_ino, st.st_mode)
-                        add_same(name)
-                        continue
                 if name[-5:] == ".json" and name[0] not in ".~" and ".sync-conflict-" not in name:
                     try:
                         st = e.stat(follow_symlinks=False)
@@ -505,12 +500,13 @@ class Share:
                         self._memory_entry(e, rel_dir, walk, now_ns)
                         continue
                     if st.st_mode & 0o170000 == 0o100000:  # a regular file
-                        rel = f"{rel_dir}/{name}"
                         sig = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}:{st.st_mode & 0o7777:o}"
                         mt = st.st_mtime_ns
                         if mt < cutoff and old == sig:
+                            folder[name] = (mt, st.st_size, st.st_ino, st.st_mode)  # packed for the next walk
                             add_same(name)
                         else:
+                            rel = f"{rel_dir}/{name}"
                             mem[rel] = FileEntry(rel, sig, mt < cutoff)
                         continue
                 self._memory_entry(e, rel_dir, walk, now_ns)

@@ -41,8 +41,7 @@ from .index import (
     memory_row_sig,
     skill_row_sig,
 )
-from .layout import MEM, SKILL, ItemId
-from .memread import NOT_UTF8_NAME, not_unicode
+from .layout import MEM, NOT_UTF8_NAME, SKILL, ItemId, not_unicode
 from .reconcile import ABSENT, CACHE, INDEX, SHARE, Obs, Plan, Version, reconcile
 from .share import FileRefused, Problem, Share, Walk, settled, sig_of, sweep_temporaries
 
@@ -174,16 +173,13 @@ class Node:
         # Asked several times for every item of a pass, and a mesh has few scopes.  The
         # answers are remembered per settings object: a reload (SIGHUP) replaces it.
         if self._scopes_of is not self.s:
-            self._forget_scopes()
+            self._scopes_of = self.s
+            self._may_read.clear()
+            self._may_write.clear()
         ok = answers.get(scope)
         if ok is None:
             ok = answers[scope] = ask(self.s, scope)
         return ok
-
-    def _forget_scopes(self) -> None:
-        self._scopes_of = self.s
-        self._may_read.clear()
-        self._may_write.clear()
 
     def _tick(self, what: str, done: int, total: int | None) -> None:
         if self.progress is not None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshsync.share import KnownSigs, Share, Walk, sig_of, unpack_sig
+from meshsync.share import FileRefused, KnownSigs, Share, Walk, sig_of, unpack_sig
 
 AN_HOUR_NS = 3600 * 10**9
 
@@ -85,10 +86,6 @@ def test_a_second_walk_with_the_same_map_compares_packed_signatures(tmp_path: Pa
 def test_a_read_returns_whole_files_or_refuses_one_that_grows_under_it(tmp_path: Path):
     """Share.read reads one byte more than the size fstat gave and stops there: a file
     that grows meanwhile must be refused, never returned cut at its old size."""
-    import threading
-
-    from meshsync.share import FileRefused
-
     root = tmp_path / "share"
     root.mkdir()
     share = Share(root, max_file_bytes=1 << 24)
