@@ -11,6 +11,7 @@ reads the rest itself.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pickle
@@ -20,6 +21,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 
 MIN_FILES = 2000  # fewer files are read faster than a helper process starts (~0.15 s)
 CHUNK = 128  # files per request to the helper
-DEPTH = 2  # requests the helper has queued, so it never waits for the pass
+DEPTH = 8  # requests the helper has queued, so it never waits for the pass
+PIPE_BYTES = 1 << 20  # the answers pipe, when the system allows (Linux: fs.pipe-max-size)
 STALL_S = 60.0  # a helper silent this long while the pass waits for it is given up
 
 # (record, digest of the file's bytes, its mtime in ns, its signature as read)
@@ -71,6 +74,32 @@ def read(share: Share, rel: str, node_id: str, max_depth: int) -> Read | Problem
     if rec.scope == "node" and "/node/" not in rel:
         return Problem(rel, "says scope node but is not in this node's folder", "fix the scope")
     return rec, formats.digest_bytes(data), st.st_mtime_ns, sig_of(st)
+
+
+def read_all(share: Share, rels: list[str], node_id: str, max_depth: int,
+             helper: Helper | None = None) -> Iterator[tuple[int, Read | Problem | None]]:
+    """Every file of ``rels`` once, as (position, reading), in no fixed order.  With a
+    helper, this process reads from the front while the helper reads chunks from the
+    end, and the helper's answers are yielded as they come: whatever the caller does with
+    a reading (a first import plans and writes it to the index at once) overlaps the
+    helper's reading of the next ones."""
+    if helper is None:
+        for n, rel in enumerate(rels):
+            yield n, read(share, rel, node_id, max_depth)
+        return
+    helper.begin(rels)
+    n = 0  # the next position this process reads itself; the helper has rels[helper.lo:]
+    while True:
+        yield from helper.answers(n, wait=False)
+        if n < helper.lo:
+            yield n, read(share, rels[n], node_id, max_depth)
+            n += 1
+        elif helper.owes():
+            yield from helper.answers(n, wait=True)
+        else:
+            break
+    for m in helper.unanswered():  # it failed: what it still owed is read here
+        yield m, read(share, rels[m], node_id, max_depth)
 
 
 # --- the helper process ------------------------------------------------------------------------
@@ -132,9 +161,8 @@ def serve() -> None:
 
 
 class Helper:
-    """The pass's side of the helper: it hands out chunks from the end of ``rels`` and
-    says, for each position, whether the pass reads that file itself (``take`` returns
-    False) or has the helper's result."""
+    """The pass's side of the helper: it asks for chunks from the end of the list the
+    pass reads, never the chunk the pass reads next, and hands back the answers."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
@@ -159,6 +187,14 @@ class Helper:
         except OSError as exc:
             log.warning("cannot start a helper process for reading (%s): the pass reads alone", exc)
             return None
+        # A pipe holds 64 KiB, half a chunk's answers: the helper would wait for the pass
+        # to read them, and a pass writing a batch to the index does not read for ~50 ms.
+        for size in (PIPE_BYTES, PIPE_BYTES // 4):
+            try:
+                fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, size)  # type: ignore[union-attr]
+                break
+            except (OSError, AttributeError):  # over the system's limit; not Linux
+                continue
         h = cls(proc)
         if not h._send((str(share.root), share.max_file_bytes, node_id, max_depth)):
             h.close()
@@ -170,32 +206,30 @@ class Helper:
         self.rels = rels
         self.lo = len(rels)
 
-    def take(self, n: int) -> Read | Problem | None | bool:
-        """The helper's result for position ``n``, or False when the pass reads it itself
-        (its part of the list, or anything the helper did not answer)."""
-        if n < self.lo and not self.failed:
-            if n % CHUNK == 0:
-                self._pump(n, wait=False)
-            if n < self.lo:
-                return False
-        while n not in self.got and self.asked and not self.failed:
-            self._pump(n, wait=True)
-        t = self.got.pop(n, None)
-        return False if t is None else _decode(t)
-
-    def _pump(self, n: int, *, wait: bool) -> None:
-        """Take in the helper's answers (waiting for one if ``wait``), then keep DEPTH
-        chunks asked, all beyond the chunk the pass reads next."""
+    def answers(self, front: int, *, wait: bool) -> list[tuple[int, Read | Problem | None]]:
+        """The answers that came in (waiting for one if ``wait``), as (position, reading);
+        then keep DEPTH chunks asked, all beyond the chunk the pass reads from ``front``."""
         try:
             self._receive(STALL_S if wait else 0.0)
-            while not self.failed and len(self.asked) < DEPTH and self.lo - CHUNK >= n + CHUNK:
+            while not self.failed and len(self.asked) < DEPTH and self.lo - CHUNK >= front + CHUNK:
                 lo = self.lo - CHUNK
                 if not self._send(self.rels[lo:self.lo]):
-                    return
+                    break
                 self.asked.append((lo, self.lo))
                 self.lo = lo
         except (OSError, ValueError, EOFError, pickle.UnpicklingError, struct.error) as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
+        got = [(n, _decode(t)) for n, t in self.got.items()]
+        self.got.clear()
+        return got
+
+    def owes(self) -> bool:
+        """Whether answers are still to come."""
+        return bool(self.asked) and not self.failed
+
+    def unanswered(self) -> list[int]:
+        """Positions the helper was asked for and never answered (it failed)."""
+        return [n for lo, hi in self.asked for n in range(lo, hi)]
 
     def _receive(self, timeout: float) -> None:
         """Read what the helper sent: all that is there (timeout 0), or until one more

@@ -21,6 +21,7 @@ import stat as stat_mod
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -157,6 +158,7 @@ class Node:
         self.readahead_min = memread.MIN_FILES
         self.helper_read = 0
         self.helper: memread.Helper | None = None  # started before the walk of a first import
+        self.settle_early = True  # a first import applies items as it reads them (see _detect_share)
 
     def close(self) -> None:
         self.index.close()
@@ -263,20 +265,39 @@ class Node:
         share_obs: dict[ItemId, Obs] = {}
         share_unknown: set[ItemId] = set()
         problems: list[Problem] = []
+        index_problems: dict[ItemId, tuple[str, str] | None] = {}
+        refused_read: list[ItemId] = []
+        changed_mem = False
+        changed_skills: dict[str, str | None] = {}
+        early: set[ItemId] = set()  # items a first import planned and applied while it read
+
+        def settle(items: list[ItemId], obs: dict[ItemId, Obs], full: bool, tick: bool) -> None:
+            nonlocal changed_mem
+            cm, cs = self._settle(items, state, obs, share_unknown, cache_side, walk, stats,
+                                  index_problems, refused_read, now_ms, full, tick)
+            changed_mem |= cm
+            changed_skills.update(cs)
+
+        def settle_early(obs: dict[ItemId, Obs]) -> None:
+            early.update(obs)
+            settle(sorted(obs), obs, True, False)
 
         if only is None:
             # What the last pass recorded for each share file: the walk sets aside the
             # memory files that still have that signature, without a State for each.
             walk.known = self.index.share_sigs()
-            if not walk.known and self.index.meta("index_scanned") != "1" and self.readahead_min:
+            first = not walk.known
+            if first and self.index.meta("index_scanned") != "1" and self.readahead_min:
                 # A first import reads every file: the helper process starts during the walk.
                 self.helper = memread.Helper.start(self.share, self.node, self.s.limits.max_json_depth)
             self._walk(walk, now_ns)
             stats.scanned = len(walk.memory) + walk.same_count() + len(walk.skills)
-            candidates = self._detect_share(walk, state, share_obs, share_unknown, problems, now_ms, stats)
+            candidates = self._detect_share(walk, state, share_obs, share_unknown, problems, now_ms, stats,
+                                            settle_early if first and self.settle_early else None)
             candidates |= self._detect_tombstones(walk, state, share_obs, problems, now_ms)
             candidates |= outbox  # foreign writes to the index (other SQLite clients, the CLI)
-            state.want(outbox, len(walk.known))  # not one query per item when 10k rows were written
+            candidates -= early
+            state.want(candidates, len(walk.known))  # not one query per item when 10k rows were written
         else:
             candidates = set(only)
             candidates |= outbox
@@ -285,6 +306,7 @@ class Node:
                 self._observe_share_item(item, state.get(item), share_obs, share_unknown, problems,
                                          walk, now_ns, stats)
         # The share check again: an unmount during the walk must not read as deletes (R5).
+        # (What a first import applied early came from files it read: no deletes.)
         self.share.check()
         if only is None:
             self._sweep_temporaries(walk)
@@ -293,13 +315,24 @@ class Node:
         # In key order: the index's b-trees (the state table's and mesh_memory's (scope,
         # key) index) then take a batch's rows at neighbouring places, not all over the
         # file.  Written in hash order, a 100k import's commits wrote twice the pages.
-        items = sorted(it for it in candidates if it.kind in (MEM, SKILL))
+        settle(sorted(it for it in candidates if it.kind in (MEM, SKILL)), share_obs, only is None, True)
+        self._finish(walk, problems, index_problems, refused_read, seq, state, changed_mem,
+                     changed_skills, stats, now_ms, only is None, cache_side.unreadable, owed)
+        stats.seconds = round(time.monotonic() - t0, 4)
+        return stats
+
+    def _settle(self, items: list[ItemId], state: StateView, share_obs: dict[ItemId, Obs],
+                share_unknown: set[ItemId], cache_side: cacheside.CacheSide, walk: Walk, stats: PassStats,
+                index_problems: dict[ItemId, tuple[str, str] | None], refused_read: list[ItemId],
+                now_ms: int, full: bool, tick: bool) -> tuple[bool, dict[str, str | None]]:
+        """Reconcile ``items`` (in key order) from their sides and apply the plans."""
         self.cache_dirty.update(it for it in items if it.kind == MEM)
-        refused_read = [it for it in items if not self.readable(it)]
+        refused_read.extend(it for it in items if not self.readable(it))
         items = [it for it in items if self.readable(it)]
-        index_obs, index_problems = self._detect_index(items, state, now_ms)
+        index_obs, problems = self._detect_index(items, state, now_ms)
+        index_problems.update(problems)
         for it in items:
-            if it not in share_obs and it not in share_unknown and only is None:
+            if it not in share_obs and it not in share_unknown and full:
                 # Not read this pass: unchanged if the walk saw its file, else absent.
                 share_obs[it] = self._unread_share_obs(it, state.get(it), walk)
 
@@ -322,13 +355,8 @@ class Node:
             plan = reconcile(self._base(state.get(it)), sides, now_ms=now_ms, node=self.node,
                              writable=writable)
             plans.append((it, plan, sides))
-        stats.reconciled = len(plans)
-
-        changed_mem, changed_skills = self._apply(plans, state, stats, index_problems, now_ms)
-        self._finish(walk, problems, index_problems, refused_read, seq, state, changed_mem,
-                     changed_skills, stats, now_ms, only is None, cache_side.unreadable, owed)
-        stats.seconds = round(time.monotonic() - t0, 4)
-        return stats
+        stats.reconciled += len(plans)
+        return self._apply(plans, state, stats, index_problems, now_ms, tick)
 
     # --- detection: share ---------------------------------------------------------------------
 
@@ -432,11 +460,18 @@ class Node:
             log.info("removed %d stale temporary file(s) left by interrupted writes", n)
 
     def _detect_share(self, walk: Walk, state: StateView, share_obs: dict[ItemId, Obs],
-                      unknown: set[ItemId], problems: list[Problem], now_ms: int,
-                      stats: PassStats) -> set[ItemId]:
+                      unknown: set[ItemId], problems: list[Problem], now_ms: int, stats: PassStats,
+                      settle: Callable[[dict[ItemId, Obs]], None] | None = None) -> set[ItemId]:
+        """The share side of what changed.  With ``settle`` (a first import), memory files
+        are taken in name order and handed to it in batches as soon as they are read: such
+        an item has every side known already (the index and cache were looked at before
+        the walk, and nothing else on the share names it unless a tombstone does), and its
+        index writes overlap the helper process's reading of the next files."""
         known = walk.known
         mem = walk.memory
         to_read = list(mem.items())  # the walk set aside the memory files known unchanged
+        if settle is not None:
+            to_read.sort(key=itemgetter(0))  # key order, as in _sync
         skills = [(rel, sd) for rel, sd in walk.skills.items()
                   if not sd.settled or known.get(rel, 0) != sd.sig]
         seen = walk.same_count() + sum(1 for rel in mem if rel in known) + sum(1 for rel in walk.skills if rel in known)
@@ -453,16 +488,18 @@ class Node:
         elif helper is not None and total < memread.CHUNK * 4:
             helper.close()
             helper = None
-        if helper is not None:
-            helper.begin([rel for rel, _ in to_read])
+        tombs = walk.tombstones if settle is not None else None
+        batch: dict[ItemId, Obs] = {}
         try:
-            for n, (rel, fe) in enumerate(to_read):
+            readings = memread.read_all(self.share, [rel for rel, _ in to_read], self.node,
+                                        self.s.limits.max_json_depth, helper)
+            for n, (pos, got) in enumerate(readings):
                 if n % 500 == 0:
                     self._tick("reading changed memory files", n, total)
+                rel, fe = to_read[pos]
                 it = ids.get(rel)
                 stats.read += 1
-                got = self._read_memory(rel, fe.sig if fe.settled else None, problems,
-                                        helper.take(n) if helper is not None else False)
+                got = self._read_memory(rel, fe.sig if fe.settled else None, problems, got)
                 if got is None:
                     if it is not None:
                         unknown.add(it)
@@ -475,8 +512,16 @@ class Node:
                     obs = Obs(self._base(st), True, obs.payload)
                     if st.share_sig == obs.payload.sig:
                         continue
+                if tombs is not None and (not tombs or layout.tombstone_path(it2, self.node) not in tombs):
+                    batch[it2] = obs
+                    if len(batch) >= BATCH:
+                        settle(batch)  # type: ignore[misc]
+                        batch = {}
+                    continue
                 share_obs[it2] = obs
                 changed.add(it2)
+            if batch:
+                settle(batch)  # type: ignore[misc]
         finally:
             if helper is not None:
                 helper.close()
@@ -523,8 +568,8 @@ class Node:
 
     def _read_memory(self, rel: str, sig: str | None, problems: list[Problem],
                      got: memread.Read | Problem | None | bool = False) -> tuple[ItemId, Obs] | None:
-        """The share side of one memory file; ``got`` is the helper process's reading of
-        it (False: read it here)."""
+        """The share side of one memory file; ``got`` is its reading by memread.read_all
+        (False: read it here)."""
         if got is False:
             got = memread.read(self.share, rel, self.node, self.s.limits.max_json_depth)
         if got is None:
@@ -797,13 +842,13 @@ class Node:
 
     def _apply(self, plans: list[tuple[ItemId, Plan, dict[str, Obs]]], state: dict[ItemId, State],
                stats: PassStats, index_problems: dict[ItemId, tuple[str, str] | None],
-               now_ms: int) -> tuple[bool, dict[str, str | None]]:
+               now_ms: int, tick: bool = True) -> tuple[bool, dict[str, str | None]]:
         changed_mem = False
         changed_skills: dict[str, str | None] = {}
         pending: list[tuple[ItemId, Plan, dict[str, Obs], State | None]] = []
         total = len(plans)
         for n, (it, plan, sides) in enumerate(plans):
-            if n % 500 == 0:
+            if tick and n % 500 == 0:
                 self._tick("applying", n, total)
             if n % BATCH == 0:
                 self._record_exports(plans[n:n + BATCH])

@@ -1,9 +1,12 @@
-"""The helper process that reads memory files beside a pass (meshsync/memread.py).
+"""Reading memory files for a pass: the helper process beside it (meshsync/memread.py),
+and a first import that applies items while it reads them (Node._detect_share).
 
 A pass with the helper must end exactly as one without it: the same rows, the same
 state, the same problems reported for bad files, whichever process read them; and a
-helper that dies or stalls only means the pass reads the rest itself.  Real files, a
-real helper process, real SQLite; the helper is killed or stopped with real signals.
+helper that dies or stalls only means the pass reads the rest itself.  A first import
+that applies what it has read in batches must end exactly as one that reads everything
+first.  Real files, a real helper process, real SQLite; the helper is killed or stopped
+with real signals.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 from helpers import Mesh
 
-from meshsync import config, memread
+from meshsync import config, layout, memread
 from meshsync.sync import Node
 
 N_GOOD = 1200
@@ -132,4 +136,83 @@ def test_a_helper_that_dies_or_stalls_leaves_the_rest_to_the_pass(mesh: Mesh, tm
     assert hit
     assert got == want
     assert node.helper_read < N_GOOD
+    assert _children() == []
+
+
+def _share_files(share: Path) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for dirpath, _dirs, files in os.walk(share):
+        for name in files:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(share))
+            out[rel] = "link" if p.is_symlink() else "fifo" if p.is_fifo() else p.read_bytes()
+            if rel.startswith(".meshsync/journal/"):  # the items written, whatever their order and time
+                out[rel] = sorted(it for line in out[rel].splitlines() for it in json.loads(line)["items"])
+    return out
+
+
+@pytest.mark.parametrize("helper", [False, True])
+def test_a_first_import_that_applies_as_it_reads_ends_as_one_that_reads_first(mesh: Mesh, tmp_path: Path,
+                                                                             helper: bool):
+    """The share holds good and bad files, tombstones of another node (one file came
+    back by hand after its delete and beats it, one older copy loses to it), the index
+    rows of a foreign writer (newer, older and index-only), and the cache entries of a
+    tool: everything a first import looks at besides the files it reads."""
+    mesh.node("w")  # `meshsync init`: the share's marker
+    _fill(mesh.share, tmp_path)
+    w = Node(config.load(None, node_id="w", share=mesh.share, index=tmp_path / "w.sqlite",
+                         openclaw_home=tmp_path / "w-home"))
+    w.sync()
+    for i in range(30, 40):
+        assert w.delete_item(layout.memory_id("mesh", f"note.{i:05d}"))
+    w.sync()
+    m = mesh.share / "memory" / "mesh"
+    tombs = list((mesh.share / ".meshsync" / "tombstones").rglob("*.json"))
+    assert len(tombs) == 10
+    (m / "note.00030.json").write_text('{"value": "back by hand"}')
+    (m / "note.00031.json").write_text(json.dumps({"value": "old copy", "scope": "mesh", "key": "note.00031",
+                                                   "node_id": "w", "updated_at": 1_600_000_000}))
+    os.utime(m / "note.00031.json", (1_600_000_000, 1_600_000_000))  # a copy from long ago
+    w.close()
+
+    nodes = []
+    for name, early in (("late", False), ("early", True)):
+        share = tmp_path / f"share-{name}"
+        subprocess.run(["cp", "-a", str(mesh.share), str(share)], check=True)  # fifos and links as they are
+        home = tmp_path / f"home-{name}"
+        s = config.load(None, node_id="n", share=share, index=tmp_path / f"{name}.sqlite", openclaw_home=home,
+                        limits={"max_file_bytes": 4096})
+        node = Node(s)
+        node.settle_early = early
+        node.readahead_min = 1 if early and helper else 0
+        db = sqlite3.connect(s.index)
+        with db:
+            for i in range(40, 60):  # 40-49 newer than their files, 50-59 older
+                t = 1_800_000_000 + i if i < 50 else 1_600_000_000
+                db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
+                           ("mesh", f"note.{i:05d}", json.dumps({"from": "index", "i": i}), "sql", t))
+            for j in range(5):
+                db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
+                           ("mesh", f"only.index.{j}", json.dumps(j), "sql", 1_700_000_000))
+        db.close()
+        home.mkdir()
+        (home / "mesh-memory.json").write_text(json.dumps({
+            "mesh:note.00061": {"value": "from the cache", "nodeId": "tool", "ts": 1_900_000_000}}))
+        node.sync()
+        nodes.append((node, share, home))
+
+    (late, late_share, late_home), (early, early_share, early_home) = nodes
+    want, got = _outcome(late), _outcome(early)
+    assert len(want["rows"]) == N_GOOD - 9 + 5 and len(want["errors"]) >= 9 * (N_GOOD // 100)
+    assert got == want
+    assert _share_files(early_share) == _share_files(late_share)
+    assert json.loads((early_home / "mesh-memory.json").read_bytes()) == json.loads(
+        (late_home / "mesh-memory.json").read_bytes())
+    rows = {k: v for _s, k, v, _n, _u in got["rows"]}
+    assert json.loads(rows["note.00030"]) == "back by hand" and "note.00031" not in rows
+    assert json.loads(rows["note.00041"]) == {"from": "index", "i": 41}
+    assert json.loads(rows["note.00051"])["n"] == 51
+    assert json.loads(rows["note.00061"]) == "from the cache"
+    if helper:
+        assert early.helper_read > 0
     assert _children() == []
