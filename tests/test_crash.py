@@ -578,11 +578,14 @@ INSERT_DURING_IMPORT = """
 import os, sqlite3, sys
 import meshsync.sync as s
 real_apply, real_bulk = s.Node._apply, s.Node._bulk_insert
+done = []
 def _apply(self, *a, **k):  # detection is done (k2 was absent from the index): now a client inserts it
-    db = sqlite3.connect(os.environ["MESHSYNC_INDEX"], isolation_level=None, timeout=30)
-    db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
-               ("mesh", os.environ["KEY"], '"foreign"', "tool", int(os.environ["SEC"])))
-    db.close()
+    if not done:  # (a first import applies the files it read, then the rest)
+        done.append(1)
+        db = sqlite3.connect(os.environ["MESHSYNC_INDEX"], isolation_level=None, timeout=30)
+        db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
+                   ("mesh", os.environ["KEY"], '"foreign"', "tool", int(os.environ["SEC"])))
+        db.close()
     return real_apply(self, *a, **k)
 def _bulk(self, db, pending):
     got = real_bulk(self, db, pending)
