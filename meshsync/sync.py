@@ -493,9 +493,10 @@ class Node:
         try:
             readings = memread.read_all(self.share, [rel for rel, _ in to_read], self.node,
                                         self.s.limits.max_json_depth, helper)
+            phase = "importing memory files" if settle is not None else "reading changed memory files"
             for n, (pos, got) in enumerate(readings):
                 if n % 500 == 0:
-                    self._tick("reading changed memory files", n, total)
+                    self._tick(phase, n, total)
                 rel, fe = to_read[pos]
                 it = ids.get(rel)
                 stats.read += 1

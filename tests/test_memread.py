@@ -125,7 +125,7 @@ def test_a_helper_that_dies_or_stalls_leaves_the_rest_to_the_pass(mesh: Mesh, tm
     hit = []
 
     def progress(what: str, done: int, total: int | None) -> None:
-        if what.startswith("reading") and done == 500:
+        if what.endswith("memory files") and done == 500:
             pids = _children()
             assert pids, "no helper process while the pass reads"
             for pid in pids:
