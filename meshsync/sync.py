@@ -51,6 +51,7 @@ log = logging.getLogger("meshsync")
 # The sides a pass may write for an item of a scope this node may write, or only read.
 WRITE_ALL = frozenset({SHARE, INDEX, "cache"})
 WRITE_LOCAL = frozenset({INDEX, "cache"})
+CHANGED_SAMPLE = 20  # items a pass names in its stats (status --json's last_pass)
 BATCH = 500  # rows per index write transaction: short, so other writers are never starved
 
 
@@ -113,11 +114,11 @@ class PassStats:
     errors: int = 0
     cache_written: bool = False
     full: bool = True
-    changed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # the first CHANGED_SAMPLE items that changed
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__slots__ if k != "changed"}
-        d["changed_sample"] = self.changed[:20]
+        d["changed_sample"] = self.changed
         return d
 
 
@@ -327,8 +328,10 @@ class Node:
                 now_ms: int, full: bool, tick: bool) -> tuple[bool, dict[str, str | None]]:
         """Reconcile ``items`` (in key order) from their sides and apply the plans."""
         self.cache_dirty.update(it for it in items if it.kind == MEM)
-        refused_read.extend(it for it in items if not self.readable(it))
-        items = [it for it in items if self.readable(it)]
+        may = [it for it in items if self.readable(it)]
+        if len(may) < len(items):
+            refused_read.extend(it for it in items if not self.readable(it))
+        items = may
         index_obs, problems = self._detect_index(items, state, now_ms)
         index_problems.update(problems)
         for it in items:
@@ -474,10 +477,14 @@ class Node:
             to_read.sort(key=itemgetter(0))  # key order, as in _sync
         skills = [(rel, sd) for rel, sd in walk.skills.items()
                   if not sd.settled or known.get(rel, 0) != sd.sig]
-        seen = walk.same_count() + sum(1 for rel in mem if rel in known) + sum(1 for rel in walk.skills if rel in known)
-        gone = ([] if seen == len(known) else
-                [rel for rel in known if rel not in mem and rel not in walk.skills and not walk.is_same(rel)])
-        ids = self.index.items_at([rel for rel, _ in (*to_read, *skills) if rel in known] + gone)
+        if known:
+            seen = (walk.same_count() + sum(1 for rel in mem if rel in known)
+                    + sum(1 for rel in walk.skills if rel in known))
+            gone = ([] if seen == len(known) else
+                    [rel for rel in known if rel not in mem and rel not in walk.skills and not walk.is_same(rel)])
+            ids = self.index.items_at([rel for rel, _ in (*to_read, *skills) if rel in known] + gone)
+        else:  # nothing recorded (a first import): nothing known is gone or has an item
+            gone, ids = [], {}
         state.want(ids.values(), len(known), len(to_read) + len(skills) + len(gone))
         changed: set[ItemId] = set()
         total = len(to_read)
@@ -1174,7 +1181,8 @@ class Node:
                 old = state.get(it)
                 moved = old is None or not self._base(old).same(win)  # type: ignore[union-attr]
                 if moved:
-                    stats.changed.append(str(it))
+                    if len(stats.changed) < CHANGED_SAMPLE:
+                        stats.changed.append(str(it))
                     if it.kind == MEM and not win.deleted and (old is None or old.deleted):
                         self.young_added.add(cacheside.cache_key(it))
                     if it.kind == MEM and old is not None and not old.deleted:

@@ -367,3 +367,30 @@ def test_memory_scopes_lists_every_distinct_scope(idx):
     want = [r[0] for r in db.execute("SELECT DISTINCT scope FROM mesh_memory NOT INDEXED")]
     assert sorted(map(repr, got)) == sorted(map(repr, want)) and len(got) == len(set(map(repr, got))) == 8
     db.close()
+
+
+def test_bulk_insert_stores_every_row_exactly_and_leaves_existing_ones(idx):
+    """Rows go in as one JSON array (json_each): what SQLite stores must be the very
+    strings and integers given, whatever they hold; a text with a NUL (which json_extract
+    would cut short) takes the per-row path instead, with the same result."""
+    odd = ['"plain"', '"quote \\" and backslash \\\\"', '"tab\\tnewline\\n"', '"üñí ✓ 𝄞 emoji 🎉"',
+           '{"a":[1,2.5,null,true],"b":"x\\u0001y"}', "'single'", "", " lead and trail ", "12345678901234567890"]
+    rows = [("mesh", f"k{i}", v, f"node-{i}", 1_700_000_000 + i) for i, v in enumerate(odd)]
+    rows += [("mesh", "ke\u00ffy\u2028", '"line sep"', "n", 1), ("user:ü", "k", '"scoped"', "n", 2**62)]
+    with idx.write() as db:
+        db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES ('mesh', 'k3', 'old', 'x', 5)")
+        assert idx.insert_memory_rows_if_absent(db, rows) == len(rows) - 1  # k3 was there: left alone
+    got = {(s, k): (v, n, u, type(u)) for s, k, v, n, u in idx.db.execute(
+        "SELECT scope, key, value, node_id, updated_at FROM mesh_memory")}
+    assert got.pop(("mesh", "k3")) == ("old", "x", 5, int)
+    assert got == {(s, k): (v, n, u, int) for s, k, v, n, u in rows if k != "k3"}
+    assert search(idx.db, "emoji") == set() and search(idx.db, "scoped") == {("user:ü", "k")}
+    # The per-row path: the same outcome.
+    for bad in ('"nul \x00 inside"', '"no nul"'):
+        with idx.write() as db:
+            assert idx.insert_memory_rows_if_absent(db, [("mesh", "a", bad, "n", 1), ("mesh", "b", '"b"', "n", 2**63 - 1),
+                                                         ("mesh", "k0", '"not me"', "n", 1)]) == 2
+        assert idx.db.execute("SELECT value FROM mesh_memory WHERE key = 'a'").fetchone()[0] == bad
+        assert idx.db.execute("SELECT updated_at FROM mesh_memory WHERE key = 'b'").fetchone()[0] == 2**63 - 1
+        idx.db.execute("DELETE FROM mesh_memory WHERE key IN ('a', 'b')")
+    assert idx.db.execute("SELECT value FROM mesh_memory WHERE key = 'k0'").fetchone()[0] == '"plain"'
