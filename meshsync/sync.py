@@ -298,7 +298,7 @@ class Node:
             candidates |= self._detect_tombstones(walk, state, share_obs, problems, now_ms)
             candidates |= outbox  # foreign writes to the index (other SQLite clients, the CLI)
             candidates -= early
-            state.want(candidates, len(walk.known))  # not one query per item when 10k rows were written
+            state.want(outbox, len(walk.known))  # not one query per item when 10k rows were written
         else:
             candidates = set(only)
             candidates |= outbox
