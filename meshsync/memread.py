@@ -4,9 +4,11 @@ A pass reads every memory file whose signature changed; at a first import that i
 file, and each costs 60–120 µs of Python (read with the R6/R7 checks, parse, digests) on
 one core.  With more than ``MIN_FILES`` to read, a helper process reads the list from its
 end while the pass reads it from the start, in chunks the pass hands out, until they
-meet.  The helper runs :func:`read` exactly as the pass would and answers with plain
-tuples; anything going wrong with it (it cannot start, dies, stalls) only means the pass
-reads the rest itself.
+meet.  :func:`read_all` yields the readings as they come, so the pass can work on each
+(a first import writes them to the index in batches) while the helper reads the next.
+The helper runs :func:`read` exactly as the pass would and answers with plain tuples;
+anything going wrong with it (it cannot start, dies, stalls) only means the pass reads
+the rest itself.
 """
 
 from __future__ import annotations
