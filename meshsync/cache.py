@@ -100,20 +100,20 @@ def atomic_write_many(files: list[tuple[Path, bytes | Iterable[bytes | Span]]],
             if fsync:
                 os.fsync(fd)
             stats.append(os.fstat(fd))
-        while temps:
-            fd, tmp, path = temps[0]
+        for i, (fd, tmp, path) in enumerate(temps):
+            temps[i] = (-1, tmp, path)  # closed: never closed twice (the number may be reused)
             os.close(fd)
             os.replace(tmp, path)
-            temps.pop(0)
         return stats
     except BaseException:
         for fd, tmp, _ in temps:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             try:
-                os.close(fd)
-            except OSError:
-                pass
-            try:
-                os.unlink(tmp)
+                os.unlink(tmp)  # gone already for the files renamed
             except OSError:
                 pass
         raise

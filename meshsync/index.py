@@ -285,7 +285,7 @@ class Index:
         self.state_writes = 0  # changes to meshsync_state through this connection
         self._share_sigs: tuple[tuple[int, int], KnownSigs] | None = None
         self._fts_same_at: int | None = None  # data_version when check_fts last found no drift
-        self._json_rows = True  # SQLite has json_each (see _insert_many)
+        self._json_rows = True  # SQLite has json_each (see insert_memory_rows_if_absent)
         if not create and not self.path.exists():
             raise IndexError_(f"index {self.path} does not exist (run `meshsync init`)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -586,36 +586,36 @@ class Index:
     def insert_memory_rows_if_absent(self, db: sqlite3.Connection,
                                      rows: list[tuple[str, str, str, str, int]]) -> int:
         """Insert (scope, key, value, node_id, updated_at) rows, skipping any whose
-        (scope, key) exists; returns how many were inserted."""
-        return self._insert_many(db, "mesh_memory (scope, key, value, node_id, updated_at)",
-                                 "ON CONFLICT(scope, key) DO NOTHING", rows)
+        (scope, key) exists; returns how many were inserted.
 
-    def _insert_many(self, db: sqlite3.Connection, into: str, tail: str, rows: list[tuple]) -> int:
-        """INSERT INTO ``into`` every row, ``tail`` being its ON CONFLICT clause; returns
-        the rows inserted.  The rows go in as one JSON array through json_each: one
-        statement that SQLite runs through, where executemany steps it once per row, and
-        FTS5 then did its per-statement work once per row (a 10k import's inserts:
-        0.15-0.18 s, not 0.52-0.54 s).  Rows of many columns do not gain: json_extract
-        parses a row's array again for each column (the state rows' 12: twice as slow)."""
+        The rows go in as one JSON array through json_each: one statement that SQLite runs
+        through, where executemany steps it once per row and FTS5 then did its
+        per-statement work once per row (a 10k import's inserts: 0.15-0.18 s, not
+        0.52-0.54 s).  (The state rows keep executemany: json_extract parses a row's
+        array again for each column, and their 12 columns made them twice as slow.)"""
         if not rows:
             return 0
+        data = None
         if self._json_rows:
             try:
                 data = orjson.dumps(rows)
-            except TypeError:  # not JSON (a lone surrogate, a huge integer): executemany
-                data = b"\\u0000"
-            # json_extract would end a text at an escaped NUL; such rows take executemany.
-            if b"\\u0000" not in data:
-                cols = ", ".join(f"json_extract(j.value, '$[{i}]')" for i in range(len(rows[0])))
-                try:
-                    return db.execute(f"INSERT INTO {into} SELECT {cols} FROM json_each(?) AS j WHERE true {tail}",
-                                      (data.decode("utf-8"),)).rowcount
-                except sqlite3.OperationalError as exc:  # an SQLite built without JSON
-                    if "json" not in str(exc):
-                        raise
-                    self._json_rows = False
-        marks = ",".join("?" * len(rows[0]))
-        return db.executemany(f"INSERT INTO {into} VALUES ({marks}) {tail}", rows).rowcount
+            except TypeError:  # not JSON (a lone surrogate, a huge integer)
+                pass
+        # json_extract would end a text at an escaped NUL: such rows take executemany.
+        if data is not None and b"\\u0000" not in data:
+            try:
+                return db.execute(
+                    "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at)"
+                    " SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),"
+                    " json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]')"
+                    " FROM json_each(?) AS j WHERE true ON CONFLICT(scope, key) DO NOTHING",
+                    (data.decode("utf-8"),)).rowcount
+            except sqlite3.OperationalError as exc:  # an SQLite built without JSON
+                if "json" not in str(exc):
+                    raise
+                self._json_rows = False
+        return db.executemany("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
+                              " ON CONFLICT(scope, key) DO NOTHING", rows).rowcount
 
     def set_skill(self, db: sqlite3.Connection, item: ItemId, content: str | None, path: str | None,
                   node: str, updated_at: int, exists: bool) -> None:

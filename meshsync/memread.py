@@ -171,7 +171,7 @@ class Helper:
         self.rels: list[str] = []
         self.lo = 0  # the helper has rels[lo:] (asked or answered)
         self.asked: list[tuple[int, int]] = []  # chunks asked and not yet answered, newest last
-        self.got: dict[int, tuple] = {}
+        self.got: list[tuple[int, tuple]] = []  # answers received, not yet handed over
         self.buf = bytearray()
         self.failed = False
         self.answered = 0  # files the helper read (tests, logs)
@@ -221,9 +221,8 @@ class Helper:
                 self.lo = lo
         except (OSError, ValueError, EOFError, pickle.UnpicklingError, struct.error) as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
-        got = [(n, _decode(t)) for n, t in self.got.items()]
-        self.got.clear()
-        return got
+        got, self.got = self.got, []
+        return [(n, _decode(t)) for n, t in got]
 
     def owes(self) -> bool:
         """Whether answers are still to come."""
@@ -256,7 +255,7 @@ class Helper:
                 results = pickle.loads(self.buf[_LEN.size:_LEN.size + size])
                 del self.buf[:_LEN.size + size]
                 lo, hi = self.asked.pop(0)
-                self.got.update(zip(range(lo, hi), results, strict=True))  # ValueError: not one per file
+                self.got.extend(zip(range(lo, hi), results, strict=True))  # ValueError: not one per file
                 self.answered += len(results)
             if timeout and self.answered > before:
                 return

@@ -495,7 +495,7 @@ class Node:
         elif helper is not None and total < memread.CHUNK * 4:
             helper.close()
             helper = None
-        tombs = walk.tombstones if settle is not None else None
+        tombs = walk.tombstones
         batch: dict[ItemId, Obs] = {}
         try:
             readings = memread.read_all(self.share, [rel for rel, _ in to_read], self.node,
@@ -520,16 +520,16 @@ class Node:
                     obs = Obs(self._base(st), True, obs.payload)
                     if st.share_sig == obs.payload.sig:
                         continue
-                if tombs is not None and (not tombs or layout.tombstone_path(it2, self.node) not in tombs):
+                if settle is not None and (not tombs or layout.tombstone_path(it2, self.node) not in tombs):
                     batch[it2] = obs
                     if len(batch) >= BATCH:
-                        settle(batch)  # type: ignore[misc]
+                        settle(batch)
                         batch = {}
                     continue
                 share_obs[it2] = obs
                 changed.add(it2)
-            if batch:
-                settle(batch)  # type: ignore[misc]
+            if batch and settle is not None:
+                settle(batch)
         finally:
             if helper is not None:
                 helper.close()

@@ -99,13 +99,27 @@ def _run(mesh: Mesh, tmp_path: Path, on_progress=None, first_import: bool = True
     alone = _node(mesh, "alone", 0)
     with_helper = _node(mesh, "helped", 0 if not first_import else 1)
     if not first_import:
+        # A skill the nodes have synced: their next pass is not a first import (it has
+        # recorded share signatures), and the skill adds no memory row.
+        skill = mesh.share / "skills" / "primer"
+        skill.mkdir(parents=True)
+        (skill / "SKILL.md").write_text("---\nname: primer\ndescription: d\n---\nprimer\n")
         alone.sync()
         with_helper.sync()
         with_helper.readahead_min = 1
     _fill(mesh.share, tmp_path)
     alone.sync()
-    with_helper.progress = on_progress
+    phases: set[str] = set()
+
+    def progress(what: str, done: int, total: int | None) -> None:
+        phases.add(what)
+        if on_progress is not None:
+            on_progress(what, done, total)
+
+    with_helper.progress = progress
     st = with_helper.sync()
+    assert ("importing memory files" in phases) == first_import  # the first import applies as it reads
+    assert ("reading changed memory files" in phases) != first_import
     assert st.to_index == N_GOOD
     return _outcome(alone), _outcome(with_helper), with_helper
 
