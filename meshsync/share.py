@@ -14,11 +14,13 @@ Rules kept here so that no caller can forget them:
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,16 @@ TMP_PREFIX = ".meshsync-tmp-"
 # A temporary file of ours older than this is the leftover of a write killed midway (R7):
 # no write takes that long.  Full passes remove such files (sync.Node._sweep_temporaries).
 STALE_TEMP_S = 3600.0
+# Threads for a batch of writes (Share.write_many).  Each write waits on its fsync (a
+# journal commit on a local disk, a round trip to the server on NFS/SMB); waits in
+# parallel share commits and round trips: 10k files in 1.7-2.0 s here against 2.6-2.7 s
+# one after the other (ext4 on virtio), more on a network share.
+WRITERS = 8
+_TMP_SEQ = itertools.count()  # temporary names unique across threads as well as processes
+
+# Compare-and-set for a write: given the target's lstat (None: absent) just before the
+# rename, whether it is still what the caller saw.
+Check = Callable[[os.stat_result | None], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +54,11 @@ class Problem:
 
 class ShareUnavailable(Exception):
     """The share is not mounted, not initialised or not readable: touch nothing (R5)."""
+
+
+class Changed(Exception):
+    """A write's compare-and-set failed: the target changed since the caller looked,
+    and was left as it is."""
 
 
 class FileRefused(Exception):
@@ -212,6 +229,7 @@ class Share:
         self.file_mode = file_mode
         self.gid = gid
         self._safe_dirs: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = None  # Share.write_many's threads, made on first use
 
     # --- availability ----------------------------------------------------------------
 
@@ -346,8 +364,11 @@ class Share:
 
     # --- writes --------------------------------------------------------------------------
 
-    def write(self, rel: str, data: bytes) -> os.stat_result:
-        """Atomically replace rel with data; returns the new file's stat."""
+    def write(self, rel: str, data: bytes, check: Check | None = None) -> os.stat_result:
+        """Atomically replace rel with data; returns the new file's stat.  With check, the
+        target is looked at again once the data is flushed, right before the rename, and
+        left alone (Changed) unless check accepts it: the narrowest window this side of
+        a lock that no NAS client honours."""
         parent, _, name = rel.rpartition("/")
         if parent:
             if parent not in self._safe_dirs:
@@ -363,7 +384,7 @@ class Share:
         if tst is not None and not stat.S_ISREG(tst.st_mode):
             raise FileRefused(Problem(rel, "is in the way (not a regular file); meshsync will not replace it",
                                       "move it away"))
-        tmp = f"{d}/{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
+        tmp = f"{d}/{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{next(_TMP_SEQ)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      self.file_mode if self.file_mode is not None else 0o644)
         try:
@@ -383,6 +404,13 @@ class Share:
                 st = os.fstat(fd)
             finally:
                 os.close(fd)
+            if check is not None:
+                try:
+                    cur = os.lstat(target)
+                except FileNotFoundError:
+                    cur = None
+                if not check(cur):
+                    raise Changed(rel)
             os.rename(tmp, target)
         except BaseException:
             try:
@@ -391,6 +419,39 @@ class Share:
                 pass
             raise
         return st
+
+    def write_many(self, jobs: Sequence[tuple[str, bytes, Check | None]]) -> list[os.stat_result | Exception]:
+        """write() each (rel, data, check), several at a time; returns, in order, each
+        file's stat or what refused it (Changed, FileRefused, OSError).  Directories are
+        made first, here: the threads then only read the set of known ones."""
+        def one(job: tuple[str, bytes, Check | None]) -> os.stat_result | Exception:
+            try:
+                return self.write(*job)
+            except (Changed, FileRefused, OSError) as exc:
+                return exc
+
+        early: dict[int, Exception] = {}
+        for n, (rel, _, _) in enumerate(jobs):
+            parent = rel.rpartition("/")[0]
+            if parent and parent not in self._safe_dirs:
+                try:
+                    self._ensure_dir(parent)
+                except (FileRefused, OSError) as exc:
+                    early[n] = exc
+        todo = [job for n, job in enumerate(jobs) if n not in early]
+        if len(todo) < 2:
+            done = [one(job) for job in todo]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="meshsync-write")
+            done = list(self._pool.map(one, todo))
+        it = iter(done)
+        return [early[n] if n in early else next(it) for n in range(len(jobs))]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def remove(self, rel: str) -> None:
         try:

@@ -44,7 +44,17 @@ from .index import (
 )
 from .layout import MEM, NOT_UTF8_NAME, SKILL, ItemId, not_unicode
 from .reconcile import ABSENT, CACHE, INDEX, SHARE, Obs, Plan, Version, reconcile
-from .share import FileRefused, Problem, Share, Walk, settled, sig_of, sweep_temporaries
+from .share import (
+    Changed,
+    Check,
+    FileRefused,
+    Problem,
+    Share,
+    Walk,
+    settled,
+    sig_of,
+    sweep_temporaries,
+)
 
 log = logging.getLogger("meshsync")
 
@@ -140,6 +150,9 @@ class Node:
         self.progress: Callable[[str, int, int | None], None] | None = None
         self.written: list[ItemId] = []  # items this pass wrote to the share (for the journal)
         self.deferred: list[ItemId] = []  # items whose share file changed under us: next pass
+        # Memory files _apply_share rendered, written a batch at a time by _write_queued:
+        # (item, rel, bytes, compare-and-set, the state the item gets once written).
+        self.queued: list[tuple[ItemId, str, bytes, Check, State]] = []
         # Signatures of files this process wrote: their change events are our own echo.
         self.own_sigs: dict[str, str] = {}
         # mesh-memory.json as we last wrote it, and what may have changed in it since:
@@ -162,6 +175,7 @@ class Node:
         self.settle_early = True  # a first import applies items as it reads them (see _detect_share)
 
     def close(self) -> None:
+        self.share.close()
         self.index.close()
 
     # --- helpers ------------------------------------------------------------------------------
@@ -854,6 +868,7 @@ class Node:
         changed_mem = False
         changed_skills: dict[str, str | None] = {}
         pending: list[tuple[ItemId, Plan, dict[str, Obs], State | None]] = []
+        self.queued = []
         total = len(plans)
         for n, (it, plan, sides) in enumerate(plans):
             if tick and n % 500 == 0:
@@ -863,15 +878,53 @@ class Node:
             new_state = self._apply_share(it, plan, sides, state.get(it), stats, index_problems)
             pending.append((it, plan, sides, new_state))
             if len(pending) >= BATCH:
-                cm, cs = self._apply_index(pending, state, stats, index_problems)
+                cm, cs = self._apply_index(self._write_queued(pending, stats, index_problems),
+                                           state, stats, index_problems)
                 changed_mem |= cm
                 changed_skills.update(cs)
                 pending = []
         if pending:
-            cm, cs = self._apply_index(pending, state, stats, index_problems)
+            cm, cs = self._apply_index(self._write_queued(pending, stats, index_problems),
+                                       state, stats, index_problems)
             changed_mem |= cm
             changed_skills.update(cs)
         return changed_mem, changed_skills
+
+    def _write_queued(self, pending: list[tuple[ItemId, Plan, dict[str, Obs], State | None]], stats: PassStats,
+                      index_problems: dict) -> list[tuple[ItemId, Plan, dict[str, Obs], State | None]]:
+        """Write the batch's memory files (queued by _apply_share) several at a time, and
+        complete their states; an item whose write was refused leaves the batch (None)."""
+        queued, self.queued = self.queued, []
+        if not queued:
+            return pending
+        got = self.share.write_many([(rel, data, check) for _, rel, data, check, _ in queued])
+        if len(self.own_sigs) > 200_000:
+            self.own_sigs.clear()
+        now_ns = time.time_ns()
+        failed: set[ItemId] = set()
+        for (it, rel, _, _, new), res in zip(queued, got, strict=True):
+            if isinstance(res, os.stat_result):
+                self.own_sigs[rel] = new.share_sig = sig_of(res)
+                if not settled(res, now_ns):
+                    new.share_sig = None
+                self.share.remove(f"{layout.TOMBSTONES}/{rel}")  # layout.tombstone_path of a memory item
+                stats.to_share += 1
+                self.written.append(it)
+                continue
+            failed.add(it)
+            if isinstance(res, Changed):
+                # Changed since we looked, or a file we could not read is in the way:
+                # keep the item queued so a local write is not forgotten (R2).
+                self.deferred.append(it)
+            elif isinstance(res, FileRefused):
+                index_problems[it] = (f"cannot write {res.problem.path} on the share: {res.problem.reason}",
+                                      res.problem.hint)
+            else:
+                index_problems[it] = (f"cannot write {rel} on the share: {getattr(res, 'strerror', None) or res}",
+                                      "check the share's permissions and free space; retried on the next pass")
+        if not failed:
+            return pending
+        return [(it, plan, sides, None if it in failed else new) for it, plan, sides, new in pending]
 
     def _record_exports(self, chunk: list[tuple[ItemId, Plan, dict[str, Obs]]]) -> None:
         """Before a batch's share writes, note in the index the version each export of an
@@ -950,6 +1003,13 @@ class Node:
                                       f"or secrets.allow_rules {_json(hits)}; it stays local meanwhile", "refused")
                 stats.refused += 1
                 return None
+        if SHARE in plan.write and it.kind == MEM and not win.deleted:
+            # Written with the rest of the batch (_write_queued), compare-and-set included.
+            data = formats.render_memory(it, self._winner_value(it, src_payload), digest, win.stamp, win.node)
+            new = State(win.stamp, win.node, digest, False, None, formats.digest_bytes(data),
+                        st.row_sig if st else None, rel, aux)
+            self.queued.append((it, rel, data, self._mem_check(sh_obs), new))
+            return new
         try:
             if SHARE in plan.write:
                 if not self._share_unchanged(rel, sh_obs, it):
@@ -966,16 +1026,6 @@ class Node:
                         else:
                             self.share.remove_tree(rel)
                     share_sig = share_hash = None
-                elif it.kind == MEM:
-                    value = self._winner_value(it, src_payload)
-                    data = formats.render_memory(it, value, digest, win.stamp, win.node)
-                    st_new = self.share.write(rel, data)
-                    if len(self.own_sigs) > 200_000:
-                        self.own_sigs.clear()
-                    self.own_sigs[rel] = sig_of(st_new)
-                    share_sig = sig_of(st_new) if settled(st_new, time.time_ns()) else None
-                    share_hash = formats.digest_bytes(data)
-                    self.share.remove(f"{layout.TOMBSTONES}/{rel}")  # layout.tombstone_path of a memory item
                 else:
                     digest, share_sig, share_hash, aux = self._write_skill(it, rel, win, src_payload, sh_obs, aux)
                     self.share.remove(layout.tombstone_path(it, self.node))
@@ -1011,17 +1061,26 @@ class Node:
             if sh_obs.payload is None and (sh_obs.version is None or sh_obs.version.deleted):
                 return cur is None  # we saw no folder: one made since is a new write
             return True
-        cur = self.share.lstat(rel)
+        return self._mem_check(sh_obs)(self.share.lstat(rel))
+
+    @staticmethod
+    def _mem_check(sh_obs: Obs | None) -> Check:
+        """The compare-and-set of a memory file: whether its current lstat is still the
+        file the pass observed (sh_obs; None: not looked at, anything goes)."""
+        if sh_obs is None:
+            return _anything
         sig = getattr(sh_obs.payload, "sig", False)
         if sig is not False:
             # Compare with the file as read even when it was modified in the last seconds
             # (its ``sig`` is None then): a hand save landing between our read of the
             # previous save and our rewrite was overwritten and lost, unrecorded (R2, R3).
             sig = getattr(sh_obs.payload, "cas", None) or sig
-            return cur is not None and (sig is None or sig_of(cur) == sig)
+            if sig is None:
+                return _present
+            return lambda cur: cur is not None and sig_of(cur) == sig
         if sh_obs.version is None or sh_obs.version.deleted:
-            return cur is None
-        return cur is not None
+            return _absent
+        return _present
 
     def _secret_hits(self, it: ItemId, payload: Any) -> list[str]:
         """Secret-guard rules a local write matches, less the allowed ones."""
@@ -1532,6 +1591,18 @@ def effective_order(obs: Obs, st: State | None) -> tuple:
     base = Version(st.stamp, st.node, st.digest, st.deleted) if st is not None else None
     v = effective(obs, base, 0, "")
     return v.order if v is not None else (-1,)
+
+
+def _anything(cur: os.stat_result | None) -> bool:
+    return True
+
+
+def _present(cur: os.stat_result | None) -> bool:
+    return cur is not None
+
+
+def _absent(cur: os.stat_result | None) -> bool:
+    return cur is None
 
 
 def base_live(st: State | None) -> bool:

@@ -817,21 +817,77 @@ def test_hand_save_during_a_pass_is_not_overwritten(tmp_path: Path):
         node.sync()
         p = s.share / "memory" / "mesh" / "k.json"
         p.write_text(json.dumps({"value": "first save"}))
-        check = node._share_unchanged
+        check = node._mem_check
 
-        def second_save_lands(rel, sh_obs, it):  # between the pass's read and its rewrite
-            if rel.endswith("k.json") and json.loads(p.read_bytes())["value"] == "first save":
-                tmp = p.with_name(".k.json.swp")
-                tmp.write_text(json.dumps({"value": "second save"}))
-                os.replace(tmp, p)
-            return check(rel, sh_obs, it)
+        def second_save_lands(sh_obs):  # between the pass's read and its rewrite
+            def cas(cur):
+                if json.loads(p.read_bytes())["value"] == "first save":
+                    tmp = p.with_name(".k.json.swp")
+                    tmp.write_text(json.dumps({"value": "second save"}))
+                    os.replace(tmp, p)
+                    cur = os.lstat(p)
+                return check(sh_obs)(cur)
+            return cas
 
-        node._share_unchanged = second_save_lands
+        node._mem_check = second_save_lands
         node.sync()
-        node._share_unchanged = check
+        node._mem_check = check
         node.sync()
         assert json.loads(p.read_bytes())["value"] == "second save"
         assert node.index.db.execute("SELECT value FROM mesh_memory").fetchall() == [('"second save"',)]
+    finally:
+        node.close()
+
+
+def test_hand_saves_during_a_batch_of_parallel_exports_are_not_overwritten(tmp_path: Path):
+    """A foreign client rewrites 40 rows; their files are written by the pass's writer
+    threads (Share.write_many).  Hand saves of 5 of those files land while the batch is
+    being written, after the pass looked: each write's compare-and-set, made in its thread
+    just before the rename, must leave them alone; the next pass keeps them (newer)."""
+    import threading
+
+    from meshsync.sync import Node
+
+    s = _local_settings(tmp_path)
+    node = Node(s)
+    try:
+        keys = [f"k{i:02d}" for i in range(40)]
+        for k in keys:
+            node.put_memory("mesh", k, "first")
+        node.sync()
+        old = int(time.time()) - 30
+        db = sqlite3.connect(s.index, isolation_level=None)
+        db.executemany("UPDATE mesh_memory SET value = ?, node_id = 'tool', updated_at = ? WHERE key = ?",
+                       [(json.dumps(f"row {k}"), old, k) for k in keys])
+        db.close()
+        hand = {k: s.share / "memory" / "mesh" / f"{k}.json" for k in keys[::8]}
+        check = node._mem_check
+        threads: set[str] = set()
+
+        def hand_save_lands(sh_obs):
+            def cas(cur):
+                threads.add(threading.current_thread().name)
+                for k, p in hand.items():
+                    if cur is not None and os.path.samestat(cur, os.lstat(p)) and "first" in p.read_text():
+                        tmp = p.with_name(f".{k}.swp")
+                        tmp.write_text(json.dumps({"value": f"hand {k}"}))
+                        os.replace(tmp, p)
+                        cur = os.lstat(p)
+                return check(sh_obs)(cur)
+            return cas
+
+        node._mem_check = hand_save_lands
+        st = node.sync()
+        node._mem_check = check
+        assert any(t.startswith("meshsync-write") for t in threads), threads  # the batch went to the threads
+        assert st.to_share == 35, st.as_dict()
+        for k in keys:
+            want = f"hand {k}" if k in hand else f"row {k}"
+            assert json.loads((s.share / "memory" / "mesh" / f"{k}.json").read_bytes())["value"] == want, k
+        node.sync()
+        got = dict(node.index.db.execute("SELECT key, value FROM mesh_memory"))
+        assert got == {k: json.dumps(f"hand {k}" if k in hand else f"row {k}") for k in keys}
+        assert all(node.cache.read_memory()[f"mesh:{k}"]["value"] == f"hand {k}" for k in hand)
     finally:
         node.close()
 

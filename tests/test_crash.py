@@ -537,8 +537,8 @@ WRITE_DURING_PASS = """
 import os, sqlite3, sys
 import meshsync.share as sh
 real, done = sh.Share.write, []
-def write(self, rel, data):
-    st = real(self, rel, data)
+def write(self, rel, data, *a, **k):
+    st = real(self, rel, data, *a, **k)
     if rel == "memory/mesh/k.json" and not done:  # the export is on the share; now the row changes
         done.append(1)
         db = sqlite3.connect(os.environ["MESHSYNC_INDEX"], isolation_level=None, timeout=30)
@@ -644,8 +644,8 @@ RECREATE_DURING_DELETE = """
 import os, sys
 import meshsync.share as sh
 real, done = sh.Share.write, []
-def write(self, rel, data):
-    st = real(self, rel, data)
+def write(self, rel, data, *a, **k):
+    st = real(self, rel, data, *a, **k)
     if rel.endswith("tombstones/memory/mesh/k.json") and not done:  # the delete is being applied
         done.append(1)
         with open(os.path.join(os.environ["MESHSYNC_SHARE"], "memory/mesh/k.json"), "w") as f:

@@ -31,7 +31,11 @@ def _children() -> list[int]:
     """This process's child processes that run the helper."""
     out = []
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        for pid in (task / "children").read_text().split():
+        try:
+            kids = (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that ended meanwhile (the share's writers)
+            continue
+        for pid in kids:
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except FileNotFoundError:
