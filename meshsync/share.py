@@ -421,7 +421,8 @@ class Share:
         return st
 
     def write_many(self, jobs: Sequence[tuple[str, bytes, Check | None]]) -> list[os.stat_result | Exception]:
-        """write() each (rel, data, check), several at a time; returns, in order, each
+        """write() each (rel, data, check), several at a time when they are flushed (the
+        waits overlap; see WRITERS); returns, in order, each
         file's stat or what refused it (Changed, FileRefused, OSError).  Directories are
         made first, here: the threads then only read the set of known ones."""
         def one(job: tuple[str, bytes, Check | None]) -> os.stat_result | Exception:
@@ -439,7 +440,9 @@ class Share:
                 except (FileRefused, OSError) as exc:
                     early[n] = exc
         todo = [job for n, job in enumerate(jobs) if n not in early]
-        if len(todo) < 2:
+        if len(todo) < 2 or not self.fsync:
+            # Without fsync a write is a few quick syscalls: threads only add GIL hand-offs
+            # (10k files 1.6-1.8 s in 8 threads, 0.9-1.0 s one after the other).
             done = [one(job) for job in todo]
         else:
             if self._pool is None:
