@@ -394,3 +394,28 @@ def test_bulk_insert_stores_every_row_exactly_and_leaves_existing_ones(idx):
         assert idx.db.execute("SELECT updated_at FROM mesh_memory WHERE key = 'b'").fetchone()[0] == 2**63 - 1
         idx.db.execute("DELETE FROM mesh_memory WHERE key IN ('a', 'b')")
     assert idx.db.execute("SELECT value FROM mesh_memory WHERE key = 'k0'").fetchone()[0] == '"plain"'
+
+
+def test_bulk_insert_without_json_functions_falls_back_to_one_row_at_a_time(idx):
+    """SQLite before 3.38 may be built without JSON: the one-statement insert fails there
+    and must fall back for good, storing the same rows.  An authorizer that refuses the
+    json functions gives this real SQLite the same refusal."""
+    def no_json(action, arg1, arg2, dbname, source):
+        if action == sqlite3.SQLITE_FUNCTION and arg2 and arg2.startswith("json"):
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    idx.db.set_authorizer(no_json)
+    try:
+        for batch in range(2):  # the first call finds out, the second goes straight to executemany
+            rows = [("mesh", f"k{batch}.{i}", f'"v{i}"', "n", 1_700_000_000 + i) for i in range(3)]
+            with idx.write() as db:
+                db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at)"
+                           " VALUES ('mesh', ?, 'old', 'x', 5)", (f"k{batch}.1",))
+                assert idx.insert_memory_rows_if_absent(db, rows) == 2
+            assert idx._json_rows is False
+    finally:
+        idx.db.set_authorizer(None)
+    got = dict(idx.db.execute("SELECT key, value FROM mesh_memory"))
+    assert got == {"k0.0": '"v0"', "k0.1": "old", "k0.2": '"v2"', "k1.0": '"v0"', "k1.1": "old", "k1.2": '"v2"'}
+    assert search(idx.db, "v2") == {("mesh", "k0.2"), ("mesh", "k1.2")}
