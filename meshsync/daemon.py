@@ -114,6 +114,10 @@ class Daemon:
         self.cache_seen = self.node.cache.memory_sig()
         self.cache_skills_seen = self.node.cache_skills_sig()
         self.cache_dirty = False
+        # Items a pass left because their file changed between its read and its write
+        # (see _pass_inner): run the next pass now.  Never twice in a row.
+        self.retry_now = False
+        self.retried = False
 
     # --- signals -------------------------------------------------------------------------
 
@@ -204,6 +208,19 @@ class Daemon:
             self._unavailable(exc)
             return
         self.available = True
+        if self.node.deferred and not self.retried:
+            # Changed on the share between our read and our write: most often another
+            # node writing its normalised copy of the same hand edit just before us.
+            # Waiting for that write's events and a debounce cost a fifth of the hand
+            # edits 100 ms more; a file that keeps changing waits as usual next time.
+            log.debug("looking again at once at %d item(s) changed while this pass wrote them",
+                      len(self.node.deferred))
+            if not self.pending and not self.cache_dirty:
+                self.first_change = time.monotonic()
+            self.pending.update(self.node.deferred)
+            self.retry_now = self.retried = True
+        else:
+            self.retried = False
         if stats.cache_written:
             # Our own rewrite of mesh-memory.json is not a tool's write: without this the
             # next tick saw the new signature and ran another pass for nothing.  A tool
@@ -301,9 +318,10 @@ class Daemon:
                 self.last_full = now
                 self._pass(None)
                 continue
-            if (self.pending or self.cache_dirty) and (now - self.last_change >= debounce
+            if (self.pending or self.cache_dirty) and (self.retry_now or now - self.last_change >= debounce
                                                        or now - self.first_change >= MAX_DELAY):
                 batch, self.pending, self.cache_dirty = self.pending, set(), False
+                self.retry_now = False
                 if self.available:
                     self._pass(batch)
                 else:
