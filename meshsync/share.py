@@ -421,10 +421,10 @@ class Share:
         return st
 
     def write_many(self, jobs: Sequence[tuple[str, bytes, Check | None]]) -> list[os.stat_result | Exception]:
-        """write() each (rel, data, check), several at a time when they are flushed (the
-        waits overlap; see WRITERS); returns, in order, each
-        file's stat or what refused it (Changed, FileRefused, OSError).  Directories are
-        made first, here: the threads then only read the set of known ones."""
+        """write() each (rel, data, check), several at a time when they are flushed (their
+        waits overlap; see WRITERS).  Returns, in order, each file's stat or what refused
+        it (Changed, FileRefused, OSError).  Directories are made first, here: the threads
+        then only read the set of known ones."""
         def one(job: tuple[str, bytes, Check | None]) -> os.stat_result | Exception:
             try:
                 return self.write(*job)
