@@ -152,7 +152,7 @@ class Node:
         self.deferred: list[ItemId] = []  # items whose share file changed under us: next pass
         # Memory files _apply_share rendered, written a batch at a time by _write_queued:
         # (item, rel, bytes, compare-and-set, the state the item gets once written).
-        self.queued: list[tuple[ItemId, str, bytes, Check, State]] = []
+        self.queued: list[tuple[ItemId, str, bytes, Check | None, State]] = []
         # Signatures of files this process wrote: their change events are our own echo.
         self.own_sigs: dict[str, str] = {}
         # mesh-memory.json as we last wrote it, and what may have changed in it since:
@@ -342,9 +342,9 @@ class Node:
                 now_ms: int, full: bool, tick: bool) -> tuple[bool, dict[str, str | None]]:
         """Reconcile ``items`` (in key order) from their sides and apply the plans."""
         self.cache_dirty.update(it for it in items if it.kind == MEM)
-        may = [it for it in items if self.readable(it)]
-        if len(may) < len(items):
-            refused_read.extend(it for it in items if not self.readable(it))
+        may: list[ItemId] = []
+        for it in items:
+            (may if self.readable(it) else refused_read).append(it)
         items = may
         index_obs, problems = self._detect_index(items, state, now_ms)
         index_problems.update(problems)
@@ -904,9 +904,8 @@ class Node:
         failed: set[ItemId] = set()
         for (it, rel, _, _, new), res in zip(queued, got, strict=True):
             if isinstance(res, os.stat_result):
-                self.own_sigs[rel] = new.share_sig = sig_of(res)
-                if not settled(res, now_ns):
-                    new.share_sig = None
+                sig = self.own_sigs[rel] = sig_of(res)
+                new.share_sig = sig if settled(res, now_ns) else None
                 self.share.remove(f"{layout.TOMBSTONES}/{rel}")  # layout.tombstone_path of a memory item
                 stats.to_share += 1
                 self.written.append(it)
@@ -1061,14 +1060,15 @@ class Node:
             if sh_obs.payload is None and (sh_obs.version is None or sh_obs.version.deleted):
                 return cur is None  # we saw no folder: one made since is a new write
             return True
-        return self._mem_check(sh_obs)(self.share.lstat(rel))
+        check = self._mem_check(sh_obs)
+        return check is None or check(self.share.lstat(rel))
 
     @staticmethod
-    def _mem_check(sh_obs: Obs | None) -> Check:
+    def _mem_check(sh_obs: Obs | None) -> Check | None:
         """The compare-and-set of a memory file: whether its current lstat is still the
-        file the pass observed (sh_obs; None: not looked at, anything goes)."""
+        file the pass observed (sh_obs; None: not looked at, no check)."""
         if sh_obs is None:
-            return _anything
+            return None
         sig = getattr(sh_obs.payload, "sig", False)
         if sig is not False:
             # Compare with the file as read even when it was modified in the last seconds
@@ -1591,10 +1591,6 @@ def effective_order(obs: Obs, st: State | None) -> tuple:
     base = Version(st.stamp, st.node, st.digest, st.deleted) if st is not None else None
     v = effective(obs, base, 0, "")
     return v.order if v is not None else (-1,)
-
-
-def _anything(cur: os.stat_result | None) -> bool:
-    return True
 
 
 def _present(cur: os.stat_result | None) -> bool:

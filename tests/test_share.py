@@ -119,3 +119,22 @@ def test_a_read_returns_whole_files_or_refuses_one_that_grows_under_it(tmp_path:
     data, st = share.read("grow.json")  # settled: read whole
     assert len(data) == st.st_size == path.stat().st_size
     assert refused + whole > 0
+
+
+def test_write_many_refuses_a_link_in_the_way_and_writes_the_rest(tmp_path: Path):
+    """A batch whose scope folder is a symlink: those files are refused (nothing written
+    through the link), the others written, each answer in its job's place."""
+    root, outside = tmp_path / "share", tmp_path / "outside"
+    (root / "memory").mkdir(parents=True)
+    outside.mkdir()
+    (root / "memory" / "evil").symlink_to(outside)
+    share = Share(root, max_file_bytes=1 << 20)
+    try:
+        got = share.write_many([("memory/evil/a.json", b"a", None), ("memory/ok/b.json", b"b", None),
+                                ("memory/evil/c.json", b"c", None)])
+    finally:
+        share.close()
+    assert [type(g).__name__ for g in got] == ["FileRefused", "stat_result", "FileRefused"]
+    assert isinstance(got[0], FileRefused) and got[0].problem.path == "memory/evil"
+    assert (root / "memory" / "ok" / "b.json").read_bytes() == b"b"
+    assert list(outside.iterdir()) == []
