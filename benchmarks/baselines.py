@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 from dataset import REPO  # noqa: F401  (puts the repository on sys.path)
 
-from meshsync.index import SEED_SCHEMA
+from meshsync.replicas.index.store import SEED_SCHEMA
 
-# The same FTS maintenance as meshsync's index (meshsync.index.TRIGGERS), without the
+# The same FTS maintenance as meshsync's index (meshsync.replicas.index.store.TRIGGERS), without the
 # outbox triggers: a bare importer has no foreign writers to detect.
 FTS_TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS bench_fts_ai AFTER INSERT ON mesh_memory BEGIN

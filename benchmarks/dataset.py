@@ -24,7 +24,7 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 from meshsync import formats, layout  # noqa: E402
-from meshsync.share import Share  # noqa: E402
+from meshsync.replicas.share.store import Share  # noqa: E402
 
 GEN_NODE = "bench-gen"
 AGE_S = 3600  # files are made to look an hour old

@@ -65,11 +65,11 @@ from daemons import (  # noqa: E402
 from dataset import REPO, SRC, key_of, value_of  # noqa: E402
 
 from meshsync import config, formats, layout  # noqa: E402
-from meshsync.sync import Node  # noqa: E402
+from meshsync.engine.node import Node  # noqa: E402
 
 BENCHES = ("import", "noop", "cache", "latency", "idle", "export")
 EXPORT_N = 10_000
-TICK = 0.05  # the daemon's index check period (meshsync.daemon.INDEX_TICK)
+TICK = 0.05  # the daemon's index check period (meshsync.daemon.loop.INDEX_TICK)
 T0 = time.monotonic()
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .layout import MEM, SKILL, ItemId, memory_id
+from meshsync.layout import MEM, SKILL, ItemId, memory_id
 
 _BIG_INT = re.compile(rb"\d{16,}")
 # _BIG_INT.search(raw) without the regular-expression engine (16 us a memory file; this

@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from meshsync import config, layout  # noqa: E402
-from meshsync.share import Share  # noqa: E402
-from meshsync.sync import Node  # noqa: E402
+from meshsync.engine.node import Node  # noqa: E402
+from meshsync.replicas.share.store import Share  # noqa: E402
 
 UPSERT = ("INSERT INTO mesh_memory(scope,key,value,node_id,updated_at) VALUES(?,?,?,?,?) "
           "ON CONFLICT(scope,key) DO UPDATE SET value=excluded.value, node_id=excluded.node_id, "

@@ -10,7 +10,7 @@ from pathlib import Path
 from helpers import Mesh, MeshNode
 
 from meshsync import layout
-from meshsync.index import Index
+from meshsync.replicas.index.store import Index
 
 UPSERT = ("INSERT INTO mesh_memory(scope,key,value,node_id,updated_at) VALUES(?,?,?,?,?) "
           "ON CONFLICT(scope,key) DO UPDATE SET value=excluded.value, node_id=excluded.node_id, "

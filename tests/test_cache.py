@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from sync_helpers import UPSERT
 
 from meshsync import config
+from meshsync.engine.node import Node
 from meshsync.layout import memory_id
-from meshsync.sync import Node
 
 KEYS = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
 VALUES = st.recursive(
@@ -170,7 +170,7 @@ def test_cache_patch_only_when_the_file_is_ours_and_the_rows_add_up(mesh: Mesh):
 
 def test_patch_copies_without_copy_file_range(mesh: Mesh, monkeypatch):
     """macOS has no copy_file_range: the unchanged slices are copied with pread/write."""
-    from meshsync import cache
+    from meshsync.replicas.cache import store as cache
 
     monkeypatch.setattr(cache, "_copy_file_range", None)
     n, db = _cached_node(mesh, 30)

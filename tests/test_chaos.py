@@ -748,7 +748,7 @@ def test_watcher_stop_survives_watchdog_errors(tmp_path: Path):
     last pass skipped) because watchdog's inotify observer raised KeyError while
     unscheduling a skill folder that had been removed and re-created.  Stopping the
     watcher (also done when the share becomes unavailable) must not raise."""
-    from meshsync.watch import ShareEvents
+    from meshsync.daemon.watch import ShareEvents
 
     class BrokenObserver:
         joined = False
@@ -795,7 +795,7 @@ def test_two_normalisations_of_one_hand_made_skill_converge(mesh: Mesh):
 def _local_settings(tmp_path: Path):
     """Settings of one in-process node "a" on a fresh, initialised share under tmp_path."""
     from meshsync import config
-    from meshsync.share import Share
+    from meshsync.replicas.share.store import Share
 
     s = config.load(None, node_id="a", share=tmp_path / "share", index=tmp_path / "a.sqlite",
                     openclaw_home=tmp_path / "openclaw")
@@ -809,7 +809,7 @@ def test_hand_save_during_a_pass_is_not_overwritten(tmp_path: Path):
     (normalised) without noticing the second save that landed meanwhile: its
     compare-and-set skipped files modified in the last 3 s, whose signatures are too
     fresh to skip reads but not to compare.  The second save was lost, unrecorded."""
-    from meshsync.sync import Node
+    from meshsync.engine.node import Node
 
     s = _local_settings(tmp_path)
     node = Node(s)
@@ -846,7 +846,7 @@ def test_hand_saves_during_a_batch_of_parallel_exports_are_not_overwritten(tmp_p
     just before the rename, must leave them alone; the next pass keeps them (newer)."""
     import threading
 
-    from meshsync.sync import Node
+    from meshsync.engine.node import Node
 
     s = _local_settings(tmp_path)
     node = Node(s)
@@ -897,7 +897,7 @@ def test_tool_skill_file_written_during_a_pass_is_not_lost(tmp_path: Path):
     mesh/skills/alpha.md while a pass that applied another node's delete of alpha was
     running; the pass's cache refresh removed the file it had never looked at, and the
     tool's write was lost without a trace (R2)."""
-    from meshsync.sync import Node
+    from meshsync.engine.node import Node
 
     s = _local_settings(tmp_path)
     node = Node(s)
@@ -934,7 +934,7 @@ def test_signal_handlers_take_no_lock(tmp_path: Path):
     watchdog thread).  Handlers must only set flags."""
     import threading
 
-    from meshsync.daemon import Daemon
+    from meshsync.daemon.loop import Daemon
 
     s = _local_settings(tmp_path)
     d = Daemon(s, None)

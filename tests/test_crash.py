@@ -47,7 +47,7 @@ import pytest
 from fault_helpers import share_items
 from helpers import Mesh, MeshNode, wait_for
 
-from meshsync.index import Index
+from meshsync.replicas.index.store import Index
 
 SEED = int(os.environ.get("CRASH_SEED") or random.SystemRandom().randrange(1 << 32))
 ROUNDS = int(os.environ.get("CRASH_ROUNDS", "8"))
@@ -456,7 +456,7 @@ def test_kill_9_during_import_export_and_cache_rewrite(mesh: Mesh):
 # A `meshsync sync` that dies like kill -9 (os._exit) at a chosen point of the cache refresh.
 DIE_AT = """
 import os, sys
-import meshsync.cache as c
+import meshsync.replicas.cache.store as c
 where = os.environ["DIE_AT"]
 if where == "before-memory":
     c.Cache.write_memory = lambda self, entries: os._exit(137)
@@ -466,7 +466,7 @@ else:
         real(self, dict(list(live.items())[: len(live) // 2]), [])
         os._exit(137)
     c.Cache.sync_skills = half
-from meshsync.cli import main
+from meshsync.cli.main import main
 sys.exit(main(["sync"]))
 """
 
@@ -501,9 +501,9 @@ def test_killed_between_index_commit_and_cache_refresh(mesh: Mesh):
 
 DIE_IN_APPLY_INDEX = """
 import os, sys
-import meshsync.sync as s
+import meshsync.engine.node as s
 s.Node._apply_index = lambda self, *a, **k: os._exit(137)  # share files written, index not committed
-from meshsync.cli import main
+from meshsync.cli.main import main
 sys.exit(main(["sync"]))
 """
 
@@ -535,7 +535,7 @@ def test_killed_after_export_before_index_commit_keeps_a_same_second_update(mesh
 
 WRITE_DURING_PASS = """
 import os, sqlite3, sys
-import meshsync.share as sh
+import meshsync.replicas.share.store as sh
 real, done = sh.Share.write, []
 def write(self, rel, data, *a, **k):
     st = real(self, rel, data, *a, **k)
@@ -546,7 +546,7 @@ def write(self, rel, data, *a, **k):
         db.close()
     return st
 sh.Share.write = write
-from meshsync.cli import main
+from meshsync.cli.main import main
 sys.exit(main(["sync"]))
 """
 
@@ -576,7 +576,7 @@ def test_row_updated_while_its_export_is_written_keeps_the_update(mesh: Mesh):
 
 INSERT_DURING_IMPORT = """
 import os, sqlite3, sys
-import meshsync.sync as s
+import meshsync.engine.node as s
 real_apply, real_bulk = s.Node._apply, s.Node._bulk_insert
 done = []
 def _apply(self, *a, **k):  # detection is done (k2 was absent from the index): now a client inserts it
@@ -594,7 +594,7 @@ def _bulk(self, db, pending):
 if os.environ.get("KEY"):
     s.Node._apply = _apply
 s.Node._bulk_insert = _bulk
-from meshsync.cli import main
+from meshsync.cli.main import main
 sys.exit(main(["sync"]))
 """
 
@@ -642,7 +642,7 @@ def test_bulk_import_without_a_race_inserts_in_one_statement(mesh: Mesh):
 
 RECREATE_DURING_DELETE = """
 import os, sys
-import meshsync.share as sh
+import meshsync.replicas.share.store as sh
 real, done = sh.Share.write, []
 def write(self, rel, data, *a, **k):
     st = real(self, rel, data, *a, **k)
@@ -652,7 +652,7 @@ def write(self, rel, data, *a, **k):
             f.write('{"value": "made again"}')
     return st
 sh.Share.write = write
-from meshsync.cli import main
+from meshsync.cli.main import main
 sys.exit(main(["sync"]))
 """
 
@@ -676,7 +676,7 @@ def test_file_made_again_while_its_delete_is_applied_is_kept(mesh: Mesh):
 
 HAND_EDIT_DURING_SKILL_EXPORT = """
 import os, sys
-import meshsync.sync as s
+import meshsync.engine.node as s
 real, done = s.Node._secret_hits, []
 def hits(self, it, payload):  # runs after the pass looked at the share, before it exports
     if it.key == "alpha" and not done:
@@ -685,7 +685,7 @@ def hits(self, it, payload):  # runs after the pass looked at the share, before 
             f.write("# alpha\\n\\nsaved by hand during the export\\n")
     return real(self, it, payload)
 s.Node._secret_hits = hits
-from meshsync.cli import main
+from meshsync.cli.main import main
 sys.exit(main(["sync"]))
 """
 

@@ -163,7 +163,7 @@ def test_burst_is_coalesced(mesh: Mesh):
 
 LOSES_A_RACE = """
 import os, sys
-import meshsync.sync as s
+import meshsync.engine.node as s
 real, done = s.Node._mem_check, []
 def check(sh_obs):
     inner = real(sh_obs)
@@ -180,7 +180,7 @@ def check(sh_obs):
         return inner(cur)
     return cas
 s.Node._mem_check = staticmethod(check)
-from meshsync.cli import main
+from meshsync.cli.main import main
 sys.exit(main(["run"]))
 """
 

@@ -15,8 +15,8 @@ import pytest
 from helpers import MeshNode
 from sync_helpers import UPSERT, fts, outbox, quick_node, sync_json
 
-from meshsync.index import SEED_SCHEMA, Index, State, memory_row_sig
 from meshsync.layout import memory_id, skill_id
+from meshsync.replicas.index.store import SEED_SCHEMA, Index, State, memory_row_sig
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_opening_an_index_created_by_the_seed_client_keeps_its_rows(tmp_path):
 
 
 def test_index_refuses_to_create_when_asked_not_to(tmp_path):
-    from meshsync.index import IndexError_
+    from meshsync.replicas.index.store import IndexError_
 
     with pytest.raises(IndexError_):
         Index(tmp_path / "missing.sqlite", create=False)
@@ -324,7 +324,7 @@ def test_state_view_loads_on_demand_and_in_bulk(idx):
     """A pass's view of the synced state: rows are read when first asked for (absent
     ones remembered), many at once by prefetch, all by load_all; share_sigs/items_at
     give the full pass its comparison without a State per item."""
-    from meshsync.index import StateView
+    from meshsync.replicas.index.store import StateView
 
     items = [memory_id("mesh", f"k{i}") for i in range(1200)]
     with idx.write() as db:

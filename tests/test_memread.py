@@ -1,4 +1,4 @@
-"""Reading memory files for a pass: the helper process beside it (meshsync/memread.py),
+"""Reading memory files for a pass: the helper process beside it (meshsync/replicas/share/memread.py),
 and a first import that applies items while it reads them (Node._detect_share).
 
 A pass with the helper must end exactly as one without it: the same rows, the same
@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from helpers import Mesh
 
-from meshsync import config, layout, memread
-from meshsync.sync import Node
+from meshsync import config, layout
+from meshsync.engine.node import Node
+from meshsync.replicas.share import memread
 
 N_GOOD = 1200
 
@@ -40,7 +41,7 @@ def _children() -> list[int]:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except FileNotFoundError:
                 continue
-            if b"meshsync.memread" in cmd:
+            if b"meshsync.replicas.share.memread" in cmd:
                 out.append(int(pid))
     return out
 

@@ -131,7 +131,7 @@ def test_stale_phase1_copy_written_back_undoes_nothing(mesh: Mesh):
 
 DROP_SKILL_DURING_PASS = """
 import os, sys
-import meshsync.cache as c
+import meshsync.replicas.cache.store as c
 real, done = c.Cache.write_memory, []
 def write_memory(self, entries):
     sig = real(self, entries)
@@ -141,7 +141,7 @@ def write_memory(self, entries):
             f.write("# Late\\n")
     return sig
 c.Cache.write_memory = write_memory
-from meshsync.cli import main
+from meshsync.cli.main import main
 sys.exit(main(["sync"]))
 """
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshsync.share import FileRefused, KnownSigs, Share, Walk, sig_of, unpack_sig
+from meshsync.replicas.share.store import FileRefused, KnownSigs, Share, Walk, sig_of, unpack_sig
 
 AN_HOUR_NS = 3600 * 10**9
 

@@ -347,7 +347,7 @@ def test_full_pass_reads_only_files_whose_signature_changed(mesh: Mesh):
     the signature map stale (this one, or another meshsync on the same index), and a
     removed file is still seen as gone although the walk sets unchanged files aside."""
     from meshsync import config
-    from meshsync.sync import Node
+    from meshsync.engine.node import Node
 
     a = mesh.node("A")
     for i in range(5):
@@ -395,7 +395,7 @@ def test_full_pass_reads_each_tombstone_once(mesh: Mesh):
     the pass keeps what it read, and an old copy of the deleted file put back on the
     share is still beaten by the delete instead of coming back."""
     from meshsync import config
-    from meshsync.sync import Node
+    from meshsync.engine.node import Node
 
     a = mesh.node("A")
     a.cli("put", "mesh", "gone", '"old"')

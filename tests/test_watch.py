@@ -6,8 +6,8 @@ from pathlib import Path
 
 from helpers import wait_for
 
+from meshsync.daemon.watch import ShareEvents
 from meshsync.layout import memory_id
-from meshsync.watch import ShareEvents
 
 
 def test_reads_raise_no_events_and_writes_do(tmp_path: Path):

@@ -18,9 +18,9 @@ import os
 import threading
 from pathlib import Path
 
-from . import layout
-from .layout import ItemId
-from .share import item_of_memory_rel
+from meshsync import layout
+from meshsync.layout import ItemId
+from meshsync.replicas.share.store import item_of_memory_rel
 
 LOCAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs", "f2fs", "reiserfs", "jfs",
             "apfs", "hfs", "hfsplus", "overlay", "ramfs", "bcachefs", "nilfs2"}

@@ -14,8 +14,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import layout
-from .cache import atomic_write
+from meshsync import layout
+from meshsync.replicas.cache.store import atomic_write
 
 MARKER = ".meshsync-managed"
 

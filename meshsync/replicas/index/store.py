@@ -26,9 +26,9 @@ from pathlib import Path
 
 import orjson
 
-from .cache import Slice
-from .layout import MEM, SKILL, ItemId
-from .share import KnownSigs
+from meshsync.layout import MEM, SKILL, ItemId
+from meshsync.replicas.cache.store import Slice
+from meshsync.replicas.share.store import KnownSigs
 
 SCHEMA_VERSION = "1"
 CACHE_STEP = 1024  # row ids per slice of mesh-memory.json (cache.CacheLayout)

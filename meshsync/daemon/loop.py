@@ -26,14 +26,15 @@ from typing import Any
 
 import orjson
 
-from . import config, journal, logs
-from .config import Settings
-from .index import IndexError_
-from .layout import ItemId
-from .lock import IndexLock, Locked
-from .share import ShareUnavailable
-from .sync import Node
-from .watch import ShareEvents, choose_mode
+from meshsync import config, logs
+from meshsync.config import Settings
+from meshsync.daemon.watch import ShareEvents, choose_mode
+from meshsync.engine.node import Node
+from meshsync.layout import ItemId
+from meshsync.lock import IndexLock, Locked
+from meshsync.replicas.index.store import IndexError_
+from meshsync.replicas.share import journal
+from meshsync.replicas.share.store import ShareUnavailable
 
 log = logging.getLogger("meshsync")
 
@@ -344,7 +345,7 @@ class Daemon:
 
 
 def _version() -> str:
-    from . import __version__
+    from meshsync import __version__
 
     return __version__
 

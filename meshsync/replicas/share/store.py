@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import layout
-from .layout import META, ItemId
+from meshsync import layout
+from meshsync.layout import META, ItemId
 
 TMP_PREFIX = ".meshsync-tmp-"
 # A temporary file of ours older than this is the leftover of a write killed midway (R7):

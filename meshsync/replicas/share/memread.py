@@ -27,10 +27,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import formats, layout
-from .formats import FormatError, MemoryRecord
-from .layout import NOT_UTF8_NAME, not_unicode
-from .share import FileRefused, Problem, Share, item_of_memory_rel, sig_of
+from meshsync import formats, layout
+from meshsync.formats import FormatError, MemoryRecord
+from meshsync.layout import NOT_UTF8_NAME, not_unicode
+from meshsync.replicas.share.store import FileRefused, Problem, Share, item_of_memory_rel, sig_of
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _decode(t: tuple) -> Read | Problem | None:
 
 
 def serve() -> None:
-    """The helper process's main loop (``python -m meshsync.memread``)."""
+    """The helper process's main loop (``python -m meshsync.replicas.share.memread``)."""
     inp, out = sys.stdin.buffer, sys.stdout.buffer
 
     def recv() -> Any:
@@ -184,7 +184,7 @@ class Helper:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH")) if p)
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "meshsync.memread"], stdin=subprocess.PIPE,
+            proc = subprocess.Popen([sys.executable, "-m", "meshsync.replicas.share.memread"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, env=env, close_fds=True)
         except OSError as exc:
             log.warning("cannot start a helper process for reading (%s): the pass reads alone", exc)

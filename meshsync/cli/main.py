@@ -22,11 +22,11 @@ from typing import Any
 
 import orjson
 
-from . import __version__, config, formats, layout, logs
-from .index import Index, IndexError_, memory_row_sig, skill_row_sig
-from .layout import MEM, ItemId
-from .lock import IndexLock, Locked
-from .share import Share, ShareUnavailable
+from meshsync import __version__, config, formats, layout, logs
+from meshsync.layout import MEM, ItemId
+from meshsync.lock import IndexLock, Locked
+from meshsync.replicas.index.store import Index, IndexError_, memory_row_sig, skill_row_sig
+from meshsync.replicas.share.store import Share, ShareUnavailable
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_BUSY = range(6)
 
@@ -70,7 +70,7 @@ def _scope(scope: str) -> str:
 
 
 def _node(settings: config.Settings):
-    from .sync import Node
+    from meshsync.engine.node import Node
 
     try:
         return Node(settings)
@@ -125,7 +125,7 @@ class ItemStates:
     """
 
     def __init__(self, idx: Index, node_id: str):
-        from .watch import item_of_rel
+        from meshsync.daemon.watch import item_of_rel
 
         db = idx.db
         self.outbox = {ItemId(k, s, key) for k, s, key in
@@ -323,7 +323,7 @@ def status_data(s: config.Settings) -> dict[str, Any]:
     finally:
         idx.close()
     if not holder:
-        from .watch import choose_mode
+        from meshsync.daemon.watch import choose_mode
 
         mode, why = choose_mode(s.watch.mode, s.share)
         out["watch_planned"] = {"mode": mode, "why": why}
@@ -662,14 +662,14 @@ def cmd_conflicts_restore(s: config.Settings, a: argparse.Namespace) -> int:
 
 
 def cmd_doctor(s: config.Settings, a: argparse.Namespace) -> int:
-    from . import doctor
+    from meshsync.cli import doctor
 
     checks = doctor.run_checks(s)
     return _print_checks(checks, a.json)
 
 
 def _print_checks(checks: list, as_json: bool) -> int:
-    from . import doctor
+    from meshsync.cli import doctor
 
     code = doctor.exit_code(checks)
     if as_json:
@@ -682,7 +682,7 @@ def _print_checks(checks: list, as_json: bool) -> int:
 
 
 def cmd_run(s: config.Settings, a: argparse.Namespace) -> int:
-    from .daemon import run
+    from meshsync.daemon.loop import run
 
     return run(s, a.config)
 
@@ -777,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         if getattr(a, "fn", None) is cmd_doctor:
             # doctor reports a bad configuration as its first (failed) check, in its own format.
-            from .doctor import FAIL, Check
+            from meshsync.cli.doctor import FAIL, Check
 
             hint = "fix the setting named above (docs/configuration.md); meshsync stops with exit 2 until then"
             return _print_checks([Check("configuration", FAIL, str(exc), hint)], a.json)

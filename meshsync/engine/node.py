@@ -26,13 +26,25 @@ from typing import Any
 
 import orjson
 
-from . import cacheside, formats, journal, layout, memread, secretguard, skilldirs
-from .cache import Cache, CacheEntry, CacheLayout, SpanGone, close_behind, entry, render_memory
-from .cache import document as cache_document
-from .cacheside import CacheSkill
-from .config import Settings
-from .formats import FormatError
-from .index import (
+from meshsync import formats, layout, secretguard
+from meshsync.config import Settings
+from meshsync.formats import FormatError
+from meshsync.layout import MEM, NOT_UTF8_NAME, SKILL, ItemId, not_unicode
+from meshsync.reconcile import ABSENT, CACHE, INDEX, SHARE, Obs, Plan, Version, reconcile
+from meshsync.replicas.cache import detect as cacheside
+from meshsync.replicas.cache import skilldirs
+from meshsync.replicas.cache.detect import CacheSkill
+from meshsync.replicas.cache.store import (
+    Cache,
+    CacheEntry,
+    CacheLayout,
+    SpanGone,
+    close_behind,
+    entry,
+    render_memory,
+)
+from meshsync.replicas.cache.store import document as cache_document
+from meshsync.replicas.index.store import (
     CACHE_STEP,
     Index,
     MemoryRow,
@@ -42,9 +54,8 @@ from .index import (
     memory_row_sig,
     skill_row_sig,
 )
-from .layout import MEM, NOT_UTF8_NAME, SKILL, ItemId, not_unicode
-from .reconcile import ABSENT, CACHE, INDEX, SHARE, Obs, Plan, Version, reconcile
-from .share import (
+from meshsync.replicas.share import journal, memread
+from meshsync.replicas.share.store import (
     Changed,
     Check,
     FileRefused,
@@ -1586,7 +1597,7 @@ class Node:
 
 def effective_order(obs: Obs, st: State | None) -> tuple:
     """Order of an observation as reconcile would see it (fresh writes come after base)."""
-    from .reconcile import effective
+    from meshsync.reconcile import effective
 
     base = Version(st.stamp, st.node, st.digest, st.deleted) if st is not None else None
     v = effective(obs, base, 0, "")

@@ -28,12 +28,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import formats, layout
-from .cache import Cache, CacheEntry, CacheUnreadable, parse_memory
-from .index import State
-from .layout import MEM, ItemId
-from .reconcile import ABSENT, Obs, Version
-from .share import Problem
+from meshsync import formats, layout
+from meshsync.layout import MEM, ItemId
+from meshsync.reconcile import ABSENT, Obs, Version
+from meshsync.replicas.cache.store import Cache, CacheEntry, CacheUnreadable, parse_memory
+from meshsync.replicas.index.store import State
+from meshsync.replicas.share.store import Problem
 
 MASS_DROP_FRACTION = 0.10
 MASS_DROP_MIN = 10

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from . import layout
-from .layout import ItemId
+from meshsync import layout
+from meshsync.layout import ItemId
 
 DIR = f"{layout.META}/journal"
 ROTATE_BYTES = 4 * 1024 * 1024

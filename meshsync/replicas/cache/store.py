@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from . import layout
+from meshsync import layout
 
 TMP_PREFIX = ".meshsync-tmp-"
 
@@ -309,7 +309,7 @@ class CacheUnreadable(Exception):
 def parse_memory(data: bytes) -> dict[str, CacheEntry]:
     """Parse mesh-memory.json into entries; raise CacheUnreadable for a file that is
     not (yet) one JSON object of entries."""
-    from . import formats
+    from meshsync import formats
 
     try:
         obj = formats.loads(data, 0)

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import orjson
 
-from . import journal, layout
-from .config import Settings
-from .index import REQUIRED, SCHEMA_VERSION
-from .share import Share, ShareUnavailable
-from .watch import choose_mode
+from meshsync import layout
+from meshsync.config import Settings
+from meshsync.daemon.watch import choose_mode
+from meshsync.replicas.index.store import REQUIRED, SCHEMA_VERSION
+from meshsync.replicas.share import journal
+from meshsync.replicas.share.store import Share, ShareUnavailable
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 SKEW_WARN_S = 2.0
@@ -255,7 +256,7 @@ def _cache_check(s: Settings) -> Check:
 
 
 def _daemon_check(s: Settings) -> Check:
-    from .lock import IndexLock
+    from meshsync.lock import IndexLock
 
     try:
         pid = IndexLock(s.index).holder()

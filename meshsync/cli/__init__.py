@@ -1,0 +1,1 @@
+"""The `meshsync` command line."""

@@ -1,0 +1,1 @@
+"""The long-running loop and the change sources it listens to."""

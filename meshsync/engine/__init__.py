@@ -1,0 +1,1 @@
+"""The pipeline: detect changes on each replica, reconcile each item, propagate the plan."""

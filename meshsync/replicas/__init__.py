@@ -1,0 +1,1 @@
+"""The three replicas of every item, each with its own I/O and detection."""

@@ -1,0 +1,1 @@
+"""The node's OpenClaw cache: mesh-memory.json, mesh/skills/, skill mirrors."""

@@ -1,0 +1,1 @@
+"""The node's SQLite index: every SQL statement meshsync runs."""

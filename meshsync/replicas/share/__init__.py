@@ -1,0 +1,1 @@
+"""The shared folder: its files, their walk and reads, the journals."""
