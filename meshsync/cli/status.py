@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -261,7 +262,8 @@ def _print_problems(d: dict[str, Any]) -> None:
         _print_errors(warns, lambda p: p)
 
 
-def _print_errors(errs: list[dict[str, Any]], name) -> None:
+def _print_errors(errs: list[dict[str, Any]], name: Callable[[str], str]) -> None:
+    """At most 50 error rows, each with its hint; ``name`` shows a row's path."""
     for e in errs[:50]:
         print(f"  {name(e['path'])}: {e['reason']}" + (f"\n    -> {e['hint']}" if e["hint"] else ""))
     if len(errs) > 50:
