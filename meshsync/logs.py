@@ -49,23 +49,42 @@ def setup(level: str) -> None:
     root.propagate = False
 
 
+ENV_PROGRESS_INTERVAL = "MESHSYNC_PROGRESS_INTERVAL"
+PROGRESS_INTERVAL = 0.1  # seconds between two redraws; the line first appears after three
+
+
+def progress_interval() -> float:
+    """``$MESHSYNC_PROGRESS_INTERVAL`` (seconds, >= 0), else the default 0.1.
+
+    A display option, not a node setting (docs/configuration.md): 0 draws a frame at
+    every step of the work from its start, whatever the machine's speed, which is what a
+    test of the display (or a screen recording) wants.  Anything but a number >= 0 is
+    ignored."""
+    try:
+        v = float(os.environ.get(ENV_PROGRESS_INTERVAL, ""))
+    except ValueError:
+        return PROGRESS_INTERVAL
+    return v if 0 <= v < float("inf") else PROGRESS_INTERVAL
+
+
 class Progress:
     """A one-line progress display for a terminal: what, count, total, rate and time left.
 
     Used only when the stream is a terminal (``meshsync sync`` at a prompt), never in logs
     or pipes.  Nothing is drawn for work that is over within ``delay`` seconds, the line
-    is redrawn at most every ``every`` seconds and cleared by :meth:`done`."""
+    is redrawn at most every ``every`` seconds and cleared by :meth:`done`.  By default
+    ``every`` is :func:`progress_interval` and ``delay`` three times that."""
 
-    def __init__(self, stream=None, every: float = 0.1, delay: float = 0.3):
+    def __init__(self, stream=None, every: float | None = None, delay: float | None = None):
         self.stream = stream if stream is not None else sys.stderr
         try:
             self.enabled = self.stream.isatty()
         except (AttributeError, ValueError):
             self.enabled = False
         self.dumb = os.environ.get("TERM", "") == "dumb"
-        self.every = every
+        self.every = progress_interval() if every is None else every
         self.created = time.monotonic()
-        self.delay = delay
+        self.delay = 3 * self.every if delay is None else delay
         self.last = 0.0
         self.what = ""
         self.start = self.created

@@ -59,9 +59,9 @@ class NoDacNode(MeshNode):
 
     def start(self, *args: str, **env: str) -> subprocess.Popen:
         assert self.daemon is None, "daemon already running"
-        log = open(self.home / f"daemon-{self.node_id}.log", "ab")
-        self.daemon = subprocess.Popen(self._cmd("run", *args), env=self.env(**env), stdout=log,
-                                       stderr=subprocess.STDOUT)
+        with open(self.home / f"daemon-{self.node_id}.log", "ab") as log:  # the daemon has its own copy
+            self.daemon = subprocess.Popen(self._cmd("run", *args), env=self.env(**env), stdout=log,
+                                           stderr=subprocess.STDOUT)
         return self.daemon
 
 

@@ -92,6 +92,12 @@ class MeshNode:
                                  f"stdout: {p.stdout}\nstderr: {p.stderr}")
         return p
 
+    def settings(self, **overrides: Any) -> Any:
+        """This node's settings (``meshsync.config.Settings``) for an in-process engine,
+        with ``overrides`` (e.g. ``limits={"max_file_bytes": 4096}``) over them."""
+        return _load_settings(**{"node_id": self.node_id, "share": self.share, "index": self.index,
+                                 "openclaw_home": self.openclaw_home, **overrides})
+
     def sync(self, check: bool | int = True) -> subprocess.CompletedProcess:
         return self.cli("sync", check=check)
 
@@ -158,21 +164,40 @@ class MeshNode:
 
 
 class Mesh:
-    """Several nodes sharing one folder under a test's tmp_path."""
+    """Several nodes sharing one folder under a test's tmp_path (the ``mesh`` fixture in
+    conftest.py makes one per test and closes it).
+
+    ``node()`` adds a node whose processes are real ``meshsync`` commands; ``engine()``
+    an in-process engine (``meshsync.engine.node.Node``) for tests that look at a pass
+    from the inside.  ``close()`` stops every daemon and closes every engine, also when
+    the test failed half-way."""
 
     def __init__(self, root: Path):
         self.root = root
         self.share = root / "share"
         self.nodes: list[MeshNode] = []
+        self.engines: list[Any] = []
 
-    def node(self, node_id: str, share: Path | None = None, init: bool = True, **env: str) -> MeshNode:
-        home = self.root / f"node-{node_id}"
-        home.mkdir(parents=True, exist_ok=True)
-        n = MeshNode(node_id, share or self.share, home, dict(env))
+    def node(self, node_id: str, share: Path | None = None, init: bool = True, home: str | None = None,
+             cls: type[MeshNode] = MeshNode, **env: str) -> MeshNode:
+        """A node on the share (or on ``share``), its private folder ``home`` (default
+        ``node-<id>``) under the root; ``init``: run `meshsync init` as it; ``cls``: a
+        MeshNode subclass (e.g. fault_helpers.NoDacNode); ``env``: its MESHSYNC_* settings."""
+        n = cls(node_id, share or self.share, self.root / (home or f"node-{node_id}"), dict(env))
+        n.home.mkdir(parents=True, exist_ok=True)
         if init:
             n.cli("init")
         self.nodes.append(n)
         return n
+
+    def engine(self, node: MeshNode | None = None, **settings: Any) -> Any:
+        """An in-process engine: ``node``'s settings (node id, share, index, cache) with
+        ``settings`` over them, or ``settings`` alone.  Closed by ``close()``."""
+        from meshsync.engine.node import Node
+
+        e = Node(node.settings(**settings) if node is not None else _load_settings(**settings))
+        self.engines.append(e)
+        return e
 
     def close(self) -> None:
         for n in self.nodes:
@@ -181,6 +206,14 @@ class Mesh:
                     n.stop(timeout=10)
                 except Exception:
                     pass
+        for e in self.engines:
+            e.close()
+
+
+def _load_settings(**settings: Any) -> Any:
+    from meshsync import config
+
+    return config.load(None, **settings)
 
 
 def memfile(share: Path, scope_dir: str, name: str) -> Path:

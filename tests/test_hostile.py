@@ -77,11 +77,7 @@ def _start(n: NoDacNode, **env: str) -> None:
 
 
 def _node(mesh: Mesh, node_id: str, **env: str) -> NoDacNode:
-    n = NoDacNode(node_id, mesh.share, mesh.root / f"node-{node_id}", dict(env))
-    n.home.mkdir(parents=True)
-    mesh.nodes.append(n)
-    n.cli("init")
-    return n
+    return mesh.node(node_id, cls=NoDacNode, **env)
 
 
 def _has_good_versions(n: NoDacNode) -> bool:

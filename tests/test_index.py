@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import MeshNode
 from sync_helpers import UPSERT, fts, outbox, quick_node, sync_json
 
 from meshsync.layout import memory_id, skill_id
@@ -304,8 +303,7 @@ def test_index_outbox_and_fts_through_sync(mesh):
 
 def test_index_made_by_seed_client_before_meshsync_is_exported(mesh, tmp_path):
     mesh.node("A")
-    b = MeshNode("B", mesh.share, tmp_path / "node-B")
-    b.home.mkdir()
+    b = mesh.node("B", init=False)
     shell(b.index, SEED_SCHEMA + "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at)"
                                  " VALUES ('mesh', 'legacy', '{\"w\": \"lemur\"}', 'ceo', 1700000000);"
                                  "INSERT INTO mesh_skills (name, source_node, content, updated_at)"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import Mesh
 
-from meshsync import config, layout
+from meshsync import layout
 from meshsync.engine.node import Node
 from meshsync.replicas.share import memread
 
@@ -76,10 +76,7 @@ def _fill(share: Path, tmp: Path) -> None:
 
 
 def _node(mesh: Mesh, name: str, readahead_min: int) -> Node:
-    n = mesh.node(name)
-    s = config.load(None, node_id="n", share=n.share, index=n.index, openclaw_home=n.openclaw_home,
-                    limits={"max_file_bytes": 4096})
-    node = Node(s)
+    node = mesh.engine(mesh.node(name), node_id="n", limits={"max_file_bytes": 4096})
     node.readahead_min = readahead_min
     return node
 
@@ -177,10 +174,9 @@ def test_a_first_import_that_applies_as_it_reads_ends_as_one_that_reads_first(me
     back by hand after its delete and beats it, one older copy loses to it), the index
     rows of a foreign writer (newer, older and index-only), and the cache entries of a
     tool: everything a first import looks at besides the files it reads."""
-    mesh.node("w")  # `meshsync init`: the share's marker
+    wn = mesh.node("w")  # `meshsync init`: the share's marker
     _fill(mesh.share, tmp_path)
-    w = Node(config.load(None, node_id="w", share=mesh.share, index=tmp_path / "w.sqlite",
-                         openclaw_home=tmp_path / "w-home"))
+    w = mesh.engine(wn)
     w.sync()
     for i in range(30, 40):
         assert w.delete_item(layout.memory_id("mesh", f"note.{i:05d}"))
@@ -199,12 +195,11 @@ def test_a_first_import_that_applies_as_it_reads_ends_as_one_that_reads_first(me
         share = tmp_path / f"share-{name}"
         subprocess.run(["cp", "-a", str(mesh.share), str(share)], check=True)  # fifos and links as they are
         home = tmp_path / f"home-{name}"
-        s = config.load(None, node_id="n", share=share, index=tmp_path / f"{name}.sqlite", openclaw_home=home,
-                        limits={"max_file_bytes": 4096})
-        node = Node(s)
+        node = mesh.engine(node_id="n", share=share, index=tmp_path / f"{name}.sqlite", openclaw_home=home,
+                           limits={"max_file_bytes": 4096})
         node.settle_early = early
         node.readahead_min = 1 if early and helper else 0
-        db = sqlite3.connect(s.index)
+        db = sqlite3.connect(node.s.index)
         with db:
             for i in range(40, 60):  # 40-49 newer than their files, 50-59 older
                 t = 1_800_000_000 + i if i < 50 else 1_600_000_000

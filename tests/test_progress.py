@@ -2,7 +2,11 @@
 the sort when not at a terminal, in --json output or in the daemon's log.
 
 The terminal is a real pseudo-terminal (``pty``): meshsync decides by ``isatty()``, as it
-does for a person at a prompt."""
+does for a person at a prompt.  Every test sets ``MESHSYNC_PROGRESS_INTERVAL=0``
+(docs/configuration.md): each step of the work draws a frame from its start, so the
+frames that appear depend on the data, not on the machine's speed (at the default 0.1 s
+a fast machine imported the files before the first frame was due, and a test saw one
+frame or none; a test that wants no progress would pass there for the wrong reason)."""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from collections.abc import Callable
 
 from helpers import Mesh, MeshNode, wait_for
 
-FILES = 3000
+FILES = 3000  # the import ticks every 500 files: five frames with a rate
+EVERY_STEP = {"MESHSYNC_PROGRESS_INTERVAL": "0"}  # a frame for each step of the work, from the start
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -67,7 +72,7 @@ def big_share(mesh: Mesh, n: MeshNode) -> None:
 def test_initial_import_at_a_terminal_shows_progress_with_rate(mesh: Mesh):
     a = mesh.node("a")
     big_share(mesh, a)
-    rc, out = run_in_pty(a, "sync")
+    rc, out = run_in_pty(a, "sync", **EVERY_STEP)
     assert rc == 0, out
     frames = [ANSI.sub("", f) for f in out.replace("\r\n", "\n").split("\r")]
     total = f"{FILES:,}"
@@ -89,7 +94,7 @@ def test_initial_import_at_a_terminal_shows_progress_with_rate(mesh: Mesh):
 def test_not_at_a_terminal_no_progress_at_all(mesh: Mesh):
     a = mesh.node("a")
     big_share(mesh, a)
-    p = a.cli("sync")
+    p = a.cli("sync", **EVERY_STEP)
     assert "\r" not in p.stderr and "\x1b" not in p.stderr, repr(p.stderr[:300])
     assert "\r" not in p.stdout and "\x1b" not in p.stdout
     assert "importing memory files" not in p.stderr + p.stdout
@@ -99,7 +104,7 @@ def test_not_at_a_terminal_no_progress_at_all(mesh: Mesh):
 def test_json_at_a_terminal_has_no_progress(mesh: Mesh):
     a = mesh.node("a")
     big_share(mesh, a)
-    rc, out = run_in_pty(a, "sync", "--json")
+    rc, out = run_in_pty(a, "sync", "--json", **EVERY_STEP)
     assert rc == 0, out
     assert "\x1b" not in out and "importing memory files" not in out
     assert json.loads(out)["to_index"] == FILES
@@ -110,7 +115,7 @@ def test_daemon_log_has_no_progress(mesh: Mesh):
     under systemd) gets log lines, never a redrawn progress line."""
     a = mesh.node("a")
     big_share(mesh, a)
-    a.start()
+    a.start(**EVERY_STEP)
     wait_for(lambda: "ready: first pass done" in a.log(), 120, what="daemon ready")
     assert a.stop() == 0
     log = a.log()
@@ -146,7 +151,7 @@ def test_daemon_at_a_terminal_shows_progress_of_its_first_pass(mesh: Mesh):
             p.send_signal(signal.SIGTERM)
             stopped.append(1)
 
-    rc, text = run_in_pty(a, "run", on_output=stop_when_ready)
+    rc, text = run_in_pty(a, "run", on_output=stop_when_ready, **EVERY_STEP)
     assert stopped and rc == 0, text[-2000:]
     frames = [ANSI.sub("", f) for f in text.replace("\r\n", "\n").split("\r")]
     assert any(re.fullmatch(rf"importing memory files: [\d,]+/{FILES:,}  [\d,]+/s(, about .* left)?", f)

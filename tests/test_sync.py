@@ -14,8 +14,7 @@ import json
 import os
 import time
 
-import pytest
-from helpers import Mesh, MeshNode, wait_for
+from helpers import Mesh, wait_for
 from sync_helpers import (
     UPSERT,
     assert_gone_everywhere,
@@ -25,23 +24,12 @@ from sync_helpers import (
     fts,
     mem_path,
     outbox,
-    quick_node,
     read_json,
     snapshot,
     sync_json,
 )
 
 from meshsync import layout
-
-
-@pytest.fixture
-def ab(mesh: Mesh) -> tuple[MeshNode, MeshNode]:
-    return mesh.node("A"), quick_node(mesh, "B")
-
-
-@pytest.fixture
-def abc(mesh: Mesh) -> tuple[MeshNode, MeshNode, MeshNode]:
-    return mesh.node("A"), quick_node(mesh, "B"), quick_node(mesh, "C")
 
 
 def upsert_sql(key: str, value: str, node: str, updated_at: int) -> str:
@@ -346,9 +334,6 @@ def test_full_pass_reads_only_files_whose_signature_changed(mesh: Mesh):
     """A no-change pass reads no file; an edit is read once, by whichever process made
     the signature map stale (this one, or another meshsync on the same index), and a
     removed file is still seen as gone although the walk sets unchanged files aside."""
-    from meshsync import config
-    from meshsync.engine.node import Node
-
     a = mesh.node("A")
     for i in range(5):
         a.cli("put", "mesh", f"k{i}", f'"v{i}"')
@@ -366,8 +351,7 @@ def test_full_pass_reads_only_files_whose_signature_changed(mesh: Mesh):
 
     for i in range(5):
         age(f"k{i}")
-    s = config.load(None, node_id="A", share=a.share, index=a.index, openclaw_home=a.openclaw_home)
-    node = Node(s)
+    node = mesh.engine(a)
     node.sync()
     assert node.sync().read == 0
     edit("k1", "edited")
@@ -377,7 +361,7 @@ def test_full_pass_reads_only_files_whose_signature_changed(mesh: Mesh):
     # then never, as its own state write refreshed the map (a stale map: read forever).
     wait_for(lambda: node.sync().read == 0, what="no file read once the rewrite settled")
     edit("k2", "by the other process")
-    other = Node(s)
+    other = mesh.engine(a)
     assert other.sync().read == 1
     other.close()
     wait_for(lambda: node.sync().read == 0, what="the other connection's state write seen")
@@ -386,7 +370,6 @@ def test_full_pass_reads_only_files_whose_signature_changed(mesh: Mesh):
     node.sync()
     assert a.sql("SELECT key FROM mesh_memory WHERE key = 'k3'") == []
     assert node.sync().read == 0
-    node.close()
 
 
 def test_full_pass_reads_each_tombstone_once(mesh: Mesh):
@@ -394,9 +377,6 @@ def test_full_pass_reads_each_tombstone_once(mesh: Mesh):
     in place behind meshsync's back (same size, inode and mtime, so the same signature):
     the pass keeps what it read, and an old copy of the deleted file put back on the
     share is still beaten by the delete instead of coming back."""
-    from meshsync import config
-    from meshsync.engine.node import Node
-
     a = mesh.node("A")
     a.cli("put", "mesh", "gone", '"old"')
     f = mem_path(a.share, "mesh", "gone")
@@ -406,8 +386,7 @@ def test_full_pass_reads_each_tombstone_once(mesh: Mesh):
     assert tomb.exists() and not f.exists()
     past = time.time_ns() - 3600 * 10**9
     os.utime(tomb, ns=(past, past))
-    s = config.load(None, node_id="A", share=a.share, index=a.index, openclaw_home=a.openclaw_home)
-    node = Node(s)
+    node = mesh.engine(a)
     node.sync()  # reads the tombstone (settled now) and keeps what it holds
     with open(tomb, "r+b") as fh:
         size = fh.seek(0, 2)
@@ -419,4 +398,3 @@ def test_full_pass_reads_each_tombstone_once(mesh: Mesh):
     node.sync()
     assert a.sql("SELECT key FROM mesh_memory WHERE key = 'gone'") == []
     assert not f.exists()  # the delete won again
-    node.close()

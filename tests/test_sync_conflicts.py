@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-from helpers import Mesh, MeshNode
 from sync_helpers import (
     UPSERT,
     assert_item_everywhere,
@@ -24,12 +22,6 @@ from sync_helpers import (
     read_json,
     sync_json,
 )
-
-
-@pytest.fixture
-def ab(mesh: Mesh) -> tuple[MeshNode, MeshNode]:
-    return mesh.node("A"), quick_node(mesh, "B")
-
 
 # --- 5. concurrent writes ---------------------------------------------------------------------
 

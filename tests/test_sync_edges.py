@@ -11,8 +11,7 @@ import os
 import shutil
 import time
 
-import pytest
-from helpers import Mesh, MeshNode
+from helpers import MeshNode
 from sync_helpers import (
     all_paths,
     assert_item_everywhere,
@@ -25,11 +24,6 @@ from sync_helpers import (
 )
 
 from meshsync import layout
-
-
-@pytest.fixture
-def ab(mesh: Mesh) -> tuple[MeshNode, MeshNode]:
-    return mesh.node("A"), quick_node(mesh, "B")
 
 
 def skill_row(n: MeshNode, name: str) -> tuple | None:
@@ -188,8 +182,7 @@ def test_hand_made_files_with_plain_and_escaped_names(mesh, ab):
 
 
 def test_odd_node_id_stays_inside_the_share(mesh, tmp_path):
-    n = MeshNode("../evil/node", mesh.share, tmp_path / "node-evil")
-    n.cli("init")
+    n = mesh.node("../evil/node", home="node-evil")
     n.cli("put", "node", "k", "1")
     rel = layout.encode("../evil/node")
     assert (mesh.share / "memory" / "node" / rel / "k.json").exists()
@@ -307,11 +300,11 @@ def test_missing_marker_or_empty_share_changes_nothing(mesh, ab, tmp_path):
     assert_item_everywhere([a, b], mesh.share, "mesh", "while.away", "later")
 
 
-def test_init_refuses_folder_with_files_but_no_marker(tmp_path):
+def test_init_refuses_folder_with_files_but_no_marker(mesh, tmp_path):
     share = tmp_path / "mnt"
     (share / "stuff").mkdir(parents=True)
     (share / "stuff" / "file.txt").write_text("x")
-    n = MeshNode("X", share, tmp_path / "node-X")
+    n = mesh.node("X", share=share, init=False)
     p = n.cli("init", check=3)
     assert "marker" in p.stderr and "mount" in p.stderr
     assert not (share / ".meshsync").exists()

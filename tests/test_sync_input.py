@@ -13,8 +13,7 @@ import json
 import os
 import time
 
-import pytest
-from helpers import Mesh, MeshNode
+from helpers import MeshNode
 from sync_helpers import (
     UPSERT,
     assert_item_everywhere,
@@ -25,12 +24,6 @@ from sync_helpers import (
     read_json,
     sync_json,
 )
-
-
-@pytest.fixture
-def ab(mesh: Mesh) -> tuple[MeshNode, MeshNode]:
-    return mesh.node("A"), quick_node(mesh, "B")
-
 
 # --- 10. bad input on the share (R6) ----------------------------------------------------------------------
 

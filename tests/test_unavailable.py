@@ -199,10 +199,7 @@ def test_daemon_survives_every_kind_of_unavailable_share(mesh: Mesh, nas, tmp_pa
         (real / "memory" / "mesh" / f"base{i}.json").write_text(json.dumps({"value": {"i": i}}))
     (real / "skills" / "helper").mkdir()
     (real / "skills" / "helper" / "SKILL.md").write_text("# helper\nbase\n")
-    a = NoDacNode("a", mnt, mesh.root / "node-a")
-    a.home.mkdir()
-    mesh.nodes.append(a)
-    a.cli("init")
+    a = mesh.node("a", share=mnt, cls=NoDacNode)
     notify = NotifySocket(tmp_path / "notify.sock")
     try:
         a.start(NOTIFY_SOCKET=notify.path, MESHSYNC_WATCH__POLL_INTERVAL=POLL,
@@ -255,7 +252,7 @@ def test_events_mode_share_moved_away_and_back(mesh: Mesh, tmp_path: Path):
     assert a.stop() == 0
 
 
-def test_init_refuses_a_share_path_with_items_but_no_marker(tmp_path: Path):
+def test_init_refuses_a_share_path_with_items_but_no_marker(mesh: Mesh, tmp_path: Path):
     """The marker of a real share is gone (or this is the mount point of a NAS whose
     marker is missing): init must not adopt it as a new, empty share."""
     share = tmp_path / "share"
@@ -265,7 +262,7 @@ def test_init_refuses_a_share_path_with_items_but_no_marker(tmp_path: Path):
     (share / "skills" / "s" / "SKILL.md").write_text("# s\n")
     before = sorted((p.relative_to(share).as_posix(), p.read_bytes() if p.is_file() else None)
                     for p in share.rglob("*"))
-    n = MeshNode("x", share, tmp_path / "node-x")
+    n = mesh.node("x", share=share, init=False)
     p = n.cli("init", check=3)
     err = p.stderr
     assert ".meshsync/ marker" in err and "memory" in err, err

@@ -8,9 +8,9 @@ against the file server), next to the index and in the cache.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
-import sqlite3
 import stat
 import subprocess
 import time
@@ -20,8 +20,10 @@ from pathlib import Path
 import orjson
 
 from meshsync import layout
+from meshsync.cli.common import dump
 from meshsync.config import Settings
 from meshsync.daemon.watch import choose_mode
+from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import REQUIRED, SCHEMA_VERSION
 from meshsync.replicas.share import journal
 from meshsync.replicas.share.store import Share, ShareUnavailable
@@ -179,17 +181,11 @@ def _index_checks(s: Settings) -> list[Check]:
     if not s.index.exists():
         return [Check("index", FAIL, f"{s.index} does not exist", "run `meshsync init`")]
     try:
-        db = sqlite3.connect(f"file:{s.index}?mode=ro", uri=True, timeout=10)
-        try:
-            qc = db.execute("PRAGMA quick_check").fetchall()
-            have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table','trigger','index')")}
-            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-            ver = db.execute("SELECT v FROM meshsync_meta WHERE k = 'schema'").fetchone() if "meshsync_meta" in have else None
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
+        h = queries.health(s.index)
+    except queries.Error as exc:
         return [Check("index", FAIL, f"cannot read {s.index}: {exc}",
                       "restore it from a backup or move it away; `meshsync init` + `meshsync sync` rebuilds it from the share")]
+    qc, have, mode = h.quick_check, h.have, h.journal_mode
     out = []
     if qc != [("ok",)]:
         out.append(Check("index integrity", FAIL, "PRAGMA quick_check: " + "; ".join(r[0] for r in qc[:3]),
@@ -200,8 +196,8 @@ def _index_checks(s: Settings) -> list[Check]:
     if missing:
         out.append(Check("index schema", FAIL, f"missing: {', '.join(missing)}",
                          "run any meshsync command once with write access to create them"))
-    elif ver is None or ver[0] != SCHEMA_VERSION:
-        out.append(Check("index schema", FAIL, f"schema version {ver[0] if ver else '?'}, this meshsync needs {SCHEMA_VERSION}",
+    elif not h.has_schema or h.schema != SCHEMA_VERSION:
+        out.append(Check("index schema", FAIL, f"schema version {h.schema if h.has_schema else '?'}, this meshsync needs {SCHEMA_VERSION}",
                          "upgrade or downgrade meshsync to the version that made this index"))
     else:
         out.append(Check("index schema", PASS, f"schema {SCHEMA_VERSION}, journal mode {mode}"))
@@ -299,3 +295,22 @@ def exit_code(checks: list[Check]) -> int:
 
 def as_json(checks: list[Check]) -> list[dict]:
     return [asdict(c) for c in checks]
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def cmd_doctor(s: Settings, a: argparse.Namespace) -> int:
+    return print_checks(run_checks(s), a.json)
+
+
+def print_checks(checks: list[Check], json_out: bool) -> int:
+    """Print the checks (one line each, with its hint) or their JSON; return the exit code."""
+    code = exit_code(checks)
+    if json_out:
+        print(dump({"result": ["ok", "warnings", "failures"][code], "checks": as_json(checks)}))
+        return code
+    for c in checks:
+        print(f"{c.result.upper():4}  {c.name}: {c.detail}" + (f"\n      -> {c.hint}" if c.hint else ""))
+    print(["all checks passed", "some checks gave warnings", "some checks failed"][code])
+    return code

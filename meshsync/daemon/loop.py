@@ -1,16 +1,23 @@
 """``meshsync run``: the long-running node.
 
-One thread does all syncing; detectors only collect *which items* may have changed:
+One thread does all syncing; the change sources (``sources.py``) only say *which items*
+may have changed:
 
 * the share: watchdog events (events mode) or the other nodes' journals every
   ``watch.poll_interval`` (poll mode), plus a full rescan every ``watch.rescan_interval``
   for edits made by hosts that run no meshsync;
 * the index: ``PRAGMA data_version`` (a counter bumped by other connections' commits,
-  no table read) checked every 50 ms, then the trigger-fed outbox says which items.
+  no table read) checked every 50 ms, then the trigger-fed outbox says which items;
+* the cache: the signature of mesh-memory.json and of its skills folder.
 
 Changes are coalesced: the loop waits until no new change arrived for ``watch.debounce``
 seconds (at most 1 s in all), then runs one targeted pass for the whole burst, so a
 burst of 1,000 writes costs one cache rewrite, not 1,000.
+
+Each turn of the loop (:meth:`Daemon.run`) reads as its steps: stop if asked, feed the
+watchdog, reload if asked, collect news from the sources, then run a full pass if one
+is due, else the waiting batch if its debounce is over, else wait for the next event or
+tick.
 """
 
 from __future__ import annotations
@@ -18,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -28,6 +34,16 @@ import orjson
 
 from meshsync import config, logs
 from meshsync.config import Settings
+from meshsync.daemon.notify import Notifier
+from meshsync.daemon.sources import (
+    CacheWrites,
+    Changes,
+    ChangeSource,
+    IndexWrites,
+    OtherJournals,
+    ShareFileEvents,
+    Tick,
+)
 from meshsync.daemon.watch import ShareEvents, choose_mode
 from meshsync.engine.node import Node
 from meshsync.layout import ItemId
@@ -42,44 +58,7 @@ INDEX_TICK = 0.05
 LOCK_WAIT = 5.0  # seconds `meshsync run` waits for a CLI command holding the index lock
 MAX_DELAY = 1.0
 
-
-class Notifier:
-    """sd_notify(3) over $NOTIFY_SOCKET, without libsystemd."""
-
-    def __init__(self) -> None:
-        addr = os.environ.get("NOTIFY_SOCKET")
-        self.sock: socket.socket | None = None
-        self.addr: str | None = None
-        if addr:
-            if addr.startswith("@"):
-                addr = "\0" + addr[1:]
-            self.addr = addr
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        usec = os.environ.get("WATCHDOG_USEC")
-        pid = os.environ.get("WATCHDOG_PID")
-        self.watchdog = (float(usec) / 1e6 / 2 if usec and usec.isdigit() and (not pid or pid == str(os.getpid()))
-                         else None)
-        self.last_ping = 0.0
-        self.last_status = ""
-
-    def send(self, **fields: Any) -> None:
-        if self.sock is None or self.addr is None:
-            return
-        msg = "\n".join(f"{k}={v}" for k, v in fields.items())
-        try:
-            self.sock.sendto(msg.encode(), self.addr)
-        except OSError as exc:
-            log.debug("sd_notify failed: %s", exc)
-
-    def status(self, text: str) -> None:
-        if text != self.last_status:
-            self.last_status = text
-            self.send(STATUS=text)
-
-    def ping(self) -> None:
-        if self.watchdog is not None and time.monotonic() - self.last_ping >= self.watchdog:
-            self.last_ping = time.monotonic()
-            self.send(WATCHDOG=1)
+__all__ = ["Daemon", "Notifier", "run", "INDEX_TICK", "LOCK_WAIT", "MAX_DELAY"]
 
 
 class Daemon:
@@ -104,6 +83,9 @@ class Daemon:
         self.mode, self.why = choose_mode(settings.watch.mode, settings.share)
         self.events = ShareEvents(settings.share, settings.node_id)
         self.journal = journal.JournalReader(settings.share, settings.node_id)
+        self.cache_writes = CacheWrites(self.node)
+        self.sources: list[ChangeSource] = [ShareFileEvents(self.events), OtherJournals(self.journal, self.events),
+                                            IndexWrites(self.node), self.cache_writes]
         self.available: bool | None = None
         self.pending: set[ItemId] = set()
         self.need_full = True
@@ -111,12 +93,9 @@ class Daemon:
         self.last_change = 0.0
         self.last_full = 0.0
         self.last_poll = 0.0
-        self.data_version = self.node.index.data_version()
-        self.cache_seen = self.node.cache.memory_sig()
-        self.cache_skills_seen = self.node.cache_skills_sig()
         self.cache_dirty = False
         # Items a pass left because their file changed between its read and its write
-        # (see _pass_inner): run the next pass now.  Never twice in a row.
+        # (see _after_pass): run the next pass now.  Never twice in a row.
         self.retry_now = False
         self.retried = False
 
@@ -154,7 +133,7 @@ class Daemon:
             self._start_watch()
         self.need_full = True
 
-    # --- the loop ----------------------------------------------------------------------------
+    # --- watching and the share's availability --------------------------------------------
 
     def _start_watch(self) -> None:
         if self.mode == "events":
@@ -184,50 +163,45 @@ class Daemon:
         self.need_full = True
         self.notify.status(f"share unavailable: {exc}")
 
-    def _pass(self, items: set[ItemId] | None) -> None:
+    def _resumed(self) -> bool:
+        """Before a pass while the share was unavailable: whether it is back (R5)."""
         try:
-            self._pass_inner(items)
+            self.node.share.check()
+        except ShareUnavailable as exc:
+            self._unavailable(exc)
+            return False
+        log.info("share available again: resuming")
+        self._start_watch()
+        self.available = True
+        return True
+
+    # --- passes ------------------------------------------------------------------------------
+
+    def _pass(self, items: set[ItemId] | None) -> None:
+        """One pass: of ``items``, or a full one (None)."""
+        try:
+            # Say so before the pass that resumes: its results are visible to others
+            # (index, cache) before it returns.
+            if self.available is False and not self._resumed():
+                return
+            try:
+                stats = self.node.sync(items)
+            except ShareUnavailable as exc:
+                self._unavailable(exc)
+                return
+            self.available = True
+            self._after_pass(stats, full=items is None)
         finally:
             if self.progress is not None:
                 self.progress.done()
 
-    def _pass_inner(self, items: set[ItemId] | None) -> None:
-        if self.available is False:
-            # Say so before the pass that resumes: its results are visible to others
-            # (index, cache) before it returns.
-            try:
-                self.node.share.check()
-            except ShareUnavailable as exc:
-                self._unavailable(exc)
-                return
-            log.info("share available again: resuming")
-            self._start_watch()
-            self.available = True
-        try:
-            stats = self.node.sync(items)
-        except ShareUnavailable as exc:
-            self._unavailable(exc)
-            return
-        self.available = True
-        if self.node.deferred and not self.retried:
-            # Changed on the share between our read and our write: most often another
-            # node writing its normalised copy of the same hand edit just before us.
-            # Waiting for that write's events and a debounce cost a fifth of the hand
-            # edits 100 ms more; a file that keeps changing waits as usual next time.
-            log.debug("looking again at once at %d item(s) changed while this pass wrote them",
-                      len(self.node.deferred))
-            if not self.pending and not self.cache_dirty:
-                self.first_change = time.monotonic()
-            self.pending.update(self.node.deferred)
-            self.retry_now = self.retried = True
-        else:
-            self.retried = False
+    def _after_pass(self, stats: Any, full: bool) -> None:
+        self._retry_deferred()
         if stats.cache_written:
             # Our own rewrite of mesh-memory.json is not a tool's write: without this the
-            # next tick saw the new signature and ran another pass for nothing.  A tool
-            # writing after us changes the signature again and is noticed as before.
-            self.cache_seen = self.node.index.meta("cache_sig") or None
-        if items is None:
+            # next tick saw the new signature and ran another pass for nothing.
+            self.cache_writes.own_write(self.node.index.meta("cache_sig") or None)
+        if full:
             self.last_full = time.monotonic()
             self.need_full = False
         done = stats.to_share + stats.to_index + stats.deleted
@@ -241,54 +215,93 @@ class Daemon:
         self.notify.status(f"watching ({self.mode}); last sync {time.strftime('%H:%M:%S')}"
                            + (f"; {c} problem(s), see meshsync status" if c else ""))
 
-    def _collect(self) -> None:
+    def _retry_deferred(self) -> None:
+        """Items the pass left because their file changed between its read and its write
+        (most often another node writing its normalised copy of the same hand edit just
+        before us): looked at again at once.  Waiting for that write's events and a
+        debounce cost a fifth of the hand edits 100 ms more; a file that keeps changing
+        waits as usual next time."""
+        if self.node.deferred and not self.retried:
+            log.debug("looking again at once at %d item(s) changed while this pass wrote them",
+                      len(self.node.deferred))
+            if not self.pending and not self.cache_dirty:
+                self.first_change = time.monotonic()
+            self.pending.update(self.node.deferred)
+            self.retry_now = self.retried = True
+        else:
+            self.retried = False
+
+    # --- collecting news ---------------------------------------------------------------------
+
+    def _tick(self) -> Tick:
+        """Now, whether a poll tick is due and, on one, the share's O(1) check (its root
+        and marker, R5)."""
         now = time.monotonic()
-        items, full, jr = self.events.take()
-        poll_tick = now - self.last_poll >= self.s.watch.poll_interval
-        if poll_tick:
+        poll = now - self.last_poll >= self.s.watch.poll_interval
+        if poll:
             self.last_poll = now
-            jr = jr or self.mode == "poll"
             if self.available:
                 try:
-                    self.node.share.check()  # O(1): the root and its marker (R5)
+                    self.node.share.check()
                 except ShareUnavailable as exc:
                     self._unavailable(exc)
-        if jr and self.available:
-            more, jfull = self.journal.poll()
-            items |= more
-            full = full or jfull
-        try:
-            dv = self.node.index.data_version()
-        except Exception as exc:  # the index file vanished or is locked for long
-            log.error("cannot read the index: %s", exc)
-            dv = self.data_version
-        if dv != self.data_version:
-            self.data_version = dv
-            _, out = self.node.index.outbox()
-            items |= out
-        cache_news = False
-        if self.s.cache.writable:
-            # A Phase 1 tool writing the cache: one stat per tick, the skills folder
-            # once per poll interval (see cacheside.py).
-            csig = self.node.cache.memory_sig()
-            ssig = self.cache_skills_seen
-            if poll_tick:
-                ssig = self.node.cache_skills_sig()
-            if csig != self.cache_seen or ssig != self.cache_skills_seen:
-                self.cache_seen, self.cache_skills_seen = csig, ssig
-                cache_news = True
+        return Tick(now=now, poll=poll, share_available=bool(self.available), polling=self.mode == "poll")
+
+    def _collect(self) -> None:
+        """Ask every source what changed and add it to the waiting batch."""
+        tick = self._tick()
+        news = Changes()
+        for source in self.sources:
+            news.add(source.changes(tick))
         ri = self.s.watch.rescan_interval
-        if ri and now - self.last_full >= ri:
-            full = True
-        if items or full or cache_news:
+        if ri and tick.now - self.last_full >= ri:
+            news.full = True
+        if news:
             # Only news moves the debounce clock: a change already waiting must not
             # postpone itself tick after tick.
             if not self.pending and not self.cache_dirty:
-                self.first_change = now
-            self.cache_dirty = self.cache_dirty or cache_news
-            self.pending |= items
-            self.last_change = now
-            self.need_full = self.need_full or full
+                self.first_change = tick.now
+            self.cache_dirty = self.cache_dirty or news.cache
+            self.pending |= news.items
+            self.last_change = tick.now
+            self.need_full = self.need_full or news.full
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _full_pass_due(self, now: float) -> bool:
+        # While the share is unavailable, a full pass (which first checks it) at most
+        # every poll interval.
+        return self.need_full and (self.available is not False
+                                   or now - self.last_full >= self.s.watch.poll_interval)
+
+    def _batch_due(self, now: float) -> bool:
+        return bool(self.pending or self.cache_dirty) and (
+            self.retry_now or now - self.last_change >= self.s.watch.debounce
+            or now - self.first_change >= MAX_DELAY)
+
+    def _run_batch(self) -> None:
+        batch, self.pending, self.cache_dirty = self.pending, set(), False
+        self.retry_now = False
+        if self.available:
+            self._pass(batch)
+        else:
+            self.need_full = True
+
+    def _wait(self, now: float) -> None:
+        """Until the next tick, an event, or the end of the waiting batch's debounce (not
+        the next tick after it: ticks alone added up to 50 ms to every change's latency)."""
+        timeout = INDEX_TICK
+        if self.pending or self.cache_dirty:
+            due = min(self.last_change + self.s.watch.debounce, self.first_change + MAX_DELAY)
+            timeout = min(timeout, max(0.0, due - now))
+        self.events.wake.wait(timeout)
+        self.events.wake.clear()
+
+    def _stop_requested(self) -> bool:
+        if self.stop_signal is not None:
+            log.info("received %s: finishing the work in flight", signal.Signals(self.stop_signal).name)
+            self.stop.set()
+        return self.stop.is_set()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -302,40 +315,20 @@ class Daemon:
         self.notify.send(READY=1)
         if self.available:
             log.info("ready: first pass done, watching for changes")
-        debounce = self.s.watch.debounce
-        while not self.stop.is_set():
-            if self.stop_signal is not None:
-                log.info("received %s: finishing the work in flight", signal.Signals(self.stop_signal).name)
-                self.stop.set()
-                break
+        while not self._stop_requested():
             self.notify.ping()
             if self.reload:
                 self._do_reload()
             self._collect()
             now = time.monotonic()
-            if self.need_full and (self.available is not False
-                                   or now - self.last_full >= self.s.watch.poll_interval):
+            if self._full_pass_due(now):
                 self.pending.clear()
                 self.last_full = now
                 self._pass(None)
-                continue
-            if (self.pending or self.cache_dirty) and (self.retry_now or now - self.last_change >= debounce
-                                                       or now - self.first_change >= MAX_DELAY):
-                batch, self.pending, self.cache_dirty = self.pending, set(), False
-                self.retry_now = False
-                if self.available:
-                    self._pass(batch)
-                else:
-                    self.need_full = True
-                continue
-            # Wake when the debounce of waiting news ends, not at the next tick after it:
-            # ticks alone added up to a tick (50 ms) to every change's latency.
-            timeout = INDEX_TICK
-            if self.pending or self.cache_dirty:
-                due = min(self.last_change + debounce, self.first_change + MAX_DELAY)
-                timeout = min(timeout, max(0.0, due - now))
-            self.events.wake.wait(timeout)
-            self.events.wake.clear()
+            elif self._batch_due(now):
+                self._run_batch()
+            else:
+                self._wait(now)
         self.notify.send(STOPPING=1)
         self.events.stop()
         if self.pending and self.available:
@@ -378,6 +371,8 @@ def run(settings: Settings, config_path: str | None = None) -> int:
         try:
             return d.run()
         finally:
+            d.events.stop()
+            d.notify.close()
             d.node.close()
     finally:
         lock.release()

@@ -143,11 +143,18 @@ class ShareEvents:
                     self.items.add(it)  # type: ignore[arg-type]
             self.wake.set()
 
-    def take(self) -> tuple[set[ItemId], bool, bool]:
+    def take(self) -> tuple[set[ItemId], bool]:
+        """The items events named since the last call, and whether only a full pass can tell."""
         with self.lock:
-            items, full, journal = self.items, self.full, self.journal
-            self.items, self.full, self.journal = set(), False, False
-        return items, full, journal
+            items, full = self.items, self.full
+            self.items, self.full = set(), False
+        return items, full
+
+    def take_journal(self) -> bool:
+        """Whether a journal file changed since the last call (another node wrote items)."""
+        with self.lock:
+            journal, self.journal = self.journal, False
+        return journal
 
     def start(self) -> None:
         from watchdog import events as ev

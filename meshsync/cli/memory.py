@@ -1,0 +1,104 @@
+"""``meshsync get/put/rm/ls``: memory items.
+
+Reads come from the index (with each item's sync state, see ``status.ItemStates``);
+writes go into the index through the engine and are exported at once when no daemon
+runs (``common.sync_after_write``), as a foreign client's write would be by the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import orjson
+
+from meshsync import config, layout
+from meshsync.cli.common import (
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    CliError,
+    dump,
+    open_index,
+    open_node,
+    parse_value,
+    scope_arg,
+    sync_after_write,
+    when,
+)
+from meshsync.cli.status import ItemStates, row_sig, state_note, state_text
+from meshsync.replicas.index import queries
+from meshsync.replicas.index.store import memory_row_sig
+
+
+def cmd_get(s: config.Settings, a: argparse.Namespace) -> int:
+    idx = open_index(s)
+    try:
+        r = queries.memory_row(idx, a.scope, a.key)
+        st = ItemStates(idx, s.node_id).of(layout.memory_id(a.scope, a.key), row_sig(memory_row_sig, *r)) \
+            if r else None
+    finally:
+        idx.close()
+    if r is None or st is None:
+        print(f"meshsync: no item {a.scope}:{a.key}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if a.json:
+        value = orjson.Fragment(r.value) if isinstance(r.value, str) and r.value else r.value
+        print(dump({"scope": a.scope, "key": a.key, "value": value, "node_id": r.node_id,
+                    "updated_at": r.updated_at, **st}))
+    else:
+        print(dump(orjson.Fragment(r.value)) if r.value else r.value)
+        if sys.stdout.isatty():  # for a person, where it came from; a script gets the value only
+            print(f"# from {r.node_id} at {when(r.updated_at)}, {state_note(st)}")
+    return EXIT_OK
+
+
+def _writable_scope(s: config.Settings, scope: str) -> str:
+    scope = scope_arg(scope)
+    if not s.may_write(scope):
+        raise CliError(f"this node may not write scope {scope!r} (scopes.write = {s.scopes.write}); nothing was changed")
+    return scope
+
+
+def cmd_put(s: config.Settings, a: argparse.Namespace) -> int:
+    scope = scope_arg(a.scope)
+    value = parse_value(a.value)
+    _writable_scope(s, scope)
+    node = open_node(s)
+    try:
+        node.put_memory(scope, a.key, value)
+    finally:
+        node.close()
+    print(f"stored {scope}:{a.key}; {sync_after_write(s, [layout.memory_id(scope, a.key)])}")
+    return EXIT_OK
+
+
+def cmd_rm(s: config.Settings, a: argparse.Namespace) -> int:
+    _writable_scope(s, a.scope)
+    node = open_node(s)
+    try:
+        found = node.delete_item(layout.memory_id(a.scope, a.key))
+    finally:
+        node.close()
+    if not found:
+        print(f"meshsync: no item {a.scope}:{a.key}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    print(f"deleted {a.scope}:{a.key}; {sync_after_write(s, [layout.memory_id(a.scope, a.key)])}")
+    return EXIT_OK
+
+
+def cmd_ls(s: config.Settings, a: argparse.Namespace) -> int:
+    idx = open_index(s)
+    try:
+        rows = queries.memory_listing(idx, a.scope)
+        states = ItemStates(idx, s.node_id)
+        st = [states.of(layout.memory_id(r.scope, r.key), row_sig(memory_row_sig, r.value, r.node_id, r.updated_at))
+              for r in rows]
+    finally:
+        idx.close()
+    if a.json:
+        print(dump([{"scope": r.scope, "key": r.key, "node_id": r.node_id, "updated_at": r.updated_at,
+                     "bytes": r.bytes, **x} for r, x in zip(rows, st, strict=True)]))
+    else:
+        for r, x in zip(rows, st, strict=True):
+            print(f"{r.scope}\t{r.key}\t{r.node_id}\t{when(r.updated_at)}\t{state_text(x)}")
+    return EXIT_OK

@@ -1,0 +1,92 @@
+"""``meshsync init``, ``sync`` and ``run``: setting a node up and moving changes.
+
+``init`` never initialises what may be an unmounted NAS's mount point (R5); ``sync`` is
+one pass under the index lock (refused while a daemon holds it); ``run`` is the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from meshsync import config, layout, logs
+from meshsync.cli.common import (
+    EXIT_BUSY,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_UNAVAILABLE,
+    CliError,
+    dump,
+    open_node,
+)
+from meshsync.lock import IndexLock, Locked
+from meshsync.replicas.index.store import Index, IndexError_
+from meshsync.replicas.share.store import Share, ShareUnavailable
+
+
+def cmd_init(s: config.Settings, a: argparse.Namespace) -> int:
+    share = Share(s.share, max_file_bytes=s.limits.max_file_bytes)
+    root = s.share
+    if root.exists() and not (root / layout.META).is_dir():
+        entries = [e for e in os.listdir(root) if not e.startswith(".")] if root.is_dir() else ["?"]
+        if entries and not a.force:
+            raise CliError(
+                f"{root} already holds files ({', '.join(sorted(entries)[:5])}) but no {layout.META}/ marker.\n"
+                "  If the NAS is not mounted, mount it first: initialising the mount point would hide the real share.\n"
+                "  If this really is a new share, run `meshsync init --force`.", EXIT_UNAVAILABLE)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        share.initialise()
+    except OSError as exc:
+        raise CliError(f"cannot create the share layout in {root}: {exc.strerror}", EXIT_UNAVAILABLE) from None
+    try:
+        Index(s.index).close()
+    except IndexError_ as exc:
+        raise CliError(str(exc)) from None
+    print(f"share ready: {root}\nindex ready: {s.index}\nnode id: {s.node_id}")
+    return EXIT_OK
+
+
+def cmd_sync(s: config.Settings, a: argparse.Namespace) -> int:
+    lock = IndexLock(s.index)
+    try:
+        lock.acquire()
+    except Locked as exc:
+        raise CliError(f"a meshsync daemon (pid {exc.pid}) is running on {s.index}; it keeps the node "
+                       "in sync already (see `meshsync status`)", EXIT_BUSY) from None
+    try:
+        node = open_node(s)
+        if sys.stderr.isatty() and not a.json:
+            node.progress = logs.Progress()
+        try:
+            stats = node.sync(full_index=a.full)
+        except ShareUnavailable as exc:
+            node.record_unavailable(str(exc))
+            if a.json:
+                print(dump({"ok": False, "share": "unavailable", "reason": str(exc)}))
+            print(f"meshsync: share unavailable: {exc}\n  nothing was changed in the index or the cache.",
+                  file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        finally:
+            if node.progress is not None:
+                node.progress.done()
+            node.close()
+    finally:
+        lock.release()
+    if a.json:
+        print(dump({"ok": stats.errors == 0, **stats.as_dict()}))
+    else:
+        print(f"synced in {stats.seconds:.2f}s: {stats.scanned} items scanned, {stats.read} read, "
+              f"{stats.to_share} written to the share, {stats.to_index} to the index, "
+              f"{stats.deleted} deleted, {stats.conflicts} conflicts, {stats.errors} problems"
+              + (", cache rewritten" if stats.cache_written else ""))
+        if stats.errors:
+            print("  some files or rows were skipped: see `meshsync status`", file=sys.stderr)
+    return EXIT_PROBLEMS if stats.errors else EXIT_OK
+
+
+def cmd_run(s: config.Settings, a: argparse.Namespace) -> int:
+    from meshsync.daemon.loop import run
+
+    return run(s, a.config)

@@ -1,0 +1,290 @@
+"""``meshsync status`` and each item's sync state (also shown by get, ls and skill get/ls).
+
+Everything here reads the index (and, for status, checks the share's root): no pass
+runs, so the answers are the same with and without a running daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from meshsync import config
+from meshsync.cli.common import EXIT_OK, dump, when
+from meshsync.layout import MEM, ItemId
+from meshsync.lock import IndexLock
+from meshsync.replicas.index import queries
+from meshsync.replicas.index.store import Index, IndexError_
+from meshsync.replicas.share.store import Share, ShareUnavailable
+
+# --- item states ---------------------------------------------------------------------------
+
+IN_SYNC, PENDING, CONFLICT, REFUSED, ERROR = "in sync", "pending", "conflict", "refused", "error"
+
+
+def is_refusal(e: dict[str, Any]) -> bool:
+    """An error row that records a refused export (R9), not a broken file or row."""
+    # Older indexes recorded refusals with kind "index"; their reason says "refused".
+    return e["kind"] == "refused" or (e["kind"] == "index" and "refused" in e["reason"])
+
+
+class ItemStates:
+    """Each item's sync state, from the index alone (no share access, so it also works
+    while the share is unavailable):
+
+    - refused:  the node may not export it (an error of kind "refused"): it stays local;
+    - error:    its index row or its share file is invalid (an "index" or "file" error);
+    - pending:  a local change not yet synced (an outbox row, or the row differs from
+                the version last synced, meshsync_state.row_sig);
+    - conflict: the current version won a conflict; the beaten one is in
+                `meshsync conflicts` (until the item changes again);
+    - in sync:  otherwise.
+    """
+
+    def __init__(self, idx: Index, node_id: str):
+        from meshsync.daemon.watch import item_of_rel
+
+        self.outbox = queries.outbox_items(idx)
+        self.synced = queries.synced_versions(idx)
+        self.errors: dict[str, dict[str, Any]] = {}
+        self.warnings: dict[str, dict[str, Any]] = {}
+        self.file_errors: dict[ItemId, dict[str, Any]] = {}
+        for e in idx.errors():
+            if e["kind"] == "file":
+                try:
+                    it = item_of_rel(e["path"], node_id)
+                except Exception:  # a path outside the layout: no item to blame
+                    it = None
+                if isinstance(it, ItemId):
+                    self.file_errors.setdefault(it, e)
+            elif e["kind"] == "warning":
+                self.warnings.setdefault(e["path"], e)
+            else:
+                self.errors[e["path"]] = e
+        self.won: dict[ItemId, list[tuple[int, int, str]]] = {}
+        for w in queries.conflict_wins(idx):
+            self.won.setdefault(w.item, []).append((w.id, w.winner_stamp, w.winner_node))
+
+    def of(self, it: ItemId, row_sig: str | None) -> dict[str, Any]:
+        """{"state": ..., plus "reason"/"hint", "conflict_id" or "warning" where they apply}."""
+        st = self._state(it, row_sig)
+        w = self.warnings.get(str(it))
+        if w is not None:
+            st["warning"] = w["reason"]
+        return st
+
+    def _state(self, it: ItemId, row_sig: str | None) -> dict[str, Any]:
+        e = self.errors.get(f"index:{it}")
+        if e is not None:
+            return {"state": REFUSED if is_refusal(e) else ERROR, "reason": e["reason"], "hint": e["hint"]}
+        fe = self.file_errors.get(it)
+        if fe is not None:
+            return {"state": ERROR, "reason": f"{fe['path']}: {fe['reason']}", "hint": fe["hint"]}
+        synced = self.synced.get(it)
+        if it in self.outbox or synced is None or synced[0] != row_sig:
+            return {"state": PENDING}
+        for cid, wstamp, wnode in reversed(self.won.get(it, [])):
+            if (wstamp, wnode) == synced[1:]:
+                return {"state": CONFLICT, "conflict_id": cid}
+        return {"state": IN_SYNC}
+
+
+def row_sig(fn, *args: Any) -> str | None:
+    """``fn(*args)`` (memory_row_sig or skill_row_sig), None for a row no pass could sync."""
+    try:
+        return fn(*args)
+    except (AttributeError, TypeError):  # a foreign client stored something odd: not synced
+        return None
+
+
+def state_text(st: dict[str, Any]) -> str:
+    if st["state"] == CONFLICT:
+        return f"conflict (#{st['conflict_id']})"
+    return st["state"]
+
+
+def state_note(st: dict[str, Any]) -> str:
+    """The state with its reason and warning, for the ``# from ...`` line at a terminal."""
+    return (state_text(st) + (f": {st['reason']}" if "reason" in st else "")
+            + (f" (warning: {st['warning']})" if "warning" in st else ""))
+
+
+# --- status data -----------------------------------------------------------------------------
+
+
+def status_data(s: config.Settings) -> dict[str, Any]:
+    """Everything `meshsync status` shows; read from the index and the share only, so it
+    works the same with and without a running daemon."""
+    share = Share(s.share, max_file_bytes=s.limits.max_file_bytes)
+    try:
+        share.check()
+        avail, reason = True, ""
+    except ShareUnavailable as exc:
+        avail, reason = False, str(exc)
+    holder = IndexLock(s.index).holder()
+    out: dict[str, Any] = {
+        "node_id": s.node_id,
+        "share": {"path": str(s.share), "available": avail, "reason": reason},
+        "index": str(s.index),
+        "cache": str(s.openclaw_home),
+        "daemon": {"running": holder is not None, "pid": holder},
+    }
+    if not s.index.exists():
+        out["initialised"] = False
+        return out
+    try:
+        idx = Index(s.index)
+    except IndexError_ as exc:
+        idx = queries.open_read_only(s.index)
+        if idx is None:
+            out["initialised"] = True
+            out["index_error"] = str(exc)
+            return out
+        out["index_read_only"] = True
+    try:
+        out["initialised"] = True
+        _index_status(idx, out, daemon_runs=holder is not None, share_ok=avail)
+    except queries.Error as exc:
+        out["index_error"] = f"cannot read index {s.index}: {exc} (see `meshsync doctor`)"
+    finally:
+        idx.close()
+    if not holder:
+        from meshsync.daemon.watch import choose_mode
+
+        mode, why = choose_mode(s.watch.mode, s.share)
+        out["watch_planned"] = {"mode": mode, "why": why}
+    return out
+
+
+def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: bool) -> None:
+    """The index's part of ``status_data``: counts, last pass, problems and conflicts."""
+    out["counts"] = idx.counts()
+    last = idx.meta("last_sync")
+    out["last_sync"] = float(last) if last else None
+    lp = idx.meta("last_pass")
+    out["last_pass"] = orjson.loads(lp) if lp else None
+    out["watch"] = orjson.loads(idx.meta("daemon_watch") or "null") if daemon_runs else None
+    out["last_change"] = orjson.loads(idx.meta("last_change") or "null")
+    # R5: the daemon may be locked out (permissions) where this user is not; its
+    # own last check counts, or status says "available" while nothing syncs.
+    if daemon_runs and share_ok and idx.meta("share_status") == "unavailable":
+        out["share"].update(available=False, reason=f"the daemon reports: {idx.meta('share_reason')}")
+    out["errors"] = idx.errors()
+    out["conflicts"] = idx.conflicts(20)
+    for c in out["conflicts"]:
+        c.pop("loser_value", None)
+    # Refused writes (R9): local changes this node may not export; they stay local.
+    out["refused"] = [e for e in out["errors"] if is_refusal(e)]
+    # Warnings (e.g. a SKILL.md OpenClaw may not load): synced anyway, shown apart.
+    out["warnings"] = [e for e in out["errors"] if e["kind"] == "warning"]
+    held = {e["path"] for e in out["errors"] if e["path"].startswith("index:")}
+    pending = {f"index:{it}" for it in queries.outbox_items(idx)}
+    out["counts"]["pending"] = len(pending - held)  # local changes waiting for a pass
+    out["counts"]["refused"] = len(out["refused"])
+    out["counts"]["warnings"] = len(out["warnings"])
+    out["counts"]["problems"] = len(out["errors"]) - len(out["refused"]) - len(out["warnings"])
+
+
+# --- meshsync status ---------------------------------------------------------------------------
+
+
+def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
+    d = status_data(s)
+    if a.json:
+        print(dump(d))
+        return EXIT_OK
+    _print_where(d)
+    if not d.get("initialised"):
+        print("index not created yet: run `meshsync init`")
+        return EXIT_OK
+    if d.get("index_read_only"):
+        print("index     opened read-only: this user cannot write it (see `meshsync doctor`)")
+    if d.get("index_error"):
+        print(f"INDEX     {d['index_error']}")
+        if "counts" not in d:
+            return EXIT_OK
+    _print_activity(d)
+    _print_problems(d)
+    _print_conflicts(d)
+    return EXIT_OK
+
+
+def _print_where(d: dict[str, Any]) -> None:
+    """Node, share, index, cache, daemon and watch mode."""
+    sh = d["share"]
+    print(f"node      {d['node_id']}")
+    print(f"share     {sh['path']}  " + ("available" if sh["available"] else f"UNAVAILABLE: {sh['reason']}"))
+    print(f"index     {d['index']}")
+    print(f"cache     {d['cache']}")
+    dm = d["daemon"]
+    print("daemon    " + (f"running (pid {dm['pid']})" if dm["running"]
+                          else "not running: changes move only on `meshsync sync` (start `meshsync run`)"))
+    if d.get("watch"):
+        print(f"watch     {d['watch'].get('mode')} ({d['watch'].get('why', '')})")
+    elif d.get("watch_planned"):
+        print(f"watch     {d['watch_planned']['mode']} once the daemon runs ({d['watch_planned']['why']})")
+
+
+def _print_activity(d: dict[str, Any]) -> None:
+    """Counts, pending changes, the last pass and the last change applied."""
+    c = d["counts"]
+    print(f"items     {c['memory']} memory, {c['skills']} skills, {c['tombstones']} tombstones")
+    print(f"pending   {c['pending']} local changes not yet synced"
+          + ("" if c["pending"] == 0 or d["daemon"]["running"] else " (run `meshsync sync` or start the daemon)"))
+    if d["last_sync"]:
+        ago = time.time() - d["last_sync"]
+        lp = d.get("last_pass") or {}
+        took = f", took {lp['seconds']:.2f}s" if isinstance(lp.get("seconds"), int | float) else ""
+        print(f"last sync {when(d['last_sync'])} ({_ago(ago)} ago{took})")
+    else:
+        print("last sync never")
+    lc = d.get("last_change")
+    if lc:
+        print(f"last change applied {when(lc['at'])}: {', '.join(lc['items'][:3])}"
+              + (" ..." if len(lc["items"]) > 3 else ""))
+
+
+def _print_problems(d: dict[str, Any]) -> None:
+    """Problems, refused writes and warnings, at most 50 of each."""
+    refused = d["refused"]
+    errs = [e for e in d["errors"] if not is_refusal(e) and e["kind"] != "warning"]
+    print(f"problems  {len(errs)}")
+    _print_errors(errs, lambda p: p)
+    print(f"refused   {len(refused)}" + (" local writes this node may not export (they stay local)" if refused else ""))
+    _print_errors(refused, lambda p: p.removeprefix("index:"))
+    warns = d.get("warnings", [])
+    if warns:
+        print(f"warnings  {len(warns)} (synced anyway)")
+        _print_errors(warns, lambda p: p)
+
+
+def _print_errors(errs: list[dict[str, Any]], name: Callable[[str], str]) -> None:
+    """At most 50 error rows, each with its hint; ``name`` shows a row's path."""
+    for e in errs[:50]:
+        print(f"  {name(e['path'])}: {e['reason']}" + (f"\n    -> {e['hint']}" if e["hint"] else ""))
+    if len(errs) > 50:
+        print(f"  ... and {len(errs) - 50} more (meshsync status --json)")
+
+
+def _print_conflicts(d: dict[str, Any]) -> None:
+    c = d["counts"]
+    print(f"conflicts {c['conflicts']}")
+    for cf in d["conflicts"][:10]:
+        item = f"{cf['scope']}:{cf['key']}" if cf["kind"] == MEM else f"skill:{cf['key']}"
+        print(f"  #{cf['id']} {item}: version of {cf['loser_node']} beaten by {cf['winner_node']}")
+    if c["conflicts"]:
+        print("  (beaten versions: `meshsync conflicts`; restore one with `meshsync conflicts restore ID`)")
+
+
+def _ago(sec: float) -> str:
+    if sec < 120:
+        return f"{max(sec, 0):.0f}s"
+    if sec < 7200:
+        return f"{sec / 60:.0f} min"
+    if sec < 2 * 86400:
+        return f"{sec / 3600:.1f} h"
+    return f"{sec / 86400:.0f} days"

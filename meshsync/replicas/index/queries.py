@@ -1,0 +1,185 @@
+"""Named reads of the index for the command line (``meshsync get/ls/status/conflicts/doctor``).
+
+The pass's own reads and writes live in ``store.py``; these are the ones a person's
+command makes, kept here so that every SQL statement meshsync runs is in the index
+replica (the CLI asks for rows by name and never sees a table).  Each function takes an
+open :class:`~meshsync.replicas.index.store.Index` (or, for :func:`health`, the path) and
+only reads: none of them takes the write lock, so they answer while a daemon works.
+
+Rows are returned as named tuples in the column order shown, so that a caller can unpack
+them or use the names.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import NamedTuple
+
+from meshsync.layout import ItemId
+from meshsync.replicas.index.store import Index
+
+# What a failed read raises (a locked, corrupt or vanished index): callers catch this
+# name and need not import sqlite3 themselves.
+Error = sqlite3.Error
+
+
+# --- rows of the seed's tables -----------------------------------------------------------------
+
+
+class MemoryRow(NamedTuple):
+    """One ``mesh_memory`` row as ``meshsync get`` shows it."""
+    value: str
+    node_id: str
+    updated_at: int
+
+
+class MemoryListed(NamedTuple):
+    """One ``mesh_memory`` row as ``meshsync ls`` lists it (``bytes``: length of the value)."""
+    scope: str
+    key: str
+    node_id: str
+    updated_at: int
+    bytes: int
+    value: str
+
+
+class SkillRow(NamedTuple):
+    """One ``mesh_skills`` row as ``meshsync skill get`` shows it."""
+    content: str | None
+    path: str | None
+    source_node: str
+    updated_at: int
+
+
+class SkillListed(NamedTuple):
+    """One ``mesh_skills`` row as ``meshsync skill ls`` lists it (``bytes``: length of the content)."""
+    name: str
+    source_node: str
+    updated_at: int
+    bytes: int | None
+    path: str | None
+    content: str | None
+
+
+def memory_row(idx: Index, scope: str, key: str) -> MemoryRow | None:
+    """The row of memory item ``scope``/``key``, or None."""
+    r = idx.db.execute("SELECT value, node_id, updated_at FROM mesh_memory WHERE scope = ? AND key = ?",
+                       (scope, key)).fetchone()
+    return MemoryRow(*r) if r else None
+
+
+def memory_listing(idx: Index, scope: str | None = None) -> list[MemoryListed]:
+    """Every memory row (of ``scope`` only, if given), ordered by scope and key."""
+    q = "SELECT scope, key, node_id, updated_at, length(value), value FROM mesh_memory"
+    if scope:
+        rows = idx.db.execute(q + " WHERE scope = ? ORDER BY scope, key", (scope,)).fetchall()
+    else:
+        rows = idx.db.execute(q + " ORDER BY scope, key").fetchall()
+    return [MemoryListed(*r) for r in rows]
+
+
+def skill_row(idx: Index, name: str) -> SkillRow | None:
+    """The row of skill ``name``, or None."""
+    r = idx.db.execute("SELECT content, path, source_node, updated_at FROM mesh_skills WHERE name = ?",
+                       (name,)).fetchone()
+    return SkillRow(*r) if r else None
+
+
+def skill_listing(idx: Index) -> list[SkillListed]:
+    """Every skill row, ordered by name."""
+    rows = idx.db.execute("SELECT name, source_node, updated_at, length(content), path, content FROM mesh_skills"
+                          " ORDER BY name").fetchall()
+    return [SkillListed(*r) for r in rows]
+
+
+# --- meshsync's own tables: what an item's state is made of ----------------------------------
+
+
+def outbox_items(idx: Index) -> set[ItemId]:
+    """Items with a local change that no pass has taken yet (the trigger-fed outbox)."""
+    return {ItemId(k, s, key) for k, s, key in
+            idx.db.execute("SELECT DISTINCT kind, scope, key FROM meshsync_outbox")}
+
+
+def synced_versions(idx: Index) -> dict[ItemId, tuple[str | None, int, str]]:
+    """For every live item (not a tombstone): (row signature, stamp, node) of the version
+    last synced, i.e. what the index row looked like when the share last agreed."""
+    return {ItemId(k, s, key): (sig, stamp, node) for k, s, key, sig, stamp, node in
+            idx.db.execute("SELECT kind, scope, key, row_sig, stamp, node FROM meshsync_state WHERE deleted = 0")}
+
+
+class ConflictWin(NamedTuple):
+    """The winning side of one recorded conflict (for an item's "conflict" state)."""
+    id: int
+    item: ItemId
+    winner_stamp: int
+    winner_node: str
+
+
+def conflict_wins(idx: Index) -> list[ConflictWin]:
+    """Every recorded conflict's winner, oldest first."""
+    return [ConflictWin(cid, ItemId(k, s, key), wstamp, wnode) for cid, k, s, key, wstamp, wnode in idx.db.execute(
+        "SELECT id, kind, scope, key, winner_stamp, winner_node FROM meshsync_conflicts ORDER BY id")]
+
+
+class BeatenVersion(NamedTuple):
+    """What ``meshsync conflicts restore`` writes back: the item and its beaten value
+    (None when the beaten side was a delete or kept no content)."""
+    kind: str
+    scope: str
+    key: str
+    value: str | None
+
+
+def beaten_version(idx: Index, conflict_id: int) -> BeatenVersion | None:
+    """The beaten side of conflict ``conflict_id``, or None if there is no such conflict."""
+    r = idx.db.execute("SELECT kind, scope, key, loser_value FROM meshsync_conflicts WHERE id = ?",
+                       (conflict_id,)).fetchone()
+    return BeatenVersion(*r) if r else None
+
+
+# --- opening and checking the file ----------------------------------------------------------
+
+
+def open_read_only(path: Path) -> Index | None:
+    """The index opened for reading only, for a user (or a mount) that may not write it:
+    read-only first, then immutable (a WAL database on a read-only file system cannot be
+    opened otherwise; nobody can be writing it there).  None if neither works.
+
+    The object has no schema check and no write methods: only the query methods that
+    need ``.db`` (``meta``, ``counts``, ``errors``, ``conflicts`` and this module) work."""
+    for uri in (f"file:{path}?mode=ro", f"file:{path}?immutable=1"):
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=10)
+            db.execute("SELECT count(*) FROM meshsync_meta").fetchone()
+        except sqlite3.Error:
+            continue
+        idx = Index.__new__(Index)  # the query methods only need .db
+        idx.path, idx.db = Path(path), db
+        return idx
+    return None
+
+
+class Health(NamedTuple):
+    """What ``meshsync doctor`` checks of the file itself."""
+    quick_check: list[tuple[str]]  # [("ok",)] when the file is sound
+    have: set[str]                  # names of its tables, triggers and indexes
+    journal_mode: str
+    has_schema: bool                # meshsync_meta has a schema row
+    schema: str | None              # its value
+
+
+def health(path: Path) -> Health:
+    """Integrity, schema objects, journal mode and schema version of the index at
+    ``path``, read through a read-only connection (doctor never changes the index).
+    Raises :data:`Error` when the file cannot be read as a database."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        qc = db.execute("PRAGMA quick_check").fetchall()
+        have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table','trigger','index')")}
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        ver = db.execute("SELECT v FROM meshsync_meta WHERE k = 'schema'").fetchone() if "meshsync_meta" in have else None
+    finally:
+        db.close()
+    return Health(qc, have, mode, ver is not None, ver[0] if ver else None)
