@@ -160,3 +160,8 @@ def scan_bytes(data: bytes) -> list[str]:
             if "high-entropy-secret-key" not in found:
                 found.append("high-entropy-secret-key")
     return found
+
+
+# Every name a hit can carry: what `secrets.allow_rules` may list (meshsync.config refuses
+# other names, so that a typo there cannot silently allow nothing).
+RULE_NAMES: tuple[str, ...] = (*RULES, "secret-named-key", "high-entropy-secret-key")
