@@ -223,3 +223,5 @@ def test_launchd_agent():
     assert p["EnvironmentVariables"]["MESHSYNC_CONFIG"] == "/Users/USERNAME/.config/meshsync/config.yaml"
     assert p["RunAtLoad"] is True and p["KeepAlive"] == {"SuccessfulExit": False}
     assert p["ThrottleInterval"] >= 10
+    doc = DEPLOYMENT.read_text(encoding="utf-8")
+    assert "launchd/local.meshsync.plist" in doc and "auto` polls on macOS" in doc
