@@ -12,6 +12,7 @@ root of the container (or as another user with runuser).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,9 @@ class Container:
         self.boot_timeout = boot_timeout
         self.proc: subprocess.Popen | None = None
         self.leader = 0
+        # nspawn keeps per-machine state under /run/systemd/nspawn/ by name: one name per
+        # container, so that test runs side by side do not meet there.
+        self.name = f"meshsync-test-{os.getpid()}-{secrets.token_hex(3)}"
 
     # --- lifetime ------------------------------------------------------------------------------
 
@@ -75,7 +79,7 @@ class Container:
         need("nsenter", "util-linux")
         self._make_root()
         args = [nspawn, "--quiet", "--directory", str(self.root), "--register=no", "--keep-unit",
-                "--machine", "meshsync-test", "--bind-ro=/usr"]
+                "--machine", self.name, "--bind-ro=/usr"]
         args += [f"--bind={h}:{c}" for h, c in self.binds.items()]
         args += [f"--bind-ro={h}:{c}" for h, c in self.ro_binds.items()]
         args += ["--boot", "systemd.unit=multi-user.target"]
@@ -130,6 +134,8 @@ class Container:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+        # nspawn leaves its (empty) propagation folder when /run is not a tmpfs
+        shutil.rmtree(Path("/run/systemd/nspawn/propagate") / self.name, ignore_errors=True)
 
     # --- inside ---------------------------------------------------------------------------------
 
