@@ -212,6 +212,38 @@ def test_the_template_runs_as_the_openclaw_user(deployed):
     c.run("systemctl disable --now meshsync@openclaw")
 
 
+def user_unit_commands() -> str:
+    """The install lines in the user unit's comment, after `# Then`, up to the blank line."""
+    lines = (REPO / "systemd" / "meshsync-user.service").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("# Then"))
+    body = []
+    for ln in lines[start + 1:]:
+        if not ln.startswith("#   "):
+            break
+        body.append(ln.removeprefix("#   "))
+    assert len(body) >= 5, body
+    return "\n".join(body)
+
+
+def test_the_user_unit_runs_under_the_users_systemd(deployed):
+    """The user unit, installed by the commands in its own comment (pipx's script stood in
+    for), runs under the user's systemd as that user, Type=notify included."""
+    c, _, _ = deployed
+    c.run(f"mkdir -p ~/.local/bin && ln -s {MS} ~/.local/bin/meshsync", user="openclaw")
+    uid = c.run("id -u openclaw").stdout.strip()
+    env = {"XDG_RUNTIME_DIR": f"/run/user/{uid}"}
+    script = user_unit_commands().replace('loginctl enable-linger "$USER"', "loginctl enable-linger openclaw")
+    linger, rest = script.split("\n", 1)
+    c.run(linger)  # a user may do this for themselves only where polkit lets them; root may
+    c.wait(f"test -S /run/user/{uid}/systemd/private", "the user's systemd started")
+    c.run("cd /srv/meshsync-src && export PATH=$HOME/.local/bin:$PATH\n" + rest, user="openclaw", env=env)
+    out = c.run("systemctl --user show meshsync -p ActiveState -p MainPID", user="openclaw", env=env).stdout
+    assert "ActiveState=active" in out, out
+    pid = re.search(r"MainPID=(\d+)", out).group(1)
+    assert c.run(f"ps -o user= -p {pid}").stdout.strip() == "openclaw"
+    c.run("systemctl --user disable --now meshsync", user="openclaw", env=env)
+
+
 def test_uninstall_leaves_the_share(deployed):
     c, _, nas = deployed
     c.run(blocks()["uninstall"])
