@@ -1,15 +1,16 @@
 """Secret guard: the mesh must never carry tokens or credentials.
 
 Before an item leaves the node (export to the share), its value or skill files are
-checked against a small set of well-known credential formats and, under keys that name
-a secret (password, token, api_key, ...), against high-entropy strings.  A match is not
+checked against the documented token formats of common credential families and, under
+keys that name a secret (password, access_token, api_key, ...), against high-entropy
+strings.  A match is not
 exported; it is reported with the item and the rule's name, never the secret itself.
 
 The rules are specific (each family has a test with a realistic token and a near miss),
 so that ordinary memory such as notes or preferences is never blocked: false positives
 are measured on a corpus of ordinary memory values (tests/secret_corpus.py) and kept at
-zero.  ``secrets.allow_items`` and
-``secrets.allow_rules`` in the configuration let an operator pass a known false positive.
+zero.  ``secrets.allow_items`` and ``secrets.allow_rules`` in the configuration let an
+operator pass a known false positive.
 """
 
 from __future__ import annotations
@@ -122,11 +123,11 @@ _ALL_NEEDLES = sorted({n for ns in NEEDLES.values() for n in ns}, key=lambda n: 
 # One regular expression finds the needles: a trie of them (one branch per first
 # character, so a position is rejected after one branch test, not one per needle: 3x
 # faster than a flat alternation here) in which the longest needle wins where several
-# start at one place.  A found needle X
-# stands for every needle that occurrence may hide: those contained in X ("sk-ant-" holds
-# "sk-") and those that could start inside X and run on past it (a suffix of X is their
-# prefix), which a non-overlapping search skips.  So the rules tried are a superset of
-# those whose needles occur, and no rule with a needle in the text is left out.
+# start at one place.  A found needle X stands for every needle that occurrence may hide:
+# those contained in X ("sk-ant-" holds "sk-") and those that could start inside X and
+# run on past it (a suffix of X is their prefix), which a non-overlapping search skips.
+# So the rules tried are a superset of those whose needles occur, and no rule with a
+# needle in the text is left out (tests/test_secretguard.py compares with trying all).
 
 
 def _trie(words: list[str]) -> str:
@@ -178,7 +179,7 @@ def _rule_hits(text: str) -> list[str]:
 # password_policy, secret-santa (an earlier substring test flagged 12 % of ordinary memory
 # values, tests/secret_corpus.py).
 CREDENTIAL_WORDS = frozenset({"password", "passwd", "pwd", "passphrase", "passcode", "secret", "token", "credential",
-                              "credentials", "apikey", "auth", "authorization", "pat", "pin"})
+                              "credentials", "apikey", "auth", "authorization", "pat"})
 KEY_QUALIFIERS = frozenset({"api", "secret", "private", "access", "signing", "encryption", "master", "auth",
                             "client", "license", "account", "app", "storage", "service", "shared", "session"})
 _KEY_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
@@ -198,13 +199,15 @@ def names_credential(key: str) -> bool:
     return head in CREDENTIAL_WORDS or (head == "key" and len(words) > 1 and words[-2] in KEY_QUALIFIERS)
 
 
-# A value that refers to a secret kept elsewhere ($VAR, ${VAR}, %VAR%, <your key>,
-# {{ secrets.X }}) or hides one (********, xxxxxxxx) is not one.
-_PLACEHOLDER = re.compile(r"[$%<]|\{\{|[*xX.]+$")
+# A value that only refers to a secret kept elsewhere ($VAR, ${VAR}, %VAR%, <your key>,
+# {{ secrets.X }}) or hides one (********, xxxxxxxx) is not one.  The whole value must
+# have that shape: a password that merely starts with $ or % is still a password.
+_PLACEHOLDER = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|%[A-Za-z_][A-Za-z0-9_]*%|<[^<>]*>|\{\{[^{}]*\}\}"
+                          r"|[*xX.\u2022]+")
 
 
 def is_placeholder(value: str) -> bool:
-    return _PLACEHOLDER.match(value.strip()) is not None
+    return _PLACEHOLDER.fullmatch(value.strip()) is not None
 
 
 def entropy(s: str) -> float:

@@ -204,6 +204,7 @@ def test_every_rule_is_tested_and_documented():
     ("author", False), ("authorEmail", False), ("auth.provider", False), ("token_url", False),
     ("tokens.used", False), ("max_tokens", False), ("password_policy", False), ("passwordHint", False),
     ("secret-santa.2026", False), ("secretName", False), ("keyboard", False), ("monkey", False), ("", False),
+    ("map_pin", False), ("github_pat", True),
 ])
 def test_a_key_names_a_credential_by_its_last_word(key, named):
     assert sg.names_credential(key) is named
@@ -218,6 +219,8 @@ def test_key_rules_flag_values_under_credential_keys_but_not_placeholders():
     for placeholder in ("${DB_PASSWORD}", "$TOKEN", "%API_KEY%", "<your key>", "{{ secrets.TOKEN }}", "********"):
         assert sg.scan_value({"password": placeholder}) == [], placeholder
     assert sg.scan_bytes(b"client_secret: ${GITHUB_CLIENT_SECRET}\n") == []
+    for real in ("$ecretP4ssw0rd!", "%Tr0ub4dor&3", "<3kittens4ever"):  # passwords that start like one
+        assert sg.scan_value({"password": real}) == ["secret-named-key"], real
     assert sg.scan_bytes(f"client_secret: {value}\n".encode()) == ["high-entropy-secret-key"]
 
 
