@@ -125,7 +125,13 @@ def test_example_names_every_environment_variable():
 
 
 def test_example_loads_and_sets_every_setting_to_its_default(env):
-    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    """Every setting but node_id is written out with its default; node_id (default: the
+    host name) is only shown commented out, so two nodes copied from the example never
+    share an id."""
+    import socket
+
+    text = EXAMPLE.read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
 
     def yaml_leaves(d: dict, prefix: str = "") -> set[str]:
         out: set[str] = set()
@@ -133,20 +139,23 @@ def test_example_loads_and_sets_every_setting_to_its_default(env):
             out |= yaml_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
         return out
 
-    assert yaml_leaves(data) == set(SETTINGS), "config.example.yaml must set every setting, and only those"
+    assert yaml_leaves(data) == set(SETTINGS) - {"node_id"}, (
+        "config.example.yaml must set every setting but node_id, and only those")
+    assert re.search(r"^# node_id: \S+$", text, re.M), "the example shows node_id commented out"
     loaded = config.load(EXAMPLE)
     defaults = Settings()
     for name in SETTINGS:
-        if name == "node_id":  # the default is the host name; the example shows a placeholder
-            continue
         assert get(loaded, name) == get(defaults, name), f"config.example.yaml: {name} is not the default"
+    assert loaded.node_id == socket.gethostname()
 
 
 def test_example_loads_through_the_cli(tmp_path):
+    import socket
+
     r = cli(tmp_path, "-c", str(EXAMPLE), "status", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["node_id"] == "node-a"
+    assert d["node_id"] == socket.gethostname()
     assert d["share"]["path"] == str(tmp_path / "home/.local/share/meshsync/share")
 
 
@@ -273,6 +282,18 @@ BAD_YAML = [
     ("tombstone_retention_days: 0\n", "tombstone_retention_days", "MESHSYNC_TOMBSTONE_RETENTION_DAYS"),
 ]
 
+# Accepted before issue 20, each now refused with what to do: (YAML, setting, words the line must hold).
+REFUSED = [
+    ("share_files:\n  file_mode: 444\n", "share_files.file_mode", ["mode 0674", 'file_mode: "0640"']),
+    ("share_files:\n  file_mode: 0640\n", "share_files.file_mode", ["quote", 'file_mode: "0640"']),
+    ("secrets:\n  allow_rules: [jwtt]\n", "secrets.allow_rules", ["'jwtt'", "jwt,", "docs/configuration.md"]),
+    ("scopes:\n  read: ['user:']\n", "scopes.read", ["names no user", "user:<id>", "user:*"]),
+    ("scopes:\n  write: [mesh, 'user:']\n", "scopes.write", ["names no user"]),
+    ("tombstone_retention_days: 0.0001\n", "tombstone_retention_days", ["brings deleted items back", "at least 1 day"]),
+    ("share: {tmp}/share\nindex: {tmp}/share/.meshsync/index.sqlite\n", "index", ["inside the share", "local disk"]),
+    ("share: {tmp}/share\nindex: {tmp}/share/../share/i.sqlite\n", "index", ["inside the share"]),
+]
+
 
 def problem_lines(stderr: str) -> list[str]:
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
@@ -295,6 +316,81 @@ def test_invalid_yaml_value_exits_2_naming_the_setting(tmp_path, text, setting, 
         assert env_var in lines[1]
     if setting == "watchh":
         assert "unknown setting" in lines[1]
+
+
+@pytest.mark.parametrize("text,setting,words", REFUSED, ids=[f"{r[1]}-{i}" for i, r in enumerate(REFUSED)])
+def test_values_that_would_misbehave_are_refused(tmp_path, text, setting, words):
+    p = write_yaml(tmp_path, text.format(tmp=tmp_path))
+    r = cli(tmp_path, "-c", str(p), "status")
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and r.stdout == "", r.stderr
+    lines = problem_lines(r.stderr)
+    assert len(lines) == 2 and str(p) in lines[0], r.stderr
+    assert lines[1].strip().startswith(f"{setting}: "), lines[1]
+    assert "Value error" not in lines[1], "our own words, not pydantic's prefix"
+    for w in words:
+        assert w in lines[1], f"{w!r} missing from: {lines[1]}"
+
+
+def test_the_index_inside_the_share_is_refused_from_the_environment(tmp_path):
+    r = cli(tmp_path, "status", env={"MESHSYNC_SHARE": f"{tmp_path}/s", "MESHSYNC_INDEX": f"{tmp_path}/s/i.sqlite"})
+    assert r.returncode == 2, r.stderr
+    assert "index: the index is inside the share" in r.stderr and "$MESHSYNC_INDEX" in r.stderr
+
+
+def test_a_neighbour_of_the_share_is_not_inside_it(env, tmp_path):
+    s = config.load(write_yaml(tmp_path, f"share: {tmp_path}/share\nindex: {tmp_path}/share-index/i.sqlite\n"))
+    assert s.index == tmp_path / "share-index/i.sqlite"
+
+
+@pytest.mark.parametrize("var,loc", [("MESHSYNC_WATCH__POLLINTERVAL", "watch.pollinterval"),
+                                     ("MESHSYNC_SHAREE", "sharee"),
+                                     ("MESHSYNC_SECRETS__ALLOWRULES", "secrets.allowrules")])
+def test_an_unknown_environment_variable_is_named_and_the_file_is_not_blamed(tmp_path, var, loc):
+    p = write_yaml(tmp_path, "watch:\n  mode: poll\n")
+    r = cli(tmp_path, "-c", str(p), "status", env={var: "5"})
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = problem_lines(r.stderr)
+    assert str(p) not in lines[0], f"the YAML file is blamed for an environment variable: {lines[0]}"
+    assert "environment" in lines[0]
+    assert len(lines) == 2, r.stderr
+    assert lines[1].strip().startswith(f"${var}: unknown environment variable"), lines[1]
+    assert repr(loc) in lines[1]
+
+
+def test_the_display_option_variable_is_not_an_unknown_setting(tmp_path):
+    """MESHSYNC_PROGRESS_INTERVAL is read by the progress display (docs/configuration.md,
+    "Display options"), so the unknown-variable check must let it through."""
+    p = write_yaml(tmp_path, "watch:\n  mode: poll\n")
+    r = cli(tmp_path, "-c", str(p), "status", env={"MESHSYNC_PROGRESS_INTERVAL": "0"})
+    assert "unknown environment variable" not in r.stderr, r.stderr
+    assert r.returncode != 2, r.stderr
+
+
+def test_an_environment_value_error_names_its_variable_not_the_file(tmp_path):
+    p = write_yaml(tmp_path, "watch:\n  mode: poll\n")
+    r = cli(tmp_path, "-c", str(p), "status", env={"MESHSYNC_WATCH__POLL_INTERVAL": "-3"})
+    assert r.returncode == 2, r.stderr
+    lines = problem_lines(r.stderr)
+    assert str(p) not in lines[0] and "environment" in lines[0], lines[0]
+    assert lines[1].strip().startswith("watch.poll_interval:") and "by $MESHSYNC_WATCH__POLL_INTERVAL" in lines[1]
+
+
+def test_settings_work_without_load(env, tmp_path):
+    """Settings() on its own reads $MESHSYNC_CONFIG and the environment, as the command
+    line without -c does (no state kept between loads: a later load sees a new file)."""
+    assert Settings().log_level == "info"
+    p = write_yaml(tmp_path, "node_id: plain\nlog_level: warning\n")
+    env.setenv("MESHSYNC_CONFIG", str(p))
+    s = Settings()
+    assert (s.node_id, s.log_level) == ("plain", "warning")
+    env.setenv("MESHSYNC_NODE_ID", "from-env")
+    assert Settings().node_id == "from-env"
+    other = write_yaml(tmp_path, "log_level: error\n", "other.yaml")
+    assert config.load(other).log_level == "error" and Settings().log_level == "warning"
+    assert isinstance(config.load(other), Settings)
+    assert config.load(p).log_level == "warning"
 
 
 def test_several_problems_give_one_line_each(tmp_path):
