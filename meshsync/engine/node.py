@@ -26,17 +26,25 @@ from typing import Any
 
 import orjson
 
-from meshsync import formats, layout, secretguard
+from meshsync import formats, layout
 from meshsync.config import Settings
 from meshsync.formats import FormatError
 from meshsync.layout import MEM, NOT_UTF8_NAME, SKILL, ItemId, not_unicode
+from meshsync.payloads import (
+    MISSING,
+    IndexMem,
+    IndexSkill,
+    ShareFile,
+    ShareMem,
+    ShareSkill,
+    absent,
+    present,
+)
 from meshsync.reconcile import ABSENT, CACHE, INDEX, SHARE, Obs, Plan, Version, reconcile
 from meshsync.replicas.cache import detect as cacheside
 from meshsync.replicas.cache import skilldirs
-from meshsync.replicas.cache.detect import CacheSkill
 from meshsync.replicas.cache.store import (
     Cache,
-    CacheEntry,
     CacheLayout,
     SpanGone,
     close_behind,
@@ -47,8 +55,6 @@ from meshsync.replicas.cache.store import document as cache_document
 from meshsync.replicas.index.store import (
     CACHE_STEP,
     Index,
-    MemoryRow,
-    SkillRow,
     State,
     StateView,
     memory_row_sig,
@@ -74,48 +80,6 @@ WRITE_ALL = frozenset({SHARE, INDEX, "cache"})
 WRITE_LOCAL = frozenset({INDEX, "cache"})
 CHANGED_SAMPLE = 20  # items a pass names in its stats (status --json's last_pass)
 BATCH = 500  # rows per index write transaction: short, so other writers are never starved
-
-
-@dataclass(slots=True)
-class ShareFile:
-    """A share file seen in the walk but not read (its signature was unchanged)."""
-
-    sig: str | None
-    cas: str | None = None  # the signature seen by the walk, even when too fresh to trust
-
-
-@dataclass(slots=True)
-class ShareMem:
-    rec: formats.MemoryRecord
-    sig: str | None
-    hash: str
-    # The stat signature of the bytes read, even when too fresh to be trusted for skipping
-    # reads (``sig`` is None then): the compare-and-set before rewriting the file uses it.
-    cas: str | None = None
-
-
-@dataclass(slots=True)
-class ShareSkill:
-    content: bytes | None
-    path: str | None
-    extras: str
-    sig: str | None
-    hash: str
-    # The stat signature of SKILL.md as read ("" when there was none): the compare-and-set
-    # before an export rewrites it (see _share_unchanged).
-    cas: str | None = None
-
-
-@dataclass(slots=True)
-class IndexMem:
-    row: MemoryRow
-    value: Any
-    text: str
-
-
-@dataclass(slots=True)
-class IndexSkill:
-    row: SkillRow
 
 
 @dataclass(slots=True)
@@ -945,10 +909,11 @@ class Node:
         for it, plan, sides in chunk:
             win = plan.winner
             src = sides[plan.source].payload if plan.source in sides else None
+            text = src.mem_text() if src is not None and plan.source == INDEX else None
             if (it.kind == MEM and win is not None and not win.deleted and not plan.refused
-                    and SHARE in plan.write and isinstance(src, IndexMem)):
+                    and SHARE in plan.write and text is not None):
                 out.append([it.scope, it.key, win.stamp, win.node, win.digest,
-                            memory_row_sig(src.row.value, win.node, win.stamp // 1000)])
+                            memory_row_sig(text, win.node, win.stamp // 1000)])
         if out:
             with self.index.write() as db:
                 self.index.set_meta(db, export_intents=_json(out))
@@ -996,10 +961,12 @@ class Node:
         share_sig = st.share_sig if st else None
         share_hash = st.share_hash if st else None
         aux = st.aux if st else None
-        if sh_obs is not None and sh_obs.payload is not None and isinstance(sh_obs.payload, ShareMem | ShareSkill):
-            share_sig, share_hash = sh_obs.payload.sig, sh_obs.payload.hash
-            if isinstance(sh_obs.payload, ShareSkill):
-                aux = sh_obs.payload.extras
+        seen = sh_obs.payload.share_read() if sh_obs is not None and sh_obs.payload is not None else None
+        if seen is not None:
+            share_sig, share_hash = seen
+            extras = sh_obs.payload.skill_extras()  # type: ignore[union-attr]
+            if extras is not None:
+                aux = extras
         elif sh_obs is None and (st is None or not self._base(st).same(win)):
             # The share could not be looked at (an unreadable file): whatever it holds is
             # not this new version, so its old bytes must not read as "unchanged" later.
@@ -1061,13 +1028,13 @@ class Node:
             # The file people edit is SKILL.md: an export must not replace one saved after
             # we looked (a hand edit lost without a trace, found by the chaos test).
             cur = self.share.lstat(f"{rel}/{layout.SKILL_MD}")
-            if isinstance(sh_obs.payload, ShareSkill) and sh_obs.payload.cas is not None:
-                return (sig_of(cur) if cur is not None else "") == sh_obs.payload.cas
-            if isinstance(sh_obs.payload, ShareFile) and (sh_obs.payload.cas or sh_obs.payload.sig):
+            cas = sh_obs.payload.skill_cas() if sh_obs.payload is not None else None
+            if cas is not None and cas[0] == "md":
+                return (sig_of(cur) if cur is not None else "") == cas[1]
+            if cas is not None:
                 # Not read this pass (its folder's signature was the recorded one): it must
                 # still be what the walk saw.
-                return (self.share.walk_skill(rel, Walk(), time.time_ns()).sig
-                        == (sh_obs.payload.cas or sh_obs.payload.sig))
+                return self.share.walk_skill(rel, Walk(), time.time_ns()).sig == cas[1]
             if sh_obs.payload is None and (sh_obs.version is None or sh_obs.version.deleted):
                 return cur is None  # we saw no folder: one made since is a new write
             return True
@@ -1080,42 +1047,28 @@ class Node:
         file the pass observed (sh_obs; None: not looked at, no check)."""
         if sh_obs is None:
             return None
-        sig = getattr(sh_obs.payload, "sig", False)
-        if sig is not False:
-            # Compare with the file as read even when it was modified in the last seconds
-            # (its ``sig`` is None then): a hand save landing between our read of the
-            # previous save and our rewrite was overwritten and lost, unrecorded (R2, R3).
-            sig = getattr(sh_obs.payload, "cas", None) or sig
-            if sig is None:
-                return _present
-            return lambda cur: cur is not None and sig_of(cur) == sig
+        check = sh_obs.payload.file_check() if sh_obs.payload is not None else None
+        if check is not None:
+            return check  # the file as seen (payloads.same_file)
         if sh_obs.version is None or sh_obs.version.deleted:
-            return _absent
-        return _present
+            return absent
+        return present
 
     def _secret_hits(self, it: ItemId, payload: Any) -> list[str]:
         """Secret-guard rules a local write matches, less the allowed ones."""
         g = self.s.secrets
         if not g.guard or str(it) in g.allow_items:
             return []
-        if isinstance(payload, IndexMem | CacheEntry):
-            hits = secretguard.scan_value(payload.value, it.key)
-        elif isinstance(payload, IndexSkill):
-            hits = secretguard.scan_bytes((payload.row.content or "").encode("utf-8", "surrogatepass"))
-        elif isinstance(payload, CacheSkill):
-            hits = secretguard.scan_bytes(payload.content.encode("utf-8", "surrogatepass"))
-        else:
+        if payload is None:
             return []
+        hits = payload.secret_hits(it.key)
         return [h for h in hits if h not in g.allow_rules]
 
     def _winner_value(self, it: ItemId, payload: Any) -> Any:
         """The winning value; from the index row when the winner was not read this pass."""
-        if isinstance(payload, CacheEntry):
-            return payload.value
-        if isinstance(payload, IndexMem):
-            return payload.value
-        if isinstance(payload, ShareMem):
-            return payload.rec.value
+        value = payload.mem_value() if payload is not None else MISSING
+        if value is not MISSING:
+            return value
         row = self.index.memory_rows([it]).get(it)
         if row is None:
             raise FileRefused(Problem(layout.item_path(it, self.node), "no value to write for this item", ""))
@@ -1123,25 +1076,19 @@ class Node:
 
     def _write_skill(self, it: ItemId, rel: str, win: Version, payload: Any, sh_obs: Obs | None,
                      aux: str | None) -> tuple[str, str | None, str | None, str | None]:
-        if isinstance(payload, IndexSkill):
-            content = payload.row.content.encode("utf-8", "surrogatepass") if payload.row.content is not None else None
-            path = payload.row.path
-        elif isinstance(payload, ShareSkill):
-            content, path = payload.content, payload.path
-        elif isinstance(payload, CacheSkill):
-            content, path = payload.content.encode("utf-8", "surrogatepass"), None
-        else:  # the winner was not read this pass (e.g. the base beat an older share version)
+        got = payload.skill_bytes() if payload is not None else None
+        if got is None:  # the winner was not read this pass (e.g. the base beat an older share version)
             row = self.index.skill_rows([it]).get(it)
             if row is None:
                 raise FileRefused(Problem(rel, "no content to write for the skill", ""))
             payload = IndexSkill(row)
-            content = row.content.encode("utf-8", "surrogatepass") if row.content is not None else None
-            path = row.path
-        extras = aux or ""
-        if isinstance(sh_obs.payload if sh_obs else None, ShareSkill):
-            extras = sh_obs.payload.extras  # type: ignore[union-attr]
+            got = payload.skill_bytes()
+        content, path = got  # type: ignore[misc]
+        extras = sh_obs.payload.skill_extras() if sh_obs is not None and sh_obs.payload is not None else None
+        if extras is None:
+            extras = aux or ""
         digest = formats.skill_digest(content, path, extras)
-        if not isinstance(payload, ShareSkill):
+        if not payload.on_share():
             if content is not None:
                 self.share.write(f"{rel}/{layout.SKILL_MD}", content)
             else:
@@ -1228,18 +1175,9 @@ class Node:
                             stats.to_index += 1
                         row_sig = want
                 else:
-                    if isinstance(src, IndexSkill):
-                        content, path = src.row.content, src.row.path
-                        have = True
-                    elif isinstance(src, ShareSkill):
-                        content = src.content.decode("utf-8") if src.content is not None else None
-                        path, have = src.path, True
-                    elif isinstance(src, CacheSkill):
-                        content, path, have = src.content, None, True
-                    else:
-                        content = path = None
-                        have = False
-                    if have:
+                    got = src.skill_row() if src is not None else None
+                    if got is not None:
+                        content, path = got
                         want = skill_row_sig(content, path, win.node, win.stamp // 1000)
                         if want != cur_sig:
                             idx.set_skill(db, it, content, path, win.node, win.stamp // 1000, cur_sig is not None)
@@ -1604,14 +1542,6 @@ def effective_order(obs: Obs, st: State | None) -> tuple:
     return v.order if v is not None else (-1,)
 
 
-def _present(cur: os.stat_result | None) -> bool:
-    return cur is not None
-
-
-def _absent(cur: os.stat_result | None) -> bool:
-    return cur is None
-
-
 def base_live(st: State | None) -> bool:
     return st is not None and not st.deleted
 
@@ -1632,40 +1562,19 @@ def _absent_in_index(plan: Plan, sides: dict[str, Obs]) -> bool:
 
 def _mem_text(src: Any) -> str | None:
     """The index value text of a memory winner's payload (None: not read this pass)."""
-    if isinstance(src, IndexMem):
-        return src.row.value
-    if isinstance(src, ShareMem):
-        return src.rec.text.decode("utf-8")
-    if isinstance(src, CacheEntry):
-        return src.text.decode("utf-8")
-    return None
+    return src.mem_text() if src is not None else None
 
 
 def _skill_content(src: Any, it: ItemId, db: Any) -> str | None:
-    if isinstance(src, IndexSkill):
-        return src.row.content
-    if isinstance(src, CacheSkill):
-        return src.content
-    if isinstance(src, ShareSkill):
-        return src.content.decode("utf-8") if src.content is not None else None
+    got = src.skill_row() if src is not None else None
+    if got is not None:
+        return got[0]
     r = db.execute("SELECT content FROM mesh_skills WHERE name = ?", (it.key,)).fetchone()
     return r[0] if r else None
 
 
 def _loser_text(payload: Any) -> str | None:
-    if isinstance(payload, CacheEntry):
-        return payload.text.decode("utf-8")
-    if isinstance(payload, CacheSkill):
-        return payload.content
-    if isinstance(payload, IndexMem):
-        return payload.text
-    if isinstance(payload, ShareMem):
-        return payload.rec.text.decode("utf-8")
-    if isinstance(payload, IndexSkill):
-        return payload.row.content
-    if isinstance(payload, ShareSkill):
-        return payload.content.decode("utf-8") if payload.content is not None else None
-    return None
+    return payload.loser_text() if payload is not None else None
 
 
 def _fmt_ms(ms: int) -> str:

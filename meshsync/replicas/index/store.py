@@ -27,8 +27,7 @@ from pathlib import Path
 import orjson
 
 from meshsync.layout import MEM, SKILL, ItemId
-from meshsync.replicas.cache.store import Slice
-from meshsync.replicas.share.store import KnownSigs
+from meshsync.model import KnownSigs, Slice, State
 
 SCHEMA_VERSION = "1"
 CACHE_STEP = 1024  # row ids per slice of mesh-memory.json (cache.CacheLayout)
@@ -155,19 +154,6 @@ def memory_row_sig(value: str, node_id: str, updated_at: int) -> str:
 
 def skill_row_sig(content: str | None, path: str | None, node: str, updated_at: int) -> str:
     return f"{updated_at}:{_h(node)}:{_h(content)}:{_h(path)}"
-
-
-@dataclass(slots=True)
-class State:
-    stamp: int
-    node: str
-    digest: str
-    deleted: bool
-    share_sig: str | None
-    share_hash: str | None
-    row_sig: str | None
-    rel: str | None = None
-    aux: str | None = None
 
 
 class StateView(dict):

@@ -19,13 +19,14 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshsync import layout
 from meshsync.layout import META, ItemId
+from meshsync.model import KnownSigs, Problem, sig_text, unpack_sig
 
 TMP_PREFIX = ".meshsync-tmp-"
 # A temporary file of ours older than this is the leftover of a write killed midway (R7):
@@ -41,15 +42,6 @@ _TMP_SEQ = itertools.count()  # temporary names unique across threads as well as
 # Compare-and-set for a write: given the target's lstat (None: absent) just before the
 # rename, whether it is still what the caller saw.
 Check = Callable[[os.stat_result | None], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One file meshsync refuses to import, with what the user can do about it."""
-
-    path: str  # share-relative, or an index/cache location
-    reason: str
-    hint: str = ""
 
 
 class ShareUnavailable(Exception):
@@ -68,14 +60,7 @@ class FileRefused(Exception):
 
 
 def sig_of(st: os.stat_result) -> str:
-    return _sig_text(st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode)
-
-
-def _sig_text(mtime_ns: int, size: int, ino: int, mode: int) -> str:
-    # The permission bits too: a file made unreadable (chmod) is looked at again and
-    # reported, not silently taken as unchanged (R6).  (walk_memory_dir spells this
-    # out inline: it runs once per file of a 100k walk.)
-    return f"{mtime_ns}:{size}:{ino}:{mode & 0o7777:o}"
+    return sig_text(st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode)
 
 
 SETTLE_NS = 3_000_000_000
@@ -107,57 +92,6 @@ class SkillDir:
     files: list[FileEntry]  # every regular file, relative to the share
     sig: str
     settled: bool
-
-
-Packed = tuple[int, int, int, int]  # st_mtime_ns, st_size, st_ino, st_mode of a regular file
-
-
-def unpack_sig(sig: Packed | str | None) -> str | None:
-    """The signature string of a packed signature (see KnownSigs); anything else as is."""
-    return _sig_text(*sig) if type(sig) is tuple else sig  # type: ignore[return-value]
-
-
-class KnownSigs:
-    """The share signature the last pass recorded for each file, kept by folder and
-    name (the walk looks names up without building a path per file); read as a mapping
-    rel -> signature everywhere else.
-
-    The walk packs the signature of each memory file it finds unchanged into the tuple
-    ``(st_mtime_ns, st_size, st_ino, st_mode)``, so that the next walk with the same map
-    (it is kept while nobody writes the index) compares a stat with a tuple instead of
-    formatting a string per file (a fifth of a 100k no-change pass).  Packing when the
-    map is built instead cost 0.3 s per rebuild at 100k, paid by every full pass after a
-    write.  Read through the mapping, packed signatures are strings again."""
-
-    def __init__(self, rows: Iterable[tuple[str, str | None]] = ()) -> None:
-        self.folders: dict[str, dict[str, Packed | str | None]] = {}
-        self._n = 0
-        for rel, sig in rows:
-            folder, _, name = rel.rpartition("/")
-            d = self.folders.get(folder)
-            if d is None:
-                d = self.folders[folder] = {}
-            d[name] = sig
-            self._n += 1
-
-    def get(self, rel: str, default: object = None) -> object:
-        folder, _, name = rel.rpartition("/")
-        return unpack_sig(self.folders.get(folder, {}).get(name, default))  # type: ignore[arg-type]
-
-    def __getitem__(self, rel: str) -> str | None:
-        folder, _, name = rel.rpartition("/")
-        return unpack_sig(self.folders[folder][name])
-
-    def __contains__(self, rel: object) -> bool:
-        return isinstance(rel, str) and self.get(rel, self) is not self
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __iter__(self) -> Iterator[str]:
-        for folder, names in self.folders.items():
-            for name in names:
-                yield f"{folder}/{name}"
 
 
 @dataclass(slots=True)
