@@ -89,6 +89,10 @@ class Payload:
         """The share holds these bytes already: an export writes only skill.json."""
         return False
 
+    def row_sig(self) -> str | None:
+        """The signature of the index row this payload was read from (None: not a row)."""
+        return None
+
     # --- a beaten version, kept in the history ---------------------------------------------
     def loser_text(self) -> str | None:
         return None
@@ -214,6 +218,9 @@ class IndexMem(Payload):
     def mem_text(self) -> str | None:
         return self.row.value
 
+    def row_sig(self) -> str | None:
+        return self.row.sig
+
     def mem_value(self) -> Any:
         return self.value
 
@@ -230,6 +237,9 @@ class IndexSkill(Payload):
 
     def skill_row(self) -> tuple[str | None, str | None] | None:
         return self.row.content, self.row.path
+
+    def row_sig(self) -> str | None:
+        return self.row.sig
 
     def skill_bytes(self) -> tuple[bytes | None, str | None] | None:
         return _utf8(self.row.content), self.row.path

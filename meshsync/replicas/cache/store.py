@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from meshsync import layout
+from meshsync import faults, layout
 from meshsync.model import Slice
 from meshsync.payloads import CacheEntry
 
@@ -45,16 +45,17 @@ class SpanGone(OSError):
     """The file a Span copies from is shorter than when it was looked at."""
 
 
-_copy_file_range = getattr(os, "copy_file_range", None)  # Linux only; macOS copies through Python
+COPY_FILE_RANGE = getattr(os, "copy_file_range", None)  # Linux only; macOS copies through Python
 
 
 def _copy_span(span: Span, out: int) -> None:
     off, left = span.offset, span.length
+    copy_file_range = faults.wrap("cache.copy_file_range", COPY_FILE_RANGE)
     while left:
         n = -1
-        if _copy_file_range is not None:
+        if copy_file_range is not None:
             try:
-                n = _copy_file_range(span.fd, out, left, off)
+                n = copy_file_range(span.fd, out, left, off)
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                     raise
