@@ -81,7 +81,7 @@ def plan(policy: Policy, p: Pass, items: list[ItemId], share_obs: dict[ItemId, O
     """Reconcile ``items`` (in key order) from their sides."""
     share_unknown = p.share_unknown
     cache_obs = p.cache_side.obs if p.cache_side is not None else {}
-    problems: dict[ItemId, RowProblem] = p.index_problems
+    index_problems: dict[ItemId, RowProblem] = p.index_problems
     plans: list[Planned] = []
     for it in items:
         sides: dict[str, Obs] = {}
@@ -92,8 +92,8 @@ def plan(policy: Policy, p: Pass, items: list[ItemId], share_obs: dict[ItemId, O
         if it in cache_obs:
             sides[CACHE] = cache_obs[it]
         if it.kind == MEM and not layout.valid_scope(it.scope):
-            problems[it] = (f"index row {it} has scope {it.scope!r}, which is not node, mesh or user:<id>",
-                            "fix the scope; the row stays local and is not exported")
+            index_problems[it] = (f"index row {it} has scope {it.scope!r}, which is not node, mesh or user:<id>",
+                                  "fix the scope; the row stays local and is not exported")
             continue
         if SHARE not in sides and INDEX not in sides and CACHE not in sides:
             continue

@@ -118,10 +118,6 @@ class ExportBatch:
 
     # --- the share ------------------------------------------------------------------------
 
-    def _refuse(self, it: ItemId, problem: tuple[str, ...]) -> None:
-        self.p.index_problems[it] = problem
-        self.p.stats.refused += 1
-
     def _secret_hits(self, it: ItemId, payload: Payload | None) -> list[str]:
         """Secret-guard rules a local write matches, less the allowed ones."""
         g = self.node.s.secrets
@@ -143,10 +139,12 @@ class ExportBatch:
         """Write the share side; return the state the item will have once the index is
         written too (None: leave the item for the next pass)."""
         win = plan.winner
+        index_problems = self.p.index_problems  # (the name tests/test_docs.py finds reported messages by)
         if plan.refused:
-            self._refuse(it, (f"local write to {it} refused: this node may not write scope {it.scope!r}",
-                              "add the scope to scopes.write, or undo the write; it stays local meanwhile",
-                              "refused"))  # its own error kind: status lists refused writes apart
+            index_problems[it] = (f"local write to {it} refused: this node may not write scope {it.scope!r}",
+                                  "add the scope to scopes.write, or undo the write; it stays local meanwhile",
+                                  "refused")  # its own error kind: status lists refused writes apart
+            self.p.stats.refused += 1
             return None
         if win is None:
             return None
@@ -173,10 +171,11 @@ class ExportBatch:
         if plan.source in (INDEX, CACHE) and not win.deleted:
             hits = self._secret_hits(it, src)
             if hits:
-                self._refuse(it, (f"{it} not exported: it looks like a secret ({', '.join(hits)})",
-                                  f"remove the secret, or allow it with secrets.allow_items [\"{it}\"] "
-                                  f"or secrets.allow_rules {orjson.dumps(hits).decode()}; it stays local meanwhile",
-                                  "refused"))
+                index_problems[it] = (f"{it} not exported: it looks like a secret ({', '.join(hits)})",
+                                      f"remove the secret, or allow it with secrets.allow_items [\"{it}\"] "
+                                      f"or secrets.allow_rules {orjson.dumps(hits).decode()}; it stays local meanwhile",
+                                      "refused")
+                self.p.stats.refused += 1
                 return None
         if it.kind == MEM and not win.deleted:
             # Written with the rest of the batch (_write_queued), compare-and-set included.
@@ -193,6 +192,7 @@ class ExportBatch:
         win = plan.winner
         assert win is not None
         share, p = self.node.share, self.p
+        index_problems = p.index_problems
         digest = win.digest
         share_sig = share_hash = None
         try:
@@ -218,12 +218,12 @@ class ExportBatch:
             p.stats.to_share += 1
             p.written.append(it)
         except FileRefused as exc:
-            p.index_problems[it] = (f"cannot write {exc.problem.path} on the share: {exc.problem.reason}",
-                                    exc.problem.hint)
+            index_problems[it] = (f"cannot write {exc.problem.path} on the share: {exc.problem.reason}",
+                                  exc.problem.hint)
             return None
         except OSError as exc:
-            p.index_problems[it] = (f"cannot write {rel} on the share: {exc.strerror}",
-                                    "check the share's permissions and free space; retried on the next pass")
+            index_problems[it] = (f"cannot write {rel} on the share: {exc.strerror}",
+                                  "check the share's permissions and free space; retried on the next pass")
             return None
         return State(win.stamp, win.node, digest, win.deleted, share_sig, share_hash,
                      st.row_sig if st else None, None if win.deleted else rel, aux)
@@ -235,6 +235,7 @@ class ExportBatch:
         if not queued:
             return pending
         node, p = self.node, self.p
+        index_problems = p.index_problems
         got = node.share.write_many([(rel, data, check) for _, rel, data, check, _ in queued])
         if len(node.own_sigs) > 200_000:
             node.own_sigs.clear()
@@ -254,11 +255,11 @@ class ExportBatch:
                 # keep the item queued so a local write is not forgotten (R2).
                 p.deferred.append(it)
             elif isinstance(res, FileRefused):
-                p.index_problems[it] = (f"cannot write {res.problem.path} on the share: {res.problem.reason}",
-                                        res.problem.hint)
+                index_problems[it] = (f"cannot write {res.problem.path} on the share: {res.problem.reason}",
+                                      res.problem.hint)
             else:
-                p.index_problems[it] = (f"cannot write {rel} on the share: {getattr(res, 'strerror', None) or res}",
-                                        "check the share's permissions and free space; retried on the next pass")
+                index_problems[it] = (f"cannot write {rel} on the share: {getattr(res, 'strerror', None) or res}",
+                                      "check the share's permissions and free space; retried on the next pass")
         if not failed:
             return pending
         return [(it, plan, sides, None if it in failed else new) for it, plan, sides, new in pending]
