@@ -149,6 +149,9 @@ RowProblem = tuple[str, ...] | None
 # --- what the index hands the other replicas (neutral types: the index knows no replica) --
 
 
+CACHE_STEP = 1024  # row ids per slice of mesh-memory.json (cache.CacheLayout)
+
+
 class Slice(NamedTuple):
     """The entries of the rows with ids in ``(n * step, (n + 1) * step]``: how many rows
     and the sum of their ids (which rows), and their lines (None when there are none;

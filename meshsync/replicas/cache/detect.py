@@ -29,11 +29,9 @@ from dataclasses import dataclass, field
 
 from meshsync import formats, layout
 from meshsync.layout import MEM, ItemId
+from meshsync.model import ABSENT, Obs, Problem, State, Version
 from meshsync.payloads import CacheEntry, CacheSkill
-from meshsync.reconcile import ABSENT, Obs, Version
 from meshsync.replicas.cache.store import Cache, CacheUnreadable, parse_memory
-from meshsync.replicas.index.store import State
-from meshsync.replicas.share.store import Problem
 
 MASS_DROP_FRACTION = 0.10
 MASS_DROP_MIN = 10

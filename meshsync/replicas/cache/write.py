@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import orjson
 
 from meshsync import formats, layout
-from meshsync.model import ItemId
+from meshsync.model import CACHE_STEP, ItemId, Slice
 from meshsync.replicas.cache.store import (
     Cache,
     CacheLayout,
@@ -28,9 +29,23 @@ from meshsync.replicas.cache.store import (
     render_memory,
 )
 from meshsync.replicas.cache.store import document as cache_document
-from meshsync.replicas.index.store import CACHE_STEP, Index
 
 log = logging.getLogger("meshsync")
+
+
+class Rows(Protocol):
+    """What the cache is rendered from: the index's rows (replicas/index/store.py's
+    Index), seen only through these reads."""
+
+    def read(self) -> AbstractContextManager[Any]: ...
+    def data_version(self) -> int: ...
+    def errors(self) -> list[dict]: ...
+    def memory_scopes(self) -> list[str]: ...
+    def memory_ids(self, items: Iterable[ItemId]) -> list[int]: ...
+    def all_memory_rows(self) -> Iterator[tuple[str, str, str, str, int]]: ...
+    def cache_totals(self, scopes: list[str], exclude: list[str]) -> tuple[int, int]: ...
+    def cache_slices(self, scopes: list[str], exclude: list[str], step: int = CACHE_STEP,
+                     only: Iterable[int] | None = None) -> Iterator[Slice]: ...
 
 
 def skills_sig_of(stats: dict[str, tuple[int, int, int]]) -> str:
@@ -41,7 +56,7 @@ def skills_sig_of(stats: dict[str, tuple[int, int, int]]) -> str:
 class CacheWriter:
     """The node's writes of mesh-memory.json, and what it remembers of the last one."""
 
-    def __init__(self, cache: Cache, index: Index, may_read: Callable[[str], bool]) -> None:
+    def __init__(self, cache: Cache, index: Rows, may_read: Callable[[str], bool]) -> None:
         self.cache = cache
         self.index = index
         self.may_read = may_read  # the scopes this node may read (settings, reloadable)

@@ -25,11 +25,10 @@ from pathlib import Path
 import orjson
 
 from meshsync.layout import MEM, SKILL, ItemId
-from meshsync.model import KnownSigs, Slice, State
+from meshsync.model import CACHE_STEP, KnownSigs, Slice, State
 from meshsync.replicas.index.write import IndexWrites, memory_row_sig, skill_row_sig
 
 SCHEMA_VERSION = "1"
-CACHE_STEP = 1024  # row ids per slice of mesh-memory.json (cache.CacheLayout)
 
 SEED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS mesh_memory (
