@@ -103,6 +103,7 @@ class ExportBatch:
         # Memory files add() rendered, written a batch at a time by flush():
         # (item, rel, bytes, compare-and-set, the state the item gets once written).
         self.queued: list[tuple[ItemId, str, bytes, Check | None, State]] = []
+        self.moved = False  # a readable item of the batch changed: the cache is owed (R7)
 
     def add(self, it: ItemId, plan: Plan, sides: dict[str, Obs]) -> None:
         self.pending.append((it, plan, sides, self._to_share(it, plan, sides, self.p.state.get(it))))

@@ -24,7 +24,7 @@ from meshsync.model import ABSENT, ItemId, Obs, Pass, Problem, State, Version, b
 from meshsync.payloads import ShareFile, ShareMem, ShareSkill
 from meshsync.reconcile import effective
 from meshsync.replicas.share import memread
-from meshsync.replicas.share.store import FileRefused, Share, Walk, settled, sig_of
+from meshsync.replicas.share.store import FileEntry, FileRefused, Share, Walk, settled, sig_of
 
 BATCH = 500  # items a first import hands to the rest of the pipeline at a time
 
@@ -354,7 +354,7 @@ class ShareDetector:
 
     # --- tombstones ---------------------------------------------------------------------------
 
-    def _tombstone(self, rel: str, fe, seen: dict) -> tuple[ItemId, int, str] | None:
+    def _tombstone(self, rel: str, fe: FileEntry, seen: dict) -> tuple[ItemId, int, str] | None:
         """One tombstone's content, read once (see tombstones())."""
         hit = seen.get(rel)
         try:
