@@ -116,12 +116,9 @@ class State:
     rel: str | None = None
     aux: str | None = None
 
-    def base(self) -> Version:
-        """The version every side held after the last pass: reconcile's base."""
-        return Version(self.stamp, self.node, self.digest, self.deleted)
-
 
 def base_of(st: State | None) -> Version | None:
+    """The version every side held after the last pass (reconcile's base), if any."""
     return None if st is None else Version(st.stamp, st.node, st.digest, st.deleted)
 
 
