@@ -348,7 +348,7 @@ class SizeRun:
             patched.stop()
             assert node.cache_patched
         db.close()
-        with node.index.write() as wdb:  # as Node._finish does: the next pass must not rewrite it again
+        with node.index.write() as wdb:  # as engine/commit.py does: the next pass must not rewrite it again
             node.index.set_meta(wdb, cache_sig=node.cache.memory_sig() or "")
         size = node.cache.memory_path.stat().st_size
         self.r.add("cache", "d. cache rewrite after a change", self.n, patched.med, bare.med, "s", 1.5,

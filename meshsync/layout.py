@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import NamedTuple
+
+from meshsync.model import MEM, SKILL, ItemId
 
 PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 _UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -154,22 +155,6 @@ def not_unicode(*names: str | None) -> bool:
 
 
 # --- items -----------------------------------------------------------------------------
-
-MEM = "m"
-SKILL = "s"
-
-
-class ItemId(NamedTuple):
-    """One memory entry (kind "m", scope, key) or one skill (kind "s", "", name).
-    A named tuple: hashed and compared in C, which a pass over 100k items notices."""
-
-    kind: str
-    scope: str
-    key: str
-
-    def __str__(self) -> str:
-        return f"{self.scope}:{self.key}" if self.kind == MEM else f"skill:{self.key}"
-
 
 # tuple.__new__ skips the named tuple's Python-level constructor: a pass makes an id for
 # every file it reads.

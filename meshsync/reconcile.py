@@ -21,57 +21,11 @@ Vocabulary
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-SHARE = "share"
-INDEX = "index"
-CACHE = "cache"
-SIDES = (SHARE, INDEX, CACHE)
+from meshsync.model import ABSENT, CACHE, INDEX, SHARE, SIDES, Obs, Plan, Version
 
-
-@dataclass(frozen=True, slots=True)
-class Version:
-    stamp: int  # milliseconds since the epoch
-    node: str
-    digest: str = ""  # content digest; "" for a tombstone
-    deleted: bool = False
-
-    @property
-    def order(self) -> tuple[int, str, bool, str]:
-        return (self.stamp, self.node, not self.deleted, self.digest)
-
-    def same(self, other: Version | None) -> bool:
-        return other is not None and self.order == other.order
-
-
-@dataclass(frozen=True, slots=True)
-class Obs:
-    """One side's current state of an item.  ``version`` None means absent."""
-
-    version: Version | None
-    trusted: bool = True
-    payload: Any = field(default=None, compare=False)  # carried to apply, never inspected
-    dirty: bool = False  # the side holds the version but needs rewriting (stale companion file)
-
-
-ABSENT = Obs(None)
-
-
-@dataclass(slots=True)
-class Plan:
-    """What to do for one item."""
-
-    winner: Version | None  # None: the item exists nowhere and never did
-    source: str | None  # the side whose payload holds the winner (None when base/tombstone)
-    write: set[str]  # sides that must be brought to the winner
-    beaten: list[tuple[str, Version, Any]]  # (side, version, payload) kept in history
-    refused: list[tuple[str, Version]] = field(default_factory=list)
-
-    @property
-    def quiet(self) -> bool:
-        return not self.write
-
+__all__ = ["ABSENT", "CACHE", "INDEX", "SHARE", "SIDES", "Obs", "Plan", "Version", "effective", "reconcile"]
 
 def effective(obs: Obs, base: Version | None, now_ms: int, node: str) -> Version | None:
     """The version a side stands for, once fresh local writes are stamped after base."""

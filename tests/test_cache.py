@@ -1,4 +1,4 @@
-"""The cache document rendered by SQLite (sync.Node._cache_document) holds exactly what
+"""The cache document rendered by SQLite (Node.cache_document) holds exactly what
 the Python rendering of the same rows holds, for awkward keys, values and scopes."""
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def test_sql_rendered_cache_matches_the_rows(mesh: Mesh, rows):
         if scope in ("mesh", "node", "user:alice"):
             want[f"{scope}:{key}"] = {"value": json.loads(text), "nodeId": "n1", "ts": ts}
     db.close()
-    doc = b"".join(n._cache_document())
+    doc = b"".join(n.cache_document())
     assert orjson.loads(doc) == want
-    assert orjson.loads(doc) == orjson.loads(orjson.dumps(n._cache_entries()))
+    assert orjson.loads(doc) == orjson.loads(orjson.dumps(n.cache_writer.entries()))
     # Rendered in slices of row ids (1024 by default): any slice size gives the same.
     with n.index.read():
         small = b",".join(s.body for s in n.index.cache_slices(["mesh", "node", "user:alice"], [], step=3)
@@ -109,7 +109,7 @@ def test_patched_cache_is_byte_for_byte_the_full_rendering(mesh: Mesh, start, op
             n.cache_dirty.add(it)
         else:
             n.write_cache_memory(patch=True)
-            assert n.cache.memory_path.read_bytes() == b"".join(n._cache_document())
+            assert n.cache.memory_path.read_bytes() == b"".join(n.cache_document())
             assert not n.cache_dirty and not n.cache_dirty_ids
     db.close()
     n.close()
@@ -132,7 +132,7 @@ def test_cache_patch_only_when_the_file_is_ours_and_the_rows_add_up(mesh: Mesh):
 
     def rewrite() -> bool:
         n.write_cache_memory(patch=True)
-        assert orjson.loads(n.cache.memory_path.read_bytes()) == orjson.loads(b"".join(n._cache_document()))
+        assert orjson.loads(n.cache.memory_path.read_bytes()) == orjson.loads(b"".join(n.cache_document()))
         return n.cache_patched
 
     db.execute(UPSERT, ("mesh", "k7", '"seven"', "n2", 700))
@@ -170,15 +170,18 @@ def test_cache_patch_only_when_the_file_is_ours_and_the_rows_add_up(mesh: Mesh):
 
 def test_patch_copies_without_copy_file_range(mesh: Mesh, monkeypatch):
     """macOS has no copy_file_range: the unchanged slices are copied with pread/write."""
-    from meshsync.replicas.cache import store as cache
+    from meshsync import faults
 
-    monkeypatch.setattr(cache, "_copy_file_range", None)
     n, db = _cached_node(mesh, 30)
     db.execute(UPSERT, ("mesh", "k5", '"five"', "n2", 500))
     n.cache_dirty.add(memory_id("mesh", "k5"))
-    n.write_cache_memory(patch=True)
+    faults.install("cache.copy_file_range", lambda real: None)
+    try:
+        n.write_cache_memory(patch=True)
+    finally:
+        faults.remove("cache.copy_file_range")
     assert n.cache_patched
-    assert n.cache.memory_path.read_bytes() == b"".join(n._cache_document())
+    assert n.cache.memory_path.read_bytes() == b"".join(n.cache_document())
     assert n.cache.read_memory()["mesh:k5"]["value"] == "five"
     db.close()
     n.close()
@@ -199,7 +202,7 @@ def test_patch_reads_the_totals_only_after_another_connection_wrote(mesh: Mesh, 
     n.cache_dirty |= {memory_id("mesh", "k3"), memory_id("mesh", "k5"), memory_id("mesh", "new")}
     n.write_cache_memory(patch=True)
     assert n.cache_patched and reads == []
-    assert n.cache.memory_path.read_bytes() == b"".join(n._cache_document())
+    assert n.cache.memory_path.read_bytes() == b"".join(n.cache_document())
     assert "mesh:k3" not in n.cache.read_memory() and n.cache.read_memory()["mesh:new"]["value"] == "new"
     db.execute("DELETE FROM mesh_memory WHERE key = 'k20'")  # another program, no pass saw it
     n.write_cache_memory(patch=True)

@@ -47,7 +47,7 @@ from typing import Any
 import pytest
 from helpers import REPO, Mesh, MeshNode, wait_for
 
-from meshsync import formats, layout
+from meshsync import faults, formats, layout
 
 SKEW_S = 300  # node c's clock is this many seconds behind
 DEFAULT_ROUNDS = 150
@@ -817,21 +817,22 @@ def test_hand_save_during_a_pass_is_not_overwritten(tmp_path: Path):
         node.sync()
         p = s.share / "memory" / "mesh" / "k.json"
         p.write_text(json.dumps({"value": "first save"}))
-        check = node._mem_check
 
-        def second_save_lands(sh_obs):  # between the pass's read and its rewrite
+        def second_save_lands(check):  # between the pass's read and its rewrite
             def cas(cur):
                 if json.loads(p.read_bytes())["value"] == "first save":
                     tmp = p.with_name(".k.json.swp")
                     tmp.write_text(json.dumps({"value": "second save"}))
                     os.replace(tmp, p)
                     cur = os.lstat(p)
-                return check(sh_obs)(cur)
+                return check(cur)
             return cas
 
-        node._mem_check = second_save_lands
-        node.sync()
-        node._mem_check = check
+        faults.install("share.check", second_save_lands)
+        try:
+            node.sync()
+        finally:
+            faults.remove("share.check")
         node.sync()
         assert json.loads(p.read_bytes())["value"] == "second save"
         assert node.index.db.execute("SELECT value FROM mesh_memory").fetchall() == [('"second save"',)]
@@ -861,10 +862,9 @@ def test_hand_saves_during_a_batch_of_parallel_exports_are_not_overwritten(tmp_p
                        [(json.dumps(f"row {k}"), old, k) for k in keys])
         db.close()
         hand = {k: s.share / "memory" / "mesh" / f"{k}.json" for k in keys[::8]}
-        check = node._mem_check
         threads: set[str] = set()
 
-        def hand_save_lands(sh_obs):
+        def hand_save_lands(check):
             def cas(cur):
                 threads.add(threading.current_thread().name)
                 for k, p in hand.items():
@@ -873,12 +873,14 @@ def test_hand_saves_during_a_batch_of_parallel_exports_are_not_overwritten(tmp_p
                         tmp.write_text(json.dumps({"value": f"hand {k}"}))
                         os.replace(tmp, p)
                         cur = os.lstat(p)
-                return check(sh_obs)(cur)
+                return check(cur)
             return cas
 
-        node._mem_check = hand_save_lands
-        st = node.sync()
-        node._mem_check = check
+        faults.install("share.check", hand_save_lands)
+        try:
+            st = node.sync()
+        finally:
+            faults.remove("share.check")
         assert any(t.startswith("meshsync-write") for t in threads), threads  # the batch went to the threads
         assert st.to_share == 35, st.as_dict()
         for k in keys:
@@ -908,17 +910,16 @@ def test_tool_skill_file_written_during_a_pass_is_not_lost(tmp_path: Path):
         assert cached.read_text().endswith("first\n")
         node.delete_item(layout.skill_id("alpha"))  # the delete this pass applies
         tool_text = "---\nname: alpha\ndescription: d\n---\nwritten by a tool during the pass\n"
-        apply = node._apply
 
-        def tool_writes_meanwhile(*args, **kwargs):  # after the pass looked at the cache
-            out = apply(*args, **kwargs)
+        def tool_writes_meanwhile():  # after the pass looked at the cache, before its refresh
             time.sleep(0.01)  # a later mtime than the delete's stamp
             cached.write_text(tool_text)
-            return out
 
-        node._apply = tool_writes_meanwhile
-        node.sync()
-        node._apply = apply
+        faults.install("commit.start", tool_writes_meanwhile)
+        try:
+            node.sync()
+        finally:
+            faults.remove("commit.start")
         assert cached.read_text() == tool_text, "the pass removed the tool's file"
         node.sync()
         assert node.index.db.execute("SELECT content FROM mesh_skills WHERE name = 'alpha'").fetchall() == [(tool_text,)]

@@ -501,8 +501,8 @@ def test_killed_between_index_commit_and_cache_refresh(mesh: Mesh):
 
 DIE_IN_APPLY_INDEX = """
 import os, sys
-import meshsync.engine.node as s
-s.Node._apply_index = lambda self, *a, **k: os._exit(137)  # share files written, index not committed
+from meshsync import faults
+faults.install("propagate.before_index_commit", lambda: os._exit(137))  # share files written, index not committed
 from meshsync.cli.main import main
 sys.exit(main(["sync"]))
 """
@@ -576,24 +576,20 @@ def test_row_updated_while_its_export_is_written_keeps_the_update(mesh: Mesh):
 
 INSERT_DURING_IMPORT = """
 import os, sqlite3, sys
-import meshsync.engine.node as s
-real_apply, real_bulk = s.Node._apply, s.Node._bulk_insert
+from meshsync import faults
 done = []
-def _apply(self, *a, **k):  # detection is done (k2 was absent from the index): now a client inserts it
+def insert():  # detection is done (k2 was absent from the index): now a client inserts it
     if not done:  # (a first import applies the files it read, then the rest)
         done.append(1)
         db = sqlite3.connect(os.environ["MESHSYNC_INDEX"], isolation_level=None, timeout=30)
         db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
                    ("mesh", os.environ["KEY"], '"foreign"', "tool", int(os.environ["SEC"])))
         db.close()
-    return real_apply(self, *a, **k)
-def _bulk(self, db, pending):
-    got = real_bulk(self, db, pending)
+def inserted(got, pending):
     print(f"bulk inserted {len(got)} of {len(pending)}", file=sys.stderr)
-    return got
 if os.environ.get("KEY"):
-    s.Node._apply = _apply
-s.Node._bulk_insert = _bulk
+    faults.install("propagate.start", insert)
+faults.install("propagate.bulk_inserted", inserted)
 from meshsync.cli.main import main
 sys.exit(main(["sync"]))
 """
@@ -676,15 +672,14 @@ def test_file_made_again_while_its_delete_is_applied_is_kept(mesh: Mesh):
 
 HAND_EDIT_DURING_SKILL_EXPORT = """
 import os, sys
-import meshsync.engine.node as s
-real, done = s.Node._secret_hits, []
-def hits(self, it, payload):  # runs after the pass looked at the share, before it exports
+from meshsync import faults
+done = []
+def hand_save(it):  # after the pass looked at the share, before it exports
     if it.key == "alpha" and not done:
         done.append(1)
         with open(os.path.join(os.environ["MESHSYNC_SHARE"], "skills/alpha/SKILL.md"), "w") as f:
             f.write("# alpha\\n\\nsaved by hand during the export\\n")
-    return real(self, it, payload)
-s.Node._secret_hits = hits
+faults.install("propagate.before_export", hand_save)
 from meshsync.cli.main import main
 sys.exit(main(["sync"]))
 """

@@ -163,10 +163,9 @@ def test_burst_is_coalesced(mesh: Mesh):
 
 LOSES_A_RACE = """
 import os, sys
-import meshsync.engine.node as s
-real, done = s.Node._mem_check, []
-def check(sh_obs):
-    inner = real(sh_obs)
+from meshsync import faults
+done = []
+def check(inner):  # the compare-and-set of an export, run just before its rename
     def cas(cur):
         p = os.environ["RACE_FILE"]
         if not done and cur is not None and os.path.samestat(cur, os.lstat(p)):
@@ -179,7 +178,7 @@ def check(sh_obs):
             cur = os.lstat(p)
         return inner(cur)
     return cas
-s.Node._mem_check = staticmethod(check)
+faults.install("share.check", check)
 from meshsync.cli.main import main
 sys.exit(main(["run"]))
 """

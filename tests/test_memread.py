@@ -1,5 +1,5 @@
 """Reading memory files for a pass: the helper process beside it (meshsync/replicas/share/memread.py),
-and a first import that applies items while it reads them (Node._detect_share).
+and a first import that applies items while it reads them (ShareDetector.changed).
 
 A pass with the helper must end exactly as one without it: the same rows, the same
 state, the same problems reported for bad files, whichever process read them; and a

@@ -26,23 +26,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from meshsync import formats, layout
 from meshsync.layout import MEM, ItemId
-from meshsync.reconcile import ABSENT, Obs, Version
-from meshsync.replicas.cache.store import Cache, CacheEntry, CacheUnreadable, parse_memory
-from meshsync.replicas.index.store import State
-from meshsync.replicas.share.store import Problem
+from meshsync.model import ABSENT, Obs, Problem, State, Version
+from meshsync.payloads import CacheEntry, CacheSkill
+from meshsync.replicas.cache.store import Cache, CacheUnreadable, parse_memory
 
 MASS_DROP_FRACTION = 0.10
 MASS_DROP_MIN = 10
-
-
-@dataclass(slots=True)
-class CacheSkill:
-    content: str
-    mtime_ms: int
 
 
 @dataclass(slots=True)
@@ -156,10 +148,4 @@ def detect_skills(cache: Cache, state: dict[ItemId, State], contents: dict[str, 
     return side
 
 
-def value_of(payload: Any) -> tuple[Any, bytes] | None:
-    if isinstance(payload, CacheEntry):
-        return payload.value, payload.text
-    return None
-
-
-__all__ = ["CacheSide", "CacheSkill", "cache_key", "detect_memory", "detect_skills", "value_of", "MEM"]
+__all__ = ["CacheSide", "CacheSkill", "cache_key", "detect_memory", "detect_skills", "MEM"]

@@ -21,11 +21,13 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
-from meshsync import layout
+from meshsync import faults, layout
+from meshsync.model import Slice
+from meshsync.payloads import CacheEntry
 
 TMP_PREFIX = ".meshsync-tmp-"
 
@@ -43,16 +45,17 @@ class SpanGone(OSError):
     """The file a Span copies from is shorter than when it was looked at."""
 
 
-_copy_file_range = getattr(os, "copy_file_range", None)  # Linux only; macOS copies through Python
+COPY_FILE_RANGE = getattr(os, "copy_file_range", None)  # Linux only; macOS copies through Python
 
 
 def _copy_span(span: Span, out: int) -> None:
     off, left = span.offset, span.length
+    copy_file_range = faults.wrap("cache.copy_file_range", COPY_FILE_RANGE)
     while left:
         n = -1
-        if _copy_file_range is not None:
+        if copy_file_range is not None:
             try:
-                n = _copy_file_range(span.fd, out, left, off)
+                n = copy_file_range(span.fd, out, left, off)
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                     raise
@@ -136,16 +139,6 @@ def _close_quietly(fd: int) -> None:
 
 def file_sig(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
-
-
-class Slice(NamedTuple):
-    """The entries of the rows with ids in ``(n * step, (n + 1) * step]``: how many rows
-    and the sum of their ids (which rows), and their lines (None when there are none)."""
-
-    n: int
-    rows: int
-    idsum: int
-    body: bytes | Span | None
 
 
 @dataclass(slots=True)
@@ -287,19 +280,6 @@ class Cache:
 
 
 # --- reading what Phase 1 tools wrote --------------------------------------------------------
-
-
-@dataclass(slots=True)
-class CacheEntry:
-    """One ``scope:key`` entry of mesh-memory.json as a Phase 1 tool left it."""
-
-    scope: str
-    key: str
-    value: Any
-    text: bytes  # canonical JSON of value
-    digest: str
-    node: str | None
-    ts: int | None  # seconds
 
 
 class CacheUnreadable(Exception):

@@ -15,23 +15,20 @@ foreign write that lands between detection and apply is never overwritten blindl
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import orjson
 
 from meshsync.layout import MEM, SKILL, ItemId
-from meshsync.replicas.cache.store import Slice
-from meshsync.replicas.share.store import KnownSigs
+from meshsync.model import CACHE_STEP, KnownSigs, Slice, State
+from meshsync.replicas.index.write import IndexWrites, memory_row_sig, skill_row_sig
 
 SCHEMA_VERSION = "1"
-CACHE_STEP = 1024  # row ids per slice of mesh-memory.json (cache.CacheLayout)
 
 SEED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS mesh_memory (
@@ -135,39 +132,6 @@ REQUIRED = {"mesh_memory", "mesh_memory_fts", "mesh_skills", "meshsync_meta", "m
             "mesh_memory_fts_ai", "mesh_memory_fts_au", "mesh_memory_fts_ad", "meshsync_mem_ai",
             "meshsync_mem_au", "meshsync_mem_ad", "meshsync_skill_ai", "meshsync_skill_au",
             "meshsync_skill_ad", "meshsync_state_tombstones"}
-
-
-def _h(data: str | bytes | None) -> str:
-    if data is None:
-        return "-"
-    b = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    return hashlib.blake2b(b, digest_size=12).hexdigest()
-
-
-# Node ids repeat across rows: their hashes are remembered (row signatures are taken for
-# every row a pass reads or writes).
-_h_node = lru_cache(maxsize=1024)(_h)
-
-
-def memory_row_sig(value: str, node_id: str, updated_at: int) -> str:
-    return f"{updated_at}:{_h_node(node_id)}:{_h(value)}"
-
-
-def skill_row_sig(content: str | None, path: str | None, node: str, updated_at: int) -> str:
-    return f"{updated_at}:{_h(node)}:{_h(content)}:{_h(path)}"
-
-
-@dataclass(slots=True)
-class State:
-    stamp: int
-    node: str
-    digest: str
-    deleted: bool
-    share_sig: str | None
-    share_hash: str | None
-    row_sig: str | None
-    rel: str | None = None
-    aux: str | None = None
 
 
 class StateView(dict):
@@ -279,7 +243,7 @@ class IndexError_(Exception):
     """The index cannot be opened or is not ours."""
 
 
-class Index:
+class Index(IndexWrites):
     def __init__(self, path: Path, *, create: bool = True):
         self.path = Path(path)
         self.state_writes = 0  # changes to meshsync_state through this connection
@@ -410,33 +374,6 @@ class Index:
             "SELECT rel, kind, scope, key FROM meshsync_state WHERE deleted = 0"
             " AND rel IN (SELECT value FROM json_each(?))", (orjson.dumps(want).decode(),))}
 
-    def put_state(self, db: sqlite3.Connection, item: ItemId, st: State) -> None:
-        self.put_states(db, [(item, st)])
-
-    def put_states(self, db: sqlite3.Connection, states: list[tuple[ItemId, State]]) -> None:
-        """put_state for many items in one statement."""
-        if states:
-            self.state_writes += 1
-            db.executemany(
-                "INSERT INTO meshsync_state (kind, scope, key, stamp, node, digest, deleted, share_sig,"
-                " share_hash, row_sig, rel, aux) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(kind, scope, key) DO UPDATE SET"
-                " stamp=excluded.stamp, node=excluded.node, digest=excluded.digest, deleted=excluded.deleted,"
-                " share_sig=excluded.share_sig, share_hash=excluded.share_hash, row_sig=excluded.row_sig,"
-                " rel=excluded.rel, aux=excluded.aux",
-                [(it.kind, it.scope, it.key, st.stamp, st.node, st.digest, int(st.deleted), st.share_sig,
-                  st.share_hash, st.row_sig, st.rel, st.aux) for it, st in states])
-
-    def put_share_sig(self, db: sqlite3.Connection, item: ItemId, sig: str | None) -> None:
-        self.state_writes += 1
-        db.execute("UPDATE meshsync_state SET share_sig = ? WHERE kind = ? AND scope = ? AND key = ?",
-                   (sig, item.kind, item.scope, item.key))
-
-    def drop_state(self, db: sqlite3.Connection, item: ItemId) -> None:
-        self.state_writes += 1
-        db.execute("DELETE FROM meshsync_state WHERE kind = ? AND scope = ? AND key = ?",
-                   (item.kind, item.scope, item.key))
-
     # --- outbox ------------------------------------------------------------------------------
 
     def outbox(self) -> tuple[int, set[ItemId]]:
@@ -559,82 +496,6 @@ class Index:
         out |= {ItemId(SKILL, "", n) for (n,) in self.db.execute("SELECT name FROM mesh_skills")}
         return out
 
-    def current_row_sig(self, db: sqlite3.Connection, item: ItemId) -> str | None:
-        if item.kind == MEM:
-            r = db.execute("SELECT value, node_id, updated_at FROM mesh_memory WHERE scope = ? AND key = ?",
-                           (item.scope, item.key)).fetchone()
-            return memory_row_sig(*r) if r else None
-        r = db.execute("SELECT content, path, source_node, updated_at FROM mesh_skills WHERE name = ?",
-                       (item.key,)).fetchone()
-        return skill_row_sig(*r) if r else None
-
-    def set_memory(self, db: sqlite3.Connection, item: ItemId, value: str, node: str, updated_at: int,
-                   exists: bool) -> None:
-        if exists:
-            db.execute("UPDATE mesh_memory SET value = ?, node_id = ?, updated_at = ? WHERE scope = ? AND key = ?",
-                       (value, node, updated_at, item.scope, item.key))
-        else:
-            db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
-                       (item.scope, item.key, value, node, updated_at))
-
-    def insert_memory_if_absent(self, db: sqlite3.Connection, item: ItemId, value: str, node: str,
-                                updated_at: int) -> bool:
-        cur = db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
-                         " ON CONFLICT(scope, key) DO NOTHING", (item.scope, item.key, value, node, updated_at))
-        return cur.rowcount == 1
-
-    def insert_memory_rows_if_absent(self, db: sqlite3.Connection,
-                                     rows: list[tuple[str, str, str, str, int]]) -> int:
-        """Insert (scope, key, value, node_id, updated_at) rows, skipping any whose
-        (scope, key) exists; returns how many were inserted.
-
-        The rows go in as one JSON array through json_each: one statement that SQLite runs
-        through, where executemany steps it once per row and FTS5 then did its
-        per-statement work once per row (a 10k import's inserts: 0.15-0.18 s, not
-        0.52-0.54 s).  (The state rows keep executemany: json_extract parses a row's
-        array again for each column, and their 12 columns made them twice as slow.)"""
-        if not rows:
-            return 0
-        data = None
-        if self._json_rows:
-            try:
-                data = orjson.dumps(rows)
-            except TypeError:  # not JSON (a lone surrogate, a huge integer)
-                pass
-        # json_extract would end a text at an escaped NUL: such rows take executemany.
-        if data is not None and b"\\u0000" not in data:
-            try:
-                return db.execute(
-                    "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at)"
-                    " SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),"
-                    " json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]')"
-                    " FROM json_each(?) AS j WHERE true ON CONFLICT(scope, key) DO NOTHING",
-                    (data.decode("utf-8"),)).rowcount
-            except sqlite3.OperationalError as exc:  # an SQLite built without JSON
-                if "json" not in str(exc):
-                    raise
-                self._json_rows = False
-        return db.executemany("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
-                              " ON CONFLICT(scope, key) DO NOTHING", rows).rowcount
-
-    def set_skill(self, db: sqlite3.Connection, item: ItemId, content: str | None, path: str | None,
-                  node: str, updated_at: int, exists: bool) -> None:
-        if exists:
-            db.execute("UPDATE mesh_skills SET content = ?, path = ?, source_node = ?, updated_at = ? WHERE name = ?",
-                       (content, path, node, updated_at, item.key))
-        else:
-            db.execute("INSERT INTO mesh_skills (name, source_node, content, path, updated_at) VALUES (?,?,?,?,?)",
-                       (item.key, node, content, path, updated_at))
-
-    def delete_row(self, db: sqlite3.Connection, item: ItemId) -> int | None:
-        """Delete the item's row; returns the id a memory row had (its cache slice)."""
-        if item.kind == MEM:
-            r = db.execute("DELETE FROM mesh_memory WHERE scope = ? AND key = ? RETURNING id",
-                           (item.scope, item.key)).fetchall()
-            return r[0][0] if r else None
-        db.execute("DELETE FROM mesh_skills WHERE name = ?", (item.key,))
-        return None
-
     # --- errors and conflicts -------------------------------------------------------------------
 
     def replace_errors(self, db: sqlite3.Connection, kind: str, problems: Iterable[tuple[str, str, str]],
@@ -675,15 +536,6 @@ class Index:
         cur = self.db.execute("SELECT path, kind, reason, hint, since, seen FROM meshsync_errors ORDER BY kind, path")
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur]
-
-    def add_conflict(self, db: sqlite3.Connection, item: ItemId, side: str, loser_stamp: int,
-                     loser_node: str, loser_value: str | None, winner_stamp: int, winner_node: str,
-                     winner_deleted: bool) -> None:
-        db.execute(
-            "INSERT INTO meshsync_conflicts (at, kind, scope, key, side, loser_stamp, loser_node, loser_value,"
-            " winner_stamp, winner_node, winner_deleted) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (int(time.time() * 1000), item.kind, item.scope, item.key, side, loser_stamp, loser_node,
-             loser_value, winner_stamp, winner_node, int(winner_deleted)))
 
     def conflicts(self, limit: int = 100) -> list[dict]:
         cur = self.db.execute(

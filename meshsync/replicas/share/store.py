@@ -19,18 +19,25 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshsync import layout
 from meshsync.layout import META, ItemId
+from meshsync.model import (
+    KnownSigs as KnownSigs,  # re-exported: the walk's names, where callers look
+)
+from meshsync.model import Problem as Problem
+from meshsync.model import unpack_sig as unpack_sig
+from meshsync.replicas.share.walk import SETTLE_NS as SETTLE_NS
+from meshsync.replicas.share.walk import STALE_TEMP_S, TMP_PREFIX, ShareWalk, kind_problem
+from meshsync.replicas.share.walk import FileEntry as FileEntry
+from meshsync.replicas.share.walk import SkillDir as SkillDir
+from meshsync.replicas.share.walk import Walk as Walk
+from meshsync.replicas.share.walk import settled as settled
+from meshsync.replicas.share.walk import sig_of as sig_of
 
-TMP_PREFIX = ".meshsync-tmp-"
-# A temporary file of ours older than this is the leftover of a write killed midway (R7):
-# no write takes that long.  Full passes remove such files (sync.Node._sweep_temporaries).
-STALE_TEMP_S = 3600.0
 # Threads for a batch of writes (Share.write_many).  Each write waits on its fsync (a
 # journal commit on a local disk, a round trip to the server on NFS/SMB); waits in
 # parallel share commits and round trips: 10k files in 1.7-2.0 s here against 2.6-2.7 s
@@ -41,15 +48,6 @@ _TMP_SEQ = itertools.count()  # temporary names unique across threads as well as
 # Compare-and-set for a write: given the target's lstat (None: absent) just before the
 # rename, whether it is still what the caller saw.
 Check = Callable[[os.stat_result | None], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One file meshsync refuses to import, with what the user can do about it."""
-
-    path: str  # share-relative, or an index/cache location
-    reason: str
-    hint: str = ""
 
 
 class ShareUnavailable(Exception):
@@ -67,157 +65,7 @@ class FileRefused(Exception):
         self.problem = problem
 
 
-def sig_of(st: os.stat_result) -> str:
-    return _sig_text(st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode)
-
-
-def _sig_text(mtime_ns: int, size: int, ino: int, mode: int) -> str:
-    # The permission bits too: a file made unreadable (chmod) is looked at again and
-    # reported, not silently taken as unchanged (R6).  (walk_memory_dir spells this
-    # out inline: it runs once per file of a 100k walk.)
-    return f"{mtime_ns}:{size}:{ino}:{mode & 0o7777:o}"
-
-
-SETTLE_NS = 3_000_000_000
-
-
-def _unlistable(rel: str, walk: Walk, exc: OSError) -> None:
-    """A directory that cannot be listed: its items are unknown this pass, never gone (R5)."""
-    walk.unknown.append(rel)
-    walk.problems.append(Problem(rel, f"directory cannot be listed: {exc.strerror}",
-                                 "check permissions and the mount; items below it are left as they are"))
-
-
-def settled(st: os.stat_result, now_ns: int, margin_ns: int = SETTLE_NS) -> bool:
-    """A file modified in the last few seconds may change again within the same mtime
-    tick; its signature is not trusted to skip a read next time (the "racy git" rule)."""
-    return now_ns - st.st_mtime_ns > margin_ns
-
-
-@dataclass(slots=True)
-class FileEntry:
-    rel: str
-    sig: str
-    settled: bool
-
-
-@dataclass(slots=True)
-class SkillDir:
-    rel: str  # skills/<enc>
-    files: list[FileEntry]  # every regular file, relative to the share
-    sig: str
-    settled: bool
-
-
-Packed = tuple[int, int, int, int]  # st_mtime_ns, st_size, st_ino, st_mode of a regular file
-
-
-def unpack_sig(sig: Packed | str | None) -> str | None:
-    """The signature string of a packed signature (see KnownSigs); anything else as is."""
-    return _sig_text(*sig) if type(sig) is tuple else sig  # type: ignore[return-value]
-
-
-class KnownSigs:
-    """The share signature the last pass recorded for each file, kept by folder and
-    name (the walk looks names up without building a path per file); read as a mapping
-    rel -> signature everywhere else.
-
-    The walk packs the signature of each memory file it finds unchanged into the tuple
-    ``(st_mtime_ns, st_size, st_ino, st_mode)``, so that the next walk with the same map
-    (it is kept while nobody writes the index) compares a stat with a tuple instead of
-    formatting a string per file (a fifth of a 100k no-change pass).  Packing when the
-    map is built instead cost 0.3 s per rebuild at 100k, paid by every full pass after a
-    write.  Read through the mapping, packed signatures are strings again."""
-
-    def __init__(self, rows: Iterable[tuple[str, str | None]] = ()) -> None:
-        self.folders: dict[str, dict[str, Packed | str | None]] = {}
-        self._n = 0
-        for rel, sig in rows:
-            folder, _, name = rel.rpartition("/")
-            d = self.folders.get(folder)
-            if d is None:
-                d = self.folders[folder] = {}
-            d[name] = sig
-            self._n += 1
-
-    def get(self, rel: str, default: object = None) -> object:
-        folder, _, name = rel.rpartition("/")
-        return unpack_sig(self.folders.get(folder, {}).get(name, default))  # type: ignore[arg-type]
-
-    def __getitem__(self, rel: str) -> str | None:
-        folder, _, name = rel.rpartition("/")
-        return unpack_sig(self.folders[folder][name])
-
-    def __contains__(self, rel: object) -> bool:
-        return isinstance(rel, str) and self.get(rel, self) is not self
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __iter__(self) -> Iterator[str]:
-        for folder, names in self.folders.items():
-            for name in names:
-                yield f"{folder}/{name}"
-
-
-@dataclass(slots=True)
-class Walk:
-    """What a stat walk of the share found."""
-
-    # Memory files: those the last pass recorded with this very signature (settled) are
-    # only named in ``same`` (folder -> names); the others, to be read, are in ``memory``.
-    # Comparing during the walk spares a FileEntry, a path string and a second loop per
-    # file at 100k files.
-    known: KnownSigs = field(default_factory=KnownSigs)
-    same: dict[str, set[str]] = field(default_factory=dict)
-    memory: dict[str, FileEntry] = field(default_factory=dict)  # rel -> entry
-    skills: dict[str, SkillDir] = field(default_factory=dict)  # rel -> dir
-    tombstones: dict[str, FileEntry] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)  # rel dirs that could not be listed
-    temporaries: list[str] = field(default_factory=list)  # our temporary files seen (never items)
-
-    def is_unknown(self, rel: str) -> bool:
-        return any(rel == u or rel.startswith(u + "/") for u in self.unknown)
-
-    def is_same(self, rel: str) -> bool:
-        folder, _, name = rel.rpartition("/")
-        return name in self.same.get(folder, ())
-
-    def same_count(self) -> int:
-        return sum(len(names) for names in self.same.values())
-
-    def has_memory(self, rel: str) -> bool:
-        return rel in self.memory or self.is_same(rel)
-
-    def memory_entry(self, rel: str) -> FileEntry | None:
-        if self.is_same(rel):
-            return FileEntry(rel, self.known[rel] or "", True)
-        return self.memory.get(rel)
-
-    def add_memory(self, fe: FileEntry) -> None:
-        if fe.settled and self.known.get(fe.rel) == fe.sig:
-            folder, _, name = fe.rel.rpartition("/")
-            self.same.setdefault(folder, set()).add(name)
-        else:
-            self.memory[fe.rel] = fe
-
-
-def _kind_problem(rel: str, st: os.stat_result) -> Problem | None:
-    m = st.st_mode
-    if stat.S_ISLNK(m):
-        return Problem(rel, "is a symbolic link; meshsync never follows links",
-                       "replace the link with a regular file or directory")
-    if stat.S_ISFIFO(m):
-        return Problem(rel, "is a FIFO (named pipe), not a file", "remove it from the share")
-    if stat.S_ISSOCK(m):
-        return Problem(rel, "is a socket, not a file", "remove it from the share")
-    if stat.S_ISCHR(m) or stat.S_ISBLK(m):
-        return Problem(rel, "is a device node, not a file", "remove it from the share")
-    return None
-
-
-class Share:
+class Share(ShareWalk):
     """One share root; every path handed in or out is relative to it."""
 
     def __init__(self, root: Path, *, max_file_bytes: int, fsync: bool = True,
@@ -322,7 +170,7 @@ class Share:
             raise
         try:
             st = os.fstat(fd)
-            bad = _kind_problem(rel, st)
+            bad = kind_problem(rel, st)
             if bad is None and not stat.S_ISREG(st.st_mode):
                 bad = Problem(rel, "is a directory where a file was expected", "move the directory away")
             if bad:
@@ -483,170 +331,7 @@ class Share:
         """Remove our own temporary files left by a crash (never other tools' files)."""
         return sweep_temporaries(self.root / rel_dir, older_than_s)
 
-    def sweep_walked(self, walk: Walk, older_than_s: float = STALE_TEMP_S) -> int:
-        """Remove the stale temporary files the walk saw (R7); returns how many."""
-        n = 0
-        cutoff = time.time() - older_than_s
-        for rel in walk.temporaries:
-            try:
-                st = os.lstat(self.root / rel)
-                if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
-                    os.unlink(self.root / rel)
-                    n += 1
-            except OSError:
-                pass
-        return n
-
     # --- the walk ------------------------------------------------------------------------
-
-    def _scan(self, rel: str, walk: Walk) -> Iterator[os.DirEntry[str]]:
-        try:
-            with os.scandir(f"{self._root_s}/{rel}") as it:
-                yield from it
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            _unlistable(rel, walk, exc)
-
-    def _file_entry(self, e: os.DirEntry[str], rel: str, walk: Walk, now_ns: int) -> FileEntry | None:
-        try:
-            st = e.stat(follow_symlinks=False)
-        except OSError as exc:
-            walk.problems.append(Problem(rel, f"cannot be examined: {exc.strerror}", "check permissions"))
-            walk.unknown.append(rel)
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            bad = _kind_problem(rel, st) or Problem(rel, "is a directory where a file was expected",
-                                                    "move the directory away")
-            walk.problems.append(bad)
-            walk.unknown.append(rel)
-            return None
-        return FileEntry(rel, sig_of(st), settled(st, now_ns))
-
-    def walk_memory_dir(self, rel_dir: str, walk: Walk, now_ns: int) -> None:
-        # The hot loop of a no-change pass at 100k files: the usual name and a regular
-        # file take a fast path (no generator, no helper calls); the rest the general one.
-        try:
-            it = os.scandir(f"{self._root_s}/{rel_dir}")
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            _unlistable(rel_dir, walk, exc)
-            return
-        mem = walk.memory
-        add_same = walk.same.setdefault(rel_dir, set()).add
-        folder = walk.known.folders.get(rel_dir, {})
-        known = folder.get
-        cutoff = now_ns - SETTLE_NS
-        with it:
-            for e in it:
-                name = e.name
-                old = known(name)
-                if old is not None:  # the name of an item file at the last pass
-                    try:
-                        st = e.stat(follow_symlinks=False)  # cached by the DirEntry for below
-                    except OSError:
-                        self._memory_entry(e, rel_dir, walk, now_ns)
-                        continue
-                    if type(old) is tuple:  # packed by an earlier walk (see KnownSigs)
-                        # Equal modes mean a regular file: the packed mode has its type bits.
-                        mt = st.st_mtime_ns
-                        if old == (mt, st.st_size, st.st_ino, st.st_mode) and mt < cutoff:
-                            add_same(name)
-                            continue
-                        old = unpack_sig(old)
-                if name[-5:] == ".json" and name[0] not in ".~" and ".sync-conflict-" not in name:
-                    try:
-                        st = e.stat(follow_symlinks=False)
-                    except OSError:
-                        self._memory_entry(e, rel_dir, walk, now_ns)
-                        continue
-                    if st.st_mode & 0o170000 == 0o100000:  # a regular file
-                        sig = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}:{st.st_mode & 0o7777:o}"
-                        mt = st.st_mtime_ns
-                        if mt < cutoff and old == sig:
-                            folder[name] = (mt, st.st_size, st.st_ino, st.st_mode)  # packed for the next walk
-                            add_same(name)
-                        else:
-                            rel = f"{rel_dir}/{name}"
-                            mem[rel] = FileEntry(rel, sig, mt < cutoff)
-                        continue
-                self._memory_entry(e, rel_dir, walk, now_ns)
-
-    def _memory_entry(self, e: os.DirEntry[str], rel_dir: str, walk: Walk, now_ns: int) -> None:
-        """A name or file off the fast path: ignored, temporary, misplaced or not regular."""
-        name = e.name
-        if layout.is_ignored_name(name):
-            if name.startswith(TMP_PREFIX):
-                walk.temporaries.append(f"{rel_dir}/{name}")
-            return
-        rel = f"{rel_dir}/{name}"
-        if not name.endswith(".json"):
-            if e.is_dir(follow_symlinks=False):
-                walk.problems.append(Problem(rel, "is a directory inside a memory scope folder",
-                                             "memory folders hold only <key>.json files; move it away"))
-            else:
-                walk.problems.append(Problem(rel, "is not a memory file (the name must end in .json)",
-                                             "rename it to <key>.json or move it out of memory/"))
-            return
-        fe = self._file_entry(e, rel, walk, now_ns)
-        if fe is not None:
-            walk.add_memory(fe)
-
-    def walk_subdirs(self, rel_dir: str, walk: Walk) -> list[str]:
-        """Names of real (non-link) subdirectories of rel_dir."""
-        out = []
-        for e in self._scan(rel_dir, walk):
-            if layout.is_ignored_name(e.name):
-                continue
-            rel = f"{rel_dir}/{e.name}"
-            if e.is_symlink():
-                walk.problems.append(Problem(rel, "is a symbolic link; meshsync never follows links",
-                                             "replace the link with a real directory"))
-            elif e.is_dir(follow_symlinks=False):
-                out.append(e.name)
-            else:
-                walk.problems.append(Problem(rel, "is a file where a directory was expected", "move it away"))
-        return out
-
-    def walk_skill(self, rel_dir: str, walk: Walk, now_ns: int) -> SkillDir:
-        files: list[FileEntry] = []
-        stack = [rel_dir]
-        while stack:
-            d = stack.pop()
-            for e in self._scan(d, walk):
-                if e.name.startswith(TMP_PREFIX) or layout.is_ignored_name(e.name):
-                    if e.name.startswith(TMP_PREFIX):
-                        walk.temporaries.append(f"{d}/{e.name}")
-                    continue
-                rel = f"{d}/{e.name}"
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(rel)
-                    continue
-                fe = self._file_entry(e, rel, walk, now_ns)
-                if fe is not None:
-                    files.append(fe)
-        files.sort(key=lambda f: f.rel)
-        sig = "|".join(f"{f.rel[len(rel_dir) + 1:]}={f.sig}" for f in files)
-        return SkillDir(rel_dir, files, sig, all(f.settled for f in files))
-
-    def walk_tombstones(self, walk: Walk, now_ns: int) -> None:
-        stack = [layout.TOMBSTONES]
-        while stack:
-            d = stack.pop()
-            for e in self._scan(d, walk):
-                if e.name.startswith("."):
-                    if e.name.startswith(TMP_PREFIX):
-                        walk.temporaries.append(f"{d}/{e.name}")
-                    continue
-                rel = f"{d}/{e.name}"
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(rel)
-                elif e.name.endswith(".json"):
-                    fe = self._file_entry(e, rel, walk, now_ns)
-                    if fe is not None:
-                        walk.tombstones[rel] = fe
-
 
 def sweep_temporaries(directory: Path, older_than_s: float = STALE_TEMP_S) -> int:
     """Remove our own temporary files older than ``older_than_s`` from one directory

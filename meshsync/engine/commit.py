@@ -1,0 +1,204 @@
+"""Commit: record what a pass saw and did, then bring the cache in step.
+
+In order: the problems found (files, rows, refused writes) replace the old ones and the
+outbox is acknowledged, with rows that could not go out requeued (R2, R9); the share's
+journal names the items written; retention expires old tombstones and history; then
+mesh-memory.json and mesh/skills/ are refreshed from the index (leaving alone any file
+a Phase 1 tool wrote while the pass ran, R2), skill folders are mirrored, and last_pass
+is recorded (cache_owed back to 0: the cache is in step, R7).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from meshsync import layout
+from meshsync.layout import SKILL
+from meshsync.model import Pass
+from meshsync.replicas.cache import skilldirs
+from meshsync.replicas.cache.write import skills_sig_of
+from meshsync.replicas.share import journal
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("meshsync")
+
+
+def _json(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def finish(node: Node, p: Pass) -> None:
+    record(node, p)
+    refresh_cache_memory(node, p)
+    refresh_cache_skills(node, p)
+    skill_folders(node, p.changed_skills, p.full)
+    last_pass(node, p)
+
+
+def record(node: Node, p: Pass) -> None:
+    """Problems, the outbox, retention; the journal of what was written."""
+    idx = node.index
+    all_problems = (p.walk.problems if p.walk is not None else []) + p.problems
+    index_problems = p.index_problems
+    with idx.write() as db:
+        if p.full:
+            idx.replace_errors(db, "file", [(pr.path, pr.reason, pr.hint) for pr in all_problems])
+        else:
+            for pr in all_problems:
+                idx.replace_errors_one(db, "file", pr.path, (pr.reason, pr.hint))
+            bad = {pr.path for pr in all_problems}
+            for rel in p.looked_ok:
+                if rel not in bad:
+                    idx.replace_errors_one(db, "file", rel, None)
+        for it in p.refused_read:
+            index_problems[it] = (f"index row {it} is in a scope this node may not read",
+                                  "it stays local and is not exported; add the scope to scopes.read to sync it",
+                                  "refused")
+        fine: list[str] = []  # rows with no problem: their old errors go, in one statement
+        for it, prob in index_problems.items():
+            if prob is None:
+                fine.append(f"index:{it}")
+            else:
+                idx.replace_errors_one(db, prob[2] if len(prob) > 2 else "index", f"index:{it}", prob)
+        idx.clear_errors(db, fine)
+        idx.ack_outbox(db, p.seq)
+        # A refused or invalid row is not dropped: it stays queued, is reported by
+        # every pass, and goes out once fixed (e.g. its scope made writable) (R9, R2).
+        idx.requeue(db, sorted({it for it, prob in index_problems.items() if prob} | set(p.deferred)))
+        if idx.meta("index_scanned") != "1":
+            idx.set_meta(db, index_scanned="1")
+        if p.full:
+            s = node.s
+            idx.expire(db, p.now_ms - int(s.tombstone_retention_days * 86_400_000),
+                       p.now_ms - int(s.conflict_retention_days * 86_400_000))
+            idx.check_fts(db)
+    if p.written:
+        journal.append(node.share, node.node, p.written)
+    p.stats.errors = len(all_problems) + sum(1 for pr in index_problems.values() if pr)
+    for pr in all_problems:
+        log.debug("skipped %s: %s", pr.path, pr.reason)
+
+
+def refresh_cache_memory(node: Node, p: Pass) -> None:
+    """mesh-memory.json: rewritten (patched after a targeted pass) when a memory item
+    moved, when it is not the file we wrote last, or all of it when a killed pass owed it."""
+    idx = node.index
+    cache_sig = idx.meta("cache_sig")
+    if p.owed:  # a killed pass did not refresh the cache (R7): all of it, now
+        p.changed_mem = True
+        rows = {n: c for n, c, _p, _s, _u in idx.all_skill_rows()}
+        gone = {it.key: None for it, st in idx.load_state().items()
+                if it.kind == SKILL and st.deleted and it.key not in rows}
+        p.changed_skills = {**gone, **rows, **p.changed_skills}
+    if p.cache_side is not None and p.cache_side.unreadable:
+        # A tool is writing mesh-memory.json (or left it broken): never overwrite it;
+        # what this pass added stays "young" until the cache is written again.
+        young = set(orjson.loads(idx.meta("cache_young") or "[]")) | p.young_added
+        # The file still holds what our last write put there: the versions it had
+        # before this pass stay the ones a stale copy would carry.
+        replaced = {**p.cache_replaced, **orjson.loads(idx.meta("cache_prev") or "{}")}
+        with idx.write() as db:
+            idx.set_meta(db, cache_young=_json(sorted(young)), cache_prev=_json(replaced))
+    elif p.changed_mem or cache_sig is None or cache_sig != node.cache.memory_sig():
+        node.tick("writing cache", 0, None)
+        # A full pass renders every entry again (and so mends anything a patch missed).
+        sig = node.write_cache_memory(patch=not p.full)
+        p.stats.cache_written = True
+        with idx.write() as db:
+            idx.set_meta(db, cache_sig=sig or "", cache_young=_json(sorted(p.young_added)),
+                         cache_prev=_json(p.cache_replaced))
+
+
+def refresh_cache_skills(node: Node, p: Pass) -> None:
+    """mesh/skills/<name>.md for the skills that moved, and the signature the next
+    pass compares to notice a tool's writes."""
+    idx, cache, cw = node.index, node.cache, node.cache_writer
+    changed_skills = p.changed_skills
+    raced: set[str] = set()
+    before = p.cache_skills_before
+    if changed_skills or not cache.skills_dir.exists():
+        live = {name: c for name, c in changed_skills.items() if c is not None}
+        removed = [name for name, c in changed_skills.items() if c is None]
+        if not cache.skills_dir.exists():
+            live = {n: c for n, c, _p, _s, _u in idx.all_skill_rows() if c is not None}
+        # A Phase 1 tool may have written a skill file while this pass ran (after it
+        # looked): leave that file alone, the next pass imports it.  Removing or
+        # overwriting it lost the tool's write, unrecorded (R2; found by the chaos test).
+        if before is not None:
+            now_stats = cw.skill_stats()
+            raced = {n for n in (*live, *removed) if now_stats.get(cache.skill_path(n).name)
+                     != before.get(cache.skill_path(n).name)}
+            live = {n: c for n, c in live.items() if n not in raced}
+            removed = [n for n in removed if n not in raced]
+        cache.sync_skills(live, removed)
+        cache.skills_dir.mkdir(parents=True, exist_ok=True)
+        ours = {cache.skill_path(n).name for n in (*live, *removed)}
+    else:
+        ours = set()
+    if before is None:
+        ssig = "" if raced else cw.skills_sig()
+    else:
+        # The signature recorded as "seen" must not cover a file a tool wrote while
+        # this pass ran and that is not ours: the next pass would skip it and the
+        # tool's write was never imported (a skill dropped just after the cache
+        # refresh was lost).  "" makes the next pass list mesh/skills/ again.
+        now_stats = cw.skill_stats()
+        foreign = any(now_stats.get(f) != before.get(f) for f in now_stats.keys() | before.keys()
+                      if f not in ours)
+        ssig = "" if raced or foreign else skills_sig_of(now_stats)
+    if ssig != idx.meta("cache_skills_sig"):
+        with idx.write() as db:
+            idx.set_meta(db, cache_skills_sig=ssig or "")
+
+
+def skill_folders(node: Node, changed: dict[str, str | None], full: bool) -> None:
+    """Mirror skill folders into cache.skill_dirs, and warn about SKILL.md files
+    OpenClaw would not load (the skill is still synced)."""
+    targets = node.s.cache.skill_dirs
+    if full:
+        rows = {name: content for name, content, _p, _n, _u in node.index.all_skill_rows()}
+        todo: dict[str, str | None] = {n: layout.item_path(layout.skill_id(n), node.node) for n in rows}
+    else:
+        rows = dict(changed)
+        todo = {n: (layout.item_path(layout.skill_id(n), node.node) if c is not None else None)
+                for n, c in changed.items()}
+    if not todo:
+        return
+    warns: list[tuple[str, str, str]] = []
+    for name, content in rows.items():
+        if content is None:
+            continue
+        why = skilldirs.frontmatter_problem(content.encode("utf-8", "surrogatepass"))
+        if why:
+            warns.append((f"skill:{name}", why, "OpenClaw may not load it; add --- name: ... description: ... --- "
+                          "at the top of SKILL.md (it is synced anyway)"))
+    if targets:
+        for w in skilldirs.mirror(node.share.root, targets, todo, set(rows) if full else None):
+            warns.append((w.path, w.reason, w.hint))
+    with node.index.write() as db:
+        if full:
+            node.index.replace_errors(db, "warning", warns)
+        else:
+            for n in todo:
+                node.index.replace_errors_one(db, "warning", f"skill:{n}", None)
+            for path, why, hint in warns:
+                node.index.replace_errors_one(db, "warning", path, (why, hint))
+
+
+def last_pass(node: Node, p: Pass) -> None:
+    """What `status` shows; the cache is in step with the index again (R7)."""
+    stats = p.stats
+    stats.seconds = round(time.monotonic() - p.t0, 4)  # as recorded for `status`
+    with node.index.write() as db:
+        node.index.set_meta(db, last_sync=str(time.time()), share_status="available", share_reason="",
+                            last_pass=_json(stats.as_dict()), cache_owed="0")
+        if stats.changed or stats.to_index or stats.deleted:
+            node.index.set_meta(db, last_change=_json({"at": time.time(), "items": stats.changed[:10],
+                                                       "to_share": stats.to_share, "to_index": stats.to_index,
+                                                       "deleted": stats.deleted}))

@@ -1,0 +1,299 @@
+"""What an observation carries from detection to propagation: one protocol, seven kinds.
+
+reconcile.py decides on versions alone; the payload is "carried to apply, never
+inspected".  Propagation needs the winner's bytes, a loser's text for the history, the
+secret guard's verdict and the compare-and-set of the file a side was seen with: each
+payload kind answers those questions itself (:class:`Payload`), so no phase asks a
+payload for its class.  An answer of None means "not read this pass": the engine then
+takes the value from the index, where the base is.
+
+The kinds, by the replica that makes them:
+
+* share (replicas/share/detect.py): :class:`ShareFile` (seen by the walk, not read),
+  :class:`ShareMem` (a memory file read), :class:`ShareSkill` (a skill folder read);
+* index (replicas/index/detect.py): :class:`IndexMem`, :class:`IndexSkill` (a row that
+  changed since the last pass);
+* cache (replicas/cache/): :class:`CacheEntry` (an entry of mesh-memory.json a Phase 1
+  tool wrote), :class:`CacheSkill` (a file in mesh/skills/).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from meshsync import secretguard
+from meshsync.model import sig_text
+
+if TYPE_CHECKING:
+    from meshsync import formats
+    from meshsync.replicas.index.store import MemoryRow, SkillRow
+
+# Compare-and-set for a write: given the target's lstat (None: absent) just before the
+# rename, whether it is still what the caller saw.
+Check = Callable[[os.stat_result | None], bool]
+
+MISSING: Any = object()  # mem_value() of a payload that holds no value read this pass
+
+
+def present(cur: os.stat_result | None) -> bool:
+    return cur is not None
+
+
+def absent(cur: os.stat_result | None) -> bool:
+    return cur is None
+
+
+def same_file(sig: str | None) -> Check:
+    """The compare-and-set of a file seen with signature ``sig`` (None: seen, but too
+    fresh to compare: it must still be there)."""
+    if sig is None:
+        return present
+    return lambda cur: cur is not None and sig_text(cur.st_mtime_ns, cur.st_size, cur.st_ino, cur.st_mode) == sig
+
+
+def _text(b: bytes | None) -> str | None:
+    return b.decode("utf-8") if b is not None else None
+
+
+def _utf8(s: str | None) -> bytes | None:
+    return s.encode("utf-8", "surrogatepass") if s is not None else None
+
+
+class Payload:
+    """The questions propagation asks of a side's payload.  Every answer defaults to
+    "not here" (None, MISSING, [] or False); each kind answers what it holds."""
+
+    __slots__ = ()
+
+    # --- the winner's value, to be written elsewhere ---------------------------------------
+    def mem_text(self) -> str | None:
+        """A memory item's value as text for mesh_memory.value (None: not read)."""
+        return None
+
+    def mem_value(self) -> Any:
+        """A memory item's JSON value, to render its share file (MISSING: not read)."""
+        return MISSING
+
+    def skill_row(self) -> tuple[str | None, str | None] | None:
+        """A skill's (content, path) as mesh_skills holds them (None: not read)."""
+        return None
+
+    def skill_bytes(self) -> tuple[bytes | None, str | None] | None:
+        """A skill's (SKILL.md bytes, path) to export to the share (None: not read)."""
+        return None
+
+    def on_share(self) -> bool:
+        """The share holds these bytes already: an export writes only skill.json."""
+        return False
+
+    def row_sig(self) -> str | None:
+        """The signature of the index row this payload was read from (None: not a row)."""
+        return None
+
+    # --- a beaten version, kept in the history ---------------------------------------------
+    def loser_text(self) -> str | None:
+        return None
+
+    # --- a local write on its way to the share ----------------------------------------------
+    def secret_hits(self, key: str) -> list[str]:
+        """The secret-guard rules this local write matches (before the allow lists)."""
+        return []
+
+    # --- the share side as the pass saw it (compare-and-set, recorded signatures) -----------
+    def share_read(self) -> tuple[str | None, str] | None:
+        """(signature, hash) of the share bytes read this pass (None: not read)."""
+        return None
+
+    def skill_extras(self) -> str | None:
+        """A skill folder's digest of its files other than SKILL.md, as read."""
+        return None
+
+    def file_check(self) -> Check | None:
+        """The compare-and-set of the share file this side was seen with (None: the
+        side was not seen on the share; the caller goes by the version)."""
+        return None
+
+    def skill_cas(self) -> tuple[str, str] | None:
+        """What must be unchanged before a skill export: ("md", SKILL.md's signature as
+        read) or ("dir", the folder's signature as walked); None: nothing seen."""
+        return None
+
+
+# --- share -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ShareFile(Payload):
+    """A share file seen in the walk but not read (its signature was unchanged)."""
+
+    sig: str | None
+    cas: str | None = None  # the signature seen by the walk, even when too fresh to trust
+
+    def file_check(self) -> Check | None:
+        return same_file(self.cas or self.sig)
+
+    def skill_cas(self) -> tuple[str, str] | None:
+        # Not read this pass (its folder's signature was the recorded one): it must
+        # still be what the walk saw.
+        sig = self.cas or self.sig
+        return ("dir", sig) if sig else None
+
+
+@dataclass(slots=True)
+class ShareMem(Payload):
+    rec: formats.MemoryRecord
+    sig: str | None
+    hash: str
+    # The stat signature of the bytes read, even when too fresh to be trusted for skipping
+    # reads (``sig`` is None then): the compare-and-set before rewriting the file uses it.
+    cas: str | None = None
+
+    def mem_text(self) -> str | None:
+        return self.rec.text.decode("utf-8")
+
+    def mem_value(self) -> Any:
+        return self.rec.value
+
+    def loser_text(self) -> str | None:
+        return self.rec.text.decode("utf-8")
+
+    def share_read(self) -> tuple[str | None, str] | None:
+        return self.sig, self.hash
+
+    def file_check(self) -> Check | None:
+        # Compare with the file as read even when it was modified in the last seconds
+        # (its ``sig`` is None then): a hand save landing between our read of the
+        # previous save and our rewrite was overwritten and lost, unrecorded (R2, R3).
+        return same_file(self.cas or self.sig)
+
+
+@dataclass(slots=True)
+class ShareSkill(Payload):
+    content: bytes | None
+    path: str | None
+    extras: str
+    sig: str | None
+    hash: str
+    # The stat signature of SKILL.md as read ("" when there was none): the compare-and-set
+    # before an export rewrites it (see replicas/share/write.py).
+    cas: str | None = None
+
+    def skill_row(self) -> tuple[str | None, str | None] | None:
+        return _text(self.content), self.path
+
+    def skill_bytes(self) -> tuple[bytes | None, str | None] | None:
+        return self.content, self.path
+
+    def on_share(self) -> bool:
+        return True
+
+    def loser_text(self) -> str | None:
+        return _text(self.content)
+
+    def share_read(self) -> tuple[str | None, str] | None:
+        return self.sig, self.hash
+
+    def skill_extras(self) -> str | None:
+        return self.extras
+
+    def file_check(self) -> Check | None:
+        return same_file(self.cas or self.sig)
+
+    def skill_cas(self) -> tuple[str, str] | None:
+        return ("md", self.cas) if self.cas is not None else None
+
+
+# --- index -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class IndexMem(Payload):
+    row: MemoryRow
+    value: Any
+    text: str  # canonical JSON of value
+
+    def mem_text(self) -> str | None:
+        return self.row.value
+
+    def row_sig(self) -> str | None:
+        return self.row.sig
+
+    def mem_value(self) -> Any:
+        return self.value
+
+    def loser_text(self) -> str | None:
+        return self.text
+
+    def secret_hits(self, key: str) -> list[str]:
+        return secretguard.scan_value(self.value, key)
+
+
+@dataclass(slots=True)
+class IndexSkill(Payload):
+    row: SkillRow
+
+    def skill_row(self) -> tuple[str | None, str | None] | None:
+        return self.row.content, self.row.path
+
+    def row_sig(self) -> str | None:
+        return self.row.sig
+
+    def skill_bytes(self) -> tuple[bytes | None, str | None] | None:
+        return _utf8(self.row.content), self.row.path
+
+    def loser_text(self) -> str | None:
+        return self.row.content
+
+    def secret_hits(self, key: str) -> list[str]:
+        return secretguard.scan_bytes(_utf8(self.row.content) or b"")
+
+
+# --- cache -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CacheEntry(Payload):
+    """One ``scope:key`` entry of mesh-memory.json as a Phase 1 tool left it."""
+
+    scope: str
+    key: str
+    value: Any
+    text: bytes  # canonical JSON of value
+    digest: str
+    node: str | None
+    ts: int | None  # seconds
+
+    def mem_text(self) -> str | None:
+        return self.text.decode("utf-8")
+
+    def mem_value(self) -> Any:
+        return self.value
+
+    def loser_text(self) -> str | None:
+        return self.text.decode("utf-8")
+
+    def secret_hits(self, key: str) -> list[str]:
+        return secretguard.scan_value(self.value, key)
+
+
+@dataclass(slots=True)
+class CacheSkill(Payload):
+    """A mesh/skills/<name>.md file a Phase 1 tool wrote."""
+
+    content: str
+    mtime_ms: int
+
+    def skill_row(self) -> tuple[str | None, str | None] | None:
+        return self.content, None
+
+    def skill_bytes(self) -> tuple[bytes | None, str | None] | None:
+        return _utf8(self.content), None
+
+    def loser_text(self) -> str | None:
+        return self.content
+
+    def secret_hits(self, key: str) -> list[str]:
+        return secretguard.scan_bytes(self.content.encode("utf-8", "surrogatepass"))

@@ -1,0 +1,490 @@
+"""The share side of a pass: which items changed on the share, and what each holds now.
+
+A full pass walks the share (walk.py) and reads only the files whose stat signature is
+not the one the last pass recorded; a targeted pass (the daemon's events) looks at a
+known set of items.  Detection sees what the last pass synced through a small interface
+(:class:`Known`: the base of an item, and which item a share path held) and its settings
+through :class:`Config`; it knows nothing of the index or the cache.
+
+Every file refused is reported (a Problem: file, reason, what to do), never taken as a
+delete (R6); a folder that could not be listed leaves its items unknown, never gone (R5).
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Protocol
+
+from meshsync import formats, layout
+from meshsync.formats import FormatError
+from meshsync.layout import MEM, NOT_UTF8_NAME, not_unicode
+from meshsync.model import ABSENT, ItemId, Obs, Pass, Problem, State, Version, base_live, base_of
+from meshsync.payloads import ShareFile, ShareMem, ShareSkill
+from meshsync.reconcile import effective
+from meshsync.replicas.share import memread
+from meshsync.replicas.share.store import FileEntry, FileRefused, Share, Walk, settled, sig_of
+
+BATCH = 500  # items a first import hands to the rest of the pipeline at a time
+
+
+class Config(Protocol):
+    """What share detection needs of the node's settings (engine/plan.py's Policy)."""
+
+    node: str
+    max_json_depth: int
+    max_skill_bytes: int
+    tombstone_retention_ms: int
+
+    def readable(self, item: ItemId) -> bool: ...
+    def may_read(self, scope: str) -> bool: ...
+
+
+class Known(Protocol):
+    """What the last pass recorded (the index, seen from the share's side)."""
+
+    def items_at(self, rels: list[str]) -> dict[str, ItemId]: ...
+
+
+def effective_order(obs: Obs, st: State | None) -> tuple:
+    """Order of an observation as reconcile would see it (fresh writes come after base)."""
+    v = effective(obs, base_of(st), 0, "")
+    return v.order if v is not None else (-1,)
+
+
+def decoded(segment: str) -> str | None:
+    try:
+        return layout.decode(segment)
+    except layout.LayoutError:
+        return None
+
+
+class ShareDetector:
+    """Share detection for one node, kept between passes (tombstones read, the helper)."""
+
+    def __init__(self, share: Share, cfg: Config, own_sigs: dict[str, str]) -> None:
+        self.share = share
+        self.cfg = cfg
+        self.own_sigs = own_sigs  # signatures of files this process wrote (our own echo)
+        self.tombs_read: dict[str, tuple[str, tuple[ItemId, int, str]]] = {}  # rel -> signature, content
+        # A pass with this many memory files to read reads them with a helper process
+        # (memread.Helper; 0: never); helper_read counts the files it read in the last such pass.
+        self.readahead_min = memread.MIN_FILES
+        self.helper_read = 0
+        self.helper: memread.Helper | None = None  # started before the walk of a first import
+        self.tick: Callable[[str, int, int | None], None] = lambda what, done, total: None
+
+    def close_helper(self) -> None:
+        if self.helper is not None:  # a pass that failed before it read anything
+            self.helper.close()
+            self.helper = None
+
+    def start_helper_early(self) -> None:
+        """A first import reads every file: the helper process starts during the walk."""
+        if self.readahead_min:
+            self.helper = memread.Helper.start(self.share, self.cfg.node, self.cfg.max_json_depth)
+
+    # --- the walk ------------------------------------------------------------------------
+
+    def walk(self, walk: Walk, now_ns: int) -> None:
+        sh, cfg = self.share, self.cfg
+        for top in (layout.MEMORY, layout.SKILLS):
+            st = sh.lstat(top)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                walk.unknown.append(top)
+                walk.problems.append(Problem(top, "the share's top-level folder is missing or not a folder",
+                                             "run `meshsync init` to recreate it; nothing was deleted"))
+        if not walk.is_unknown(layout.MEMORY):
+            self.tick("scanning share", 0, None)
+            if cfg.may_read("mesh"):
+                sh.walk_memory_dir(f"{layout.MEMORY}/mesh", walk, now_ns)
+            for name in sh.walk_subdirs(f"{layout.MEMORY}/user", walk):
+                self.tick("scanning share", len(walk.memory) + walk.same_count(), None)
+                if not_unicode(name) or not_unicode(decoded(name)):  # R6: see read_memory
+                    walk.problems.append(Problem(f"{layout.MEMORY}/user/{name}", "folder " + NOT_UTF8_NAME[5:],
+                                                 "rename it to a name that is valid UTF-8"))
+                    continue
+                try:
+                    uid = layout.decode(name)
+                except layout.Shortened:
+                    uid = None
+                except layout.LayoutError as exc:
+                    walk.problems.append(Problem(f"{layout.MEMORY}/user/{name}", f"folder name: {exc}",
+                                                 f"rename it to {layout.encode(name)}"))
+                    continue
+                if uid is None or cfg.may_read("user:" + uid):
+                    sh.walk_memory_dir(f"{layout.MEMORY}/user/{name}", walk, now_ns)
+            if cfg.may_read("node"):
+                sh.walk_memory_dir(f"{layout.MEMORY}/node/{layout.encode(cfg.node)}", walk, now_ns)
+        if not walk.is_unknown(layout.SKILLS):
+            names = sh.walk_subdirs(layout.SKILLS, walk)
+            for i, name in enumerate(names):
+                rel = f"{layout.SKILLS}/{name}"
+                walk.skills[rel] = sh.walk_skill(rel, walk, now_ns)
+                if i % 50 == 0:
+                    self.tick("scanning skills", i, len(names))
+        sh.walk_tombstones(walk, now_ns)
+
+    # --- a full pass: what changed since the last one ---------------------------------------
+
+    def changed(self, p: Pass, known: Known,
+                settle: Callable[[dict[ItemId, Obs]], None] | None = None) -> set[ItemId]:
+        """The share side of what changed.  With ``settle`` (a first import), memory files
+        are taken in name order and handed to it in batches as soon as they are read: such
+        an item has every side known already (the index and cache were looked at before
+        the walk, and nothing else on the share names it unless a tombstone does), and its
+        index writes overlap the helper process's reading of the next files."""
+        walk = p.walk
+        assert walk is not None
+        kn = walk.known
+        to_read = list(walk.memory.items())  # the walk set aside the memory files known unchanged
+        if settle is not None:
+            to_read.sort(key=itemgetter(0))  # key order, as in the engine's plan
+        skills = [(rel, sd) for rel, sd in walk.skills.items()
+                  if not sd.settled or kn.get(rel, 0) != sd.sig]
+        if kn:
+            seen = (walk.same_count() + sum(1 for rel in walk.memory if rel in kn)
+                    + sum(1 for rel in walk.skills if rel in kn))
+            gone = ([] if seen == len(kn) else
+                    [rel for rel in kn if rel not in walk.memory and rel not in walk.skills and not walk.is_same(rel)])
+            ids = known.items_at([rel for rel, _ in (*to_read, *skills) if rel in kn] + gone)
+        else:  # nothing recorded (a first import): nothing known is gone or has an item
+            gone, ids = [], {}
+        p.state.want(ids.values(), len(kn), len(to_read) + len(skills) + len(gone))
+        changed = self._changed_memory(p, to_read, ids, settle)
+        changed |= self._changed_skills(p, skills, ids)
+        # Items the share had at the last pass and no longer has.
+        for rel in gone:
+            it = ids.get(rel)
+            if it is None:
+                continue
+            if walk.is_unknown(rel) or not self.cfg.readable(it):
+                continue
+            changed.add(it)
+        return changed
+
+    def _helper_for(self, total: int) -> memread.Helper | None:
+        helper, self.helper = self.helper, None
+        self.helper_read = 0
+        if helper is None and self.readahead_min and total >= self.readahead_min:
+            helper = memread.Helper.start(self.share, self.cfg.node, self.cfg.max_json_depth)
+        elif helper is not None and total < memread.CHUNK * 4:
+            helper.close()
+            helper = None
+        return helper
+
+    def _changed_memory(self, p: Pass, to_read: list, ids: dict[str, ItemId],
+                        settle: Callable[[dict[ItemId, Obs]], None] | None) -> set[ItemId]:
+        changed: set[ItemId] = set()
+        total = len(to_read)
+        helper = self._helper_for(total)
+        tombs = p.walk.tombstones  # type: ignore[union-attr]
+        state, stats, share_obs, unknown = p.state, p.stats, p.share_obs, p.share_unknown
+        batch: dict[ItemId, Obs] = {}
+        try:
+            readings = memread.read_all(self.share, [rel for rel, _ in to_read], self.cfg.node,
+                                        self.cfg.max_json_depth, helper)
+            phase = "importing memory files" if settle is not None else "reading changed memory files"
+            for n, (pos, got) in enumerate(readings):
+                if n % 500 == 0:
+                    self.tick(phase, n, total)
+                rel, fe = to_read[pos]
+                it = ids.get(rel)
+                stats.read += 1
+                got = self.read_memory(rel, fe.sig if fe.settled else None, p.problems, got)
+                if got is None:
+                    if it is not None:
+                        unknown.add(it)
+                    continue
+                it2, obs = got
+                if it is not None and it2 != it:
+                    unknown.add(it)
+                st = state.get(it2)
+                if st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel:
+                    obs = Obs(base_of(st), True, obs.payload)
+                    if st.share_sig == obs.payload.sig:
+                        continue
+                if settle is not None and (not tombs or layout.tombstone_path(it2, self.cfg.node) not in tombs):
+                    batch[it2] = obs
+                    if len(batch) >= BATCH:
+                        settle(batch)
+                        batch = {}
+                    continue
+                share_obs[it2] = obs
+                changed.add(it2)
+            if batch and settle is not None:
+                settle(batch)
+        finally:
+            if helper is not None:
+                helper.close()
+                self.helper_read = helper.answered
+        return changed
+
+    def _changed_skills(self, p: Pass, skills: list, ids: dict[str, ItemId]) -> set[ItemId]:
+        changed: set[ItemId] = set()
+        for rel, sd in skills:
+            it = ids.get(rel)
+            p.stats.read += 1
+            got = self.read_skill(sd.rel, sd.files, sd.sig if sd.settled else None, p.problems)
+            if got is None:
+                if it is not None:
+                    p.share_unknown.add(it)
+                continue
+            it2, obs = got
+            st = p.state.get(it2)
+            # A skill's hash covers its files, not what skill.json claims: a trusted
+            # skill.json naming another version of the same content (another node's
+            # normalisation of the same hand-made folder: same mtime stamp, its own node id)
+            # is a change, or the nodes keep different source_node values forever (R1).
+            if (st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel
+                    and (not obs.trusted or obs.version.same(base_of(st)))):  # type: ignore[union-attr]
+                obs = Obs(base_of(st), True, obs.payload)
+                if st.share_sig == obs.payload.sig:
+                    continue
+            p.share_obs[it2] = obs
+            changed.add(it2)
+        return changed
+
+    def unread(self, it: ItemId, st: State | None, walk: Walk) -> Obs:
+        """The share side of an item the walk did not read: its file is still the one
+        last synced (signature unchanged), or it is absent."""
+        if st is not None and not st.deleted and st.rel is not None:
+            fe = walk.memory_entry(st.rel) if it.kind == MEM else walk.skills.get(st.rel)
+            if fe is not None:
+                return Obs(base_of(st), True, ShareFile(fe.sig if fe.settled else None, fe.sig))
+        return ABSENT
+
+    # --- reading one item -------------------------------------------------------------------
+
+    def read_memory(self, rel: str, sig: str | None, problems: list[Problem],
+                    got: memread.Read | Problem | None | bool = False) -> tuple[ItemId, Obs] | None:
+        """The share side of one memory file; ``got`` is its reading by memread.read_all
+        (False: read it here)."""
+        if got is False:
+            got = memread.read(self.share, rel, self.cfg.node, self.cfg.max_json_depth)
+        if got is None:
+            return None
+        if isinstance(got, Problem):
+            problems.append(got)
+            return None
+        rec, h, mtime_ns, read_sig = got  # type: ignore[misc]
+        it = layout.memory_id(rec.scope, rec.key)
+        if not self.cfg.readable(it):
+            return None
+        if rec.trusted:
+            v = Version(rec.stamp, rec.node, rec.digest)  # type: ignore[arg-type]
+        else:
+            # An edited file comes after the version it still names, even when this node
+            # never saw that version and the file's mtime is behind its stamp (R3).
+            declared = rec.stamp + 1 if rec.stamp is not None else 0
+            v = Version(max(declared, mtime_ns // 1_000_000), rec.node or self.cfg.node, rec.digest)
+        return it, Obs(v, rec.trusted, ShareMem(rec, sig, h, read_sig))
+
+    def read_skill(self, rel: str, files: list, sig: str | None,
+                   problems: list[Problem]) -> tuple[ItemId, Obs] | None:
+        return read_skill(self.share, self.cfg, rel, files, sig, problems)
+
+    # --- a targeted pass ----------------------------------------------------------------------
+
+    def observe(self, p: Pass, item: ItemId, st: State | None) -> None:
+        """Targeted detection of one item (the daemon's per-change path)."""
+        if not self.cfg.readable(item):
+            return
+        try:
+            rel = layout.item_path(item, self.cfg.node)
+        except layout.LayoutError:
+            return
+        lst = self.share.lstat(rel)
+        if (lst is not None and st is not None and not st.deleted and item.kind == MEM
+                and self.own_sigs.get(rel) == sig_of(lst) and st.rel == rel):
+            p.share_obs[item] = Obs(base_of(st), True, ShareFile(sig_of(lst)))  # our own write
+            return
+        tomb = self.read_tomb(item)
+        if lst is None:
+            p.share_obs[item] = tomb or ABSENT
+            p.looked_ok.append(rel)
+            return
+        if (tomb is None and item.kind == MEM and st is not None and not st.deleted and st.rel == rel
+                and settled(lst, p.now_ns) and st.share_sig == sig_of(lst)):
+            # The file last synced, unchanged (same rule as the full pass: a settled file
+            # whose stat signature is the recorded one is not read again).
+            p.share_obs[item] = Obs(base_of(st), True, ShareFile(st.share_sig))
+            p.looked_ok.append(rel)
+            return
+        p.stats.read += 1
+        if item.kind == MEM:
+            got = self.read_memory(rel, sig_of(lst) if settled(lst, p.now_ns) else None, p.problems)
+        else:
+            walk = p.walk
+            assert walk is not None
+            sd = self.share.walk_skill(rel, walk, p.now_ns)
+            p.problems.extend(walk.problems)
+            walk.problems.clear()
+            got = self.read_skill(rel, sd.files, sd.sig if sd.settled else None, p.problems)
+        if got is None or got[0] != item:
+            p.share_unknown.add(item)
+            return
+        # Its earlier errors (e.g. read mid-write) go now, not at the next full rescan.
+        p.looked_ok += [rel] if item.kind == MEM else [rel, f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}"]
+        obs = got[1]
+        if (st is not None and not st.deleted and st.share_hash == obs.payload.hash
+                and (item.kind == MEM or not obs.trusted or obs.version.same(base_of(st)))):  # type: ignore[union-attr]
+            # (skills: the hash does not cover skill.json's claimed version; see changed())
+            obs = Obs(base_of(st), True, obs.payload)
+        if tomb is not None and tomb.version is not None:
+            if effective_order(obs, st) < tomb.version.order:
+                obs = Obs(tomb.version, True, obs.payload, dirty=True)
+            else:
+                obs = Obs(obs.version, obs.trusted, obs.payload, dirty=True)
+        p.share_obs[item] = obs
+
+    def read_tomb(self, item: ItemId) -> Obs | None:
+        rel = layout.tombstone_path(item, self.cfg.node)
+        try:
+            data, _ = self.share.read(rel, 64 * 1024)
+            t_item, stamp, node = formats.parse_tombstone(data)
+        except FileNotFoundError:
+            return None
+        except (FileRefused, FormatError):
+            return None
+        if t_item != item:
+            return None
+        return Obs(Version(stamp, node, deleted=True), True, None)
+
+    # --- tombstones ---------------------------------------------------------------------------
+
+    def _tombstone(self, rel: str, fe: FileEntry, seen: dict) -> tuple[ItemId, int, str] | None:
+        """One tombstone's content, read once (see tombstones())."""
+        hit = seen.get(rel)
+        try:
+            if hit is not None and fe.settled and hit[0] == fe.sig:
+                item, stamp, node = hit[1]
+            else:
+                data, _ = self.share.read(rel, 64 * 1024)
+                item, stamp, node = formats.parse_tombstone(data)
+            if fe.settled:
+                self.tombs_read[rel] = (fe.sig, (item, stamp, node))
+            if layout.tombstone_path(item, self.cfg.node) != rel:
+                return None  # another node's node-scope tombstone, or a stray file
+        except (FileRefused, FormatError, FileNotFoundError, layout.LayoutError):
+            return None  # tombstones are ours; a broken one only loses its protection
+        return item, stamp, node
+
+    def tombstones(self, p: Pass) -> set[ItemId]:
+        """Fold the share's tombstones into its observations.  When a file and a
+        tombstone both exist (a crash between the two writes, or a re-creation), the
+        newer wins and the side is marked dirty so that apply removes the other."""
+        walk = p.walk
+        assert walk is not None
+        changed: set[ItemId] = set()
+        horizon = p.now_ms - self.cfg.tombstone_retention_ms
+        # Tombstones are written once and never edited: one read each, not one per pass
+        # (a settled file with the signature it had when last read holds the same bytes).
+        seen, self.tombs_read = self.tombs_read, {}
+        for rel, fe in walk.tombstones.items():
+            got = self._tombstone(rel, fe, seen)
+            if got is None:
+                continue
+            item, stamp, node = got
+            if stamp < horizon:
+                self.share.remove(rel)
+                continue
+            if not self.cfg.readable(item):
+                continue
+            tv = Version(stamp, node, deleted=True)
+            st = p.state.get(item)
+            item_rel = layout.item_path(item, self.cfg.node)
+            cur = p.share_obs.get(item)
+            present = walk.has_memory(item_rel) if item.kind == MEM else item_rel in walk.skills
+            if cur is None and present:
+                if walk.is_unknown(item_rel) or not base_live(st):
+                    continue  # the file could not be read: leave both alone this time
+                fe2 = walk.memory_entry(item_rel) if item.kind == MEM else walk.skills.get(item_rel)
+                cur = Obs(base_of(st), True, ShareFile(fe2.sig if fe2 else None))
+            if cur is None or cur.version is None:
+                p.share_obs[item] = Obs(tv, True, None)
+                if st is None or not (st.deleted and st.stamp == stamp and st.node == node):
+                    changed.add(item)
+                continue
+            if effective_order(cur, st) < tv.order:
+                p.share_obs[item] = Obs(tv, True, cur.payload, dirty=True)
+            else:
+                p.share_obs[item] = Obs(cur.version, cur.trusted, cur.payload, dirty=True)
+            changed.add(item)
+        return changed
+
+
+def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None,
+               problems: list[Problem]) -> tuple[ItemId, Obs] | None:
+    """The share side of one skill folder (its files as the walk listed them)."""
+    name_seg = rel.rsplit("/", 1)[-1]
+    if not_unicode(name_seg) or not_unicode(decoded(name_seg)):  # R6: see read_memory
+        problems.append(Problem(rel, "folder " + NOT_UTF8_NAME[5:], "rename it to a name that is valid UTF-8"))
+        return None
+    content: bytes | None = None
+    meta: formats.SkillMeta | None = None
+    extras: list[tuple[str, str]] = []
+    newest = 0
+    for fe in files:
+        sub = fe.rel[len(rel) + 1:]
+        limit = cfg.max_skill_bytes if sub == layout.SKILL_MD else None
+        try:
+            # The hint names the limit that applies (it said max_file_bytes for a SKILL.md).
+            data, st = share.read(fe.rel, limit, "limits.max_skill_bytes" if limit else "limits.max_file_bytes")
+        except FileRefused as exc:
+            problems.append(exc.problem)
+            if sub in (layout.SKILL_MD, layout.SKILL_JSON):
+                return None
+            continue
+        except FileNotFoundError:
+            return None
+        newest = max(newest, st.st_mtime_ns // 1_000_000)
+        if sub == layout.SKILL_MD:
+            content = data
+        elif sub == layout.SKILL_JSON:
+            try:
+                meta = formats.parse_skill_json(data)
+            except FormatError as exc:
+                problems.append(Problem(fe.rel, str(exc), "fix skill.json or delete it (it is optional)"))
+                return None
+        else:
+            extras.append((sub, formats.digest_bytes(data)))
+    try:
+        name: str | None = layout.decode(name_seg)
+    except layout.Shortened:
+        name = meta.name if meta else None
+    except layout.LayoutError as exc:
+        problems.append(Problem(rel, f"folder name: {exc}", f"rename it to skills/{layout.encode(name_seg)}"))
+        return None
+    if name is None or layout.item_path(layout.skill_id(name), cfg.node) != rel:
+        problems.append(Problem(rel, "skill folder name does not match the name in skill.json",
+                                "rename the folder or fix skill.json's name"))
+        return None
+    if meta is not None and meta.name is not None and meta.name != name:
+        problems.append(Problem(f"{rel}/{layout.SKILL_JSON}", f"says name {meta.name!r} but the folder means {name!r}",
+                                "fix the name in skill.json or rename the folder"))
+        return None
+    path = meta.path if meta else None
+    if content is None and path is None:
+        problems.append(Problem(rel, "skill folder has no SKILL.md (and skill.json gives no path)",
+                                "add a SKILL.md; the folder is ignored until then"))
+        return None
+    if content is not None:
+        try:
+            content.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(Problem(f"{rel}/{layout.SKILL_MD}", "is not UTF-8 text", "save it as UTF-8"))
+            return None
+    ex = formats.extras_digest(extras)
+    digest = formats.skill_digest(content, path, ex)
+    it = layout.skill_id(name)
+    trusted = bool(meta and meta.rev and meta.node and meta.stamp is not None
+                   and meta.rev == formats.rev(it, digest, meta.stamp, meta.node))
+    if trusted:
+        v = Version(meta.stamp, meta.node, digest)  # type: ignore[union-attr,arg-type]
+    else:
+        declared = meta.stamp + 1 if meta and meta.stamp is not None else 0  # after it: see ShareDetector.read_memory
+        v = Version(max(declared, newest), (meta.node if meta and meta.node else cfg.node), digest)
+    md = next((fe.sig for fe in files if fe.rel == f"{rel}/{layout.SKILL_MD}"), "")
+    return it, Obs(v, trusted, ShareSkill(content, path, ex, sig, digest, md))

@@ -1,0 +1,290 @@
+"""The stat walk of the share: what is there, and which files changed since the last pass.
+
+Mixed into :class:`meshsync.replicas.share.store.Share` (which holds the root and the
+read/remove primitives).  Rules kept here:
+
+* a directory that cannot be listed is reported as *unknown*, never as empty (R5);
+* symlinks, FIFOs, sockets and devices are reported, never followed or read (R6);
+* a file modified in the last seconds is never trusted as unchanged ("racy git", SETTLE_NS);
+* our own temporary files are noted for the sweep, never imported (R7).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshsync import layout
+from meshsync.model import KnownSigs, Problem, sig_text, unpack_sig
+
+TMP_PREFIX = ".meshsync-tmp-"
+# A temporary file of ours older than this is the leftover of a write killed midway (R7):
+# no write takes that long.  Full passes remove such files (engine/commit.py's sweep).
+STALE_TEMP_S = 3600.0
+
+
+def sig_of(st: os.stat_result) -> str:
+    return sig_text(st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode)
+
+
+SETTLE_NS = 3_000_000_000
+
+
+def _unlistable(rel: str, walk: Walk, exc: OSError) -> None:
+    """A directory that cannot be listed: its items are unknown this pass, never gone (R5)."""
+    walk.unknown.append(rel)
+    walk.problems.append(Problem(rel, f"directory cannot be listed: {exc.strerror}",
+                                 "check permissions and the mount; items below it are left as they are"))
+
+
+def settled(st: os.stat_result, now_ns: int, margin_ns: int = SETTLE_NS) -> bool:
+    """A file modified in the last few seconds may change again within the same mtime
+    tick; its signature is not trusted to skip a read next time (the "racy git" rule)."""
+    return now_ns - st.st_mtime_ns > margin_ns
+
+
+@dataclass(slots=True)
+class FileEntry:
+    rel: str
+    sig: str
+    settled: bool
+
+
+@dataclass(slots=True)
+class SkillDir:
+    rel: str  # skills/<enc>
+    files: list[FileEntry]  # every regular file, relative to the share
+    sig: str
+    settled: bool
+
+
+@dataclass(slots=True)
+class Walk:
+    """What a stat walk of the share found."""
+
+    # Memory files: those the last pass recorded with this very signature (settled) are
+    # only named in ``same`` (folder -> names); the others, to be read, are in ``memory``.
+    # Comparing during the walk spares a FileEntry, a path string and a second loop per
+    # file at 100k files.
+    known: KnownSigs = field(default_factory=KnownSigs)
+    same: dict[str, set[str]] = field(default_factory=dict)
+    memory: dict[str, FileEntry] = field(default_factory=dict)  # rel -> entry
+    skills: dict[str, SkillDir] = field(default_factory=dict)  # rel -> dir
+    tombstones: dict[str, FileEntry] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # rel dirs that could not be listed
+    temporaries: list[str] = field(default_factory=list)  # our temporary files seen (never items)
+
+    def is_unknown(self, rel: str) -> bool:
+        return any(rel == u or rel.startswith(u + "/") for u in self.unknown)
+
+    def is_same(self, rel: str) -> bool:
+        folder, _, name = rel.rpartition("/")
+        return name in self.same.get(folder, ())
+
+    def same_count(self) -> int:
+        return sum(len(names) for names in self.same.values())
+
+    def has_memory(self, rel: str) -> bool:
+        return rel in self.memory or self.is_same(rel)
+
+    def memory_entry(self, rel: str) -> FileEntry | None:
+        if self.is_same(rel):
+            return FileEntry(rel, self.known[rel] or "", True)
+        return self.memory.get(rel)
+
+    def add_memory(self, fe: FileEntry) -> None:
+        if fe.settled and self.known.get(fe.rel) == fe.sig:
+            folder, _, name = fe.rel.rpartition("/")
+            self.same.setdefault(folder, set()).add(name)
+        else:
+            self.memory[fe.rel] = fe
+
+
+def kind_problem(rel: str, st: os.stat_result) -> Problem | None:
+    m = st.st_mode
+    if stat.S_ISLNK(m):
+        return Problem(rel, "is a symbolic link; meshsync never follows links",
+                       "replace the link with a regular file or directory")
+    if stat.S_ISFIFO(m):
+        return Problem(rel, "is a FIFO (named pipe), not a file", "remove it from the share")
+    if stat.S_ISSOCK(m):
+        return Problem(rel, "is a socket, not a file", "remove it from the share")
+    if stat.S_ISCHR(m) or stat.S_ISBLK(m):
+        return Problem(rel, "is a device node, not a file", "remove it from the share")
+    return None
+
+
+class ShareWalk:
+    """The walk's half of Share."""
+
+    _root_s: str
+    root: Path
+
+    def sweep_walked(self, walk: Walk, older_than_s: float = STALE_TEMP_S) -> int:
+        """Remove the stale temporary files the walk saw (R7); returns how many."""
+        n = 0
+        cutoff = time.time() - older_than_s
+        for rel in walk.temporaries:
+            try:
+                st = os.lstat(self.root / rel)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                    os.unlink(self.root / rel)
+                    n += 1
+            except OSError:
+                pass
+        return n
+
+    def _scan(self, rel: str, walk: Walk) -> Iterator[os.DirEntry[str]]:
+        try:
+            with os.scandir(f"{self._root_s}/{rel}") as it:
+                yield from it
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            _unlistable(rel, walk, exc)
+
+    def _file_entry(self, e: os.DirEntry[str], rel: str, walk: Walk, now_ns: int) -> FileEntry | None:
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError as exc:
+            walk.problems.append(Problem(rel, f"cannot be examined: {exc.strerror}", "check permissions"))
+            walk.unknown.append(rel)
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            bad = kind_problem(rel, st) or Problem(rel, "is a directory where a file was expected",
+                                                    "move the directory away")
+            walk.problems.append(bad)
+            walk.unknown.append(rel)
+            return None
+        return FileEntry(rel, sig_of(st), settled(st, now_ns))
+
+    def walk_memory_dir(self, rel_dir: str, walk: Walk, now_ns: int) -> None:
+        # The hot loop of a no-change pass at 100k files: the usual name and a regular
+        # file take a fast path (no generator, no helper calls); the rest the general one.
+        try:
+            it = os.scandir(f"{self._root_s}/{rel_dir}")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            _unlistable(rel_dir, walk, exc)
+            return
+        mem = walk.memory
+        add_same = walk.same.setdefault(rel_dir, set()).add
+        folder = walk.known.folders.get(rel_dir, {})
+        known = folder.get
+        cutoff = now_ns - SETTLE_NS
+        with it:
+            for e in it:
+                name = e.name
+                old = known(name)
+                if old is not None:  # the name of an item file at the last pass
+                    try:
+                        st = e.stat(follow_symlinks=False)  # cached by the DirEntry for below
+                    except OSError:
+                        self._memory_entry(e, rel_dir, walk, now_ns)
+                        continue
+                    if type(old) is tuple:  # packed by an earlier walk (see KnownSigs)
+                        # Equal modes mean a regular file: the packed mode has its type bits.
+                        mt = st.st_mtime_ns
+                        if old == (mt, st.st_size, st.st_ino, st.st_mode) and mt < cutoff:
+                            add_same(name)
+                            continue
+                        old = unpack_sig(old)
+                if name[-5:] == ".json" and name[0] not in ".~" and ".sync-conflict-" not in name:
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        self._memory_entry(e, rel_dir, walk, now_ns)
+                        continue
+                    if st.st_mode & 0o170000 == 0o100000:  # a regular file
+                        sig = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}:{st.st_mode & 0o7777:o}"
+                        mt = st.st_mtime_ns
+                        if mt < cutoff and old == sig:
+                            folder[name] = (mt, st.st_size, st.st_ino, st.st_mode)  # packed for the next walk
+                            add_same(name)
+                        else:
+                            rel = f"{rel_dir}/{name}"
+                            mem[rel] = FileEntry(rel, sig, mt < cutoff)
+                        continue
+                self._memory_entry(e, rel_dir, walk, now_ns)
+
+    def _memory_entry(self, e: os.DirEntry[str], rel_dir: str, walk: Walk, now_ns: int) -> None:
+        """A name or file off the fast path: ignored, temporary, misplaced or not regular."""
+        name = e.name
+        if layout.is_ignored_name(name):
+            if name.startswith(TMP_PREFIX):
+                walk.temporaries.append(f"{rel_dir}/{name}")
+            return
+        rel = f"{rel_dir}/{name}"
+        if not name.endswith(".json"):
+            if e.is_dir(follow_symlinks=False):
+                walk.problems.append(Problem(rel, "is a directory inside a memory scope folder",
+                                             "memory folders hold only <key>.json files; move it away"))
+            else:
+                walk.problems.append(Problem(rel, "is not a memory file (the name must end in .json)",
+                                             "rename it to <key>.json or move it out of memory/"))
+            return
+        fe = self._file_entry(e, rel, walk, now_ns)
+        if fe is not None:
+            walk.add_memory(fe)
+
+    def walk_subdirs(self, rel_dir: str, walk: Walk) -> list[str]:
+        """Names of real (non-link) subdirectories of rel_dir."""
+        out = []
+        for e in self._scan(rel_dir, walk):
+            if layout.is_ignored_name(e.name):
+                continue
+            rel = f"{rel_dir}/{e.name}"
+            if e.is_symlink():
+                walk.problems.append(Problem(rel, "is a symbolic link; meshsync never follows links",
+                                             "replace the link with a real directory"))
+            elif e.is_dir(follow_symlinks=False):
+                out.append(e.name)
+            else:
+                walk.problems.append(Problem(rel, "is a file where a directory was expected", "move it away"))
+        return out
+
+    def walk_skill(self, rel_dir: str, walk: Walk, now_ns: int) -> SkillDir:
+        files: list[FileEntry] = []
+        stack = [rel_dir]
+        while stack:
+            d = stack.pop()
+            for e in self._scan(d, walk):
+                if e.name.startswith(TMP_PREFIX) or layout.is_ignored_name(e.name):
+                    if e.name.startswith(TMP_PREFIX):
+                        walk.temporaries.append(f"{d}/{e.name}")
+                    continue
+                rel = f"{d}/{e.name}"
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(rel)
+                    continue
+                fe = self._file_entry(e, rel, walk, now_ns)
+                if fe is not None:
+                    files.append(fe)
+        files.sort(key=lambda f: f.rel)
+        sig = "|".join(f"{f.rel[len(rel_dir) + 1:]}={f.sig}" for f in files)
+        return SkillDir(rel_dir, files, sig, all(f.settled for f in files))
+
+    def walk_tombstones(self, walk: Walk, now_ns: int) -> None:
+        stack = [layout.TOMBSTONES]
+        while stack:
+            d = stack.pop()
+            for e in self._scan(d, walk):
+                if e.name.startswith("."):
+                    if e.name.startswith(TMP_PREFIX):
+                        walk.temporaries.append(f"{d}/{e.name}")
+                    continue
+                rel = f"{d}/{e.name}"
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(rel)
+                elif e.name.endswith(".json"):
+                    fe = self._file_entry(e, rel, walk, now_ns)
+                    if fe is not None:
+                        walk.tombstones[rel] = fe
+
+
