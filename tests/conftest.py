@@ -64,9 +64,11 @@ def _cmdline(pid: int) -> str:
         return "?"
 
 
-def _descendants() -> set[int]:
+def _descendants(keep: set[int] | frozenset[int] = frozenset()) -> set[int]:
     """Live (not zombie) descendants of this process; zombie children are reaped (their
-    tests are over: nobody else will wait for them)."""
+    tests are over: nobody else will wait for them).  The trees of the processes in
+    ``keep`` (alive before the test began: a module-scoped fixture's container or server)
+    are not entered: what they start meanwhile is theirs, not the test's."""
     table = _proc_table()
     kids: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
@@ -74,7 +76,8 @@ def _descendants() -> set[int]:
     me, live, todo = os.getpid(), set(), [os.getpid()]
     while todo:
         for pid in kids.get(todo.pop(), []):
-            todo.append(pid)
+            if pid not in keep:
+                todo.append(pid)
             if table[pid][1] != "Z":
                 live.add(pid)
             elif table[pid][0] == me:
@@ -87,7 +90,7 @@ def _descendants() -> set[int]:
 
 def _leaks(threads_before: set[threading.Thread], procs_before: set[int]) -> tuple[list[threading.Thread], set[int]]:
     threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-    return threads, _descendants() - procs_before
+    return threads, _descendants(procs_before) - procs_before
 
 
 @pytest.fixture(autouse=True)
