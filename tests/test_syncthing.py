@@ -278,3 +278,42 @@ def test_syncthing_files_are_never_items_nor_problems(mesh: Mesh, syncthing):
         assert not (stm[name].folder / "memory" / "mesh" / "dropped.json").exists()
 
 
+
+def test_start_order_does_not_matter(mesh: Mesh, syncthing):
+    """B's and C's daemons start before any node initialised the share, C's Syncthing
+    later still: a replica without the marker is "not mounted" (R5): the node waits,
+    deletes nothing, says why in `status` (naming Syncthing, not a NAS), keeps what a
+    foreign client writes into its index meanwhile, and joins by itself."""
+    stm = syncthing("a", "b", "c")
+    stm["c"].stop()
+    b, c = st_node(mesh, stm, "b", init=False), st_node(mesh, stm, "c", init=False)
+    for n in (b, c):
+        n.start()
+    for n in (b, c):
+        wait_for(lambda n=n: "share unavailable:" in n.log(), SLOW, what=f"{n.node_id} waits for the marker")
+        st = n.status()
+        assert st["share"]["available"] is False and st["daemon"]["running"] is True
+        reason = st["share"]["reason"]
+        assert "Syncthing folder" in reason and ".meshsync/" in reason, reason
+        assert "not mounted" not in reason, reason
+        assert "Syncthing" in n.cli("status").stdout
+    b.sql(UPSERT, ("mesh", "b.waited", '"written while b waited"', "tool", int(time.time())))
+
+    a = st_node(mesh, stm, "a")  # the first node initialises the share: the marker travels
+    a.cli("put", "mesh", "early", '"from a"')
+    start_daemon(a)
+    wait_value([a, b], "mesh", "early", "from a")
+    wait_value([a, b], "mesh", "b.waited", "written while b waited")
+    assert "share available again" in b.log()
+    assert c.status()["share"]["available"] is False  # its Syncthing is still down
+
+    stm["c"].start()
+    stm.wait_connected()
+    wait_value([a, b, c], "mesh", "early", "from a")
+    wait_value([a, b, c], "mesh", "b.waited", "written while b waited")
+    c.cli("put", "mesh", "from.c", '"c is in"')
+    wait_value([a, b, c], "mesh", "from.c", "c is in")
+    wait_for(lambda: agreed([a, b, c]), SLOW, what="every index and cache agree")
+    for n in (a, b, c):
+        assert n.status()["share"]["available"] is True
+        assert problems(n) == [], (n.node_id, problems(n))
