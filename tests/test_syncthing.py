@@ -219,6 +219,46 @@ def test_offline_node_does_not_bring_deleted_items_back(mesh: Mesh, syncthing):
 
 
 
+
+@pytest.mark.parametrize("newer", ["update", "delete"])
+def test_delete_and_update_while_apart_newer_wins(mesh: Mesh, syncthing, newer):
+    """R4 with Syncthing in between: A deletes an item while B, cut off, updates it (or
+    the other way round in time).  Syncthing on its own lets a change beat a delete; on
+    meshsync's side the newer of the two wins, on both nodes, and nothing is left over."""
+    stm = syncthing("a", "b")
+    a = st_node(mesh, stm, "a")
+    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
+    b = st_node(mesh, stm, "b")
+    a.cli("put", "mesh", "k", '"base"')
+    for n in (a, b):
+        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    wait_value([a, b], "mesh", "k", "base")
+    stm.wait_in_sync(SLOW)
+    stm["b"].stop()
+    if newer == "update":
+        a.cli("rm", "mesh", "k")
+        b.cli("put", "mesh", "k", '"b, after the delete"')
+        want = "b, after the delete"
+    else:
+        b.cli("put", "mesh", "k", '"b, before the delete"')
+        a.cli("rm", "mesh", "k")
+        want = None
+    stm["b"].start()
+    stm.wait_connected()
+    wait_value([a, b], "mesh", "k", want)
+    stm.wait_in_sync(SLOW)
+    for n in (a, b):
+        wait_full_pass(n, time.time())
+    stm.wait_in_sync(SLOW)
+    wait_value([a, b], "mesh", "k", want)
+    for name in ("a", "b"):
+        f = stm[name].folder / "memory" / "mesh" / "k.json"
+        assert f.exists() == (want is not None), name
+        assert sync_conflicts(stm[name].folder) == [], (name, sync_conflicts(stm[name].folder))
+    for n in (a, b):
+        assert problems(n) == [], (n.node_id, problems(n))
+
+
 def test_syncthing_files_are_never_items_nor_problems(mesh: Mesh, syncthing):
     """Syncthing's own files in a replica: `.stfolder`, `.stignore`, the `.stversions/`
     copies its versioning keeps of replaced and deleted files (valid memory files and
