@@ -235,7 +235,11 @@ def read_ignore_file(root: Path) -> tuple[list[str], list[str]]:
         for line in text.splitlines():
             s = line.strip()
             if s.startswith("#include ") and depth < 8:
-                read(root / s[len("#include "):].strip().lstrip("/"), depth + 1)
+                inc = root / s[len("#include "):].strip().lstrip("/")
+                if not os.path.realpath(inc).startswith(os.path.realpath(root) + os.sep):
+                    problems.append(f"#include {inc.name} points outside the folder; not read")
+                else:
+                    read(inc, depth + 1)
             else:
                 lines.append(line)
 

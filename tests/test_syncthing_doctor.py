@@ -221,11 +221,22 @@ def test_missing_folder_marker_fails(st_pair: SyncthingMesh):
 
 
 def test_a_node_apart_warns(st_pair: SyncthingMesh):
+    """Apart by the peer's Syncthing stopped, then by this node's devices paused."""
     a, b = st_pair["a"], st_pair["b"]
     b.stop()
     wait_for(lambda: not a.connected(b), 30, what="a sees b gone")
     res, detail, _ = checks(settings(a))["syncthing state"]
     assert res == "warn" and "0 of 1 other device(s) connected" in detail and "apart" in detail
+    b.start()
+    st_pair.wait_connected()
+    assert checks(settings(a))["syncthing state"][0] == "pass"
+    a.pause_peers()
+    wait_for(lambda: not a.connected(b), 30, what="a's peers paused")
+    res, detail, _ = checks(settings(a))["syncthing state"]
+    assert res == "warn" and "0 of 1 other device(s) connected" in detail
+    a.resume_peers()
+    st_pair.wait_connected()
+    assert checks(settings(a))["syncthing state"][0] == "pass"
 
 
 def test_an_unknown_folder_fails(st_pair: SyncthingMesh, tmp_path: Path):
