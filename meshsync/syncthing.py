@@ -34,13 +34,17 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meshsync import layout
-from meshsync.cli.doctor import FAIL, PASS, WARN, Check
+from meshsync import formats, layout
 from meshsync.config import Settings
+from meshsync.formats import FormatError
+from meshsync.layout import ItemId
 from meshsync.replicas.share import journal
-from meshsync.replicas.share.store import TMP_PREFIX
+from meshsync.replicas.share.store import TMP_PREFIX, FileEntry, FileRefused, Share, sig_of
+
+if TYPE_CHECKING:
+    from meshsync.cli.doctor import Check
 
 MARKER = ".stfolder"
 IGNORE_FILE = ".stignore"
@@ -120,6 +124,51 @@ def is_syncthing_file(rel: str) -> bool:
     if parts[0] in (MARKER, IGNORE_FILE, VERSIONS_DIR):
         return True
     return is_temporary(parts[-1]) or parse_conflict_name(parts[-1]) is not None
+
+
+# --- meshsync's own files in conflict ---------------------------------------------------------
+
+
+def _tomb_of(share: Share, rel: str) -> tuple[bytes, tuple[ItemId, int, str]] | None:
+    try:
+        data, _ = share.read(rel, 64 * 1024)
+        return data, formats.parse_tombstone(data)
+    except (FileNotFoundError, FileRefused, FormatError):
+        return None
+
+
+def fold_tombstone_copies(share: Share, tombstones: dict[str, FileEntry]) -> int:
+    """Fold Syncthing's conflict copies of meshsync's tombstones back into the tombstones.
+
+    Two nodes apart that delete the same item each write its tombstone (so does a node
+    that takes a file's deletion for a local delete before the other's tombstone has
+    arrived); Syncthing keeps one and renames the other "<name>.sync-conflict-...json".
+    Both say "deleted": the newer of the two is kept at the tombstone's own path (R4:
+    the later delete is the one an update must beat) and the copy is removed, so that
+    copies do not pile up in .meshsync/tombstones/ for ever.  A copy whose original is
+    not a tombstone of the same item is left alone.  ``tombstones`` (a walk's, by
+    share-relative path) loses the copies and gets the rewritten originals as unsettled
+    (read again by this pass).  Returns how many copies were removed."""
+    done = 0
+    for rel in [r for r in tombstones if ".sync-conflict-" in r]:
+        tombstones.pop(rel)
+        found = conflict_original(rel)
+        copy = _tomb_of(share, rel)
+        if found is None or copy is None:
+            continue
+        orig = found[0]
+        real = _tomb_of(share, orig)
+        if real is not None and real[1][0] != copy[1][0]:
+            continue
+        if real is None or (copy[1][1], copy[1][2]) > (real[1][1], real[1][2]):
+            try:
+                st = share.write(orig, copy[0])
+            except (OSError, FileRefused):
+                continue  # the copy stays; the next full pass tries again
+            tombstones[orig] = FileEntry(orig, sig_of(st), False)
+        share.remove(rel)
+        done += 1
+    return done
 
 
 # --- .stignore ---------------------------------------------------------------------------------
@@ -421,6 +470,17 @@ def endpoint(s: Settings) -> tuple[Endpoint | None, str]:
 
 # --- doctor ------------------------------------------------------------------------------------
 
+PASS, WARN, FAIL = "pass", "warn", "fail"  # the results of meshsync.cli.doctor.Check
+
+
+def _check(name: str, result: str, detail: str, hint: str = "") -> Check:
+    """One doctor line, a meshsync.cli.doctor.Check.  Imported here, not at the top: the
+    engine imports this module for Syncthing's names and must not pull in the CLI."""
+    from meshsync.cli.doctor import Check
+
+    return Check(name, result, detail, hint)
+
+
 # Paths meshsync shares: ignoring any of them splits the mesh without a word (R1).
 SHARED_SAMPLES = (f"{layout.META}/README", f"{layout.TOMBSTONES}/memory/mesh/x.json", f"{journal.DIR}/x.log",
                   "memory/mesh/x.json", "memory/user/x/y.json", "memory/node/x/y.json",
@@ -438,36 +498,36 @@ def _state_check(st: FolderState) -> Check:
     """One line for the folder's state: the worst of paused, errors, out of sync, apart."""
     name = f'folder "{st.label}" ({st.id})'
     if st.paused:
-        return Check("syncthing state", FAIL, f"{name} is paused: no change reaches or leaves this node",
+        return _check("syncthing state", FAIL, f"{name} is paused: no change reaches or leaves this node",
                      "resume the folder in Syncthing (GUI: the folder, Resume)")
     if st.state == "error" or st.error:
-        return Check("syncthing state", FAIL, f"{name} is stopped: {st.error or 'state error'}",
+        return _check("syncthing state", FAIL, f"{name} is stopped: {st.error or 'state error'}",
                      "fix what Syncthing names (a missing .stfolder means the folder path is not the "
                      "real folder: a disk not mounted?), then rescan it in Syncthing")
     if st.failed:
         eg = "; ".join(f"{p}: {e}" for p, e in st.failed[:3])
-        return Check("syncthing state", FAIL, f"{name}: {len(st.failed)} file(s) cannot be synced ({eg})",
+        return _check("syncthing state", FAIL, f"{name}: {len(st.failed)} file(s) cannot be synced ({eg})",
                      "see Syncthing's GUI (the folder, Failed Items): disk space, permissions, names")
     scan = f"last scan {_age(st.last_scan)}" if st.last_scan else "never scanned"
     peers = f"{len(st.connected)} of {len(st.devices)} other device(s) connected"
     if st.need_items or st.need_bytes:
-        return Check("syncthing state", WARN,
+        return _check("syncthing state", WARN,
                      f"{name}: {st.need_items} item(s), {st.need_bytes} bytes still to pull ({st.state}, {peers})",
                      "wait for Syncthing to finish; meshsync imports each file as it arrives")
     if st.devices and not st.connected:
-        return Check("syncthing state", WARN, f"{name} is up to date here, but {peers}: this node is apart",
+        return _check("syncthing state", WARN, f"{name} is up to date here, but {peers}: this node is apart",
                      "meshsync works on this replica meanwhile; the nodes converge when Syncthing "
                      "reconnects (check the other nodes, their addresses, firewalls)")
     if st.last_scan is None:
-        return Check("syncthing state", WARN, f"{name} has never been scanned ({st.state or 'no state'})",
+        return _check("syncthing state", WARN, f"{name} has never been scanned ({st.state or 'no state'})",
                      "wait for Syncthing's first scan, or start a rescan in its GUI")
-    return Check("syncthing state", PASS, f"{name} is {st.state or 'idle'} and up to date; {scan}; {peers}")
+    return _check("syncthing state", PASS, f"{name} is {st.state or 'idle'} and up to date; {scan}; {peers}")
 
 
 def _watcher_check(watcher: bool, delay_s: float, rescan_s: int) -> Check:
     if watcher:
-        return Check("syncthing watcher", PASS, f"fsWatcherEnabled: changes are sent after {delay_s:g}s")
-    return Check("syncthing watcher", WARN,
+        return _check("syncthing watcher", PASS, f"fsWatcherEnabled: changes are sent after {delay_s:g}s")
+    return _check("syncthing watcher", WARN,
                  f"fsWatcherEnabled is off: a change made here reaches the other nodes only at the next "
                  f"rescan (every {rescan_s}s)",
                  "turn on \"Watch for Changes\" in the folder's settings (Advanced)")
@@ -486,7 +546,7 @@ def _ignores_check(s: Settings, lines: list[str], source: str, problems: list[st
     shared = [r for r in SHARED_SAMPLES if ign.ignored(r)]
     if shared:
         pats = sorted({ign.match(r).text for r in shared})
-        return Check("syncthing ignores", FAIL,
+        return _check("syncthing ignores", FAIL,
                      f"files meshsync shares ({', '.join(shared[:3])}) are ignored by {', '.join(pats)} in {source}",
                      "remove those patterns: without .meshsync/, memory/ and skills/ the nodes never converge")
     local: list[str] = []
@@ -496,19 +556,19 @@ def _ignores_check(s: Settings, lines: list[str], source: str, problems: list[st
         if rel is not None and rel != "." and not ign.ignored(rel):
             local.append(f"{what} {rel}")
     if local:
-        return Check("syncthing ignores", FAIL,
+        return _check("syncthing ignores", FAIL,
                      f"{', '.join(local)} in the share not excluded by {source}: Syncthing would copy this "
                      "node's own files to every node (an index copied while written is corrupt)",
                      "move the index and openclaw_home out of the share (best), or add them to .stignore")
     extra = f" ({'; '.join(problems)})" if problems else ""
     if not all(ign.ignored(r) for r in TMP_SAMPLES):
-        return Check("syncthing ignores", WARN,
+        return _check("syncthing ignores", WARN,
                      f"meshsync's temporary files ({TMP_PREFIX}*) not excluded by {source}{extra}: "
                      "Syncthing may copy one caught mid-write, or a crash's leftover, to the other nodes",
                      f"add the line {IGNORE_TMP} to .stignore in the share (on every node)")
     if problems:
-        return Check("syncthing ignores", WARN, f"{source}: {'; '.join(problems)}", "fix the #include lines")
-    return Check("syncthing ignores", PASS,
+        return _check("syncthing ignores", WARN, f"{source}: {'; '.join(problems)}", "fix the #include lines")
+    return _check("syncthing ignores", PASS,
                  f"{source}: meshsync's temporary files excluded, none of the files it shares")
 
 
@@ -529,7 +589,7 @@ def _api_checks(s: Settings, marker: bool) -> tuple[list[Check], FolderState | N
     root = s.share
     ep, why = endpoint(s)
     if ep is None:
-        return [Check("syncthing state", WARN, f"not checked: {why}",
+        return [_check("syncthing state", WARN, f"not checked: {why}",
                       "set syncthing.api_url and MESHSYNC_SYNCTHING__API_KEY (docs/configuration.md)")], None, None
     api = Api(ep)
     try:
@@ -537,7 +597,7 @@ def _api_checks(s: Settings, marker: bool) -> tuple[list[Check], FolderState | N
         if cfg is None:
             if not marker:
                 return [_not_a_folder(root)], None, None
-            return [Check("syncthing state", FAIL, f"Syncthing at {ep.url} syncs no folder at {root}",
+            return [_check("syncthing state", FAIL, f"Syncthing at {ep.url} syncs no folder at {root}",
                           "point share at the path of the folder Syncthing syncs (see its GUI), or "
                           "syncthing.api_url at this node's Syncthing")], None, None
         state = api.folder_state(cfg)
@@ -545,20 +605,20 @@ def _api_checks(s: Settings, marker: bool) -> tuple[list[Check], FolderState | N
     except SyncthingError as exc:
         if not marker:
             return [_not_a_folder(root)], None, None
-        return [Check("syncthing state", WARN, f"not checked: {exc}",
+        return [_check("syncthing state", WARN, f"not checked: {exc}",
                       "check syncthing.api_url and the API key, and that Syncthing runs")], None, None
     out = []
     if not marker:
         # Syncthing stops a folder whose marker is gone rather than take it for empty
         # (meshsync does the same with .meshsync/, R5): the state line says so too.
-        out.append(Check("syncthing folder", FAIL, f"Syncthing syncs {root} as folder {state.id}, but its "
+        out.append(_check("syncthing folder", FAIL, f"Syncthing syncs {root} as folder {state.id}, but its "
                          f"{MARKER} marker is missing", "if a disk is not mounted there, mount it; restore "
                          f"{MARKER} (an empty folder) only if this really is the folder's data"))
     return out + [_state_check(state)], state, lines
 
 
 def _not_a_folder(root: Path) -> Check:
-    return Check("syncthing folder", WARN, f"syncthing.* is set, but {root} has no {MARKER}: it is not a "
+    return _check("syncthing folder", WARN, f"syncthing.* is set, but {root} has no {MARKER}: it is not a "
                  "folder Syncthing syncs (or Syncthing has not started it yet)",
                  "point share at the Syncthing folder's path, or unset syncthing.*")
 
@@ -572,7 +632,7 @@ def doctor_checks(s: Settings) -> list[Check]:
         return []
     out = []
     if marker:
-        out.append(Check("syncthing folder", PASS, f"{root} is a Syncthing folder ({MARKER}): Syncthing "
+        out.append(_check("syncthing folder", PASS, f"{root} is a Syncthing folder ({MARKER}): Syncthing "
                          "replicates it between the nodes, meshsync keeps it in step with this node's index "
                          "and cache"))
     checks, state, lines = _api_checks(s, marker)

@@ -104,8 +104,24 @@ def wait_full_pass(n: MeshNode, after: float) -> None:
     wait_for(done, SLOW, interval=0.2, what=f"a full pass of {n.node_id} after {after}")
 
 
-def sync_conflicts(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*.sync-conflict-*"))
+def sync_conflicts(root: Path, skills: bool = True) -> list[str]:
+    """Syncthing's conflict copies in a replica (not the ones it is still pulling).  With
+    skills=False, not those in skill folders: a skill's files travel one by one, and a
+    node that sees the new SKILL.md before its skill.json takes it for a hand edit and
+    writes its own skill.json, which Syncthing then keeps beside the incoming one as a
+    conflict copy.  Such copies are folded with the others (next round: see
+    test_conflict_copies_are_folded_into_newest_wins)."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.sync-conflict-*")
+                  if not p.name.startswith(".syncthing.")
+                  and (skills or p.relative_to(root).parts[0] != "skills"))
+
+
+def wait_no_copies(stm: SyncthingMesh, skills: bool = False) -> None:
+    """Wait until no replica holds a conflict copy (tombstone copies are folded by the
+    next full pass, which their arrival starts)."""
+    def none() -> bool:
+        return all(sync_conflicts(n.folder, skills) == [] for n in stm.nodes.values())
+    wait_for(none, SLOW, interval=0.2, what="no conflict copy left in any replica")
 
 
 # --- what must work ---------------------------------------------------------------------------
@@ -157,7 +173,7 @@ def test_writes_from_every_entry_point_reach_every_node(mesh: Mesh, syncthing, n
         f = stm[name].folder
         assert not (f / "memory" / "mesh" / "from.cli.json").exists()
         assert not (f / "skills" / "helper").exists()
-        assert sync_conflicts(f) == []
+    wait_no_copies(stm)
     for n in nodes:
         assert problems(n) == [], n.node_id
         assert n.daemon.poll() is None
@@ -215,7 +231,7 @@ def test_offline_node_does_not_bring_deleted_items_back(mesh: Mesh, syncthing):
         f = stm[name].folder
         assert not any((f / "memory" / "mesh" / f"{k}.json").exists() for k in gone), name
         assert not (f / "skills" / "old").exists(), name
-        assert sync_conflicts(f) == [], (name, sync_conflicts(f))
+    wait_no_copies(stm)
 
 
 
@@ -254,9 +270,56 @@ def test_delete_and_update_while_apart_newer_wins(mesh: Mesh, syncthing, newer):
     for name in ("a", "b"):
         f = stm[name].folder / "memory" / "mesh" / "k.json"
         assert f.exists() == (want is not None), name
-        assert sync_conflicts(stm[name].folder) == [], (name, sync_conflicts(stm[name].folder))
+    wait_no_copies(stm)
     for n in (a, b):
         assert problems(n) == [], (n.node_id, problems(n))
+
+
+
+def test_the_same_delete_on_two_nodes_apart_leaves_no_copy(mesh: Mesh, syncthing):
+    """Both nodes delete the same items while apart (or one takes a file's deletion for a
+    local delete before the other's tombstone arrives, which three nodes hit by chance):
+    each writes the item's tombstone, and Syncthing keeps one and renames the other to a
+    `.sync-conflict-` copy in `.meshsync/tombstones/`.  Both say "deleted": the newer is
+    kept at the tombstone's path (R4) and the copy removed, so none piles up."""
+    stm = syncthing("a", "b")
+    a = st_node(mesh, stm, "a")
+    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
+    b = st_node(mesh, stm, "b")
+    md = a.home / "SKILL.md"
+    md.write_text(skill_text("gone", "soon"))
+    a.cli("skill", "put", "gone", str(md))
+    for k in ("k1", "k2", "kept"):
+        a.cli("put", "mesh", k, f'"{k}"')
+    for n in (a, b):
+        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    wait_value([a, b], "mesh", "kept", "kept")
+    wait_for(lambda: "gone.md" in cache_skills(b), SLOW, what="the skill on b")
+    stm.wait_in_sync(SLOW)
+    stm["b"].stop()
+    for n in (b, a):  # B first: A's tombstones are the newer ones
+        n.cli("rm", "mesh", "k1")
+        n.sql("DELETE FROM mesh_memory WHERE key = 'k2'")
+        n.cli("skill", "rm", "gone")
+    tombs = stm["b"].folder / ".meshsync" / "tombstones"
+    wait_for(lambda: len([p for p in tombs.rglob("*.json")]) == 3, SLOW, what="b's own tombstones")
+    stm["b"].start()
+    stm.wait_connected()
+    stm.wait_in_sync(SLOW)
+    t0 = time.time()
+    for n in (a, b):
+        wait_full_pass(n, t0)
+    wait_no_copies(stm, skills=True)
+    stm.wait_in_sync(SLOW)
+    for n in (a, b):
+        assert set(rows(n)) == {"mesh:kept"} and skills(n) == {} and set(cache_view(n)) == {"mesh:kept"}
+        assert problems(n) == [], (n.node_id, problems(n))
+    for x in ("a", "b"):
+        t = stm[x].folder / ".meshsync" / "tombstones"
+        names = sorted(p.relative_to(t).as_posix() for p in t.rglob("*.json"))
+        assert names == ["memory/mesh/k1.json", "memory/mesh/k2.json", "skills/gone.json"], (x, names)
+        # A's tombstones, the newer, are the ones kept.
+        assert all(json.loads((t / n).read_text())["node_id"] == "a" for n in names), x
 
 
 def test_syncthing_files_are_never_items_nor_problems(mesh: Mesh, syncthing):
@@ -313,8 +376,8 @@ def test_syncthing_files_are_never_items_nor_problems(mesh: Mesh, syncthing):
         assert skills(n)["tool"][0] == skill_text("tool", "second")
         assert cache_skills(n) == {"tool.md": skill_text("tool", "second").encode()}
         assert problems(n) == [], (n.node_id, problems(n))
+    wait_no_copies(stm)
     for name in ("a", "b"):
-        assert sync_conflicts(stm[name].folder) == []
         assert not (stm[name].folder / "memory" / "mesh" / "dropped.json").exists()
 
 

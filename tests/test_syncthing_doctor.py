@@ -12,9 +12,9 @@ import pytest
 from helpers import wait_for
 from syncthing_helpers import SyncthingMesh, SyncthingNode, wait_file
 
-from meshsync import config, layout, syncthing
+from meshsync import config, formats, layout, syncthing
 from meshsync.config import Settings
-from meshsync.replicas.share.store import TMP_PREFIX
+from meshsync.replicas.share.store import TMP_PREFIX, FileEntry, Share
 from meshsync.syncthing import (
     ConflictName,
     Ignores,
@@ -71,6 +71,41 @@ def test_syncthing_files_are_recognised():
         assert any(layout.is_ignored_name(part) for part in rel.split("/")), rel
     for rel in ("memory/mesh/k.json", "skills/x/SKILL.md", ".meshsync/README", "memory/mesh/syncthing.json"):
         assert not syncthing.is_syncthing_file(rel), rel
+
+
+# --- tombstones in conflict ---------------------------------------------------------------------
+
+
+def test_tombstone_copies_fold_into_the_newer_tombstone(tmp_path: Path):
+    """fold_tombstone_copies on a real share: the newer of tombstone and copy stays at the
+    tombstone's path, the copy goes; a copy of something else is left alone."""
+    share = Share(tmp_path, max_file_bytes=1 << 20, fsync=False)
+    share.initialise()
+    k1, k2, k3 = (layout.memory_id("mesh", k) for k in ("k1", "k2", "k3"))
+    cp = ".sync-conflict-20240102-030405-ABCDEF7"
+    files = {
+        # k1: the copy is the newer delete -> it replaces the tombstone
+        "memory/mesh/k1.json": formats.render_tombstone(k1, 1000, "a"),
+        f"memory/mesh/k1{cp}.json": formats.render_tombstone(k1, 2000, "b"),
+        # k2: the tombstone is the newer -> it stays
+        "memory/mesh/k2.json": formats.render_tombstone(k2, 3000, "a"),
+        f"memory/mesh/k2{cp}.json": formats.render_tombstone(k2, 2000, "b"),
+        # k3: the copy says another item -> both left alone
+        "memory/mesh/k3.json": formats.render_tombstone(k3, 1000, "a"),
+        f"memory/mesh/k3{cp}.json": formats.render_tombstone(k1, 5000, "b"),
+    }
+    walk: dict[str, FileEntry] = {}
+    for rel, data in files.items():
+        full = f"{layout.TOMBSTONES}/{rel}"
+        share.write(full, data)
+        walk[full] = FileEntry(full, "sig", True)
+    assert syncthing.fold_tombstone_copies(share, walk) == 2
+    t = tmp_path / layout.TOMBSTONES / "memory" / "mesh"
+    assert sorted(p.name for p in t.iterdir()) == ["k1.json", "k2.json", "k3.json", f"k3{cp}.json"]
+    assert formats.parse_tombstone((t / "k1.json").read_bytes()) == (k1, 2000, "b")
+    assert formats.parse_tombstone((t / "k2.json").read_bytes()) == (k2, 3000, "a")
+    assert sorted(walk) == [f"{layout.TOMBSTONES}/memory/mesh/{n}" for n in ("k1.json", "k2.json", "k3.json")]
+    assert walk[f"{layout.TOMBSTONES}/memory/mesh/k1.json"].settled is False  # read again by the pass
 
 
 # --- ignore patterns ------------------------------------------------------------------------------

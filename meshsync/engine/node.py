@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from meshsync import formats, layout, secretguard
+from meshsync import formats, layout, secretguard, syncthing
 from meshsync.config import Settings
 from meshsync.formats import FormatError
 from meshsync.layout import MEM, NOT_UTF8_NAME, SKILL, ItemId, not_unicode
@@ -768,6 +768,8 @@ class Node:
         newer wins and the side is marked dirty so that apply removes the other."""
         changed: set[ItemId] = set()
         horizon = now_ms - int(self.s.tombstone_retention_days * 86_400_000)
+        if syncthing.is_syncthing_folder(self.share.root):  # R4: one tombstone per item, no copies
+            syncthing.fold_tombstone_copies(self.share, walk.tombstones)
         # Tombstones are written once and never edited: one read each, not one per pass
         # (a settled file with the signature it had when last read holds the same bytes).
         seen, self.tombs_read = self.tombs_read, {}
