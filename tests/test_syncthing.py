@@ -253,6 +253,10 @@ def test_delete_and_update_while_apart_newer_wins(mesh: Mesh, syncthing, newer):
     stm["b"].stop()
     if newer == "update":
         a.cli("rm", "mesh", "k")
+        # A put is stamped with its row's updated_at, whole seconds (the seed's schema),
+        # a delete to the millisecond: a put in the same second as the delete is older.
+        second = int(time.time())
+        wait_for(lambda: int(time.time()) > second, 5, what="the next second")
         b.cli("put", "mesh", "k", '"b, after the delete"')
         want = "b, after the delete"
     else:
