@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     SettingsConfigDict,
@@ -144,6 +152,20 @@ class SecretSettings(_Section):
                              f"{', '.join(secretguard.RULE_NAMES)} (docs/configuration.md)")
         return v
 
+class SyncthingSettings(_Section):
+    """Where `meshsync doctor` asks Syncthing about the share's folder (meshsync/syncthing.py).
+    Unset, the address and key are read from Syncthing's config.xml when it is readable."""
+
+    api_url: str | None = Field(None, description="Syncthing's GUI/REST address, e.g. http://127.0.0.1:8384 (default: from config.xml).")
+    api_key: SecretStr | None = Field(None, description="Syncthing's API key (its GUI: Actions, Settings, API Key) (default: from config.xml).")
+    config_xml: Path | None = Field(None, description="Syncthing's config.xml, read for the address and key (default: Syncthing's usual places).")
+
+    @field_validator("config_xml")
+    @classmethod
+    def _expand_xml(cls, v: Path | None) -> Path | None:
+        return None if v is None else Path(os.path.expanduser(str(v))).absolute()
+
+
 
 class _YamlFile(YamlConfigSettingsSource):
     """pydantic-settings' YAML source; a file that cannot be read, does not parse or holds
@@ -192,6 +214,7 @@ class Settings(BaseSettings):
     share_files: ShareSettings = Field(default_factory=ShareSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     secrets: SecretSettings = Field(default_factory=SecretSettings)
+    syncthing: SyncthingSettings = Field(default_factory=SyncthingSettings)
     tombstone_retention_days: float = Field(30, gt=0, description="Days a delete is remembered so offline nodes do not bring items back.")
     conflict_retention_days: float = Field(90, gt=0, description="Days beaten versions are kept in the conflict history.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level: debug, info, warning or error.")

@@ -356,9 +356,13 @@ def test_troubleshooting_covers_every_reported_error():
 def test_troubleshooting_names_every_doctor_check():
     import ast
 
-    tree = ast.parse((REPO / "meshsync" / "cli" / "doctor.py").read_text(encoding="utf-8"))
-    names = {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Check"
-             and n.args and isinstance(n.args[0], ast.Constant)}
+    names: set[str] = set()
+    for src in (REPO / "meshsync" / "cli" / "doctor.py", REPO / "meshsync" / "syncthing.py"):
+        tree = ast.parse(src.read_text(encoding="utf-8"))
+        names |= {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
+                  and getattr(n.func, "id", "") in ("Check", "_check")
+                  and n.args and isinstance(n.args[0], ast.Constant)}
+    assert {"syncthing folder", "syncthing watcher"} <= names, "the scan no longer finds the Syncthing checks"
     assert len(names) >= 10
     text = (REPO / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
     for name in sorted(names - {"configuration"}):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from meshsync import layout
+from meshsync import layout, syncthing
 from meshsync.cli.common import dump
 from meshsync.config import Settings
 from meshsync.daemon.watch import choose_mode
@@ -281,6 +281,7 @@ def _systemd_check() -> Check:
 def run_checks(s: Settings) -> list[Check]:
     checks = [Check("configuration", PASS, f"valid (node {s.node_id})")]
     checks += _share_checks(s)
+    checks += syncthing.doctor_checks(s)  # a Syncthing folder's state, when the share is one
     checks += _index_checks(s)
     checks.append(_cache_check(s))
     checks.append(_daemon_check(s))

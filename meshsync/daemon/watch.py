@@ -65,6 +65,8 @@ def item_of_rel(rel: str, node_id: str) -> ItemId | None | bool:
     """The item a share path belongs to; None for paths that are no item; True when
     only a full pass can tell (a whole folder moved, a shortened name)."""
     parts = rel.split("/")
+    if parts[0] == layout.META and parts[1:2] == ["tombstones"] and ".sync-conflict-" in parts[-1]:
+        return True  # Syncthing's copy of a tombstone: a full pass folds it (syncthing.py, R4)
     if any(layout.is_ignored_name(p) for p in parts if p != layout.META):
         return None
     if parts[0] == layout.META:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Protocol
 
-from meshsync import formats, layout
+from meshsync import formats, layout, syncthing
 from meshsync.formats import FormatError
 from meshsync.layout import MEM, NOT_UTF8_NAME, not_unicode
 from meshsync.model import ABSENT, ItemId, Obs, Pass, Problem, State, Version, base_live, base_of
@@ -379,6 +379,8 @@ class ShareDetector:
         assert walk is not None
         changed: set[ItemId] = set()
         horizon = p.now_ms - self.cfg.tombstone_retention_ms
+        if syncthing.is_syncthing_folder(self.share.root):  # R4: one tombstone per item, no copies
+            syncthing.fold_tombstone_copies(self.share, walk.tombstones)
         # Tombstones are written once and never edited: one read each, not one per pass
         # (a settled file with the signature it had when last read holds the same bytes).
         seen, self.tombs_read = self.tombs_read, {}

@@ -95,6 +95,12 @@ class Share(ShareWalk):
         try:
             mst = os.lstat(root / META)
         except FileNotFoundError:
+            if os.path.lexists(root / ".stfolder"):
+                # A Syncthing replica is never "unmounted": the marker has not come yet (R5).
+                raise ShareUnavailable(
+                    f"share {root} is a Syncthing folder that has not received the {META}/ marker "
+                    "yet: Syncthing has not brought it from the other nodes (is the folder shared "
+                    "with them and connected?), or no node ran `meshsync init` yet") from None
             raise ShareUnavailable(
                 f"share {root} has no {META}/ marker: it is not mounted, or not initialised "
                 "(run `meshsync init` once for a new share)"
