@@ -193,7 +193,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     secrets: SecretSettings = Field(default_factory=SecretSettings)
     tombstone_retention_days: float = Field(30, gt=0, description="Days a delete is remembered so offline nodes do not bring items back.")
-    conflict_retention_days: float = Field(90, gt=0, description="Days beaten versions are kept in the conflict history.")
+    conflict_retention_days: float = Field(90, gt=0, description="Days beaten versions and deleted values are kept in the share's history (at least tombstone_retention_days).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level: debug, info, warning or error.")
 
     @field_validator("node_id")

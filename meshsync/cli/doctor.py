@@ -70,7 +70,7 @@ def _share_checks(s: Settings) -> list[Check]:
         # meshsync writes in every scope and skill folder, not only in the marker.
         bad = []
         for rel in (layout.MEMORY, f"{layout.MEMORY}/mesh", f"{layout.MEMORY}/user", f"{layout.MEMORY}/node",
-                    layout.SKILLS, f"{layout.META}/tombstones", journal.DIR):
+                    layout.SKILLS, f"{layout.META}/tombstones", journal.DIR, layout.HISTORY):
             d = s.share / rel
             if d.is_dir() and not d.is_symlink():
                 err = _probe_dir(d, layout.encode(s.node_id))

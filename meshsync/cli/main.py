@@ -32,7 +32,7 @@ from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes an
     EXIT_USAGE,
     CliError,
 )
-from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore
+from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore, cmd_deleted, cmd_restore
 from meshsync.cli.doctor import FAIL, Check, cmd_doctor, print_checks
 from meshsync.cli.memory import cmd_get, cmd_ls, cmd_put, cmd_rm
 from meshsync.cli.setup import cmd_init, cmd_run, cmd_sync
@@ -118,17 +118,26 @@ def _add_memory_commands(add: AddCommand) -> None:
 
 
 def _add_conflict_commands(add: AddCommand) -> None:
-    cf = add("conflicts", cmd_conflicts, "list beaten versions kept in the conflict history (R2)",
-             "List versions that lost a conflict on this node (newest first), with both sides. "
-             "`meshsync conflicts restore ID` writes the beaten version back as a new write.")
+    cf = add("conflicts", cmd_conflicts, "list beaten versions kept in the share's history (R2, R11)",
+             "List the versions that lost a conflict (newest first), with both sides, as kept on the share: "
+             "the same on every node. `meshsync restore ID` writes one back as a new write.")
     cf.add_argument("--json", action="store_true", help="machine-readable output, with the beaten values")
     cf.add_argument("--limit", type=int, default=50, help="how many to show (default 50)")
     csub = cf.add_subparsers(dest="conflicts_command", metavar="SUBCOMMAND")
-    sp = csub.add_parser("restore", help="write a beaten version back as a new write",
-                         description="Write the beaten version of conflict ID back as a new write; "
+    sp = csub.add_parser("restore", help="write a beaten version back as a new write (same as `meshsync restore`)",
+                         description="Write the version kept as record ID back as a new write; "
                          "it then wins everywhere like any newer write.")
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", help="the record's ID (or a unique prefix of at least 4 characters)")
     sp.set_defaults(fn=cmd_conflicts_restore)
+    sp = add("deleted", cmd_deleted, "list deleted items whose last value is kept in the share's history (R11)",
+             "List deleted items (newest first) with the last value each had and who deleted it, as kept "
+             "on the share: the same on every node. `meshsync restore ID` brings one back.")
+    sp.add_argument("--json", action="store_true", help="machine-readable output, with the last values")
+    sp.add_argument("--limit", type=int, default=50, help="how many to show (default 50)")
+    sp = add("restore", cmd_restore, "write a version kept in the history (beaten or deleted) back as a new write",
+             "Write the version kept as record ID (from `meshsync conflicts` or `meshsync deleted`) back as "
+             "a new write; it then wins everywhere like any newer write.")
+    sp.add_argument("id", help="the record's ID (or a unique prefix of at least 4 characters)")
 
 
 def _add_skill_commands(sub: argparse._SubParsersAction) -> None:

@@ -19,6 +19,7 @@ from meshsync.layout import MEM, ItemId
 from meshsync.lock import IndexLock
 from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import Index, IndexError_
+from meshsync.replicas.share.history import History
 from meshsync.replicas.share.store import Share, ShareUnavailable
 
 # --- item states ---------------------------------------------------------------------------
@@ -152,12 +153,30 @@ def status_data(s: config.Settings) -> dict[str, Any]:
         out["index_error"] = f"cannot read index {s.index}: {exc} (see `meshsync doctor`)"
     finally:
         idx.close()
+    if avail and "counts" in out:
+        _history_status(s, share, out)
     if not holder:
         from meshsync.daemon.watch import choose_mode
 
         mode, why = choose_mode(s.watch.mode, s.share)
         out["watch_planned"] = {"mode": mode, "why": why}
     return out
+
+
+def _history_status(s: config.Settings, share: Share, out: dict[str, Any]) -> None:
+    """Conflicts from the share's history (R11): the same on every node.  (Without the
+    share, ``_index_status`` left those this node saw itself.)"""
+    from meshsync.cli.conflicts import readable
+
+    hist = History(share, s.node_id)
+    counts = hist.counts()
+    out["counts"]["conflicts"] = counts["beaten"]
+    out["counts"]["deleted_kept"] = counts["deleted"]
+    out["conflicts"] = [{
+        "id": r.id, "at": r.recorded_at, "kind": r.item.kind, "scope": r.item.scope, "key": r.item.key,
+        "side": r.side, "loser_stamp": r.stamp, "loser_node": r.node, "winner_stamp": r.by_stamp,
+        "winner_node": r.by_node, "winner_deleted": int(r.by_deleted), "recorded_by": r.recorded_by,
+    } for r in hist.list("beaten", readable(s), limit=20).records]
 
 
 def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: bool) -> None:
@@ -177,6 +196,7 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
     out["conflicts"] = idx.conflicts(20)
     for c in out["conflicts"]:
         c.pop("loser_value", None)
+        c["id"] = c.pop("record", None) or c["id"]
     # Refused writes (R9): local changes this node may not export; they stay local.
     out["refused"] = [e for e in out["errors"] if is_refusal(e)]
     # Warnings (e.g. a SKILL.md OpenClaw may not load): synced anyway, shown apart.
@@ -278,6 +298,9 @@ def _print_conflicts(d: dict[str, Any]) -> None:
         print(f"  #{cf['id']} {item}: version of {cf['loser_node']} beaten by {cf['winner_node']}")
     if c["conflicts"]:
         print("  (beaten versions: `meshsync conflicts`; restore one with `meshsync conflicts restore ID`)")
+    if c.get("deleted_kept"):
+        print(f"deleted   {c['deleted_kept']} deleted items kept in the history (`meshsync deleted`; "
+              "`meshsync restore ID`)")
 
 
 def _ago(sec: float) -> str:

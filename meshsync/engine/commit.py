@@ -80,9 +80,29 @@ def record(node: Node, p: Pass) -> None:
             idx.check_fts(db)
     if p.written:
         journal.append(node.share, node.node, p.written)
+    if p.full:
+        prune_history(node, p)
     p.stats.errors = len(all_problems) + sum(1 for pr in index_problems.values() if pr)
     for pr in all_problems:
         log.debug("skipped %s: %s", pr.path, pr.reason)
+
+
+PRUNE_EVERY_MS = 3_600_000  # the share's history is pruned at most once an hour (a full pass)
+
+
+def prune_history(node: Node, p: Pass) -> None:
+    """Retention of the share's history (R11): records are kept at least as long as
+    tombstones and as conflict_retention_days, whichever is longer."""
+    last = node.index.meta("history_pruned")
+    if last is not None and p.now_ms - int(last) < PRUNE_EVERY_MS:
+        return
+    s = node.s
+    days = max(s.tombstone_retention_days, s.conflict_retention_days)
+    n = node.history.prune(p.now_ms - int(days * 86_400_000))
+    if n:
+        log.info("removed %d month(s) of history older than %g days from the share", n, days)
+    with node.index.write() as db:
+        node.index.set_meta(db, history_pruned=str(p.now_ms))
 
 
 def refresh_cache_memory(node: Node, p: Pass) -> None:

@@ -30,6 +30,7 @@ from meshsync.replicas.cache.write import CacheWriter
 from meshsync.replicas.index.detect import detect_index
 from meshsync.replicas.index.store import Index
 from meshsync.replicas.share.detect import ShareDetector
+from meshsync.replicas.share.history import History
 from meshsync.replicas.share.store import Share
 
 from . import commit, detect
@@ -54,6 +55,7 @@ class Node:
                            fsync=settings.share_files.fsync, file_mode=mode, gid=gid)
         self.index = index or Index(settings.index)
         self.cache = Cache(settings.openclaw_home)
+        self.history = History(self.share, self.node)  # beaten and deleted versions, on the share (R11)
         self.progress: Callable[[str, int, int | None], None] | None = None
         self.deferred: list[ItemId] = []  # items whose share file changed under us: next pass
         # Signatures of files this process wrote: their change events are our own echo.

@@ -110,33 +110,20 @@ def synced_versions(idx: Index) -> dict[ItemId, tuple[str | None, int, str]]:
 
 
 class ConflictWin(NamedTuple):
-    """The winning side of one recorded conflict (for an item's "conflict" state)."""
-    id: int
+    """The winning side of one conflict this node saw (for an item's "conflict" state);
+    ``id``: its record in the share's history (R11), or the local row's number when it
+    has none there."""
+    id: str | int
     item: ItemId
     winner_stamp: int
     winner_node: str
 
 
 def conflict_wins(idx: Index) -> list[ConflictWin]:
-    """Every recorded conflict's winner, oldest first."""
-    return [ConflictWin(cid, ItemId(k, s, key), wstamp, wnode) for cid, k, s, key, wstamp, wnode in idx.db.execute(
-        "SELECT id, kind, scope, key, winner_stamp, winner_node FROM meshsync_conflicts ORDER BY id")]
-
-
-class BeatenVersion(NamedTuple):
-    """What ``meshsync conflicts restore`` writes back: the item and its beaten value
-    (None when the beaten side was a delete or kept no content)."""
-    kind: str
-    scope: str
-    key: str
-    value: str | None
-
-
-def beaten_version(idx: Index, conflict_id: int) -> BeatenVersion | None:
-    """The beaten side of conflict ``conflict_id``, or None if there is no such conflict."""
-    r = idx.db.execute("SELECT kind, scope, key, loser_value FROM meshsync_conflicts WHERE id = ?",
-                       (conflict_id,)).fetchone()
-    return BeatenVersion(*r) if r else None
+    """Every conflict this node saw, its winner, oldest first."""
+    return [ConflictWin(rec or cid, ItemId(k, s, key), wstamp, wnode)
+            for cid, k, s, key, wstamp, wnode, rec in idx.db.execute(
+                "SELECT id, kind, scope, key, winner_stamp, winner_node, record FROM meshsync_conflicts ORDER BY id")]
 
 
 # --- opening and checking the file ----------------------------------------------------------

@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS meshsync_conflicts (
   id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
   kind TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL, side TEXT NOT NULL,
   loser_stamp INTEGER NOT NULL, loser_node TEXT NOT NULL, loser_value TEXT,
-  winner_stamp INTEGER NOT NULL, winner_node TEXT NOT NULL, winner_deleted INTEGER NOT NULL);
+  winner_stamp INTEGER NOT NULL, winner_node TEXT NOT NULL, winner_deleted INTEGER NOT NULL,
+  record TEXT);                    -- the ID of its record in the share's history (R11)
 """
 
 TRIGGERS = """
@@ -272,6 +273,7 @@ class Index(IndexWrites):
         have = {r[0] for r in self.db.execute(
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger', 'index')")}
         if REQUIRED <= have:
+            self._add_columns()
             return
         try:
             self.db.executescript(
@@ -282,6 +284,16 @@ class Index(IndexWrites):
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None
+
+    def _add_columns(self) -> None:
+        """Columns added since an index was made (its tables exist already)."""
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(meshsync_conflicts)")}
+        if "record" not in cols:
+            try:
+                self.db.execute("ALTER TABLE meshsync_conflicts ADD COLUMN record TEXT")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):  # another process added it meanwhile
+                    raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None
 
     # --- transactions --------------------------------------------------------------------
 
@@ -540,7 +552,7 @@ class Index(IndexWrites):
     def conflicts(self, limit: int = 100) -> list[dict]:
         cur = self.db.execute(
             "SELECT id, at, kind, scope, key, side, loser_stamp, loser_node, loser_value, winner_stamp,"
-            " winner_node, winner_deleted FROM meshsync_conflicts ORDER BY id DESC LIMIT ?", (limit,))
+            " winner_node, winner_deleted, record FROM meshsync_conflicts ORDER BY id DESC LIMIT ?", (limit,))
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur]
 
