@@ -145,6 +145,11 @@ class SecretSettings(_Section):
         return v
 
 
+class SafetySettings(_Section):
+    max_delete_percent: float = Field(50, ge=0, le=100, description="A pass that would delete more than this percentage of the items (of all, or of one folder's) because their files are gone from the share is held until confirmed; 100 never holds.")
+    max_delete_count: int = Field(10, ge=0, description="A pass is held only when it would also delete more than this many items; smaller deletes always go through.")
+
+
 class _YamlFile(YamlConfigSettingsSource):
     """pydantic-settings' YAML source; a file that cannot be read, does not parse or holds
     no mapping is a :class:`ConfigError` naming the file (the library would skip a missing
@@ -192,6 +197,7 @@ class Settings(BaseSettings):
     share_files: ShareSettings = Field(default_factory=ShareSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     secrets: SecretSettings = Field(default_factory=SecretSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
     tombstone_retention_days: float = Field(30, gt=0, description="Days a delete is remembered so offline nodes do not bring items back.")
     conflict_retention_days: float = Field(90, gt=0, description="Days beaten versions and deleted values are kept in the share's history (at least tombstone_retention_days).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level: debug, info, warning or error.")

@@ -212,6 +212,25 @@ def _index_checks(s: Settings) -> list[Check]:
     return out
 
 
+def _hold_check(s: Settings) -> list[Check]:
+    """A mass delete held by the last passes (R11): nothing syncs those items until a
+    person decides."""
+    from meshsync.cli.deletes import FIX, describe
+
+    idx = queries.open_read_only(s.index) if s.index.exists() else None
+    if idx is None:
+        return []
+    try:
+        h = queries.delete_hold(idx)
+    except queries.Error:
+        return []
+    finally:
+        idx.close()
+    if h:
+        return [Check("deletes held", FAIL, describe(h) + "; nothing was deleted", FIX)]
+    return [Check("deletes held", PASS, "no mass delete is waiting for a decision")]
+
+
 def _probe_dir(d: Path, tag: str) -> str | None:
     """Create and remove a probe file in ``d``; the error text, or None when it worked.
     A real write, not os.access(): root passes access() on any mode bits, and only a
@@ -282,6 +301,7 @@ def run_checks(s: Settings) -> list[Check]:
     checks = [Check("configuration", PASS, f"valid (node {s.node_id})")]
     checks += _share_checks(s)
     checks += _index_checks(s)
+    checks += _hold_check(s)
     checks.append(_cache_check(s))
     checks.append(_daemon_check(s))
     checks.append(_systemd_check())

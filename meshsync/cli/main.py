@@ -33,6 +33,7 @@ from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes an
     CliError,
 )
 from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore, cmd_deleted, cmd_restore
+from meshsync.cli.deletes import cmd_deletes, cmd_deletes_confirm
 from meshsync.cli.doctor import FAIL, Check, cmd_doctor, print_checks
 from meshsync.cli.memory import cmd_get, cmd_ls, cmd_put, cmd_rm
 from meshsync.cli.setup import cmd_init, cmd_run, cmd_sync
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_commands(add)  # in the order `meshsync --help` lists them
     _add_memory_commands(add)
     _add_conflict_commands(add)
+    _add_delete_commands(add)
     _add_skill_commands(sub)
     return p
 
@@ -138,6 +140,19 @@ def _add_conflict_commands(add: AddCommand) -> None:
              "Write the version kept as record ID (from `meshsync conflicts` or `meshsync deleted`) back as "
              "a new write; it then wins everywhere like any newer write.")
     sp.add_argument("id", help="the record's ID (or a unique prefix of at least 4 characters)")
+
+
+def _add_delete_commands(add: AddCommand) -> None:
+    dl = add("deletes", cmd_deletes, "show a held mass delete (R11): how many, why, which items",
+             "Show the deletes the last passes held because most of the items' files are gone from the share "
+             "(a folder removed, a share emptied or put back from an old backup): nothing was deleted. "
+             "`meshsync deletes confirm` applies them. Exit 1 while deletes are held.")
+    dl.add_argument("--json", action="store_true", help="machine-readable output")
+    dsub = dl.add_subparsers(dest="deletes_command", metavar="SUBCOMMAND")
+    sp = dsub.add_parser("confirm", help="apply the held deletes on this node; the other nodes follow",
+                         description="Apply exactly the deletes held now (their last values are kept in "
+                         "`meshsync deleted`); the other nodes follow this node's tombstones.")
+    sp.set_defaults(fn=cmd_deletes_confirm)
 
 
 def _add_skill_commands(sub: argparse._SubParsersAction) -> None:

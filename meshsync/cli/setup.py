@@ -20,6 +20,7 @@ from meshsync.cli.common import (
     dump,
     open_node,
 )
+from meshsync.cli.deletes import FIX, describe
 from meshsync.lock import IndexLock, Locked
 from meshsync.replicas.index.store import Index, IndexError_
 from meshsync.replicas.share.store import Share, ShareUnavailable
@@ -74,8 +75,13 @@ def cmd_sync(s: config.Settings, a: argparse.Namespace) -> int:
             node.close()
     finally:
         lock.release()
+    if stats.held:
+        # R11: held deletes are a refusal, told on every run until confirmed or undone.
+        h = hold_of(s)
+        print(f"meshsync: {describe(h) if h else f'{stats.held} deletes held'}; nothing was deleted.\n  -> {FIX}",
+              file=sys.stderr)
     if a.json:
-        print(dump({"ok": stats.errors == 0, **stats.as_dict()}))
+        print(dump({"ok": stats.errors == 0 and not stats.held, **stats.as_dict()}))
     else:
         print(f"synced in {stats.seconds:.2f}s: {stats.scanned} items scanned, {stats.read} read, "
               f"{stats.to_share} written to the share, {stats.to_index} to the index, "
@@ -83,7 +89,18 @@ def cmd_sync(s: config.Settings, a: argparse.Namespace) -> int:
               + (", cache rewritten" if stats.cache_written else ""))
         if stats.errors:
             print("  some files or rows were skipped: see `meshsync status`", file=sys.stderr)
-    return EXIT_PROBLEMS if stats.errors else EXIT_OK
+    return EXIT_PROBLEMS if stats.errors or stats.held else EXIT_OK
+
+
+def hold_of(s: config.Settings) -> dict | None:
+    from meshsync.replicas.index import queries
+    from meshsync.replicas.index.store import Index
+
+    idx = Index(s.index)
+    try:
+        return queries.delete_hold(idx)
+    finally:
+        idx.close()
 
 
 def cmd_run(s: config.Settings, a: argparse.Namespace) -> int:

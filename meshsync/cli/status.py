@@ -192,6 +192,7 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
     # own last check counts, or status says "available" while nothing syncs.
     if daemon_runs and share_ok and idx.meta("share_status") == "unavailable":
         out["share"].update(available=False, reason=f"the daemon reports: {idx.meta('share_reason')}")
+    out["delete_hold"] = queries.delete_hold(idx)  # R11: deletes held until confirmed
     out["errors"] = idx.errors()
     out["conflicts"] = idx.conflicts(20)
     for c in out["conflicts"]:
@@ -269,7 +270,12 @@ def _print_activity(d: dict[str, Any]) -> None:
 
 
 def _print_problems(d: dict[str, Any]) -> None:
-    """Problems, refused writes and warnings, at most 50 of each."""
+    """A held mass delete; problems, refused writes and warnings, at most 50 of each."""
+    from meshsync.cli.deletes import FIX, describe
+
+    h = d.get("delete_hold")
+    if h:
+        print(f"HELD      {describe(h)}; nothing was deleted (`meshsync deletes`)\n    -> {FIX}")
     refused = d["refused"]
     errs = [e for e in d["errors"] if not is_refusal(e) and e["kind"] != "warning"]
     print(f"problems  {len(errs)}")

@@ -23,6 +23,8 @@ from meshsync.replicas.cache import skilldirs
 from meshsync.replicas.cache.write import skills_sig_of
 from meshsync.replicas.share import journal
 
+from . import hold
+
 if TYPE_CHECKING:
     from .node import Node
 
@@ -35,6 +37,7 @@ def _json(obj: Any) -> str:
 
 def finish(node: Node, p: Pass) -> None:
     record(node, p)
+    hold.record(node, p)
     refresh_cache_memory(node, p)
     refresh_cache_skills(node, p)
     skill_folders(node, p.changed_skills, p.full)

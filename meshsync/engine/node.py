@@ -33,7 +33,7 @@ from meshsync.replicas.share.detect import ShareDetector
 from meshsync.replicas.share.history import History
 from meshsync.replicas.share.store import Share
 
-from . import commit, detect
+from . import commit, detect, hold
 from .plan import Policy, plan, readable_items
 from .propagate import propagate
 
@@ -125,7 +125,8 @@ class Node:
                 if it not in share_obs and it not in p.share_unknown:
                     # Not read this pass: unchanged if the walk saw its file, else absent.
                     share_obs[it] = self.share_detector.unread(it, p.state.get(it), walk)  # type: ignore[arg-type]
-        propagate(self, p, plan(self.policy, p, items, share_obs, index_obs), tick)
+        # A mass delete by absence is held before anything is written (R11).
+        propagate(self, p, hold.screen(self, p, plan(self.policy, p, items, share_obs, index_obs)), tick)
 
     def tick(self, what: str, done: int, total: int | None) -> None:
         if self.progress is not None:

@@ -126,6 +126,14 @@ def conflict_wins(idx: Index) -> list[ConflictWin]:
                 "SELECT id, kind, scope, key, winner_stamp, winner_node, record FROM meshsync_conflicts ORDER BY id")]
 
 
+def delete_hold(idx: Index) -> dict | None:
+    """The mass delete the last passes held (engine/hold.py, R11): count, since, causes,
+    items ([kind, scope, key, folder]); None when nothing is held."""
+    import orjson
+
+    return orjson.loads(idx.meta("delete_hold") or "null")
+
+
 # --- opening and checking the file ----------------------------------------------------------
 
 

@@ -386,6 +386,19 @@ class Index(IndexWrites):
             "SELECT rel, kind, scope, key FROM meshsync_state WHERE deleted = 0"
             " AND rel IN (SELECT value FROM json_each(?))", (orjson.dumps(want).decode(),))}
 
+    def live_folders(self) -> dict[str, int]:
+        """How many live items have their file in each share folder ("skills" for all
+        skills): what a mass delete is measured against (engine/hold.py)."""
+        out: dict[str, int] = {}
+        for kind, rel in self.db.execute("SELECT kind, rel FROM meshsync_state WHERE deleted = 0 AND rel IS NOT NULL"):
+            folder = "skills" if kind == SKILL else rel.rpartition("/")[0]
+            out[folder] = out.get(folder, 0) + 1
+        return out
+
+    def confirmed_deletes(self) -> set[ItemId]:
+        """Held deletes a person confirmed (`meshsync deletes confirm`), not applied yet."""
+        return {ItemId(*it) for it in orjson.loads(self.meta("deletes_confirmed") or "[]")}
+
     # --- outbox ------------------------------------------------------------------------------
 
     def outbox(self) -> tuple[int, set[ItemId]]:
