@@ -212,23 +212,39 @@ def _index_checks(s: Settings) -> list[Check]:
     return out
 
 
-def _hold_check(s: Settings) -> list[Check]:
-    """A mass delete held by the last passes (R11): nothing syncs those items until a
-    person decides."""
+def _index_state_checks(s: Settings) -> list[Check]:
+    """What the index records about this node (R11): the node id it was made for, another
+    index writing under the same node id, a mass delete held."""
     from meshsync.cli.deletes import FIX, describe
+    from meshsync.engine import identity
 
     idx = queries.open_read_only(s.index) if s.index.exists() else None
     if idx is None:
         return []
     try:
+        owner = idx.meta("node_id")
         h = queries.delete_hold(idx)
+        clash = queries.node_clash(idx)
     except queries.Error:
         return []
     finally:
         idx.close()
+    out = []
+    if owner is not None and owner != s.node_id:
+        out.append(Check("index owner", FAIL, f"{s.index} was made for node {owner!r}, not {s.node_id!r}",
+                         f"run this node as {owner!r} (MESHSYNC_NODE_ID={owner}), or give node {s.node_id!r} "
+                         "its own index (MESHSYNC_INDEX) and `meshsync init`"))
+    else:
+        out.append(Check("index owner", PASS, f"{s.index} serves node {s.node_id}"))
+    if clash:
+        out.append(Check("node id", FAIL, identity.describe(clash), identity.FIX))
+    else:
+        out.append(Check("node id", PASS, f"no other index writes under node id {s.node_id} on the share"))
     if h:
-        return [Check("deletes held", FAIL, describe(h) + "; nothing was deleted", FIX)]
-    return [Check("deletes held", PASS, "no mass delete is waiting for a decision")]
+        out.append(Check("deletes held", FAIL, describe(h) + "; nothing was deleted", FIX))
+    else:
+        out.append(Check("deletes held", PASS, "no mass delete is waiting for a decision"))
+    return out
 
 
 def _probe_dir(d: Path, tag: str) -> str | None:
@@ -301,7 +317,7 @@ def run_checks(s: Settings) -> list[Check]:
     checks = [Check("configuration", PASS, f"valid (node {s.node_id})")]
     checks += _share_checks(s)
     checks += _index_checks(s)
-    checks += _hold_check(s)
+    checks += _index_state_checks(s)
     checks.append(_cache_check(s))
     checks.append(_daemon_check(s))
     checks.append(_systemd_check())

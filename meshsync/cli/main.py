@@ -176,6 +176,18 @@ def _add_skill_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--json", action="store_true")
 
 
+def check_owner(s: config.Settings) -> None:
+    """R11: an index made for another node id is refused by every command, before it
+    touches anything (init included: it would say "index ready")."""
+    from meshsync.replicas.index import queries
+    from meshsync.replicas.index.store import wrong_node
+
+    if s.index.exists():
+        owner = queries.index_owner(s.index)
+        if owner is not None and owner != s.node_id:
+            raise CliError(wrong_node(s.index, owner, s.node_id), EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -191,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logs.setup(settings.log_level)
     try:
+        if a.fn is not cmd_doctor:  # doctor reports it as a failed check instead
+            check_owner(settings)
         return a.fn(settings, a)
     except CliError as exc:
         print(f"meshsync: {exc}", file=sys.stderr)

@@ -193,6 +193,7 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
     if daemon_runs and share_ok and idx.meta("share_status") == "unavailable":
         out["share"].update(available=False, reason=f"the daemon reports: {idx.meta('share_reason')}")
     out["delete_hold"] = queries.delete_hold(idx)  # R11: deletes held until confirmed
+    out["node_clash"] = queries.node_clash(idx)  # R11: another index writes under this node id
     out["errors"] = idx.errors()
     out["conflicts"] = idx.conflicts(20)
     for c in out["conflicts"]:
@@ -273,6 +274,11 @@ def _print_problems(d: dict[str, Any]) -> None:
     """A held mass delete; problems, refused writes and warnings, at most 50 of each."""
     from meshsync.cli.deletes import FIX, describe
 
+    clash = d.get("node_clash")
+    if clash:
+        from meshsync.engine import identity
+
+        print(f"CLASH     {identity.describe(clash)}\n    -> {identity.FIX}")
     h = d.get("delete_hold")
     if h:
         print(f"HELD      {describe(h)}; nothing was deleted (`meshsync deletes`)\n    -> {FIX}")

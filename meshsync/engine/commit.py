@@ -23,7 +23,7 @@ from meshsync.replicas.cache import skilldirs
 from meshsync.replicas.cache.write import skills_sig_of
 from meshsync.replicas.share import journal
 
-from . import hold
+from . import hold, identity
 
 if TYPE_CHECKING:
     from .node import Node
@@ -38,6 +38,7 @@ def _json(obj: Any) -> str:
 def finish(node: Node, p: Pass) -> None:
     record(node, p)
     hold.record(node, p)
+    identity.check(node, p)
     refresh_cache_memory(node, p)
     refresh_cache_skills(node, p)
     skill_folders(node, p.changed_skills, p.full)

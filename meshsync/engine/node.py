@@ -54,6 +54,11 @@ class Node:
         self.share = Share(settings.share, max_file_bytes=settings.limits.max_file_bytes,
                            fsync=settings.share_files.fsync, file_mode=mode, gid=gid)
         self.index = index or Index(settings.index)
+        try:
+            self.index_id = self.index.claim(settings.node_id)  # R11: an index serves one node id
+        except Exception:
+            self.index.close()
+            raise
         self.cache = Cache(settings.openclaw_home)
         self.history = History(self.share, self.node)  # beaten and deleted versions, on the share (R11)
         self.progress: Callable[[str, int, int | None], None] | None = None

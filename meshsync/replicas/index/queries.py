@@ -134,6 +134,14 @@ def delete_hold(idx: Index) -> dict | None:
     return orjson.loads(idx.meta("delete_hold") or "null")
 
 
+def node_clash(idx: Index) -> dict | None:
+    """Another index writing under this node's id on the share (engine/identity.py, R11):
+    its node file (index, host, pid, at) and when it was last seen; None when none."""
+    import orjson
+
+    return orjson.loads(idx.meta("node_clash") or "null")
+
+
 # --- opening and checking the file ----------------------------------------------------------
 
 
@@ -154,6 +162,20 @@ def open_read_only(path: Path) -> Index | None:
         idx.path, idx.db = Path(path), db
         return idx
     return None
+
+
+def index_owner(path: Path) -> str | None:
+    """The node id the index at ``path`` was made for (None: not recorded, or unreadable),
+    read without writing anything (any user, any command)."""
+    idx = open_read_only(path)
+    if idx is None:
+        return None
+    try:
+        return idx.meta("node_id")
+    except sqlite3.Error:
+        return None
+    finally:
+        idx.close()
 
 
 class Health(NamedTuple):

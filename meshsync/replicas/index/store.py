@@ -15,6 +15,7 @@ foreign write that lands between detection and apply is never overwritten blindl
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -244,6 +245,18 @@ class IndexError_(Exception):
     """The index cannot be opened or is not ours."""
 
 
+class WrongNode(IndexError_):
+    """The index was made for another node id (a copied index, a wrong MESHSYNC_NODE_ID)."""
+
+
+def wrong_node(path: Path, owner: str, node_id: str) -> str:
+    return (f"index {path} was made for node {owner!r}, not {node_id!r}: each node keeps its own index, "
+            "and this one holds the other node's private items and sync state; nothing was changed.\n"
+            f"  Run this node's commands as node {owner!r} (MESHSYNC_NODE_ID={owner}, or node_id: {owner} in its "
+            f"configuration), or give node {node_id!r} its own index (MESHSYNC_INDEX=/path/to/another.sqlite, then "
+            "`meshsync init`).")
+
+
 class Index(IndexWrites):
     def __init__(self, path: Path, *, create: bool = True):
         self.path = Path(path)
@@ -294,6 +307,20 @@ class Index(IndexWrites):
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):  # another process added it meanwhile
                     raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None
+
+    def claim(self, node_id: str) -> str:
+        """The index's identity: records ``node_id`` and a random ``index_id`` in an index
+        that has none yet; raises WrongNode for an index made for another node (R11: a
+        copied index or a wrong node id would sync the other node's private items).
+        Returns the index_id."""
+        owner, index_id = self.meta("node_id"), self.meta("index_id")
+        if owner is not None and owner != node_id:
+            raise WrongNode(wrong_node(self.path, owner, node_id))
+        if owner is None or index_id is None:
+            index_id = index_id or secrets.token_hex(8)
+            with self.write() as db:
+                self.set_meta(db, node_id=node_id, index_id=index_id)
+        return index_id
 
     # --- transactions --------------------------------------------------------------------
 
