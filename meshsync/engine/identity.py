@@ -80,7 +80,10 @@ def check(node: Node, p: Pass) -> None:
         clash = old
     if clash != old:
         meta["node_clash"] = clash
-    if other is None or foreign or mine is None or other["token"] != mine["token"] or now - mine["at"] >= MARK_EVERY_S:
+    # Refreshed at most once a minute, and only by a pass that wrote: an idle node writes
+    # nothing (R8); one that finds no mark, or another's, leaves its own at once.
+    if (other is None or mine is None or other["token"] != mine["token"]
+            or (p.written and now - mine["at"] >= MARK_EVERY_S)):
         try:
             meta["node_mark"] = nodes.write(node.share, node.node, node.index_id, str(node.index.path))
         except (OSError, FileRefused) as exc:
