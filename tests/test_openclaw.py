@@ -229,7 +229,7 @@ def test_secret_guard(mesh: Mesh):
     start(a)
     start(b)
     key = "AKIA" + "IOSFODNN7EXAMPLE"
-    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}"}))
+    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}"}), check=6)  # refused: its own exit code
     wait_for(lambda: any("aws-access-key" in e["reason"] for e in a.status()["errors"]), 15, what="refused")
     errs = json.dumps(a.status()["errors"])
     assert key not in errs and "mesh:aws" in errs
@@ -243,7 +243,7 @@ def test_secret_guard(mesh: Mesh):
     # Allowing the item lets it through.
     assert a.stop() == 0
     start(a, MESHSYNC_SECRETS__ALLOW_ITEMS='["mesh:aws"]')
-    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}", "v": 2}))
+    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}", "v": 2}), MESHSYNC_SECRETS__ALLOW_ITEMS='["mesh:aws"]')
     wait_for(lambda: memfile(mesh.share, "mesh", "aws.json").exists(), 15, what="allowed item exported")
     assert a.stop() == 0 and b.stop() == 0
 

@@ -25,7 +25,8 @@ from meshsync.cli.common import (
     CliError,
     dump,
     open_node,
-    sync_after_write,
+    report_write,
+    secret_hits,
 )
 from meshsync.formats import HistoryRecord
 from meshsync.layout import MEM, SKILL, ItemId
@@ -154,8 +155,9 @@ def cmd_restore(s: config.Settings, a: argparse.Namespace) -> int:
             item = layout.skill_id(it.key)
     finally:
         node.close()
-    print(f"restored {item} from record {r.id} as a new write; {sync_after_write(s, [item])}")
-    return EXIT_OK
+    hits = (secret_hits(s, item, formats.loads(r.value or b"null", 0)) if it.kind == MEM
+            else secret_hits(s, item, content=r.content or ""))
+    return report_write(f"restored {item} from record {r.id} as a new write", [item], s, hits)
 
 
 cmd_conflicts_restore = cmd_restore

@@ -13,6 +13,7 @@ Exit codes (also in ``meshsync --help``):
   3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
   4  the item does not exist
   5  another meshsync process (the daemon) holds the index
+  6  the write was refused (e.g. it looks like a secret): kept in this node's index only
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes an
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_PROBLEMS,
+    EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
@@ -47,6 +49,7 @@ EPILOG = """exit codes:
   3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
   4  the item does not exist
   5  another meshsync process (the daemon) holds the index
+  6  the write was refused (e.g. it looks like a secret): kept in this node's index only
 
 configuration: -c FILE or $MESHSYNC_CONFIG (YAML), and MESHSYNC_* variables,
 e.g. MESHSYNC_SHARE, MESHSYNC_NODE_ID, MESHSYNC_WATCH__POLL_INTERVAL.

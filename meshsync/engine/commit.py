@@ -36,13 +36,35 @@ def _json(obj: Any) -> str:
 
 
 def finish(node: Node, p: Pass) -> None:
+    before = node.index.error_reasons()
     record(node, p)
     hold.record(node, p)
     identity.check(node, p)
     refresh_cache_memory(node, p)
     refresh_cache_skills(node, p)
     skill_folders(node, p.changed_skills, p.full)
+    log_problems(before, node.index.error_reasons())
     last_pass(node, p)
+
+
+LOG_AT_MOST = 20  # problems logged one by one per pass; the rest are counted (a share full of bad files)
+
+
+def log_problems(before: dict[str, tuple[str, str, str]], after: dict[str, tuple[str, str, str]]) -> None:
+    """Each problem, refusal and warning once, when it appears or its reason changes (R6,
+    R9); each one that went, at INFO.  The errors table is the memory of what was told:
+    a restart does not tell the same problems again."""
+    new = [(path, e) for path, e in after.items() if before.get(path, ("", "", ""))[1] != e[1]]
+    for path, (kind, reason, hint) in new[:LOG_AT_MOST]:
+        what = "refused" if kind == "refused" else "warning" if kind == "warning" else "problem"
+        log.warning("%s %s: %s%s", what, path.removeprefix("index:"), reason, f" -> {hint}" if hint else "")
+    if len(new) > LOG_AT_MOST:
+        log.warning("%d more problems (see `meshsync status`)", len(new) - LOG_AT_MOST)
+    gone = [path for path in before if path not in after]
+    for path in gone[:LOG_AT_MOST]:
+        log.info("%s: fixed (no longer a problem)", path.removeprefix("index:"))
+    if len(gone) > LOG_AT_MOST:
+        log.info("%d more problems fixed", len(gone) - LOG_AT_MOST)
 
 
 def record(node: Node, p: Pass) -> None:

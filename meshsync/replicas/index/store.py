@@ -584,6 +584,11 @@ class Index(IndexWrites):
         """replace_errors_one(db, kind, path, None) for each of ``paths``."""
         db.executemany("DELETE FROM meshsync_errors WHERE path = ?", [(storable(p),) for p in paths])
 
+    def error_reasons(self) -> dict[str, tuple[str, str, str]]:
+        """path -> (kind, reason, hint) of every recorded problem (what the log told)."""
+        return {path: (kind, reason, hint) for path, kind, reason, hint in
+                self.db.execute("SELECT path, kind, reason, hint FROM meshsync_errors")}
+
     def errors(self) -> list[dict]:
         cur = self.db.execute("SELECT path, kind, reason, hint, since, seen FROM meshsync_errors ORDER BY kind, path")
         cols = [c[0] for c in cur.description]
