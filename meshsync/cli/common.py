@@ -65,7 +65,16 @@ def open_node(settings: config.Settings) -> Node:
 
 
 def open_index(s: config.Settings) -> Index:
-    """The existing index, for commands that only read it."""
+    """The existing index, for commands that only read it (read-only for a user who does
+    not own it: opening it for writing could leave files of this user next to it)."""
+    from meshsync.cli.access import other_user
+    from meshsync.replicas.index import queries
+
+    if other_user(s):
+        idx = queries.open_read_only(s.index)
+        if idx is None:
+            raise CliError(f"cannot read index {s.index} as this user (see `meshsync doctor`)")
+        return idx
     try:
         return Index(s.index, create=False)
     except IndexError_ as exc:

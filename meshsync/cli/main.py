@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 
 from meshsync import __version__, config, logs
+from meshsync.cli import access
 from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes and CliError live here too)
     EXIT_BUSY,
     EXIT_NOT_FOUND,
@@ -179,16 +181,9 @@ def _add_skill_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--json", action="store_true")
 
 
-def check_owner(s: config.Settings) -> None:
-    """R11: an index made for another node id is refused by every command, before it
-    touches anything (init included: it would say "index ready")."""
-    from meshsync.replicas.index import queries
-    from meshsync.replicas.index.store import wrong_node
-
-    if s.index.exists():
-        owner = queries.index_owner(s.index)
-        if owner is not None and owner != s.node_id:
-            raise CliError(wrong_node(s.index, owner, s.node_id), EXIT_USAGE)
+# Commands that only read: a user who does not own the index may run them (read-only).
+READS_ONLY = frozenset({cmd_status, cmd_doctor, cmd_get, cmd_ls, cmd_skill_get, cmd_skill_ls, cmd_conflicts,
+                        cmd_deleted, cmd_deletes})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,12 +201,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logs.setup(settings.log_level)
     try:
+        # Before the command touches anything: the index's node id (R11), its owner.
+        access.check_user(settings, a.fn in READS_ONLY, sys.argv[1:] if argv is None else argv)
         if a.fn is not cmd_doctor:  # doctor reports it as a failed check instead
-            check_owner(settings)
+            access.check_owner(settings)
         return a.fn(settings, a)
     except CliError as exc:
         print(f"meshsync: {exc}", file=sys.stderr)
         return exc.code
+    except (OSError, sqlite3.Error) as exc:  # never a traceback (a file of another user, a full disk, ...)
+        print(f"meshsync: {access.explain(exc, settings)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

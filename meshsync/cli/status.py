@@ -137,7 +137,11 @@ def status_data(s: config.Settings) -> dict[str, Any]:
     if not s.index.exists():
         out["initialised"] = False
         return out
+    from meshsync.cli.access import other_user
+
     try:
+        if other_user(s):  # read-only: a write connection could leave this user's files there
+            raise IndexError_(f"index {s.index} belongs to another user")
         idx = Index(s.index)
     except IndexError_ as exc:
         idx = queries.open_read_only(s.index)

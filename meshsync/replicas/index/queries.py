@@ -145,14 +145,24 @@ def node_clash(idx: Index) -> dict | None:
 # --- opening and checking the file ----------------------------------------------------------
 
 
+def _read_only_uris(path: Path) -> tuple[str, ...]:
+    """How to open the index without writing: read-only, or immutable when there is no
+    -shm file (no connection has the database open): a read-only connection would create
+    one (and a -wal), as this user, next to an index that may be another user's."""
+    shm = Path(str(path) + "-shm").exists()
+    return ((f"file:{path}?mode=ro",) if shm else ()) + (f"file:{path}?immutable=1",)
+
+
 def open_read_only(path: Path) -> Index | None:
     """The index opened for reading only, for a user (or a mount) that may not write it:
     read-only first, then immutable (a WAL database on a read-only file system cannot be
     opened otherwise; nobody can be writing it there).  None if neither works.
+    Either way no file is created next to the index (a user who does not own it must not
+    leave one there).
 
     The object has no schema check and no write methods: only the query methods that
     need ``.db`` (``meta``, ``counts``, ``errors``, ``conflicts`` and this module) work."""
-    for uri in (f"file:{path}?mode=ro", f"file:{path}?immutable=1"):
+    for uri in _read_only_uris(path):
         try:
             db = sqlite3.connect(uri, uri=True, timeout=10)
             db.execute("SELECT count(*) FROM meshsync_meta").fetchone()
@@ -191,7 +201,7 @@ def health(path: Path) -> Health:
     """Integrity, schema objects, journal mode and schema version of the index at
     ``path``, read through a read-only connection (doctor never changes the index).
     Raises :data:`Error` when the file cannot be read as a database."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    db = sqlite3.connect(_read_only_uris(path)[0], uri=True, timeout=10)
     try:
         qc = db.execute("PRAGMA quick_check").fetchall()
         have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table','trigger','index')")}
