@@ -185,7 +185,7 @@ def test_skill_dirs_mirror_full_skill_folders(mesh: Mesh, tmp_path: Path):
              what="skill folder mirrored")
     assert (dest / "SKILL.md").read_text().startswith("---\nname: deploy")
     assert os.stat(dest / "scripts" / "run.sh").st_mode & stat.S_IXUSR
-    assert (dest / ".meshsync-managed").read_text().strip() == "deploy"
+    assert (dest / ".meshsync-managed").read_text().splitlines() == ["deploy", "node b"]
     # A shared skill named like the hand-made folder: the folder is left alone, with a warning.
     (mesh.share / "skills" / "mine").mkdir()
     (mesh.share / "skills" / "mine" / "SKILL.md").write_text("no frontmatter here\n")

@@ -225,7 +225,8 @@ def skill_folders(node: Node, changed: dict[str, str | None], full: bool) -> Non
             warns.append((f"skill:{name}", why, "OpenClaw may not load it; add --- name: ... description: ... --- "
                           "at the top of SKILL.md (it is synced anyway)"))
     if targets:
-        for w in skilldirs.mirror(node.share.root, targets, todo, set(rows) if full else None):
+        limits = skilldirs.Limits(node.s.limits.max_file_bytes, node.s.limits.max_skill_bytes)
+        for w in skilldirs.mirror(node.share.root, targets, todo, set(rows) if full else None, node.node, limits):
             warns.append((w.path, w.reason, w.hint))
     with node.index.write() as db:
         if full:
