@@ -119,16 +119,16 @@ PRUNE_EVERY_MS = 3_600_000  # the share's history is pruned at most once an hour
 def prune_history(node: Node, p: Pass) -> None:
     """Retention of the share's history (R11): records are kept at least as long as
     tombstones and as conflict_retention_days, whichever is longer."""
-    last = node.index.meta("history_pruned")
-    if last is not None and p.now_ms - int(last) < PRUNE_EVERY_MS:
+    # Remembered by the process, not in the index: an idle node writes nothing (R8); a
+    # `meshsync sync` looks once per run (two listings of the history folder).
+    if node.history_pruned is not None and p.now_ms - node.history_pruned < PRUNE_EVERY_MS:
         return
+    node.history_pruned = p.now_ms
     s = node.s
     days = max(s.tombstone_retention_days, s.conflict_retention_days)
     n = node.history.prune(p.now_ms - int(days * 86_400_000))
     if n:
         log.info("removed %d month(s) of history older than %g days from the share", n, days)
-    with node.index.write() as db:
-        node.index.set_meta(db, history_pruned=str(p.now_ms))
 
 
 def refresh_cache_memory(node: Node, p: Pass) -> None:

@@ -61,6 +61,7 @@ class Node:
             raise
         self.cache = Cache(settings.openclaw_home)
         self.history = History(self.share, self.node)  # beaten and deleted versions, on the share (R11)
+        self.history_pruned: int | None = None  # when this process last pruned it (ms; commit.py)
         self.progress: Callable[[str, int, int | None], None] | None = None
         self.deferred: list[ItemId] = []  # items whose share file changed under us: next pass
         # Signatures of files this process wrote: their change events are our own echo.
