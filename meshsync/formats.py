@@ -317,3 +317,82 @@ def parse_tombstone(data: bytes) -> tuple[ItemId, int, str]:
     if not 0 <= stamp <= MAX_STAMP_MS:
         raise FormatError(f"tombstone time {stamp} is out of range")
     return ItemId(kind, scope, key), stamp, node
+
+
+# --- history records (R11) ----------------------------------------------------------------
+
+HISTORY_WHY = ("beaten", "deleted")
+
+
+@dataclass(slots=True)
+class HistoryRecord:
+    """One version kept in the share's history (replicas/share/history.py): a version
+    that lost a conflict ("beaten") or the last value of an item that was deleted
+    ("deleted").  Immutable once written."""
+
+    id: str
+    why: str
+    item: ItemId
+    owner: str  # the node whose private folder holds it (scope "node"), else ""
+    stamp: int  # the kept version: updated_at in ms, node, digest
+    node: str
+    digest: str
+    value: bytes | None  # memory: the value as canonical JSON text (None: no copy was readable)
+    content: str | None  # skill: SKILL.md
+    path: str | None  # skill: the reference path
+    by_stamp: int  # what beat or deleted it: the winner, or the delete
+    by_node: str
+    by_deleted: bool
+    side: str  # where it was seen: share, index or cache
+    recorded_by: str
+    recorded_at: int  # ms
+
+    @property
+    def kept(self) -> bool:
+        """A value that can be restored."""
+        return self.value is not None if self.item.kind == MEM else (self.content is not None or self.path is not None)
+
+
+def history_id(why: str, item: ItemId, owner: str, stamp: int, node: str, digest: str) -> str:
+    """A record's name: the same on every node that records the same version for the same
+    reason, so that they write one record (and a person types the same ID everywhere)."""
+    text = f"{why}\0{item.kind}\0{item.scope}\0{item.key}\0{owner}\0{stamp}\0{node}\0{digest}"
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+
+
+def render_history(r: HistoryRecord) -> bytes:
+    doc: dict[str, Any] = {
+        "meshsync_history": 1, "id": r.id, "why": r.why,
+        "kind": "memory" if r.item.kind == MEM else "skill", "scope": r.item.scope, "key": r.item.key,
+        "owner": r.owner, "node_id": r.node, "updated_at_ms": r.stamp, "digest": r.digest,
+        "by": {"node_id": r.by_node, "updated_at_ms": r.by_stamp, "deleted": r.by_deleted},
+        "side": r.side, "recorded_by": r.recorded_by, "recorded_at_ms": r.recorded_at,
+    }
+    if r.item.kind == MEM:
+        if r.value is not None:
+            doc["value"] = orjson.Fragment(r.value)
+    else:
+        doc["content"], doc["path"] = r.content, r.path
+    return _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
+
+
+def parse_history(data: bytes) -> HistoryRecord:
+    """A history record as render_history wrote it; FormatError for anything else."""
+    doc = loads(data, 0)
+    try:
+        if not isinstance(doc, dict) or doc.get("meshsync_history") != 1:
+            raise TypeError
+        kind = {"memory": MEM, "skill": SKILL}[doc["kind"]]
+        item = ItemId(kind, doc["scope"], doc["key"])
+        by = doc["by"]
+        value = canonical(doc["value"]) if kind == MEM and "value" in doc else None
+        r = HistoryRecord(doc["id"], doc["why"], item, doc["owner"], doc["updated_at_ms"], doc["node_id"],
+                          doc["digest"], value, doc.get("content"), doc.get("path"), by["updated_at_ms"],
+                          by["node_id"], bool(by["deleted"]), doc["side"], doc["recorded_by"], doc["recorded_at_ms"])
+    except (TypeError, KeyError, AttributeError):
+        raise FormatError("not a meshsync history record") from None
+    if (r.why not in HISTORY_WHY or not all(isinstance(x, str) for x in (r.id, item.scope, item.key, r.owner,
+                                                                            r.node, r.by_node, r.recorded_by))
+            or not all(type(x) is int for x in (r.stamp, r.by_stamp, r.recorded_at))):
+        raise FormatError("not a meshsync history record")
+    return r

@@ -38,6 +38,7 @@ MEMORY = "memory"
 SKILLS = "skills"
 META = ".meshsync"
 TOMBSTONES = f"{META}/tombstones"
+HISTORY = f"{META}/history"  # beaten and deleted versions, one record each (R11)
 SKILL_MD = "SKILL.md"
 SKILL_JSON = "skill.json"
 

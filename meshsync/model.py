@@ -239,6 +239,7 @@ class PassStats:
     conflicts: int = 0
     refused: int = 0
     errors: int = 0
+    held: int = 0  # deletes by absence held (engine/hold.py, R11)
     cache_written: bool = False
     full: bool = True
     changed: list[str] = field(default_factory=list)  # the first CHANGED_SAMPLE items that changed
@@ -283,3 +284,9 @@ class Pass:
     cache_replaced: dict[str, list] = field(default_factory=dict)  # key -> version the cache loses
     changed_mem: bool = False  # a readable memory item moved: mesh-memory.json is rewritten
     changed_skills: dict[str, str | None] = field(default_factory=dict)  # name -> content (None: gone)
+    # the hold of mass deletes (engine/hold.py, R11)
+    held: dict[ItemId, str] = field(default_factory=dict)  # deletes by absence held -> their folder
+    hold_looked: set[ItemId] = field(default_factory=set)  # items the hold looked at (a targeted pass)
+    confirmed_applied: set[ItemId] = field(default_factory=set)  # confirmed deletes this pass applies
+    delete_window: dict[str, Any] | None = None  # deletes by absence applied lately (meta delete_window)
+    window_moved: bool = False

@@ -76,7 +76,7 @@ def _fill(share: Path, tmp: Path) -> None:
 
 
 def _node(mesh: Mesh, name: str, readahead_min: int) -> Node:
-    node = mesh.engine(mesh.node(name), node_id="n", limits={"max_file_bytes": 4096})
+    node = mesh.engine(mesh.node("n", home=f"node-{name}"), limits={"max_file_bytes": 4096})
     node.readahead_min = readahead_min
     return node
 
@@ -164,6 +164,10 @@ def _share_files(share: Path) -> dict[str, object]:
             out[rel] = "link" if p.is_symlink() else "fifo" if p.is_fifo() else p.read_bytes()
             if rel.startswith(".meshsync/journal/"):  # the items written, whatever their order and time
                 out[rel] = sorted(it for line in out[rel].splitlines() for it in json.loads(line)["items"])
+            elif rel.startswith(".meshsync/history/"):  # what each record keeps, not when it was written
+                out[rel] = {k: v for k, v in json.loads(out[rel]).items() if k != "recorded_at_ms"}
+            elif rel.startswith(".meshsync/nodes/"):  # which process wrote last, and when
+                out[rel] = sorted(json.loads(out[rel]))
     return out
 
 

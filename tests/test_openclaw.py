@@ -185,7 +185,7 @@ def test_skill_dirs_mirror_full_skill_folders(mesh: Mesh, tmp_path: Path):
              what="skill folder mirrored")
     assert (dest / "SKILL.md").read_text().startswith("---\nname: deploy")
     assert os.stat(dest / "scripts" / "run.sh").st_mode & stat.S_IXUSR
-    assert (dest / ".meshsync-managed").read_text().strip() == "deploy"
+    assert (dest / ".meshsync-managed").read_text().splitlines() == ["deploy", "node b"]
     # A shared skill named like the hand-made folder: the folder is left alone, with a warning.
     (mesh.share / "skills" / "mine").mkdir()
     (mesh.share / "skills" / "mine" / "SKILL.md").write_text("no frontmatter here\n")
@@ -229,7 +229,7 @@ def test_secret_guard(mesh: Mesh):
     start(a)
     start(b)
     key = "AKIA" + "IOSFODNN7EXAMPLE"
-    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}"}))
+    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}"}), check=6)  # refused: its own exit code
     wait_for(lambda: any("aws-access-key" in e["reason"] for e in a.status()["errors"]), 15, what="refused")
     errs = json.dumps(a.status()["errors"])
     assert key not in errs and "mesh:aws" in errs
@@ -243,7 +243,7 @@ def test_secret_guard(mesh: Mesh):
     # Allowing the item lets it through.
     assert a.stop() == 0
     start(a, MESHSYNC_SECRETS__ALLOW_ITEMS='["mesh:aws"]')
-    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}", "v": 2}))
+    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}", "v": 2}), MESHSYNC_SECRETS__ALLOW_ITEMS='["mesh:aws"]')
     wait_for(lambda: memfile(mesh.share, "mesh", "aws.json").exists(), 15, what="allowed item exported")
     assert a.stop() == 0 and b.stop() == 0
 

@@ -70,7 +70,7 @@ def _share_checks(s: Settings) -> list[Check]:
         # meshsync writes in every scope and skill folder, not only in the marker.
         bad = []
         for rel in (layout.MEMORY, f"{layout.MEMORY}/mesh", f"{layout.MEMORY}/user", f"{layout.MEMORY}/node",
-                    layout.SKILLS, f"{layout.META}/tombstones", journal.DIR):
+                    layout.SKILLS, f"{layout.META}/tombstones", journal.DIR, layout.HISTORY):
             d = s.share / rel
             if d.is_dir() and not d.is_symlink():
                 err = _probe_dir(d, layout.encode(s.node_id))
@@ -212,6 +212,41 @@ def _index_checks(s: Settings) -> list[Check]:
     return out
 
 
+def _index_state_checks(s: Settings) -> list[Check]:
+    """What the index records about this node (R11): the node id it was made for, another
+    index writing under the same node id, a mass delete held."""
+    from meshsync.cli.deletes import FIX, describe
+    from meshsync.engine import identity
+
+    idx = queries.open_read_only(s.index) if s.index.exists() else None
+    if idx is None:
+        return []
+    try:
+        owner = idx.meta("node_id")
+        h = queries.delete_hold(idx)
+        clash = queries.node_clash(idx)
+    except queries.Error:
+        return []
+    finally:
+        idx.close()
+    out = []
+    if owner is not None and owner != s.node_id:
+        out.append(Check("index owner", FAIL, f"{s.index} was made for node {owner!r}, not {s.node_id!r}",
+                         f"run this node as {owner!r} (MESHSYNC_NODE_ID={owner}), or give node {s.node_id!r} "
+                         "its own index (MESHSYNC_INDEX) and `meshsync init`"))
+    else:
+        out.append(Check("index owner", PASS, f"{s.index} serves node {s.node_id}"))
+    if clash:
+        out.append(Check("node id", FAIL, identity.describe(clash), identity.FIX))
+    else:
+        out.append(Check("node id", PASS, f"no other index writes under node id {s.node_id} on the share"))
+    if h:
+        out.append(Check("deletes held", FAIL, describe(h) + "; nothing was deleted", FIX))
+    else:
+        out.append(Check("deletes held", PASS, "no mass delete is waiting for a decision"))
+    return out
+
+
 def _probe_dir(d: Path, tag: str) -> str | None:
     """Create and remove a probe file in ``d``; the error text, or None when it worked.
     A real write, not os.access(): root passes access() on any mode bits, and only a
@@ -283,6 +318,7 @@ def run_checks(s: Settings) -> list[Check]:
     checks += _share_checks(s)
     checks += syncthing.doctor_checks(s)  # a Syncthing folder's state, when the share is one
     checks += _index_checks(s)
+    checks += _index_state_checks(s)
     checks.append(_cache_check(s))
     checks.append(_daemon_check(s))
     checks.append(_systemd_check())

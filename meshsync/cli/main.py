@@ -13,26 +13,31 @@ Exit codes (also in ``meshsync --help``):
   3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
   4  the item does not exist
   5  another meshsync process (the daemon) holds the index
+  6  the write was refused (e.g. it looks like a secret): kept in this node's index only
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 
 from meshsync import __version__, config, logs
+from meshsync.cli import access
 from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes and CliError live here too)
     EXIT_BUSY,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_PROBLEMS,
+    EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
 )
-from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore
+from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore, cmd_deleted, cmd_restore
+from meshsync.cli.deletes import cmd_deletes, cmd_deletes_confirm
 from meshsync.cli.doctor import FAIL, Check, cmd_doctor, print_checks
 from meshsync.cli.memory import cmd_get, cmd_ls, cmd_put, cmd_rm
 from meshsync.cli.setup import cmd_init, cmd_run, cmd_sync
@@ -46,6 +51,7 @@ EPILOG = """exit codes:
   3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
   4  the item does not exist
   5  another meshsync process (the daemon) holds the index
+  6  the write was refused (e.g. it looks like a secret): kept in this node's index only
 
 configuration: -c FILE or $MESHSYNC_CONFIG (YAML), and MESHSYNC_* variables,
 e.g. MESHSYNC_SHARE, MESHSYNC_NODE_ID, MESHSYNC_WATCH__POLL_INTERVAL.
@@ -79,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_commands(add)  # in the order `meshsync --help` lists them
     _add_memory_commands(add)
     _add_conflict_commands(add)
+    _add_delete_commands(add)
     _add_skill_commands(sub)
     return p
 
@@ -118,17 +125,39 @@ def _add_memory_commands(add: AddCommand) -> None:
 
 
 def _add_conflict_commands(add: AddCommand) -> None:
-    cf = add("conflicts", cmd_conflicts, "list beaten versions kept in the conflict history (R2)",
-             "List versions that lost a conflict on this node (newest first), with both sides. "
-             "`meshsync conflicts restore ID` writes the beaten version back as a new write.")
+    cf = add("conflicts", cmd_conflicts, "list beaten versions kept in the share's history (R2, R11)",
+             "List the versions that lost a conflict (newest first), with both sides, as kept on the share: "
+             "the same on every node. `meshsync restore ID` writes one back as a new write.")
     cf.add_argument("--json", action="store_true", help="machine-readable output, with the beaten values")
     cf.add_argument("--limit", type=int, default=50, help="how many to show (default 50)")
     csub = cf.add_subparsers(dest="conflicts_command", metavar="SUBCOMMAND")
-    sp = csub.add_parser("restore", help="write a beaten version back as a new write",
-                         description="Write the beaten version of conflict ID back as a new write; "
+    sp = csub.add_parser("restore", help="write a beaten version back as a new write (same as `meshsync restore`)",
+                         description="Write the version kept as record ID back as a new write; "
                          "it then wins everywhere like any newer write.")
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", help="the record's ID (or a unique prefix of at least 4 characters)")
     sp.set_defaults(fn=cmd_conflicts_restore)
+    sp = add("deleted", cmd_deleted, "list deleted items whose last value is kept in the share's history (R11)",
+             "List deleted items (newest first) with the last value each had and who deleted it, as kept "
+             "on the share: the same on every node. `meshsync restore ID` brings one back.")
+    sp.add_argument("--json", action="store_true", help="machine-readable output, with the last values")
+    sp.add_argument("--limit", type=int, default=50, help="how many to show (default 50)")
+    sp = add("restore", cmd_restore, "write a version kept in the history (beaten or deleted) back as a new write",
+             "Write the version kept as record ID (from `meshsync conflicts` or `meshsync deleted`) back as "
+             "a new write; it then wins everywhere like any newer write.")
+    sp.add_argument("id", help="the record's ID (or a unique prefix of at least 4 characters)")
+
+
+def _add_delete_commands(add: AddCommand) -> None:
+    dl = add("deletes", cmd_deletes, "show a held mass delete (R11): how many, why, which items",
+             "Show the deletes the last passes held because most of the items' files are gone from the share "
+             "(a folder removed, a share emptied or put back from an old backup): nothing was deleted. "
+             "`meshsync deletes confirm` applies them. Exit 1 while deletes are held.")
+    dl.add_argument("--json", action="store_true", help="machine-readable output")
+    dsub = dl.add_subparsers(dest="deletes_command", metavar="SUBCOMMAND")
+    sp = dsub.add_parser("confirm", help="apply the held deletes on this node; the other nodes follow",
+                         description="Apply exactly the deletes held now (their last values are kept in "
+                         "`meshsync deleted`); the other nodes follow this node's tombstones.")
+    sp.set_defaults(fn=cmd_deletes_confirm)
 
 
 def _add_skill_commands(sub: argparse._SubParsersAction) -> None:
@@ -152,6 +181,11 @@ def _add_skill_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--json", action="store_true")
 
 
+# Commands that only read: a user who does not own the index may run them (read-only).
+READS_ONLY = frozenset({cmd_status, cmd_doctor, cmd_get, cmd_ls, cmd_skill_get, cmd_skill_ls, cmd_conflicts,
+                        cmd_deleted, cmd_deletes})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -167,10 +201,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logs.setup(settings.log_level)
     try:
+        # Before the command touches anything: the index's node id (R11), its owner.
+        access.check_user(settings, a.fn in READS_ONLY, sys.argv[1:] if argv is None else argv)
+        if a.fn is not cmd_doctor:  # doctor reports it as a failed check instead
+            access.check_owner(settings)
         return a.fn(settings, a)
     except CliError as exc:
         print(f"meshsync: {exc}", file=sys.stderr)
         return exc.code
+    except (OSError, sqlite3.Error) as exc:  # never a traceback (a file of another user, a full disk, ...)
+        print(f"meshsync: {access.explain(exc, settings)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -2,7 +2,7 @@
 
 Reads come from the index (with each item's sync state, see ``status.ItemStates``);
 writes go into the index through the engine and are exported at once when no daemon
-runs (``common.sync_after_write``), as a foreign client's write would be by the daemon.
+runs (``common.report_write``), as a foreign client's write would be by the daemon.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from meshsync.cli.common import (
     open_index,
     open_node,
     parse_value,
+    report_write,
     scope_arg,
-    sync_after_write,
+    secret_hits,
     when,
 )
 from meshsync.cli.status import ItemStates, row_sig, state_note, state_text
@@ -68,8 +69,8 @@ def cmd_put(s: config.Settings, a: argparse.Namespace) -> int:
         node.put_memory(scope, a.key, value)
     finally:
         node.close()
-    print(f"stored {scope}:{a.key}; {sync_after_write(s, [layout.memory_id(scope, a.key)])}")
-    return EXIT_OK
+    item = layout.memory_id(scope, a.key)
+    return report_write(f"stored {item}", [item], s, secret_hits(s, item, value))
 
 
 def cmd_rm(s: config.Settings, a: argparse.Namespace) -> int:
@@ -82,8 +83,7 @@ def cmd_rm(s: config.Settings, a: argparse.Namespace) -> int:
     if not found:
         print(f"meshsync: no item {a.scope}:{a.key}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    print(f"deleted {a.scope}:{a.key}; {sync_after_write(s, [layout.memory_id(a.scope, a.key)])}")
-    return EXIT_OK
+    return report_write(f"deleted {a.scope}:{a.key}", [layout.memory_id(a.scope, a.key)], s)
 
 
 def cmd_ls(s: config.Settings, a: argparse.Namespace) -> int:

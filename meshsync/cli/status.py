@@ -19,6 +19,7 @@ from meshsync.layout import MEM, ItemId
 from meshsync.lock import IndexLock
 from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import Index, IndexError_
+from meshsync.replicas.share.history import History
 from meshsync.replicas.share.store import Share, ShareUnavailable
 
 # --- item states ---------------------------------------------------------------------------
@@ -136,7 +137,11 @@ def status_data(s: config.Settings) -> dict[str, Any]:
     if not s.index.exists():
         out["initialised"] = False
         return out
+    from meshsync.cli.access import other_user
+
     try:
+        if other_user(s):  # read-only: a write connection could leave this user's files there
+            raise IndexError_(f"index {s.index} belongs to another user")
         idx = Index(s.index)
     except IndexError_ as exc:
         idx = queries.open_read_only(s.index)
@@ -152,12 +157,30 @@ def status_data(s: config.Settings) -> dict[str, Any]:
         out["index_error"] = f"cannot read index {s.index}: {exc} (see `meshsync doctor`)"
     finally:
         idx.close()
+    if avail and "counts" in out:
+        _history_status(s, share, out)
     if not holder:
         from meshsync.daemon.watch import choose_mode
 
         mode, why = choose_mode(s.watch.mode, s.share)
         out["watch_planned"] = {"mode": mode, "why": why}
     return out
+
+
+def _history_status(s: config.Settings, share: Share, out: dict[str, Any]) -> None:
+    """Conflicts from the share's history (R11): the same on every node.  (Without the
+    share, ``_index_status`` left those this node saw itself.)"""
+    from meshsync.cli.conflicts import readable
+
+    hist = History(share, s.node_id)
+    counts = hist.counts()
+    out["counts"]["conflicts"] = counts["beaten"]
+    out["counts"]["deleted_kept"] = counts["deleted"]
+    out["conflicts"] = [{
+        "id": r.id, "at": r.recorded_at, "kind": r.item.kind, "scope": r.item.scope, "key": r.item.key,
+        "side": r.side, "loser_stamp": r.stamp, "loser_node": r.node, "winner_stamp": r.by_stamp,
+        "winner_node": r.by_node, "winner_deleted": int(r.by_deleted), "recorded_by": r.recorded_by,
+    } for r in hist.list("beaten", readable(s), limit=20).records]
 
 
 def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: bool) -> None:
@@ -173,10 +196,13 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
     # own last check counts, or status says "available" while nothing syncs.
     if daemon_runs and share_ok and idx.meta("share_status") == "unavailable":
         out["share"].update(available=False, reason=f"the daemon reports: {idx.meta('share_reason')}")
+    out["delete_hold"] = queries.delete_hold(idx)  # R11: deletes held until confirmed
+    out["node_clash"] = queries.node_clash(idx)  # R11: another index writes under this node id
     out["errors"] = idx.errors()
     out["conflicts"] = idx.conflicts(20)
     for c in out["conflicts"]:
         c.pop("loser_value", None)
+        c["id"] = c.pop("record", None) or c["id"]
     # Refused writes (R9): local changes this node may not export; they stay local.
     out["refused"] = [e for e in out["errors"] if is_refusal(e)]
     # Warnings (e.g. a SKILL.md OpenClaw may not load): synced anyway, shown apart.
@@ -249,7 +275,17 @@ def _print_activity(d: dict[str, Any]) -> None:
 
 
 def _print_problems(d: dict[str, Any]) -> None:
-    """Problems, refused writes and warnings, at most 50 of each."""
+    """A held mass delete; problems, refused writes and warnings, at most 50 of each."""
+    from meshsync.cli.deletes import FIX, describe
+
+    clash = d.get("node_clash")
+    if clash:
+        from meshsync.engine import identity
+
+        print(f"CLASH     {identity.describe(clash)}\n    -> {identity.FIX}")
+    h = d.get("delete_hold")
+    if h:
+        print(f"HELD      {describe(h)}; nothing was deleted (`meshsync deletes`)\n    -> {FIX}")
     refused = d["refused"]
     errs = [e for e in d["errors"] if not is_refusal(e) and e["kind"] != "warning"]
     print(f"problems  {len(errs)}")
@@ -278,6 +314,9 @@ def _print_conflicts(d: dict[str, Any]) -> None:
         print(f"  #{cf['id']} {item}: version of {cf['loser_node']} beaten by {cf['winner_node']}")
     if c["conflicts"]:
         print("  (beaten versions: `meshsync conflicts`; restore one with `meshsync conflicts restore ID`)")
+    if c.get("deleted_kept"):
+        print(f"deleted   {c['deleted_kept']} deleted items kept in the history (`meshsync deleted`; "
+              "`meshsync restore ID`)")
 
 
 def _ago(sec: float) -> str:

@@ -23,6 +23,8 @@ from meshsync.replicas.cache import skilldirs
 from meshsync.replicas.cache.write import skills_sig_of
 from meshsync.replicas.share import journal
 
+from . import hold, identity
+
 if TYPE_CHECKING:
     from .node import Node
 
@@ -34,11 +36,35 @@ def _json(obj: Any) -> str:
 
 
 def finish(node: Node, p: Pass) -> None:
+    before = node.index.error_reasons()
     record(node, p)
+    hold.record(node, p)
+    identity.check(node, p)
     refresh_cache_memory(node, p)
     refresh_cache_skills(node, p)
     skill_folders(node, p.changed_skills, p.full)
+    log_problems(before, node.index.error_reasons())
     last_pass(node, p)
+
+
+LOG_AT_MOST = 20  # problems logged one by one per pass; the rest are counted (a share full of bad files)
+
+
+def log_problems(before: dict[str, tuple[str, str, str]], after: dict[str, tuple[str, str, str]]) -> None:
+    """Each problem, refusal and warning once, when it appears or its reason changes (R6,
+    R9); each one that went, at INFO.  The errors table is the memory of what was told:
+    a restart does not tell the same problems again."""
+    new = [(path, e) for path, e in after.items() if before.get(path, ("", "", ""))[1] != e[1]]
+    for path, (kind, reason, hint) in new[:LOG_AT_MOST]:
+        what = "refused" if kind == "refused" else "warning" if kind == "warning" else "problem"
+        log.warning("%s %s: %s%s", what, path.removeprefix("index:"), reason, f" -> {hint}" if hint else "")
+    if len(new) > LOG_AT_MOST:
+        log.warning("%d more problems (see `meshsync status`)", len(new) - LOG_AT_MOST)
+    gone = [path for path in before if path not in after]
+    for path in gone[:LOG_AT_MOST]:
+        log.info("%s: fixed (no longer a problem)", path.removeprefix("index:"))
+    if len(gone) > LOG_AT_MOST:
+        log.info("%d more problems fixed", len(gone) - LOG_AT_MOST)
 
 
 def record(node: Node, p: Pass) -> None:
@@ -80,9 +106,29 @@ def record(node: Node, p: Pass) -> None:
             idx.check_fts(db)
     if p.written:
         journal.append(node.share, node.node, p.written)
+    if p.full:
+        prune_history(node, p)
     p.stats.errors = len(all_problems) + sum(1 for pr in index_problems.values() if pr)
     for pr in all_problems:
         log.debug("skipped %s: %s", pr.path, pr.reason)
+
+
+PRUNE_EVERY_MS = 3_600_000  # the share's history is pruned at most once an hour (a full pass)
+
+
+def prune_history(node: Node, p: Pass) -> None:
+    """Retention of the share's history (R11): records are kept at least as long as
+    tombstones and as conflict_retention_days, whichever is longer."""
+    # Remembered by the process, not in the index: an idle node writes nothing (R8); a
+    # `meshsync sync` looks once per run (two listings of the history folder).
+    if node.history_pruned is not None and p.now_ms - node.history_pruned < PRUNE_EVERY_MS:
+        return
+    node.history_pruned = p.now_ms
+    s = node.s
+    days = max(s.tombstone_retention_days, s.conflict_retention_days)
+    n = node.history.prune(p.now_ms - int(days * 86_400_000))
+    if n:
+        log.info("removed %d month(s) of history older than %g days from the share", n, days)
 
 
 def refresh_cache_memory(node: Node, p: Pass) -> None:
@@ -179,7 +225,8 @@ def skill_folders(node: Node, changed: dict[str, str | None], full: bool) -> Non
             warns.append((f"skill:{name}", why, "OpenClaw may not load it; add --- name: ... description: ... --- "
                           "at the top of SKILL.md (it is synced anyway)"))
     if targets:
-        for w in skilldirs.mirror(node.share.root, targets, todo, set(rows) if full else None):
+        limits = skilldirs.Limits(node.s.limits.max_file_bytes, node.s.limits.max_skill_bytes)
+        for w in skilldirs.mirror(node.share.root, targets, todo, set(rows) if full else None, node.node, limits):
             warns.append((w.path, w.reason, w.hint))
     with node.index.write() as db:
         if full:

@@ -30,9 +30,10 @@ from meshsync.replicas.cache.write import CacheWriter
 from meshsync.replicas.index.detect import detect_index
 from meshsync.replicas.index.store import Index
 from meshsync.replicas.share.detect import ShareDetector
+from meshsync.replicas.share.history import History
 from meshsync.replicas.share.store import Share
 
-from . import commit, detect
+from . import commit, detect, hold
 from .plan import Policy, plan, readable_items
 from .propagate import propagate
 
@@ -53,7 +54,14 @@ class Node:
         self.share = Share(settings.share, max_file_bytes=settings.limits.max_file_bytes,
                            fsync=settings.share_files.fsync, file_mode=mode, gid=gid)
         self.index = index or Index(settings.index)
+        try:
+            self.index_id = self.index.claim(settings.node_id)  # R11: an index serves one node id
+        except Exception:
+            self.index.close()
+            raise
         self.cache = Cache(settings.openclaw_home)
+        self.history = History(self.share, self.node)  # beaten and deleted versions, on the share (R11)
+        self.history_pruned: int | None = None  # when this process last pruned it (ms; commit.py)
         self.progress: Callable[[str, int, int | None], None] | None = None
         self.deferred: list[ItemId] = []  # items whose share file changed under us: next pass
         # Signatures of files this process wrote: their change events are our own echo.
@@ -123,7 +131,8 @@ class Node:
                 if it not in share_obs and it not in p.share_unknown:
                     # Not read this pass: unchanged if the walk saw its file, else absent.
                     share_obs[it] = self.share_detector.unread(it, p.state.get(it), walk)  # type: ignore[arg-type]
-        propagate(self, p, plan(self.policy, p, items, share_obs, index_obs), tick)
+        # A mass delete by absence is held before anything is written (R11).
+        propagate(self, p, hold.screen(self, p, plan(self.policy, p, items, share_obs, index_obs)), tick)
 
     def tick(self, what: str, done: int, total: int | None) -> None:
         if self.progress is not None:

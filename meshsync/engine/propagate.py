@@ -49,7 +49,7 @@ from meshsync.replicas.index.write import SKIP, write_row
 from meshsync.replicas.share import write as share_write
 from meshsync.replicas.share.store import Changed, FileRefused, settled, sig_of
 
-from . import intents
+from . import intents, keep
 from .plan import Planned
 
 if TYPE_CHECKING:
@@ -104,9 +104,22 @@ class ExportBatch:
         # (item, rel, bytes, compare-and-set, the state the item gets once written).
         self.queued: list[tuple[ItemId, str, bytes, Check | None, State]] = []
         self.moved = False  # a readable item of the batch changed: the cache is owed (R7)
+        self.records: dict[ItemId, dict[tuple[int, str, str], str]] = {}  # beaten version -> history ID
 
     def add(self, it: ItemId, plan: Plan, sides: dict[str, Obs]) -> None:
-        self.pending.append((it, plan, sides, self._to_share(it, plan, sides, self.p.state.get(it))))
+        st = self.p.state.get(it)
+        # What the plan lets go is kept on the share first (R11): a version that cannot
+        # be kept is not let go this pass.
+        recs = keep.records(self.node, it, plan, sides, st)
+        why = keep.write(self.node, it, recs) if recs else None
+        if why is not None:
+            self.p.index_problems[it] = (f"cannot keep the version {it} loses in the share's history: {why}",
+                                         "check the share's permissions and free space (.meshsync/history/); "
+                                         "the item waits until it can be kept")
+            self.pending.append((it, plan, sides, None))
+            return
+        self.records[it] = {(r.stamp, r.node, r.digest): r.id for r in recs if r.why == "beaten"}
+        self.pending.append((it, plan, sides, self._to_share(it, plan, sides, st)))
 
     def flush(self) -> None:
         """Write the queued memory files, then commit the batch's index rows."""
@@ -361,9 +374,10 @@ class ExportBatch:
                 got = src.skill_row() if src is not None else None
                 p.changed_skills[it.key] = (None if win.deleted else
                                             got[0] if got is not None else idx.skill_content(db, it.key))
+        kept = self.records.get(it, {})
         for side, v, payload in plan.beaten:
             idx.add_conflict(db, it, side, v.stamp, v.node, payload.loser_text() if payload is not None else None,
-                             win.stamp, win.node, win.deleted)
+                             win.stamp, win.node, win.deleted, kept.get((v.stamp, v.node, v.digest)))
             p.stats.conflicts += 1
             log.warning("conflict on %s: version from %s (%s) beaten by %s (%s)", it, v.node,
                         _fmt_ms(v.stamp), win.node, _fmt_ms(win.stamp))

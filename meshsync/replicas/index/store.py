@@ -15,6 +15,7 @@ foreign write that lands between detection and apply is never overwritten blindl
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -83,7 +84,8 @@ CREATE TABLE IF NOT EXISTS meshsync_conflicts (
   id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
   kind TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL, side TEXT NOT NULL,
   loser_stamp INTEGER NOT NULL, loser_node TEXT NOT NULL, loser_value TEXT,
-  winner_stamp INTEGER NOT NULL, winner_node TEXT NOT NULL, winner_deleted INTEGER NOT NULL);
+  winner_stamp INTEGER NOT NULL, winner_node TEXT NOT NULL, winner_deleted INTEGER NOT NULL,
+  record TEXT);                    -- the ID of its record in the share's history (R11)
 """
 
 TRIGGERS = """
@@ -243,6 +245,18 @@ class IndexError_(Exception):
     """The index cannot be opened or is not ours."""
 
 
+class WrongNode(IndexError_):
+    """The index was made for another node id (a copied index, a wrong MESHSYNC_NODE_ID)."""
+
+
+def wrong_node(path: Path, owner: str, node_id: str) -> str:
+    return (f"index {path} was made for node {owner!r}, not {node_id!r}: each node keeps its own index, "
+            "and this one holds the other node's private items and sync state; nothing was changed.\n"
+            f"  Run this node's commands as node {owner!r} (MESHSYNC_NODE_ID={owner}, or node_id: {owner} in its "
+            f"configuration), or give node {node_id!r} its own index (MESHSYNC_INDEX=/path/to/another.sqlite, then "
+            "`meshsync init`).")
+
+
 class Index(IndexWrites):
     def __init__(self, path: Path, *, create: bool = True):
         self.path = Path(path)
@@ -272,6 +286,7 @@ class Index(IndexWrites):
         have = {r[0] for r in self.db.execute(
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger', 'index')")}
         if REQUIRED <= have:
+            self._add_columns()
             return
         try:
             self.db.executescript(
@@ -282,6 +297,30 @@ class Index(IndexWrites):
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None
+
+    def _add_columns(self) -> None:
+        """Columns added since an index was made (its tables exist already)."""
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(meshsync_conflicts)")}
+        if "record" not in cols:
+            try:
+                self.db.execute("ALTER TABLE meshsync_conflicts ADD COLUMN record TEXT")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):  # another process added it meanwhile
+                    raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None
+
+    def claim(self, node_id: str) -> str:
+        """The index's identity: records ``node_id`` and a random ``index_id`` in an index
+        that has none yet; raises WrongNode for an index made for another node (R11: a
+        copied index or a wrong node id would sync the other node's private items).
+        Returns the index_id."""
+        owner, index_id = self.meta("node_id"), self.meta("index_id")
+        if owner is not None and owner != node_id:
+            raise WrongNode(wrong_node(self.path, owner, node_id))
+        if owner is None or index_id is None:
+            index_id = index_id or secrets.token_hex(8)
+            with self.write() as db:
+                self.set_meta(db, node_id=node_id, index_id=index_id)
+        return index_id
 
     # --- transactions --------------------------------------------------------------------
 
@@ -373,6 +412,19 @@ class Index(IndexWrites):
         return {rel: ItemId(kind, scope, key) for rel, kind, scope, key in self.db.execute(
             "SELECT rel, kind, scope, key FROM meshsync_state WHERE deleted = 0"
             " AND rel IN (SELECT value FROM json_each(?))", (orjson.dumps(want).decode(),))}
+
+    def live_folders(self) -> dict[str, int]:
+        """How many live items have their file in each share folder ("skills" for all
+        skills): what a mass delete is measured against (engine/hold.py)."""
+        out: dict[str, int] = {}
+        for kind, rel in self.db.execute("SELECT kind, rel FROM meshsync_state WHERE deleted = 0 AND rel IS NOT NULL"):
+            folder = "skills" if kind == SKILL else rel.rpartition("/")[0]
+            out[folder] = out.get(folder, 0) + 1
+        return out
+
+    def confirmed_deletes(self) -> set[ItemId]:
+        """Held deletes a person confirmed (`meshsync deletes confirm`), not applied yet."""
+        return {ItemId(*it) for it in orjson.loads(self.meta("deletes_confirmed") or "[]")}
 
     # --- outbox ------------------------------------------------------------------------------
 
@@ -532,6 +584,11 @@ class Index(IndexWrites):
         """replace_errors_one(db, kind, path, None) for each of ``paths``."""
         db.executemany("DELETE FROM meshsync_errors WHERE path = ?", [(storable(p),) for p in paths])
 
+    def error_reasons(self) -> dict[str, tuple[str, str, str]]:
+        """path -> (kind, reason, hint) of every recorded problem (what the log told)."""
+        return {path: (kind, reason, hint) for path, kind, reason, hint in
+                self.db.execute("SELECT path, kind, reason, hint FROM meshsync_errors")}
+
     def errors(self) -> list[dict]:
         cur = self.db.execute("SELECT path, kind, reason, hint, since, seen FROM meshsync_errors ORDER BY kind, path")
         cols = [c[0] for c in cur.description]
@@ -540,7 +597,7 @@ class Index(IndexWrites):
     def conflicts(self, limit: int = 100) -> list[dict]:
         cur = self.db.execute(
             "SELECT id, at, kind, scope, key, side, loser_stamp, loser_node, loser_value, winner_stamp,"
-            " winner_node, winner_deleted FROM meshsync_conflicts ORDER BY id DESC LIMIT ?", (limit,))
+            " winner_node, winner_deleted, record FROM meshsync_conflicts ORDER BY id DESC LIMIT ?", (limit,))
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur]
 

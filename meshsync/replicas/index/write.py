@@ -159,12 +159,14 @@ class IndexWrites:
 
     def add_conflict(self, db: sqlite3.Connection, item: ItemId, side: str, loser_stamp: int,
                      loser_node: str, loser_value: str | None, winner_stamp: int, winner_node: str,
-                     winner_deleted: bool) -> None:
+                     winner_deleted: bool, record: str | None = None) -> None:
+        """A conflict this node saw; ``record``: the ID of its record in the share's
+        history (R11), None when it could not be kept there (a scope this node may not write)."""
         db.execute(
             "INSERT INTO meshsync_conflicts (at, kind, scope, key, side, loser_stamp, loser_node, loser_value,"
-            " winner_stamp, winner_node, winner_deleted) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " winner_stamp, winner_node, winner_deleted, record) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (int(time.time() * 1000), item.kind, item.scope, item.key, side, loser_stamp, loser_node,
-             loser_value, winner_stamp, winner_node, int(winner_deleted)))
+             loser_value, winner_stamp, winner_node, int(winner_deleted), record))
 
     def insert_new_memory_rows(self, db: sqlite3.Connection, rows: dict[ItemId, MemoryRowTuple]) -> set[ItemId]:
         """Insert ``rows`` in one statement, leaving alone any a foreign client inserted
