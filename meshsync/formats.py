@@ -3,8 +3,9 @@
 Everything meshsync writes is rendered stably (same content, same bytes: R8) and carries
 ``updated_at_ms`` and ``rev``.  ``rev`` is a short hash over what the file claims
 (item, content digest, stamp, node): a file whose ``rev`` still matches was written by
-meshsync and its stamp can be trusted; any other file is a hand edit and is stamped
-after the version it replaced (R3).
+meshsync and its stamp can be trusted.  Any other file was written by a person or
+another program and is taken as written (R10): its version is derived from the file
+alone (replicas/share/detect.py), the same on every node, without rewriting it.
 """
 
 from __future__ import annotations
@@ -168,6 +169,12 @@ def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str) 
 # The last millisecond of year 9999.  Later (or negative) times are not times: they
 # would win every conflict forever and overflow SQLite's 64-bit INTEGER downstream.
 MAX_STAMP_MS = 253_402_300_799_999
+
+
+# The node name of a version derived from a file that names no node (a hand-made file
+# with only a value, a SKILL.md without skill.json): one fixed name, so that every node
+# derives the same version from the same file (R10, R1).  docs/guarantees.md says it.
+FOREIGN_NODE = "share"
 
 
 def _stamp(ms: Any, sec: Any) -> int | None:

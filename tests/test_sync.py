@@ -159,11 +159,13 @@ def test_hand_edit_wins_over_the_version_it_edited_even_with_writer_clock_ahead(
     # Edit the value by hand; keep updated_at, updated_at_ms and rev as they were.
     doc["value"] = {"step": 2, "by": "hand"}
     f.write_text(json.dumps(doc, indent=4))
+    saved = f.read_bytes()
     sync_json(b)
     sync_json(a)
     assert_item_everywhere([a, b], mesh.share, "mesh", "plan", {"step": 2, "by": "hand"})
-    new = read_json(f)
-    assert new["updated_at_ms"] > doc["updated_at_ms"], "the edit is stamped after the version it edited"
+    assert f.read_bytes() == saved, "the edit is taken as written (R10)"
+    for n in (a, b):  # stamped after the version it edited: its declared stamp + 1 ms
+        assert n.sql("SELECT stamp FROM meshsync_state WHERE key = 'plan'") == [(doc["updated_at_ms"] + 1,)]
     assert conflicts(a) == [] and conflicts(b) == [], "an edit of V replaces V, it does not beat it"
 
 
@@ -190,22 +192,24 @@ def test_hand_edit_wins_when_the_importing_node_never_saw_the_edited_version(mes
     assert_item_everywhere([a, b], mesh.share, "mesh", "plan", edit)
 
 
-def test_hand_made_value_only_file_is_imported_and_normalised_then_idle(mesh, ab):
+def test_hand_made_value_only_file_is_imported_as_written_then_idle(mesh, ab):
+    """R10: the file is imported and left as written (it used to be rewritten in
+    meshsync's rendering); both nodes derive the same row from it: node "share", its
+    mtime as updated_at.  R8: afterwards an idle mesh writes nothing."""
     a, b = ab
     d = mesh.share / "memory" / "user" / "alice"
     d.mkdir(parents=True)
     f = d / "todo.list.json"
     f.write_text('{"value": ["milk", "eggs"]}')
-    mtime = f.stat().st_mtime
+    mtime = int(f.stat().st_mtime)
     st = sync_json(a)
-    assert st["errors"] == 0 and st["to_index"] == 1
+    assert st["errors"] == 0 and st["to_index"] == 1 and st["to_share"] == 0
     assert a.value("user:alice", "todo.list") == ["milk", "eggs"]
-    doc = read_json(f)
-    assert doc["scope"] == "user:alice" and doc["key"] == "todo.list" and doc["value"] == ["milk", "eggs"]
-    assert doc["node_id"] == "A" and "rev" in doc and "updated_at_ms" in doc
-    assert abs(doc["updated_at"] - mtime) < 5
+    assert f.read_text() == '{"value": ["milk", "eggs"]}'
     sync_json(b)
-    assert_item_everywhere([a, b], mesh.share, "user:alice", "todo.list", ["milk", "eggs"])
+    for n in (a, b):
+        assert n.row("user:alice", "todo.list") == ('["milk","eggs"]', "share", mtime), n.node_id
+        assert n.cache()["user:alice:todo.list"] == {"value": ["milk", "eggs"], "nodeId": "share", "ts": mtime}
 
     # R8: an idle pass writes nothing, on either node.
     before = snapshot(mesh.share)
