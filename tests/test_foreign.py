@@ -165,3 +165,149 @@ def test_hand_edit_under_live_daemons_is_left_byte_for_byte(mesh: Mesh):
     assert f.read_bytes() == saved
     assert a.row("mesh", "note") == b.row("mesh", "note")
     assert a.stop() == 0 and b.stop() == 0
+
+
+# --- a restored file comes back (R10, R4) -----------------------------------------------------
+
+
+def _tomb(share: Path, key: str) -> Path:
+    from meshsync import layout
+
+    return share / layout.tombstone_path(layout.memory_id("mesh", key), "")
+
+
+def test_restored_file_comes_back_everywhere(mesh: Mesh, ab, tmp_path: Path):
+    """The issue's reproduction: put, copy the file away, rm, sync, copy it back, sync.
+    The copy is a person's act after the delete: a new write stamped after the tombstone,
+    on every node; nothing is removed and nothing is beaten."""
+    a, b = ab
+    a.cli("put", "mesh", "notes", '"precious"')
+    sync_json(b)
+    f = mem_path(mesh.share, "mesh", "notes")
+    backup = tmp_path / "backup.json"
+    backup.write_bytes(f.read_bytes())
+    a.cli("rm", "mesh", "notes")
+    sync_json(a)
+    sync_json(b)
+    assert not f.exists() and b.row("mesh", "notes") is None
+    deleted_at = read_json(_tomb(mesh.share, "notes"))["deleted_at_ms"]
+    os.rename(backup, f)  # `mv backup.json share/memory/mesh/notes.json`
+    st = sync_json(a)
+    assert f.exists(), "the restored file was removed again"
+    assert not _tomb(mesh.share, "notes").exists()
+    doc = read_json(f)
+    assert doc["value"] == "precious" and doc["updated_at_ms"] == deleted_at + 1, doc
+    assert st["deleted"] == 0
+    for n in (b, a, b):
+        sync_json(n)
+    for n in (a, b):
+        assert n.value("mesh", "notes") == "precious", n.node_id
+        assert n.cache()["mesh:notes"]["value"] == "precious"
+        assert n.row("mesh", "notes")[2] == doc["updated_at"]
+    assert f.exists() and conflicts(a) == conflicts(b) == []
+
+
+def test_restored_hand_made_file_is_kept_as_written(mesh: Mesh, ab):
+    """A restore that is already newer than the delete (a fresh file) only needs the
+    tombstone gone: the person's file keeps its bytes (R10)."""
+    a, b = ab
+    a.cli("put", "mesh", "todo", '["a"]')
+    sync_json(b)
+    a.cli("rm", "mesh", "todo")
+    sync_json(b)
+    f = mem_path(mesh.share, "mesh", "todo")
+    f.write_text('{\n  "value": ["a", "b"]\n}\n')
+    saved = f.read_bytes()
+    for n in (b, a, b):
+        sync_json(n)
+    assert f.read_bytes() == saved and not _tomb(mesh.share, "todo").exists()
+    assert a.row("mesh", "todo") == b.row("mesh", "todo") == ('["a","b"]', "share", int(f.stat().st_mtime))
+
+
+def test_tombstone_before_the_file_removal_still_deletes(mesh: Mesh, ab):
+    """Syncthing may deliver another node's tombstone before the removal of the file:
+    the file is the one this node last synced, so the tombstone is a delete from
+    elsewhere and wins (R4), as before."""
+    a, b = ab
+    a.cli("put", "mesh", "gone", '"soon"')
+    sync_json(b)
+    f = mem_path(mesh.share, "mesh", "gone")
+    kept = f.read_bytes()
+    a.cli("rm", "mesh", "gone")
+    # b's copy of the folder: the tombstone has arrived, the file's removal not yet.
+    f.write_bytes(kept)
+    sync_json(b)
+    assert not f.exists() and b.row("mesh", "gone") is None
+    sync_json(a)
+    assert a.row("mesh", "gone") is None and _tomb(mesh.share, "gone").exists()
+    assert conflicts(a) == conflicts(b) == []
+
+
+def test_mv_backup_under_live_daemons_stays(mesh: Mesh, tmp_path: Path):
+    """The issue: with a running daemon `mv backup.json share/memory/mesh/notes.json`
+    destroyed the only copy within 2 s.  It stays, on every node, pass after pass."""
+    a, b = mesh.node("a"), mesh.node("b")
+    a.cli("put", "mesh", "notes", '"precious"')
+    f = mem_path(mesh.share, "mesh", "notes")
+    backup = tmp_path / "backup.json"
+    backup.write_bytes(f.read_bytes())
+    for n in (a, b):
+        n.start(MESHSYNC_WATCH__RESCAN_INTERVAL="1")
+    for n in (a, b):
+        wait_for(lambda n=n: _ready(n), 20, what=f"{n.node_id} ready")
+    wait_for(lambda: b.value("mesh", "notes") == "precious", 10, what="b has the notes")
+    a.cli("rm", "mesh", "notes")
+    for n in (a, b):
+        wait_for(lambda n=n: n.row("mesh", "notes") is None and "mesh:notes" not in n.cache(), 10,
+                 what=f"delete reaches {n.node_id}")
+    os.rename(backup, f)
+    t_restore = time.time()
+    for n in (a, b):
+        wait_for(lambda n=n: n.value("mesh", "notes") == "precious" and "mesh:notes" in n.cache(), 10,
+                 what=f"restore reaches {n.node_id}")
+    # Several passes later (other writes through both daemons, and a full pass each).
+    for i in range(3):
+        a.cli("put", "mesh", f"later{i}", str(i))
+        wait_for(lambda i=i: b.value("mesh", f"later{i}") == i, 10, what="b has a later write")
+    for n in (a, b):  # and a full rescan of the share each, begun after the restore
+        wait_for(lambda n=n: (n.status()["last_pass"] or {}).get("full")
+                 and n.status()["last_pass"]["started"] > t_restore + 1, 15, what=f"{n.node_id} full pass")
+    assert f.exists() and read_json(f)["value"] == "precious"
+    for n in (a, b):
+        assert n.value("mesh", "notes") == "precious"
+    assert a.stop() == 0 and b.stop() == 0
+
+
+DIES_INSIDE_A_DELETE = """
+import os, sys
+from meshsync import faults
+faults.install("share.delete_removed", lambda it: os._exit(137))  # between a delete's two share writes
+from meshsync.cli.main import main
+sys.exit(main(["sync"]))
+"""
+
+
+def test_own_delete_killed_midway_is_not_taken_for_a_restore(mesh: Mesh, ab):
+    """R7 with the restore rule: a pass killed between its delete's two share writes
+    must not leave what every other node reads as a restore.  b last synced an older
+    version of the item, so a file beside the tombstone would be "not what b last
+    synced": it would bring the item back.  The file goes first: b sees a plain delete."""
+    import subprocess
+    import sys
+
+    a, b = ab
+    a.cli("put", "mesh", "k", '"v1"')
+    sync_json(b)
+    a.cli("put", "mesh", "k", '"v2"')  # b never syncs v2
+    a.sql("DELETE FROM mesh_memory WHERE key = 'k'")
+    died = subprocess.run([sys.executable, "-c", DIES_INSIDE_A_DELETE], env=a.env(), capture_output=True, text=True,
+                          timeout=60)
+    assert died.returncode == 137, died.stderr
+    sync_json(b)
+    assert b.row("mesh", "k") is None and not mem_path(mesh.share, "mesh", "k").exists(), "taken for a restore"
+    sync_json(a)
+    sync_json(b)
+    for n in (a, b):
+        assert n.row("mesh", "k") is None, n.node_id
+        assert "mesh:k" not in n.cache()
+    assert not mem_path(mesh.share, "mesh", "k").exists() and _tomb(mesh.share, "k").exists()

@@ -379,8 +379,9 @@ def test_full_pass_reads_only_files_whose_signature_changed(mesh: Mesh):
 def test_full_pass_reads_each_tombstone_once(mesh: Mesh):
     """A settled tombstone is read once, not by every full pass.  Shown by breaking one
     in place behind meshsync's back (same size, inode and mtime, so the same signature):
-    the pass keeps what it read, and an old copy of the deleted file put back on the
-    share is still beaten by the delete instead of coming back."""
+    the pass keeps what it read.  An old copy of the deleted file put back on the share
+    is a restore (R10): it comes back stamped just after the delete it still knows,
+    which it could not if the broken tombstone had been read again."""
     a = mesh.node("A")
     a.cli("put", "mesh", "gone", '"old"')
     f = mem_path(a.share, "mesh", "gone")
@@ -388,6 +389,7 @@ def test_full_pass_reads_each_tombstone_once(mesh: Mesh):
     a.cli("rm", "mesh", "gone")
     tomb = a.share / layout.tombstone_path(layout.memory_id("mesh", "gone"), "A")
     assert tomb.exists() and not f.exists()
+    deleted_at = read_json(tomb)["deleted_at_ms"]
     past = time.time_ns() - 3600 * 10**9
     os.utime(tomb, ns=(past, past))
     node = mesh.engine(a)
@@ -400,5 +402,6 @@ def test_full_pass_reads_each_tombstone_once(mesh: Mesh):
     f.write_bytes(old_copy)
     os.utime(f, ns=(past, past))
     node.sync()
-    assert a.sql("SELECT key FROM mesh_memory WHERE key = 'gone'") == []
-    assert not f.exists()  # the delete won again
+    assert a.sql("SELECT value FROM mesh_memory WHERE key = 'gone'") == [('"old"',)]
+    assert read_json(f)["updated_at_ms"] == deleted_at + 1  # the restore, after the delete it knew
+    assert not tomb.exists()

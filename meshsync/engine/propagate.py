@@ -168,6 +168,20 @@ class ExportBatch:
         if SHARE not in plan.write:
             return State(win.stamp, win.node, win.digest, win.deleted, share_sig, share_hash,
                          st.row_sig if st else None, None if win.deleted else rel, aux)
+        if (not win.deleted and sh_obs is not None and sh_obs.dirty and sh_obs.trusted
+                and sh_obs.version is not None and sh_obs.version.same(win)):
+            # The share holds the winner already and only a tombstone beside it is stale
+            # (a restore, R10): the tombstone goes, the file is left as it was written.
+            try:
+                share_write.drop_tombstone(self.node.share, it, self.node.node)
+            except OSError as exc:
+                index_problems[it] = (f"cannot remove the tombstone of {it} on the share: {exc.strerror}",
+                                      "check the share's permissions; retried on the next pass")
+                return None
+            self.p.stats.to_share += 1
+            self.p.written.append(it)
+            return State(win.stamp, win.node, win.digest, False, share_sig, share_hash,
+                         st.row_sig if st else None, rel, aux)
         faults.hit("propagate.before_export", it)
         if plan.source in (INDEX, CACHE) and not win.deleted:
             hits = self._secret_hits(it, src)

@@ -81,10 +81,29 @@ def as_found(obs: Obs, st: State | None, rel: str, node: str, skill: bool = Fals
     return Obs(Version(v.stamp, node if v.node == formats.FOREIGN_NODE else v.node, v.digest), False, obs.payload)
 
 
-def effective_order(obs: Obs, st: State | None) -> tuple:
-    """Order of an observation as reconcile would see it (fresh writes come after base)."""
-    v = effective(obs, base_of(st), 0, "")
-    return v.order if v is not None else (-1,)
+def against_tombstone(cur: Obs, tv: Version, st: State | None) -> Obs:
+    """The share side of an item whose file and tombstone are both on the share.
+
+    Seen from this node: when the file is the one it last synced (its base, live), the
+    tombstone is a delete from elsewhere that arrived first (Syncthing may deliver it
+    before the file's removal): the newer of the two wins (R4).  Otherwise (this node's
+    base is the tombstone, or the file is not what it last synced) the file appeared
+    after the delete: a restore (a NAS snapshot, ``#recycle``, ``mv backup.json``), a
+    person's act, newer than the delete.  It wins, stamped after the tombstone, and is
+    written again if that changed its version, so that every node reads the same one
+    (R10).  Either way the side is dirty: propagation removes the loser.  meshsync's own
+    delete removes the file before it writes the tombstone (replicas/share/write.py), so
+    a crash in between never leaves "file + tombstone" to be read as a restore (R7)."""
+    v = cur.version
+    assert v is not None
+    base = base_of(st)
+    if base is not None and not base.deleted and v.same(base):
+        if effective(cur, base, 0, "").order < tv.order:  # type: ignore[union-attr]
+            return Obs(tv, True, cur.payload, dirty=True)
+        return Obs(v, cur.trusted, cur.payload, dirty=True)
+    if v.stamp > tv.stamp:
+        return Obs(v, cur.trusted, cur.payload, dirty=True)
+    return Obs(Version(tv.stamp + 1, v.node, v.digest), False, cur.payload, dirty=True)
 
 
 def decoded(segment: str) -> str | None:
@@ -359,10 +378,7 @@ class ShareDetector:
         p.looked_ok += [rel] if item.kind == MEM else [rel, f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}"]
         obs = as_found(got[1], st, rel, self.cfg.node, skill=item.kind != MEM)
         if tomb is not None and tomb.version is not None:
-            if effective_order(obs, st) < tomb.version.order:
-                obs = Obs(tomb.version, True, obs.payload, dirty=True)
-            else:
-                obs = Obs(obs.version, obs.trusted, obs.payload, dirty=True)
+            obs = against_tombstone(obs, tomb.version, st)
         p.share_obs[item] = obs
 
     def read_tomb(self, item: ItemId) -> Obs | None:
@@ -399,8 +415,7 @@ class ShareDetector:
 
     def tombstones(self, p: Pass) -> set[ItemId]:
         """Fold the share's tombstones into its observations.  When a file and a
-        tombstone both exist (a crash between the two writes, or a re-creation), the
-        newer wins and the side is marked dirty so that apply removes the other."""
+        tombstone both exist, see against_tombstone."""
         walk = p.walk
         assert walk is not None
         changed: set[ItemId] = set()
@@ -433,10 +448,7 @@ class ShareDetector:
                 if st is None or not (st.deleted and st.stamp == stamp and st.node == node):
                     changed.add(item)
                 continue
-            if effective_order(cur, st) < tv.order:
-                p.share_obs[item] = Obs(tv, True, cur.payload, dirty=True)
-            else:
-                p.share_obs[item] = Obs(cur.version, cur.trusted, cur.payload, dirty=True)
+            p.share_obs[item] = against_tombstone(cur, tv, st)
             changed.add(item)
         return changed
 
