@@ -153,7 +153,19 @@ def memory_record(scope: str, key: str, value: Any, node: str | None, stamp: int
     return MemoryRecord(scope, key, value, text, digest_bytes(text), node, stamp, trusted)
 
 
-def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str) -> bytes:
+class TooLarge(FormatError):
+    """An export whose file would be over the readers' limit (R10: never written)."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"its share file would be {size} bytes, over the {limit}-byte limit")
+        self.size, self.limit = size, limit
+
+
+def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str, max_bytes: int = 0) -> bytes:
+    """A memory file: pretty-printed, or compact when that would exceed ``max_bytes``
+    (the readers' limit, limits.max_file_bytes), so that an export never produces a file
+    the readers refuse (R10); TooLarge when even the compact rendering exceeds it.  The
+    choice depends on the content and the limit only: the same bytes every time (R8)."""
     doc = {
         "scope": item.scope,
         "key": item.key,
@@ -163,7 +175,12 @@ def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str) 
         "updated_at_ms": stamp,
         "rev": rev(item, digest, stamp, node),
     }
-    return _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
+    data = _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
+    if max_bytes and len(data) > max_bytes:
+        data = _dumps(doc, 0) + b"\n"
+        if len(data) > max_bytes:
+            raise TooLarge(len(data), max_bytes)
+    return data
 
 
 # The last millisecond of year 9999.  Later (or negative) times are not times: they

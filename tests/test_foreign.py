@@ -311,3 +311,49 @@ def test_own_delete_killed_midway_is_not_taken_for_a_restore(mesh: Mesh, ab):
         assert n.row("mesh", "k") is None, n.node_id
         assert "mesh:k" not in n.cache()
     assert not mem_path(mesh.share, "mesh", "k").exists() and _tomb(mesh.share, "k").exists()
+
+
+# --- exports within the limits (R10) ---------------------------------------------------------
+
+LIMITS = {"MESHSYNC_LIMITS__MAX_FILE_BYTES": "8192", "MESHSYNC_LIMITS__MAX_SKILL_BYTES": "4096"}
+
+
+def test_exports_stay_within_the_readers_limits(mesh: Mesh):
+    """The issue's 2.8 MB and 15.5 MB cases at an 8 KiB limit.  A value whose pretty
+    rendering is over the limit (x4 here, as the issue's 2.8 MB -> 11.2 MB) is written
+    compactly and read by the other node; one over the limit even compact (the 15.5 MB
+    row) is refused and reported, not written; so is a SKILL.md over its limit."""
+    a, b = mesh.node("A", **LIMITS), mesh.node("B", init=False, **LIMITS)
+    b.cli("init")
+    nested = [[i, [i]] for i in range(550)]  # ~6.3 KB compact, ~25 KB pretty-printed
+    assert 6000 < len(json.dumps(nested, separators=(",", ":"))) < 7000
+    a.sql("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
+          ("mesh", "fits.compact", json.dumps(nested), "tool", int(time.time())))
+    a.sql("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
+          ("mesh", "too.big", json.dumps(["x" * 100] * 200), "tool", int(time.time())))
+    a.sql("INSERT INTO mesh_skills (name, source_node, content, updated_at) VALUES (?,?,?,?)",
+          ("huge", "tool", "# huge\n" + "y" * 5000, int(time.time())))
+    st = json.loads(a.cli("sync", "--json", check=False).stdout)
+    assert st["to_share"] == 1 and st["refused"] == 2, st
+    f = mem_path(mesh.share, "mesh", "fits.compact")
+    assert f.stat().st_size <= 8192 and b"\n " not in f.read_bytes()  # compact
+    assert read_json(f)["value"] == nested
+    assert not mem_path(mesh.share, "mesh", "too.big").exists()
+    assert not (mesh.share / "skills" / "huge").exists()
+    sync_json(b)
+    assert b.value("mesh", "fits.compact") == nested and b.status()["errors"] == []
+    assert b.row("mesh", "too.big") is None
+    refused = {e["path"]: e for e in a.status()["refused"]}
+    assert set(refused) == {"index:mesh:too.big", "index:skill:huge"}
+    assert "over the 8192-byte limit" in refused["index:mesh:too.big"]["reason"]
+    assert "limits.max_file_bytes" in refused["index:mesh:too.big"]["hint"]
+    assert "limits.max_skill_bytes" in refused["index:skill:huge"]["hint"]
+    listed = {r["key"]: r for r in json.loads(a.cli("ls", "--json").stdout)}
+    assert listed["too.big"]["state"] == "refused" and listed["fits.compact"]["state"] == "in sync"
+    log = a.cli("sync", check=False).stderr
+    assert "mesh:too.big not exported" in log and "WARNING" in log
+    # Re-exporting the same version gives the same bytes (R8).
+    before = f.read_bytes()
+    a.sql("UPDATE mesh_memory SET node_id = node_id WHERE key = 'fits.compact'")
+    sync_json(a, code=1)
+    assert f.read_bytes() == before

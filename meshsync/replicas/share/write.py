@@ -76,13 +76,16 @@ def drop_tombstone(share: Share, it: ItemId, node: str) -> None:
 
 
 def export_skill(share: Share, it: ItemId, rel: str, win: Version, node: str, payload: Payload,
-                 extras: str) -> str:
+                 extras: str, max_skill_bytes: int = 0) -> str:
     """Write a skill's folder (SKILL.md unless the share holds it already, skill.json)
-    and drop its tombstone; returns the digest written."""
+    and drop its tombstone; returns the digest written.  A SKILL.md over the readers'
+    limit is never written (formats.TooLarge, R10)."""
     got = payload.skill_bytes()
     if got is None:
         raise FileRefused(Problem(rel, "no content to write for the skill", ""))
     content, path = got
+    if max_skill_bytes and content is not None and len(content) > max_skill_bytes:
+        raise formats.TooLarge(len(content), max_skill_bytes)
     digest = formats.skill_digest(content, path, extras)
     if not payload.on_share():
         if content is not None:
