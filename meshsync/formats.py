@@ -109,6 +109,45 @@ def loads(data: bytes | str, max_depth: int = 64) -> Any:
     return obj
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(name)
+
+
+def is_json_text(text: str) -> bool:
+    """Whether ``text`` is JSON as JavaScript's JSON.parse reads it (RFC 8259, no NaN or
+    Infinity), whatever meshsync's own limits on values say."""
+    try:
+        json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, _NotJson):
+        return False
+    except (RecursionError, ValueError):  # JSON, too deep or too long a number for Python
+        return True
+    return True
+
+
+def index_value(text: str, max_depth: int = 64) -> Any:
+    """An index row's value as the seed client's getMemory reads it (R10): its JSON
+    when the text is JSON, else the text itself as a string (the seed's putMemory
+    stores a string as raw text: ``hello mesh``, not ``"hello mesh"``).  JSON text that
+    meshsync cannot carry exactly (a lone surrogate, a number too large for a double,
+    nesting over ``max_depth``) still raises FormatError: it is reported, not guessed."""
+    try:
+        return loads(text, max_depth)
+    except FormatError:
+        if is_json_text(text):
+            raise
+        return text
+
+
+def json_text(text: str) -> str:
+    """An index row's value as JSON text (index_value's reading, without parsing JSON)."""
+    return text if is_json_text(text) else orjson.dumps(text).decode()
+
+
 def _dumps(obj: Any, opts: int) -> bytes:
     try:
         return orjson.dumps(obj, option=opts | orjson.OPT_SORT_KEYS)

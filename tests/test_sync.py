@@ -122,12 +122,15 @@ def test_foreign_python_connection_writes_in_other_scopes_and_ms_stamps(mesh, ab
 
 
 def test_foreign_invalid_json_row_is_not_exported_and_last_good_version_stays(mesh, ab):
+    """A row whose value is JSON meshsync cannot carry exactly (a number too large for
+    a double) is reported and not exported (R6).  (Text that is not JSON at all is the
+    string it spells, as the seed client reads it: R10, tests/test_openclaw.py.)"""
     a, b = ab
     a.cli("put", "mesh", "cfg", '{"good": true}')
     sync_json(b)
     f = mem_path(mesh.share, "mesh", "cfg")
     before = f.read_bytes()
-    a.sql("UPDATE mesh_memory SET value = 'not json {', updated_at = updated_at + 5 WHERE key = 'cfg'")
+    a.sql("UPDATE mesh_memory SET value = '[1e400]', updated_at = updated_at + 5 WHERE key = 'cfg'")
     p = a.cli("sync", "--json", check=1)
     assert json.loads(p.stdout)["errors"] >= 1
     assert f.read_bytes() == before

@@ -134,7 +134,7 @@ class ExportBatch:
         row = self.node.index.memory_rows([it]).get(it)
         if row is None:
             raise FileRefused(Problem(layout.item_path(it, self.node.node), "no value to write for this item", ""))
-        return formats.loads(row.value)
+        return formats.index_value(row.value, self.node.policy.max_json_depth)
 
     def _to_share(self, it: ItemId, plan: Plan, sides: dict[str, Obs], st: State | None) -> State | None:
         """Write the share side; return the state the item will have once the index is
