@@ -357,3 +357,35 @@ def test_exports_stay_within_the_readers_limits(mesh: Mesh):
     a.sql("UPDATE mesh_memory SET node_id = node_id WHERE key = 'fits.compact'")
     sync_json(a, code=1)
     assert f.read_bytes() == before
+
+
+# --- a renamed skill folder (R10) ------------------------------------------------------------
+
+
+def test_renamed_skill_folder_is_the_skill_under_its_new_name(mesh: Mesh, ab, tmp_path: Path):
+    """`mv skills/alpha skills/beta`: the folder name decides, as the file name does for
+    memory.  beta exists everywhere (skill.json's stale name is ignored: not refused,
+    not rewritten) and alpha is deleted everywhere: a person's evident act."""
+    a, b = ab
+    md = tmp_path / "SKILL.md"
+    md.write_text("---\nname: alpha\ndescription: renamed later\n---\n# Alpha\n")
+    a.cli("skill", "put", "alpha", str(md))
+    sync_json(b)
+    old, new = mesh.share / "skills" / "alpha", mesh.share / "skills" / "beta"
+    meta = (old / "skill.json").read_bytes()
+    os.rename(old, new)
+    for n in (b, a, b):
+        st = sync_json(n)
+        assert st["errors"] == 0, (n.node_id, n.status()["errors"])
+    for n in (a, b):
+        names = {r[0]: r for r in n.sql("SELECT name, content, source_node FROM mesh_skills")}
+        assert set(names) == {"beta"}, n.node_id
+        assert names["beta"][1] == md.read_text() and names["beta"][2] == "A"
+        assert (n.cache_skills / "beta.md").read_text() == md.read_text()
+        assert not (n.cache_skills / "alpha.md").exists()
+        assert n.status()["errors"] == []
+    assert (new / "skill.json").read_bytes() == meta, "skill.json is left as it was"
+    assert not old.exists()
+    from meshsync import layout
+    assert (mesh.share / layout.tombstone_path(layout.skill_id("alpha"), "")).exists()
+    assert conflicts(a) == conflicts(b) == []

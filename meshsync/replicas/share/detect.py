@@ -499,10 +499,10 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
         problems.append(Problem(rel, "skill folder name does not match the name in skill.json",
                                 "rename the folder or fix skill.json's name"))
         return None
-    if meta is not None and meta.name is not None and meta.name != name:
-        problems.append(Problem(f"{rel}/{layout.SKILL_JSON}", f"says name {meta.name!r} but the folder means {name!r}",
-                                "fix the name in skill.json or rename the folder"))
-        return None
+    # The folder name decides, as a memory file's name does (R10): a folder renamed by
+    # hand (`mv skills/alpha skills/beta`) is the skill beta.  skill.json's stale name is
+    # ignored, neither refused nor rewritten; its rev, made for alpha, no longer matches,
+    # so beta's version derives from the folder (after alpha's stamp).
     path = meta.path if meta else None
     if content is None and path is None:
         problems.append(Problem(rel, "skill folder has no SKILL.md (and skill.json gives no path)",
