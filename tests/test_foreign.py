@@ -389,3 +389,34 @@ def test_renamed_skill_folder_is_the_skill_under_its_new_name(mesh: Mesh, ab, tm
     from meshsync import layout
     assert (mesh.share / layout.tombstone_path(layout.skill_id("alpha"), "")).exists()
     assert conflicts(a) == conflicts(b) == []
+
+
+def test_a_file_still_being_written_is_not_imported_half_written(mesh: Mesh):
+    """Taken as written, a hand-made file is no longer rewritten, and so no longer
+    compared-and-set: the pass that read a SKILL.md in the middle of its writer's
+    truncate-then-write committed the half it read (an empty skill), which then stayed
+    as the "last good version" when the whole file turned out over the limit (found by
+    the hostile-corpus test).  A fresh foreign file must still be what was read when its
+    version is committed; else the item waits for the next pass."""
+    from meshsync import faults
+
+    a = mesh.node("a")
+    node = mesh.engine(a)
+    d = mesh.share / "skills" / "growing"
+    d.mkdir()
+    (d / "SKILL.md").write_text("")  # truncated: the writer has not written yet
+    (mesh.share / "memory" / "mesh" / "k.json").write_text('{"value": "first"}')
+
+    def writer_finishes(*_args) -> None:
+        (d / "SKILL.md").write_text("# Growing\nthe whole content\n")
+        (mesh.share / "memory" / "mesh" / "k.json").write_text('{"value": "saved again"}')
+
+    faults.install("propagate.start", writer_finishes)
+    try:
+        node.sync()
+    finally:
+        faults.remove("propagate.start")
+    assert a.sql("SELECT name FROM mesh_skills") == [] and a.sql("SELECT key FROM mesh_memory") == []
+    node.sync()
+    assert a.sql("SELECT content FROM mesh_skills") == [("# Growing\nthe whole content\n",)]
+    assert a.value("mesh", "k") == "saved again"

@@ -166,6 +166,8 @@ class ExportBatch:
             # not this new version, so its old bytes must not read as "unchanged" later.
             share_sig = share_hash = None
         if SHARE not in plan.write:
+            if plan.source == SHARE and src is not None and not self._still_as_read(it, rel, src):
+                return None
             return State(win.stamp, win.node, win.digest, win.deleted, share_sig, share_hash,
                          st.row_sig if st else None, None if win.deleted else rel, aux)
         if (not win.deleted and sh_obs is not None and sh_obs.dirty and sh_obs.trusted
@@ -197,6 +199,18 @@ class ExportBatch:
             self.queued.append((it, rel, data, share_write.mem_check(sh_obs), new))
             return new
         return self._export_now(it, plan, rel, sh_obs, src, st, aux)
+
+    def _still_as_read(self, it: ItemId, rel: str, src: Payload) -> bool:
+        """A file another program wrote, taken as written (no share write follows to
+        compare-and-set it), but read in the seconds after it changed: it may still be
+        being written (an editor's truncate-then-write).  Unless it is still what was
+        read, the item waits for the next pass (R6, R7: a half-written file is never
+        imported; the daemon looks again at once)."""
+        got = src.import_check()
+        if got is None or got[1](self.node.share.lstat(rel + got[0])):
+            return True
+        self.p.deferred.append(it)
+        return False
 
     def _drop_tombstone(self, it: ItemId) -> bool:
         """The share holds the winner already and only a tombstone beside it is stale (a
