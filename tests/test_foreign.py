@@ -391,6 +391,95 @@ def test_renamed_skill_folder_is_the_skill_under_its_new_name(mesh: Mesh, ab, tm
     assert conflicts(a) == conflicts(b) == []
 
 
+# --- names as other systems write them (R10) -----------------------------------------------
+
+
+CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"
+
+
+def _errors(n: MeshNode) -> dict[str, dict]:
+    return {e["path"]: e for e in n.status()["errors"]}
+
+
+def test_nfd_file_name_beside_the_nfc_item_is_no_second_item(mesh: Mesh, ab):
+    """The issue: `café.json` written decomposed (NFD, as macOS writes over SMB) beside
+    the item café became a second, identical-looking item once the problem's own hint
+    was followed.  Names are compared in NFC: the hint names the item that exists."""
+    a, b = ab
+    a.cli("put", "mesh", CAFE_NFC, '"espresso"')
+    d = mesh.share / "memory" / "mesh"
+    (d / f"{CAFE_NFD}.json").write_text('{"value": "from a mac"}')
+    sync_json(a, code=1)
+    sync_json(b, code=1)
+    for n in (a, b):
+        e = _errors(n)[f"memory/mesh/{CAFE_NFD}.json"]
+        assert "memory/mesh/caf%c3%a9.json" in e["hint"] and "already" in e["hint"], e
+        assert "%cc%81" not in e["hint"]
+        assert n.sql("SELECT key FROM mesh_memory") == [(CAFE_NFC,)]
+
+
+def test_two_file_names_that_normalise_to_one_make_one_item(mesh: Mesh, ab):
+    """No item yet: both spellings of café.json point to the one NFC name; once one is
+    renamed as its hint says, the other's hint says the item exists: one item."""
+    a, b = ab
+    d = mesh.share / "memory" / "mesh"
+    (d / f"{CAFE_NFC}.json").write_text('{"value": "nfc"}')
+    (d / f"{CAFE_NFD}.json").write_text('{"value": "nfd"}')
+    sync_json(a, code=1)
+    errs = _errors(a)
+    for name in (CAFE_NFC, CAFE_NFD):
+        assert "rename it to memory/mesh/caf%c3%a9.json" in errs[f"memory/mesh/{name}.json"]["hint"]
+    os.rename(d / f"{CAFE_NFD}.json", d / "caf%c3%a9.json")  # as the hint says
+    sync_json(a, code=1)
+    sync_json(b, code=1)
+    for n in (a, b):
+        assert n.sql("SELECT key, value FROM mesh_memory") == [(CAFE_NFC, '"nfd"')]
+        assert "already" in _errors(n)[f"memory/mesh/{CAFE_NFC}.json"]["hint"]
+
+
+def test_badly_named_file_is_reported_when_its_event_arrives(mesh: Mesh):
+    """In events mode a badly named hand-made file was silent until the next full
+    rescan (here an hour away)."""
+    a = mesh.node("a")
+    a.start(MESHSYNC_WATCH__MODE="events", MESHSYNC_WATCH__RESCAN_INTERVAL="3600")
+    wait_for(lambda: _ready(a), 20, what="daemon ready")
+    (mesh.share / "memory" / "mesh" / "My Notes.json").write_text('{"value": 1}')
+    e = wait_for(lambda: _errors(a).get("memory/mesh/My Notes.json"), 10, what="the bad name reported")
+    assert "^my%20^notes.json" in e["hint"]
+    assert a.stop() == 0
+
+
+EDITOR_FILES = ["#note.json#", ".#note.json", "4913", "5036", ".note.json.swp", ".note.json.swo", ".note.json.swx",
+                "note.json~", "note.json___jb_tmp___", "note.json___jb_old___"]
+
+
+def test_editor_files_are_neither_items_nor_problems(mesh: Mesh, tmp_path: Path):
+    """Emacs's #x.json# and .#x.json, vim's 4913 probe and swap files, backups, JetBrains'
+    safe-write files: not items and not problems in memory folders; in a skill folder
+    not part of the skill's version and never copied into a skill mirror."""
+    mirror = tmp_path / "mirror"
+    env = {"MESHSYNC_CACHE__SKILL_DIRS": json.dumps([str(mirror)])}
+    a, b = mesh.node("A", **env), mesh.node("B", init=False, **env)
+    b.cli("init")
+    d = mesh.share / "memory" / "mesh"
+    (d / "note.json").write_text('{"value": "n"}')
+    sk = mesh.share / "skills" / "edited"
+    sk.mkdir()
+    (sk / "SKILL.md").write_text("---\nname: edited\ndescription: x\n---\n# Edited\n")
+    sync_json(a)
+    sync_json(b)
+    before = {n.node_id: n.sql("SELECT name, source_node, updated_at FROM mesh_skills") for n in (a, b)}
+    for name in EDITOR_FILES:
+        (d / name).write_text("{ half-saved")
+        (sk / name).write_text("# half-saved")
+    for n in (a, b):
+        st = sync_json(n)
+        assert st["errors"] == 0 and (st["to_index"], st["to_share"]) == (0, 0), (n.node_id, n.status()["errors"])
+        assert n.sql("SELECT key FROM mesh_memory") == [("note",)]
+        assert n.sql("SELECT name, source_node, updated_at FROM mesh_skills") == before[n.node_id]
+    assert sorted(p.name for p in (mirror / "edited").iterdir() if p.name != ".meshsync-managed") == ["SKILL.md"]
+
+
 def test_a_file_still_being_written_is_not_imported_half_written(mesh: Mesh):
     """Taken as written, a hand-made file is no longer rewritten, and so no longer
     compared-and-set: the pass that read a SKILL.md in the middle of its writer's

@@ -67,8 +67,10 @@ def _managed(d: Path) -> str | None:
         return None
 
 
-def _files(root: Path) -> dict[str, Path]:
-    """Regular files below root by relative path, links and specials skipped."""
+def _files(root: Path, skill: bool = False) -> dict[str, Path]:
+    """Regular files below root by relative path, links and specials skipped.  With
+    ``skill`` (a skill folder on the share), only the files that are part of the skill,
+    as the share's walk takes them: no temporary, ignored or editor file (R10)."""
     out: dict[str, Path] = {}
     stack = [root]
     while stack:
@@ -79,10 +81,11 @@ def _files(root: Path) -> dict[str, Path]:
             continue
         for e in entries:
             p = Path(e.path)
+            if e.name.startswith(".meshsync-tmp-") or (skill and layout.is_ignored_name(e.name)):
+                continue
             if e.is_dir(follow_symlinks=False):
-                if not e.name.startswith(".meshsync-tmp-"):
-                    stack.append(p)
-            elif e.is_file(follow_symlinks=False) and not e.name.startswith(".meshsync-tmp-"):
+                stack.append(p)
+            elif e.is_file(follow_symlinks=False) and not (skill and layout.is_editor_file(e.name)):
                 out[str(p.relative_to(root))] = p
     return out
 
@@ -122,7 +125,7 @@ def mirror(share_root: Path, targets: list[Path], skills: dict[str, str | None],
 
 
 def _copy(src: Path, dest: Path, name: str) -> None:
-    want = {k: v for k, v in _files(src).items() if k != layout.SKILL_JSON}
+    want = {k: v for k, v in _files(src, skill=True).items() if k != layout.SKILL_JSON}
     dest.mkdir(parents=True, exist_ok=True)
     (dest / MARKER).write_text(name + "\n", encoding="utf-8")
     have = {k: v for k, v in _files(dest).items() if k != MARKER}

@@ -164,7 +164,8 @@ class ShareDetector:
                     uid = None
                 except layout.LayoutError as exc:
                     walk.problems.append(Problem(f"{layout.MEMORY}/user/{name}", f"folder name: {exc}",
-                                                 f"rename it to {layout.encode(name)}"))
+                                                 layout.renamed_hint(f"{layout.MEMORY}/user", name, "",
+                                                                     lambda t: sh.lstat(t) is not None, "user")))
                     continue
                 if uid is None or cfg.may_read("user:" + uid):
                     sh.walk_memory_dir(f"{layout.MEMORY}/user/{name}", walk, now_ns)
@@ -493,7 +494,8 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
     except layout.Shortened:
         name = meta.name if meta else None
     except layout.LayoutError as exc:
-        problems.append(Problem(rel, f"folder name: {exc}", f"rename it to skills/{layout.encode(name_seg)}"))
+        problems.append(Problem(rel, f"folder name: {exc}", layout.renamed_hint(
+            layout.SKILLS, name_seg, "", lambda t: share.lstat(t) is not None, "skill")))
         return None
     if name is None or layout.item_path(layout.skill_id(name), cfg.node) != rel:
         problems.append(Problem(rel, "skill folder name does not match the name in skill.json",
