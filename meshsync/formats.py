@@ -3,8 +3,9 @@
 Everything meshsync writes is rendered stably (same content, same bytes: R8) and carries
 ``updated_at_ms`` and ``rev``.  ``rev`` is a short hash over what the file claims
 (item, content digest, stamp, node): a file whose ``rev`` still matches was written by
-meshsync and its stamp can be trusted; any other file is a hand edit and is stamped
-after the version it replaced (R3).
+meshsync and its stamp can be trusted.  Any other file was written by a person or
+another program and is taken as written (R10): its version is derived from the file
+alone (replicas/share/detect.py), the same on every node, without rewriting it.
 """
 
 from __future__ import annotations
@@ -108,6 +109,45 @@ def loads(data: bytes | str, max_depth: int = 64) -> Any:
     return obj
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(name)
+
+
+def is_json_text(text: str) -> bool:
+    """Whether ``text`` is JSON as JavaScript's JSON.parse reads it (RFC 8259, no NaN or
+    Infinity), whatever meshsync's own limits on values say."""
+    try:
+        json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, _NotJson):
+        return False
+    except (RecursionError, ValueError):  # JSON, too deep or too long a number for Python
+        return True
+    return True
+
+
+def index_value(text: str, max_depth: int = 64) -> Any:
+    """An index row's value as the seed client's getMemory reads it (R10): its JSON
+    when the text is JSON, else the text itself as a string (the seed's putMemory
+    stores a string as raw text: ``hello mesh``, not ``"hello mesh"``).  JSON text that
+    meshsync cannot carry exactly (a lone surrogate, a number too large for a double,
+    nesting over ``max_depth``) still raises FormatError: it is reported, not guessed."""
+    try:
+        return loads(text, max_depth)
+    except FormatError:
+        if is_json_text(text):
+            raise
+        return text
+
+
+def json_text(text: str) -> str:
+    """An index row's value as JSON text (index_value's reading, without parsing JSON)."""
+    return text if is_json_text(text) else orjson.dumps(text).decode()
+
+
 def _dumps(obj: Any, opts: int) -> bytes:
     try:
         return orjson.dumps(obj, option=opts | orjson.OPT_SORT_KEYS)
@@ -152,7 +192,19 @@ def memory_record(scope: str, key: str, value: Any, node: str | None, stamp: int
     return MemoryRecord(scope, key, value, text, digest_bytes(text), node, stamp, trusted)
 
 
-def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str) -> bytes:
+class TooLarge(FormatError):
+    """An export whose file would be over the readers' limit (R10: never written)."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"its share file would be {size} bytes, over the {limit}-byte limit")
+        self.size, self.limit = size, limit
+
+
+def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str, max_bytes: int = 0) -> bytes:
+    """A memory file: pretty-printed, or compact when that would exceed ``max_bytes``
+    (the readers' limit, limits.max_file_bytes), so that an export never produces a file
+    the readers refuse (R10); TooLarge when even the compact rendering exceeds it.  The
+    choice depends on the content and the limit only: the same bytes every time (R8)."""
     doc = {
         "scope": item.scope,
         "key": item.key,
@@ -162,12 +214,23 @@ def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str) 
         "updated_at_ms": stamp,
         "rev": rev(item, digest, stamp, node),
     }
-    return _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
+    data = _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
+    if max_bytes and len(data) > max_bytes:
+        data = _dumps(doc, 0) + b"\n"
+        if len(data) > max_bytes:
+            raise TooLarge(len(data), max_bytes)
+    return data
 
 
 # The last millisecond of year 9999.  Later (or negative) times are not times: they
 # would win every conflict forever and overflow SQLite's 64-bit INTEGER downstream.
 MAX_STAMP_MS = 253_402_300_799_999
+
+
+# The node name of a version derived from a file that names no node (a hand-made file
+# with only a value, a SKILL.md without skill.json): one fixed name, so that every node
+# derives the same version from the same file (R10, R1).  docs/guarantees.md says it.
+FOREIGN_NODE = "share"
 
 
 def _stamp(ms: Any, sec: Any) -> int | None:

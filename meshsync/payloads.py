@@ -121,6 +121,13 @@ class Payload:
         read) or ("dir", the folder's signature as walked); None: nothing seen."""
         return None
 
+    def import_check(self) -> tuple[str, Check] | None:
+        """For a file another program wrote, read while it may still be being written
+        (modified in the last seconds): the file (a suffix to the item's share path) and
+        the check that it is still what was read, made before its version is committed
+        (R6, R7: a half-written file is never imported).  None: nothing to check."""
+        return None
+
 
 # --- share -------------------------------------------------------------------------------
 
@@ -169,6 +176,11 @@ class ShareMem(Payload):
         # previous save and our rewrite was overwritten and lost, unrecorded (R2, R3).
         return same_file(self.cas or self.sig)
 
+    def import_check(self) -> tuple[str, Check] | None:
+        if self.rec.trusted or self.sig is not None or self.cas is None:
+            return None  # meshsync's own files are renamed into place whole; a settled file is not being written
+        return "", same_file(self.cas)
+
 
 @dataclass(slots=True)
 class ShareSkill(Payload):
@@ -204,6 +216,11 @@ class ShareSkill(Payload):
 
     def skill_cas(self) -> tuple[str, str] | None:
         return ("md", self.cas) if self.cas is not None else None
+
+    def import_check(self) -> tuple[str, Check] | None:
+        if self.sig is not None or not self.cas:
+            return None  # a settled folder (no file modified in the last seconds), or no SKILL.md
+        return "/SKILL.md", same_file(self.cas)
 
 
 # --- index -------------------------------------------------------------------------------

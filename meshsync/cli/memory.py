@@ -12,7 +12,7 @@ import sys
 
 import orjson
 
-from meshsync import config, layout
+from meshsync import config, formats, layout
 from meshsync.cli.common import (
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -43,11 +43,12 @@ def cmd_get(s: config.Settings, a: argparse.Namespace) -> int:
         print(f"meshsync: no item {a.scope}:{a.key}", file=sys.stderr)
         return EXIT_NOT_FOUND
     if a.json:
-        value = orjson.Fragment(r.value) if isinstance(r.value, str) and r.value else r.value
+        # A value that is not JSON text is the string it spells (R10, as the seed reads it).
+        value = orjson.Fragment(formats.json_text(r.value)) if isinstance(r.value, str) else r.value
         print(dump({"scope": a.scope, "key": a.key, "value": value, "node_id": r.node_id,
                     "updated_at": r.updated_at, **st}))
     else:
-        print(dump(orjson.Fragment(r.value)) if r.value else r.value)
+        print(dump(orjson.Fragment(formats.json_text(r.value))) if isinstance(r.value, str) else r.value)
         if sys.stdout.isatty():  # for a person, where it came from; a script gets the value only
             print(f"# from {r.node_id} at {when(r.updated_at)}, {state_note(st)}")
     return EXIT_OK

@@ -147,7 +147,7 @@ class ExportBatch:
         row = self.node.index.memory_rows([it]).get(it)
         if row is None:
             raise FileRefused(Problem(layout.item_path(it, self.node.node), "no value to write for this item", ""))
-        return formats.loads(row.value)
+        return formats.index_value(row.value, self.node.policy.max_json_depth)
 
     def _to_share(self, it: ItemId, plan: Plan, sides: dict[str, Obs], st: State | None) -> State | None:
         """Write the share side; return the state the item will have once the index is
@@ -179,8 +179,16 @@ class ExportBatch:
             # not this new version, so its old bytes must not read as "unchanged" later.
             share_sig = share_hash = None
         if SHARE not in plan.write:
+            if plan.source == SHARE and src is not None and not self._still_as_read(it, rel, src):
+                return None
             return State(win.stamp, win.node, win.digest, win.deleted, share_sig, share_hash,
                          st.row_sig if st else None, None if win.deleted else rel, aux)
+        if (not win.deleted and sh_obs is not None and sh_obs.dirty and sh_obs.trusted
+                and sh_obs.version is not None and sh_obs.version.same(win)):
+            if not self._drop_tombstone(it):
+                return None
+            return State(win.stamp, win.node, win.digest, False, share_sig, share_hash,
+                         st.row_sig if st else None, rel, aux)
         faults.hit("propagate.before_export", it)
         if plan.source in (INDEX, CACHE) and not win.deleted:
             hits = self._secret_hits(it, src)
@@ -193,12 +201,51 @@ class ExportBatch:
                 return None
         if it.kind == MEM and not win.deleted:
             # Written with the rest of the batch (_write_queued), compare-and-set included.
-            data = formats.render_memory(it, self._winner_value(it, src), win.digest, win.stamp, win.node)
+            try:
+                data = formats.render_memory(it, self._winner_value(it, src), win.digest, win.stamp, win.node,
+                                             self.node.s.limits.max_file_bytes)
+            except formats.TooLarge as exc:
+                self._refuse_too_large(it, exc, "limits.max_file_bytes")
+                return None
             new = State(win.stamp, win.node, win.digest, False, None, formats.digest_bytes(data),
                         st.row_sig if st else None, rel, aux)
             self.queued.append((it, rel, data, share_write.mem_check(sh_obs), new))
             return new
         return self._export_now(it, plan, rel, sh_obs, src, st, aux)
+
+    def _still_as_read(self, it: ItemId, rel: str, src: Payload) -> bool:
+        """A file another program wrote, taken as written (no share write follows to
+        compare-and-set it), but read in the seconds after it changed: it may still be
+        being written (an editor's truncate-then-write).  Unless it is still what was
+        read, the item waits for the next pass (R6, R7: a half-written file is never
+        imported; the daemon looks again at once)."""
+        got = src.import_check()
+        if got is None or got[1](self.node.share.lstat(rel + got[0])):
+            return True
+        self.p.deferred.append(it)
+        return False
+
+    def _drop_tombstone(self, it: ItemId) -> bool:
+        """The share holds the winner already and only a tombstone beside it is stale (a
+        restore, R10): the tombstone goes, the file is left as it was written."""
+        try:
+            share_write.drop_tombstone(self.node.share, it, self.node.node)
+        except OSError as exc:
+            self.p.index_problems[it] = (f"cannot remove the tombstone of {it} on the share: {exc.strerror}",
+                                         "check the share's permissions; retried on the next pass")
+            return False
+        self.p.stats.to_share += 1
+        self.p.written.append(it)
+        return True
+
+    def _refuse_too_large(self, it: ItemId, exc: formats.TooLarge, setting: str) -> None:
+        """An export whose file the readers would refuse is not written (R10): reported as
+        a refused write (status, `ls`), logged, and the item stays local meanwhile."""
+        self.p.index_problems[it] = (f"{it} not exported: {exc}",
+                                     f"shrink it, or raise {setting} on every node; it stays local meanwhile",
+                                     "refused")
+        self.p.stats.refused += 1
+        log.warning("%s not exported: %s (%s)", it, exc, setting)
 
     def _export_now(self, it: ItemId, plan: Plan, rel: str, sh_obs: Obs | None, src: Payload | None,
                     st: State | None, aux: str | None) -> State | None:
@@ -227,10 +274,14 @@ class ExportBatch:
                     if row is None:
                         raise FileRefused(Problem(rel, "no content to write for the skill", ""))
                     src = IndexSkill(row)
-                digest = share_write.export_skill(share, it, rel, win, self.node.node, src, extras)
+                digest = share_write.export_skill(share, it, rel, win, self.node.node, src, extras,
+                                                  self.node.s.limits.max_skill_bytes)
                 share_hash, aux = digest, extras
             p.stats.to_share += 1
             p.written.append(it)
+        except formats.TooLarge as exc:
+            self._refuse_too_large(it, exc, "limits.max_skill_bytes")
+            return None
         except FileRefused as exc:
             index_problems[it] = (f"cannot write {exc.problem.path} on the share: {exc.problem.reason}",
                                   exc.problem.hint)

@@ -76,8 +76,10 @@ def _managed(d: Path) -> str | None:
     return _marker(d)[0]
 
 
-def _files(root: Path) -> dict[str, Path]:
-    """Regular files below root by relative path, links and specials skipped."""
+def _files(root: Path, skill: bool = False) -> dict[str, Path]:
+    """Regular files below root by relative path, links and specials skipped.  With
+    ``skill`` (a skill folder on the share), only the files that are part of the skill,
+    as the share's walk takes them: no temporary, ignored or editor file (R10)."""
     out: dict[str, Path] = {}
     stack = [root]
     while stack:
@@ -88,10 +90,11 @@ def _files(root: Path) -> dict[str, Path]:
             continue
         for e in entries:
             p = Path(e.path)
+            if e.name.startswith(".meshsync-tmp-") or (skill and layout.is_ignored_name(e.name)):
+                continue
             if e.is_dir(follow_symlinks=False):
-                if not e.name.startswith(".meshsync-tmp-"):
-                    stack.append(p)
-            elif e.is_file(follow_symlinks=False) and not e.name.startswith(".meshsync-tmp-"):
+                stack.append(p)
+            elif e.is_file(follow_symlinks=False) and not (skill and layout.is_editor_file(e.name)):
                 out[str(p.relative_to(root))] = p
     return out
 
@@ -176,7 +179,7 @@ def _remove_gone(target: Path, all_live: set[str], node: str) -> list[Warning_]:
 
 
 def _copy(src: Path, dest: Path, name: str, node: str = "", limits: Limits | None = None) -> None:
-    want = {k: v for k, v in _files(src).items() if k != layout.SKILL_JSON}
+    want = {k: v for k, v in _files(src, skill=True).items() if k != layout.SKILL_JSON}
     if limits is not None:
         md = want.get(layout.SKILL_MD)
         if md is not None and md.stat().st_size > limits.skill_bytes:

@@ -264,6 +264,7 @@ class Index(IndexWrites):
         self._share_sigs: tuple[tuple[int, int], KnownSigs] | None = None
         self._fts_same_at: int | None = None  # data_version when check_fts last found no drift
         self._json_rows = True  # SQLite has json_each (see insert_memory_rows_if_absent)
+        self._json5: bool | None = None  # json_valid() accepts JSON5 (see _value_json)
         if not create and not self.path.exists():
             raise IndexError_(f"index {self.path} does not exist (run `meshsync init`)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -494,14 +495,14 @@ class Index(IndexWrites):
         building Python dicts cost five times the JSON dump at 100k rows, and slices keep
         the memory bounded (the whole document is ~50 MB at 100k) and let a rewrite
         render only the slices that changed (cache.CacheLayout).  Values are embedded as
-        stored (JSON text checked on import; rows that are not are in ``exclude``), so
-        no value is parsed here.  Call inside ``read()`` so that the slices are one
-        snapshot."""
+        stored when they are JSON text (else as the string of their text, see
+        _value_json); rows reported as bad are in ``exclude``.  Call inside ``read()``
+        so that the slices are one snapshot."""
         if not scopes:
             return
         where, tail = self._cache_filter(scopes, exclude)
         q = ("SELECT count(*), coalesce(sum(id), 0), CAST(group_concat(json_quote(scope || ':' || key)"
-             " || ':{\"value\":' || value || ',\"nodeId\":' || json_quote(node_id) || ',\"ts\":'"
+             " || ':{\"value\":' || " + self._value_json() + " || ',\"nodeId\":' || json_quote(node_id) || ',\"ts\":'"
              " || json_quote(updated_at) || '}', ',' || char(10)) AS BLOB)"
              # By row id, never by the scope index: the order of the lines must not
              # depend on the query plan (a patched file equals a full rendering).
@@ -516,6 +517,17 @@ class Index(IndexWrites):
         for n in numbers:
             rows, idsum, body = self.db.execute(q, [n * step, (n + 1) * step, *tail]).fetchone()
             yield Slice(n, rows, idsum, body)
+
+    def _value_json(self) -> str:
+        """SQL for a row's value as JSON text: as stored when it is JSON, else the JSON
+        string of its text (R10: how the seed client reads a value; its putMemory stores
+        a string as raw text).  Checked in SQL, not taken from the pass's findings, so
+        that a row written after the pass looked can never make the cache invalid JSON.
+        SQLite 3.42-3.44's json_valid() also accepts JSON5: there json() turns what it
+        accepts into JSON (a JSON5 text then reads as its value, not as a string)."""
+        if self._json5 is None:
+            self._json5 = bool(self.db.execute("SELECT json_valid('{a:1}')").fetchone()[0])
+        return f"CASE WHEN json_valid(value) THEN {'json(value)' if self._json5 else 'value'} ELSE json_quote(value) END"
 
     def cache_totals(self, scopes: list[str], exclude: list[str]) -> tuple[int, int]:
         """How many rows the cache holds and the sum of their ids: what a patched cache

@@ -47,10 +47,63 @@ class Known(Protocol):
     def items_at(self, rels: list[str]) -> dict[str, ItemId]: ...
 
 
-def effective_order(obs: Obs, st: State | None) -> tuple:
-    """Order of an observation as reconcile would see it (fresh writes come after base)."""
-    v = effective(obs, base_of(st), 0, "")
-    return v.order if v is not None else (-1,)
+def as_found(obs: Obs, st: State | None, rel: str, node: str, skill: bool = False) -> Obs:
+    """The share side of a file read this pass, seen against what the last pass synced.
+
+    A file meshsync wrote (trusted ``rev``) stands for the version it claims.  A file
+    written by a person or another program (no valid ``rev``) stands for the version
+    derived from the file alone (``derived``: stamp max(declared + 1, mtime), its node or
+    FOREIGN_NODE), the same on every node, and it is taken as written: no share write
+    is planned for it (R10).  R3 holds because an edit's mtime, or its declared stamp
+    + 1, orders after the version it edited; only when neither does (the file server's
+    clock behind this node's base) is the edit stamped after the base by reconcile and
+    rewritten in meshsync's rendering, so that every node then reads the same version.
+    The bytes this node last synced stand for its base (their version may differ only
+    by a newer mtime: a touch, taken like any other node reading the file would)."""
+    v = obs.version
+    assert v is not None
+    base = base_of(st)
+    if base is not None and not base.deleted and st.share_hash == obs.payload.hash and st.rel == rel:  # type: ignore[union-attr]
+        if obs.trusted and skill:
+            # A skill's hash covers its files, not what skill.json claims: a trusted
+            # skill.json naming another version of the same content (another node's
+            # rendering of the same folder) is a change, or nodes keep different
+            # source_node values forever (R1).
+            return Obs(base if v.same(base) else v, True, obs.payload)
+        if obs.trusted or v.order <= base.order:
+            return Obs(base, True, obs.payload)
+        return Obs(v, True, obs.payload)  # the same bytes touched since: as a node reading it first takes them
+    if obs.trusted or base is None or base.deleted or v.order > base.order:
+        return Obs(v, True, obs.payload)
+    if v.same(base):
+        return Obs(base, True, obs.payload)
+    # The file alone cannot order the edit after the base: today's rule (R3).
+    return Obs(Version(v.stamp, node if v.node == formats.FOREIGN_NODE else v.node, v.digest), False, obs.payload)
+
+
+def against_tombstone(cur: Obs, tv: Version, st: State | None) -> Obs:
+    """The share side of an item whose file and tombstone are both on the share.
+
+    Seen from this node: when the file is the one it last synced (its base, live), the
+    tombstone is a delete from elsewhere that arrived first (Syncthing may deliver it
+    before the file's removal): the newer of the two wins (R4).  Otherwise (this node's
+    base is the tombstone, or the file is not what it last synced) the file appeared
+    after the delete: a restore (a NAS snapshot, ``#recycle``, ``mv backup.json``), a
+    person's act, newer than the delete.  It wins, stamped after the tombstone, and is
+    written again if that changed its version, so that every node reads the same one
+    (R10).  Either way the side is dirty: propagation removes the loser.  meshsync's own
+    delete removes the file before it writes the tombstone (replicas/share/write.py), so
+    a crash in between never leaves "file + tombstone" to be read as a restore (R7)."""
+    v = cur.version
+    assert v is not None
+    base = base_of(st)
+    if base is not None and not base.deleted and v.same(base):
+        if effective(cur, base, 0, "").order < tv.order:  # type: ignore[union-attr]
+            return Obs(tv, True, cur.payload, dirty=True)
+        return Obs(v, cur.trusted, cur.payload, dirty=True)
+    if v.stamp > tv.stamp:
+        return Obs(v, cur.trusted, cur.payload, dirty=True)
+    return Obs(Version(tv.stamp + 1, v.node, v.digest), False, cur.payload, dirty=True)
 
 
 def decoded(segment: str) -> str | None:
@@ -111,7 +164,8 @@ class ShareDetector:
                     uid = None
                 except layout.LayoutError as exc:
                     walk.problems.append(Problem(f"{layout.MEMORY}/user/{name}", f"folder name: {exc}",
-                                                 f"rename it to {layout.encode(name)}"))
+                                                 layout.renamed_hint(f"{layout.MEMORY}/user", name, "",
+                                                                     lambda t: sh.lstat(t) is not None, "user")))
                     continue
                 if uid is None or cfg.may_read("user:" + uid):
                     sh.walk_memory_dir(f"{layout.MEMORY}/user/{name}", walk, now_ns)
@@ -201,10 +255,10 @@ class ShareDetector:
                 if it is not None and it2 != it:
                     unknown.add(it)
                 st = state.get(it2)
-                if st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel:
-                    obs = Obs(base_of(st), True, obs.payload)
-                    if st.share_sig == obs.payload.sig:
-                        continue
+                obs = as_found(obs, st, rel, self.cfg.node)
+                if st is not None and obs.version is not None and obs.version.same(base_of(st)) and \
+                        st.share_sig == obs.payload.sig and st.share_hash == obs.payload.hash:
+                    continue
                 if settle is not None and (not tombs or layout.tombstone_path(it2, self.cfg.node) not in tombs):
                     batch[it2] = obs
                     if len(batch) >= BATCH:
@@ -233,15 +287,10 @@ class ShareDetector:
                 continue
             it2, obs = got
             st = p.state.get(it2)
-            # A skill's hash covers its files, not what skill.json claims: a trusted
-            # skill.json naming another version of the same content (another node's
-            # normalisation of the same hand-made folder: same mtime stamp, its own node id)
-            # is a change, or the nodes keep different source_node values forever (R1).
-            if (st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel
-                    and (not obs.trusted or obs.version.same(base_of(st)))):  # type: ignore[union-attr]
-                obs = Obs(base_of(st), True, obs.payload)
-                if st.share_sig == obs.payload.sig:
-                    continue
+            obs = as_found(obs, st, rel, self.cfg.node, skill=True)
+            if st is not None and obs.version is not None and obs.version.same(base_of(st)) and \
+                    st.share_sig == obs.payload.sig and st.share_hash == obs.payload.hash:
+                continue
             p.share_obs[it2] = obs
             changed.add(it2)
         return changed
@@ -275,10 +324,11 @@ class ShareDetector:
         if rec.trusted:
             v = Version(rec.stamp, rec.node, rec.digest)  # type: ignore[arg-type]
         else:
-            # An edited file comes after the version it still names, even when this node
-            # never saw that version and the file's mtime is behind its stamp (R3).
+            # Derived from the file alone (R10, see as_found): an edited file comes after
+            # the version it still names, even when this node never saw that version and
+            # the file's mtime is behind its stamp (R3).
             declared = rec.stamp + 1 if rec.stamp is not None else 0
-            v = Version(max(declared, mtime_ns // 1_000_000), rec.node or self.cfg.node, rec.digest)
+            v = Version(max(declared, mtime_ns // 1_000_000), rec.node or formats.FOREIGN_NODE, rec.digest)
         return it, Obs(v, rec.trusted, ShareMem(rec, sig, h, read_sig))
 
     def read_skill(self, rel: str, files: list, sig: str | None,
@@ -327,16 +377,9 @@ class ShareDetector:
             return
         # Its earlier errors (e.g. read mid-write) go now, not at the next full rescan.
         p.looked_ok += [rel] if item.kind == MEM else [rel, f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}"]
-        obs = got[1]
-        if (st is not None and not st.deleted and st.share_hash == obs.payload.hash
-                and (item.kind == MEM or not obs.trusted or obs.version.same(base_of(st)))):  # type: ignore[union-attr]
-            # (skills: the hash does not cover skill.json's claimed version; see changed())
-            obs = Obs(base_of(st), True, obs.payload)
+        obs = as_found(got[1], st, rel, self.cfg.node, skill=item.kind != MEM)
         if tomb is not None and tomb.version is not None:
-            if effective_order(obs, st) < tomb.version.order:
-                obs = Obs(tomb.version, True, obs.payload, dirty=True)
-            else:
-                obs = Obs(obs.version, obs.trusted, obs.payload, dirty=True)
+            obs = against_tombstone(obs, tomb.version, st)
         p.share_obs[item] = obs
 
     def read_tomb(self, item: ItemId) -> Obs | None:
@@ -373,8 +416,7 @@ class ShareDetector:
 
     def tombstones(self, p: Pass) -> set[ItemId]:
         """Fold the share's tombstones into its observations.  When a file and a
-        tombstone both exist (a crash between the two writes, or a re-creation), the
-        newer wins and the side is marked dirty so that apply removes the other."""
+        tombstone both exist, see against_tombstone."""
         walk = p.walk
         assert walk is not None
         changed: set[ItemId] = set()
@@ -409,10 +451,7 @@ class ShareDetector:
                 if st is None or not (st.deleted and st.stamp == stamp and st.node == node):
                     changed.add(item)
                 continue
-            if effective_order(cur, st) < tv.order:
-                p.share_obs[item] = Obs(tv, True, cur.payload, dirty=True)
-            else:
-                p.share_obs[item] = Obs(cur.version, cur.trusted, cur.payload, dirty=True)
+            p.share_obs[item] = against_tombstone(cur, tv, st)
             changed.add(item)
         return changed
 
@@ -457,16 +496,17 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
     except layout.Shortened:
         name = meta.name if meta else None
     except layout.LayoutError as exc:
-        problems.append(Problem(rel, f"folder name: {exc}", f"rename it to skills/{layout.encode(name_seg)}"))
+        problems.append(Problem(rel, f"folder name: {exc}", layout.renamed_hint(
+            layout.SKILLS, name_seg, "", lambda t: share.lstat(t) is not None, "skill")))
         return None
     if name is None or layout.item_path(layout.skill_id(name), cfg.node) != rel:
         problems.append(Problem(rel, "skill folder name does not match the name in skill.json",
                                 "rename the folder or fix skill.json's name"))
         return None
-    if meta is not None and meta.name is not None and meta.name != name:
-        problems.append(Problem(f"{rel}/{layout.SKILL_JSON}", f"says name {meta.name!r} but the folder means {name!r}",
-                                "fix the name in skill.json or rename the folder"))
-        return None
+    # The folder name decides, as a memory file's name does (R10): a folder renamed by
+    # hand (`mv skills/alpha skills/beta`) is the skill beta.  skill.json's stale name is
+    # ignored, neither refused nor rewritten; its rev, made for alpha, no longer matches,
+    # so beta's version derives from the folder (after alpha's stamp).
     path = meta.path if meta else None
     if content is None and path is None:
         problems.append(Problem(rel, "skill folder has no SKILL.md (and skill.json gives no path)",
@@ -486,7 +526,9 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
     if trusted:
         v = Version(meta.stamp, meta.node, digest)  # type: ignore[union-attr,arg-type]
     else:
-        declared = meta.stamp + 1 if meta and meta.stamp is not None else 0  # after it: see ShareDetector.read_memory
-        v = Version(max(declared, newest), (meta.node if meta and meta.node else cfg.node), digest)
+        # Derived from the folder alone (R10, see as_found): after the version skill.json
+        # names, or its newest file's mtime.
+        declared = meta.stamp + 1 if meta and meta.stamp is not None else 0
+        v = Version(max(declared, newest), (meta.node if meta and meta.node else formats.FOREIGN_NODE), digest)
     md = next((fe.sig for fe in files if fe.rel == f"{rel}/{layout.SKILL_MD}"), "")
     return it, Obs(v, trusted, ShareSkill(content, path, ex, sig, digest, md))

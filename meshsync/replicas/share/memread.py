@@ -53,9 +53,9 @@ def read(share: Share, rel: str, node_id: str, max_depth: int) -> Read | Problem
     try:
         scope, key = item_of_memory_rel(rel, node_id)
     except layout.LayoutError as exc:
-        stem = rel.rsplit("/", 1)[-1][:-5]
+        folder, _, name = rel.rpartition("/")
         return Problem(rel, f"file name is not in meshsync's encoding ({exc})",
-                       f"rename it to {layout.encode(stem)}.json to import it as key {stem!r}")
+                       layout.renamed_hint(folder, name[:-5], ".json", lambda t: share.lstat(t) is not None, "key"))
     if "%" in rel and not_unicode(scope, key):  # e.g. x%ed%b3%bf.json: an escaped lone surrogate
         return Problem(rel, NOT_UTF8_NAME + " (it escapes a lone surrogate)", "rename it to a name that is valid UTF-8")
     try:

@@ -216,7 +216,7 @@ class ShareWalk:
     def _memory_entry(self, e: os.DirEntry[str], rel_dir: str, walk: Walk, now_ns: int) -> None:
         """A name or file off the fast path: ignored, temporary, misplaced or not regular."""
         name = e.name
-        if layout.is_ignored_name(name):
+        if layout.is_ignored_name(name) or (layout.is_editor_file(name) and not e.is_dir(follow_symlinks=False)):
             if name.startswith(TMP_PREFIX):
                 walk.temporaries.append(f"{rel_dir}/{name}")
             return
@@ -263,6 +263,8 @@ class ShareWalk:
                 if e.is_dir(follow_symlinks=False):
                     stack.append(rel)
                     continue
+                if layout.is_editor_file(e.name):
+                    continue  # not part of the skill nor of its version (R10)
                 fe = self._file_entry(e, rel, walk, now_ns)
                 if fe is not None:
                     files.append(fe)

@@ -53,24 +53,39 @@ def unchanged(share: Share, rel: str, sh_obs: Obs | None, it: ItemId) -> bool:
 
 
 def export_delete(share: Share, it: ItemId, rel: str, win: Version, node: str, sh_obs: Obs | None) -> None:
-    """The tombstone first (R4: offline nodes learn of the delete), then the file."""
-    share.write(layout.tombstone_path(it, node), formats.render_tombstone(it, win.stamp, win.node))
+    """The file first, then the tombstone (R4: offline nodes learn of the delete).
+
+    In this order a crash between the two leaves neither (the next pass sees the file
+    gone and writes the tombstone, R7), never "file + tombstone": every node reads a
+    file beside a tombstone as a restore made after the delete unless it is the file
+    that node last synced (replicas/share/detect.py against_tombstone), so our own
+    crashed delete would have come back on the nodes that had not synced that file."""
     # Only a file we saw goes: one made since we saw none is a new write (R2).
     if sh_obs is None or sh_obs.dirty or (sh_obs.version is not None and not sh_obs.version.deleted):
         if it.kind == MEM:
             share.remove(rel)
         else:
             share.remove_tree(rel)
+    faults.hit("share.delete_removed", it)
+    share.write(layout.tombstone_path(it, node), formats.render_tombstone(it, win.stamp, win.node))
+
+
+def drop_tombstone(share: Share, it: ItemId, node: str) -> None:
+    """Remove an item's tombstone (the file beside it won: a restore, R10)."""
+    share.remove(layout.tombstone_path(it, node))
 
 
 def export_skill(share: Share, it: ItemId, rel: str, win: Version, node: str, payload: Payload,
-                 extras: str) -> str:
+                 extras: str, max_skill_bytes: int = 0) -> str:
     """Write a skill's folder (SKILL.md unless the share holds it already, skill.json)
-    and drop its tombstone; returns the digest written."""
+    and drop its tombstone; returns the digest written.  A SKILL.md over the readers'
+    limit is never written (formats.TooLarge, R10)."""
     got = payload.skill_bytes()
     if got is None:
         raise FileRefused(Problem(rel, "no content to write for the skill", ""))
     content, path = got
+    if max_skill_bytes and content is not None and len(content) > max_skill_bytes:
+        raise formats.TooLarge(len(content), max_skill_bytes)
     digest = formats.skill_digest(content, path, extras)
     if not payload.on_share():
         if content is not None:
