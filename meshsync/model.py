@@ -279,6 +279,7 @@ class Pass:
     # propagation's results
     written: list[ItemId] = field(default_factory=list)  # items written to the share (the journal)
     deferred: list[ItemId] = field(default_factory=list)  # share file changed under us: next pass
+    retry: dict[ItemId, str] = field(default_factory=dict)  # export failed (full/read-only share): why (R12)
     young_added: set[str] = field(default_factory=set)  # cache keys this pass adds (cache/detect.py)
     cache_replaced: dict[str, list] = field(default_factory=dict)  # key -> version the cache loses
     changed_mem: bool = False  # a readable memory item moved: mesh-memory.json is rewritten

@@ -39,7 +39,8 @@ class ItemStates:
     - refused:  the node may not export it (an error of kind "refused"): it stays local;
     - error:    its index row or its share file is invalid (an "index" or "file" error);
     - pending:  a local change not yet synced (an outbox row, or the row differs from
-                the version last synced, meshsync_state.row_sig);
+                the version last synced, meshsync_state.row_sig), also while its export
+                fails and is retried (an "export" error: its reason is shown, R12);
     - conflict: the current version won a conflict; the beaten one is in
                 `meshsync conflicts` (until the item changes again);
     - in sync:  otherwise.
@@ -80,7 +81,8 @@ class ItemStates:
     def _state(self, it: ItemId, row_sig: str | None) -> dict[str, Any]:
         e = self.errors.get(f"index:{it}")
         if e is not None:
-            return {"state": REFUSED if is_refusal(e) else ERROR, "reason": e["reason"], "hint": e["hint"]}
+            state = PENDING if e["kind"] == "export" else REFUSED if is_refusal(e) else ERROR
+            return {"state": state, "reason": e["reason"], "hint": e["hint"]}
         fe = self.file_errors.get(it)
         if fe is not None:
             return {"state": ERROR, "reason": f"{fe['path']}: {fe['reason']}", "hint": fe["hint"]}
@@ -181,7 +183,9 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
     out["refused"] = [e for e in out["errors"] if is_refusal(e)]
     # Warnings (e.g. a SKILL.md OpenClaw may not load): synced anyway, shown apart.
     out["warnings"] = [e for e in out["errors"] if e["kind"] == "warning"]
-    held = {e["path"] for e in out["errors"] if e["path"].startswith("index:")}
+    # Rows held back as bad or refused are not pending; one whose export failed is (it
+    # goes out by itself once the share takes it, R12).
+    held = {e["path"] for e in out["errors"] if e["path"].startswith("index:") and e["kind"] != "export"}
     pending = {f"index:{it}" for it in queries.outbox_items(idx)}
     out["counts"]["pending"] = len(pending - held)  # local changes waiting for a pass
     out["counts"]["refused"] = len(out["refused"])

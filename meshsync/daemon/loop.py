@@ -35,6 +35,7 @@ import orjson
 from meshsync import config, logs
 from meshsync.config import Settings
 from meshsync.daemon.notify import Notifier
+from meshsync.daemon.retry import Retry
 from meshsync.daemon.sources import (
     CacheWrites,
     Changes,
@@ -98,6 +99,9 @@ class Daemon:
         # (see _after_pass): run the next pass now.  Never twice in a row.
         self.retry_now = False
         self.retried = False
+        # Items whose export failed (a full or read-only share): tried again on a timer
+        # with backoff, not only at the next full rescan (R12).
+        self.exports = Retry()
 
     # --- signals -------------------------------------------------------------------------
 
@@ -197,6 +201,7 @@ class Daemon:
 
     def _after_pass(self, stats: Any, full: bool) -> None:
         self._retry_deferred()
+        self._note_exports(self.node.retry)
         if stats.cache_written:
             # Our own rewrite of mesh-memory.json is not a tool's write: without this the
             # next tick saw the new signature and ran another pass for nothing.
@@ -214,6 +219,18 @@ class Daemon:
         c = stats.errors
         self.notify.status(f"watching ({self.mode}); last sync {time.strftime('%H:%M:%S')}"
                            + (f"; {c} problem(s), see meshsync status" if c else ""))
+
+    def _note_exports(self, failed: dict[ItemId, str]) -> None:
+        """After a pass: exports that failed wait for a retry (R12), logged once when they
+        start failing and once when they go out again."""
+        if not failed:
+            if self.exports.succeeded():
+                log.info("exports resumed: the items held back by the share fault were written")
+            return
+        reason = next(iter(failed.values()))
+        if self.exports.failed(set(failed), reason, time.monotonic()):
+            log.warning("cannot export %d item(s) to the share (%s); kept locally and retried every few "
+                        "seconds, see meshsync status", len(failed), reason)
 
     def _retry_deferred(self) -> None:
         """Items the pass left because their file changed between its read and its write
@@ -256,6 +273,8 @@ class Daemon:
         ri = self.s.watch.rescan_interval
         if ri and tick.now - self.last_full >= ri:
             news.full = True
+        if self.exports.due(tick.now):
+            news.items |= self.exports.take()
         if news:
             # Only news moves the debounce clock: a change already waiting must not
             # postpone itself tick after tick.
@@ -290,7 +309,7 @@ class Daemon:
     def _wait(self, now: float) -> None:
         """Until the next tick, an event, or the end of the waiting batch's debounce (not
         the next tick after it: ticks alone added up to 50 ms to every change's latency)."""
-        timeout = INDEX_TICK
+        timeout = self.exports.wait(now, INDEX_TICK)
         if self.pending or self.cache_dirty:
             due = min(self.last_change + self.s.watch.debounce, self.first_change + MAX_DELAY)
             timeout = min(timeout, max(0.0, due - now))

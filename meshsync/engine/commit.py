@@ -23,6 +23,8 @@ from meshsync.replicas.cache import skilldirs
 from meshsync.replicas.cache.write import skills_sig_of
 from meshsync.replicas.share import journal
 
+from .propagate import EXPORT
+
 if TYPE_CHECKING:
     from .node import Node
 
@@ -67,6 +69,10 @@ def record(node: Node, p: Pass) -> None:
             else:
                 idx.replace_errors_one(db, prob[2] if len(prob) > 2 else "index", f"index:{it}", prob)
         idx.clear_errors(db, fine)
+        # Exports that failed (R12): queued like the rows above, and retried on a timer
+        # by the daemon until the share takes them.
+        p.retry.update((it, prob[0]) for it, prob in index_problems.items()
+                       if prob and len(prob) > 2 and prob[2] == EXPORT)
         idx.ack_outbox(db, p.seq)
         # A refused or invalid row is not dropped: it stays queued, is reported by
         # every pass, and goes out once fixed (e.g. its scope made writable) (R9, R2).

@@ -56,6 +56,7 @@ class Node:
         self.cache = Cache(settings.openclaw_home)
         self.progress: Callable[[str, int, int | None], None] | None = None
         self.deferred: list[ItemId] = []  # items whose share file changed under us: next pass
+        self.retry: dict[ItemId, str] = {}  # items the last pass could not export, and why (R12)
         # Signatures of files this process wrote: their change events are our own echo.
         self.own_sigs: dict[str, str] = {}
         self.share_detector = ShareDetector(self.share, self.policy, self.own_sigs)
@@ -88,6 +89,7 @@ class Node:
     def _sync(self, only: set[ItemId] | None, full_index: bool) -> PassStats:
         p = detect.begin(self, only)
         self.deferred = p.deferred
+        self.retry = p.retry
         local = detect.local_changes(self, p, only, full_index)
         if only is None:
             settle = (lambda obs: self._settle_early(p, obs)) if self.settle_early else None

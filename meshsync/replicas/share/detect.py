@@ -233,6 +233,11 @@ class ShareDetector:
                 continue
             it2, obs = got
             st = p.state.get(it2)
+            if obs.version is None:  # an empty folder: reported, absent unless synced there (R6, R12)
+                p.problems.append(_empty_skill(rel))
+                if base_live(st):
+                    p.share_unknown.add(it2)
+                continue
             # A skill's hash covers its files, not what skill.json claims: a trusted
             # skill.json naming another version of the same content (another node's
             # normalisation of the same hand-made folder: same mtime stamp, its own node id)
@@ -325,6 +330,14 @@ class ShareDetector:
         if got is None or got[0] != item:
             p.share_unknown.add(item)
             return
+        if got[1].version is None:  # an empty skill folder: absent unless the skill was synced there
+            p.problems.append(_empty_skill(rel))
+            if base_live(st):
+                p.share_unknown.add(item)
+            else:
+                p.share_obs[item] = tomb or ABSENT
+                p.looked_ok += [f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}"]
+            return
         # Its earlier errors (e.g. read mid-write) go now, not at the next full rescan.
         p.looked_ok += [rel] if item.kind == MEM else [rel, f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}"]
         obs = got[1]
@@ -415,6 +428,11 @@ class ShareDetector:
         return changed
 
 
+def _empty_skill(rel: str) -> Problem:
+    return Problem(rel, "skill folder is empty", "add a SKILL.md, or remove the folder; an export that failed "
+                   "part-way (a full share) leaves one behind and fills it once the share has space")
+
+
 def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None,
                problems: list[Problem]) -> tuple[ItemId, Obs] | None:
     """The share side of one skill folder (its files as the walk listed them)."""
@@ -466,6 +484,11 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
                                 "fix the name in skill.json or rename the folder"))
         return None
     path = meta.path if meta else None
+    if not files:
+        # An empty folder (e.g. left by an export that failed part-way on a full share):
+        # not a version of the skill.  The caller takes it as absent when the skill has no
+        # synced version there, and as unreadable otherwise (R6, R12).
+        return layout.skill_id(name), ABSENT
     if content is None and path is None:
         problems.append(Problem(rel, "skill folder has no SKILL.md (and skill.json gives no path)",
                                 "add a SKILL.md; the folder is ignored until then"))
