@@ -134,3 +134,31 @@ def test_skill_written_while_the_share_is_full_is_exported_once_space_is_freed(t
              what="the error and the pending count cleared")
     assert alive(a) and alive(b)
     no_traceback(a, b)
+
+
+# --- 3. failed exports are retried on a timer and counted as pending -------------------------
+
+
+def test_export_to_a_read_only_share_is_pending_and_retried_within_seconds(tmpfs, mesh: Mesh):
+    """A write made while the share is mounted read-only waits as pending (with the real
+    reason) and goes out within seconds of `mount -o remount,rw`, not at the next rescan."""
+    tmpfs(mesh.share)
+    a, b = mesh.node("a"), mesh.node("b")
+    start(a)
+    start(b)
+    subprocess.run(["mount", "-o", "remount,ro", str(mesh.share)], check=True)
+    a.cli("put", "mesh", "k", '"written while read-only"')
+    err = wait_for(lambda: errors(a).get("index:mesh:k"), 10, what="the failed export reported")
+    assert "Read-only file system" in err["reason"] and "read-only" in err["hint"], err
+    st = a.status()
+    assert st["counts"]["pending"] == 1, st["counts"]
+    assert "cannot export 1 item(s) to the share" in a.log()
+    subprocess.run(["mount", "-o", "remount,rw", str(mesh.share)], check=True)
+    t0 = time.monotonic()
+    wait_for(lambda: b.value("mesh", "k") == "written while read-only", 20, interval=0.05, what="b imports k")
+    assert time.monotonic() - t0 < 10, "not retried within seconds of the remount"
+    wait_for(lambda: a.status()["counts"]["pending"] == 0 and "index:mesh:k" not in errors(a), 10,
+             what="pending back to 0")
+    assert "exports resumed" in a.log()
+    assert alive(a) and alive(b)
+    no_traceback(a, b)
