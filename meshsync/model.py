@@ -284,3 +284,8 @@ class Pass:
     cache_replaced: dict[str, list] = field(default_factory=dict)  # key -> version the cache loses
     changed_mem: bool = False  # a readable memory item moved: mesh-memory.json is rewritten
     changed_skills: dict[str, str | None] = field(default_factory=dict)  # name -> content (None: gone)
+    # commit's results: problems of the cache (what a tool left there, a write that
+    # failed) and of this node's journal; None: not looked at this pass (kept as they are)
+    cache_problems: list[Problem] | None = None
+    journal_problem: list[Problem] | None = None
+    faults: dict[str, str] = field(default_factory=dict)  # path -> reason of a cache or journal write that failed

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fault_helpers import NoDacNode, require_no_dac
 from helpers import Mesh, MeshNode, wait_for
 
 SKILL_MD = "---\nname: sk\ndescription: a skill written while the share is full\n---\nbody\n"
@@ -95,6 +96,31 @@ def skill_rows(n: MeshNode) -> dict[str, str]:
     return {name: content for name, content in n.sql("SELECT name, content FROM mesh_skills")}
 
 
+def doctor(n: MeshNode) -> dict[str, dict]:
+    """`meshsync doctor --json` as {check name: check}; it never prints a traceback."""
+    p = n.cli("doctor", "--json", check=False)
+    assert "Traceback" not in p.stderr, p.stderr
+    return {c["name"]: c for c in json.loads(p.stdout)["checks"]}
+
+
+def failed_checks(n: MeshNode) -> dict[str, str]:
+    return {name: f"{c['detail']} -> {c['hint']}" for name, c in doctor(n).items() if c["result"] == "fail"}
+
+
+def faults(n: MeshNode) -> list[str]:
+    """What `status --json` reports as current faults (reason texts)."""
+    return [f["reason"] for f in n.status().get("faults", [])]
+
+
+class IndexApart(MeshNode):
+    """A node whose index lives in its own folder (``idx/``), so that a small file system
+    can be mounted there for the index alone (the node's log stays writable)."""
+
+    @property
+    def index(self) -> Path:
+        return self.home / "idx" / "index.sqlite"
+
+
 # --- 1. a skill written while the share is full --------------------------------------------------
 
 
@@ -162,3 +188,220 @@ def test_export_to_a_read_only_share_is_pending_and_retried_within_seconds(tmpfs
     assert "exports resumed" in a.log()
     assert alive(a) and alive(b)
     no_traceback(a, b)
+
+
+# --- 2. no raw tracebacks: each fault is survived, reported and retried ---------------------
+
+
+def test_index_disk_full(tmpfs, mesh: Mesh, tmp_path: Path):
+    """The index's disk fills up: the daemon stays up and says so (not "cannot rollback"),
+    status and doctor report it, a CLI write fails with a clear message, and what came
+    meanwhile is imported within seconds of space being freed."""
+    idx = tmpfs(tmp_path / "node-a" / "idx", "2m")
+    a, b = mesh.node("a", cls=IndexApart), mesh.node("b")
+    start(a)
+    start(b)
+    filler = fill(idx)
+    big = "x" * 600_000  # more than the index can take now
+    b.sql("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES ('mesh', 'big', ?, 'b', ?)",
+          (json.dumps(big), int(time.time())))
+    wait_for(lambda: "disk is full" in a.log(), 15, what="a logs the full index disk")
+    assert "cannot rollback" not in a.log()
+    assert any("full" in f for f in faults(a)), a.status()
+    assert any("full" in d for d in failed_checks(a).values()), failed_checks(a)
+    p = a.cli("put", "mesh", "small", '"v"', check=False)
+    assert p.returncode == 6 and "Traceback" not in p.stderr and "full" in p.stderr, (p.returncode, p.stderr)
+    assert alive(a)
+    filler.unlink()
+    t0 = time.monotonic()
+    wait_for(lambda: a.value("mesh", "big") == big, 20, what="a imports what came while the disk was full")
+    assert time.monotonic() - t0 < 10
+    wait_for(lambda: not faults(a), 10, what="the fault cleared in status")
+    assert alive(a) and alive(b)
+    no_traceback(a, b)
+
+
+def test_cache_disk_full(tmpfs, mesh: Mesh):
+    """The cache's disk fills up: the daemon stays up, reports the cache problem (status,
+    doctor), rewrites the cache within seconds of space being freed; a CLI put with no
+    daemon stores and exports the write and says the cache could not be written."""
+    a, b = mesh.node("a"), mesh.node("b")
+    home = tmpfs(a.openclaw_home)
+    start(a)
+    start(b)
+    filler = fill(home)
+    b.cli("put", "mesh", "k", '"from b"')
+    wait_for(lambda: a.value("mesh", "k") == "from b", 10, what="a imports k")
+    err = wait_for(lambda: errors(a).get(str(a.cache_file)), 10, what="the cache problem reported")
+    assert "No space left on device" in err["reason"], err
+    assert "cache" in failed_checks(a)
+    assert alive(a)
+    filler.unlink()
+    t0 = time.monotonic()
+    wait_for(lambda: a.cache().get("mesh:k", {}).get("value") == "from b", 20, what="a's cache rewritten")
+    assert time.monotonic() - t0 < 10
+    wait_for(lambda: str(a.cache_file) not in errors(a), 10, what="the cache problem cleared")
+    assert a.stop() == 0
+    filler = fill(home)
+    p = a.cli("put", "mesh", "k2", '"while full"', check=False)
+    assert "Traceback" not in p.stderr and p.returncode == 1, (p.returncode, p.stderr)
+    assert "exported to the share" in p.stdout and "cache" in p.stdout + p.stderr, (p.stdout, p.stderr)
+    wait_for(lambda: b.value("mesh", "k2") == "while full", 10, what="the write went out all the same")
+    filler.unlink()
+    no_traceback(a, b)
+
+
+def test_cache_file_immutable(tmpfs, mesh: Mesh):
+    """mesh-memory.json made immutable (chattr +i): reported while it lasts (status,
+    doctor), rewritten within seconds once it is writable again."""
+    a, b = mesh.node("a"), mesh.node("b")
+    tmpfs(a.openclaw_home)
+    a.cli("put", "mesh", "k", '"one"')
+    start(a)
+    start(b)
+    subprocess.run(["chattr", "+i", str(a.cache_file)], check=True)
+    b.cli("put", "mesh", "k", '"two"')
+    wait_for(lambda: a.value("mesh", "k") == "two", 10, what="a imports k")
+    err = wait_for(lambda: errors(a).get(str(a.cache_file)), 10, what="the cache problem reported")
+    assert "not permitted" in err["reason"], err
+    assert "immutable" in failed_checks(a).get("cache", ""), failed_checks(a)
+    subprocess.run(["chattr", "-i", str(a.cache_file)], check=True)
+    t0 = time.monotonic()
+    wait_for(lambda: a.cache().get("mesh:k", {}).get("value") == "two", 20, what="a's cache rewritten")
+    assert time.monotonic() - t0 < 10
+    wait_for(lambda: str(a.cache_file) not in errors(a) and "cache" not in failed_checks(a), 10,
+             what="the cache problem cleared")
+    assert alive(a) and alive(b)
+    no_traceback(a, b)
+
+
+def test_unsearchable_share_folder_and_a_local_write_in_it(mesh: Mesh):
+    """chmod 000 memory/user/alice, then a local write to an item in it: no traceback,
+    nothing deleted by the full passes meanwhile, the folder and the held write reported,
+    and the write exported within seconds of the folder being readable again."""
+    require_no_dac()
+    a, b = mesh.node("a", cls=NoDacNode), mesh.node("b")
+    a.cli("put", "user:alice", "pref", '"one"')
+    b.sync()
+    start(a, MESHSYNC_WATCH__RESCAN_INTERVAL="1")
+    folder = mesh.share / "memory" / "user" / "alice"
+    folder.chmod(0)
+    try:
+        t = time.time()
+        a.cli("put", "user:alice", "pref", '"two"')
+        wait_for(lambda: "index:user:alice:pref" in errors(a), 10, what="the held write reported")
+        wait_for(lambda: passes_after(a, t + 1.5) and a.status()["last_pass"]["full"], 15,
+                 what="full passes during the fault")
+        errs = errors(a)
+        assert any(p.startswith("memory/user/alice") for p in errs), errs
+        assert a.value("user:alice", "pref") == "two", "the local write was lost"
+        assert a.status()["counts"]["pending"] == 1
+        assert "share folders" in failed_checks(a)
+    finally:
+        folder.chmod(0o755)
+    t0 = time.monotonic()
+    b.start()
+    wait_for(lambda: b.value("user:alice", "pref") == "two", 20, what="the write exported")
+    assert time.monotonic() - t0 < 10
+    assert alive(a)
+    no_traceback(a, b)
+
+
+def test_own_journal_not_writable(tmpfs, mesh: Mesh):
+    """This node's journal made immutable: the export still happens, the journal problem
+    is reported (status, doctor), and the journal lines owed are appended within seconds
+    once it is writable (a polling node learns of the write from them)."""
+    tmpfs(mesh.share)
+    a, b = mesh.node("a"), mesh.node("b")
+    a.cli("put", "mesh", "first", "1")  # the journal exists
+    journal = mesh.share / ".meshsync" / "journal" / "a.log"
+    assert journal.exists()
+    start(a)
+    start(b, MESHSYNC_WATCH__MODE="poll", MESHSYNC_WATCH__POLL_INTERVAL="0.3")
+    subprocess.run(["chattr", "+i", str(journal)], check=True)
+    a.cli("put", "mesh", "k", '"v"')
+    wait_for(lambda: (mesh.share / "memory" / "mesh" / "k.json").exists(), 10, what="k exported")
+    err = wait_for(lambda: errors(a).get(".meshsync/journal/a.log"), 10, what="the journal problem reported")
+    assert "not permitted" in err["reason"], err
+    assert "journal" in failed_checks(a), failed_checks(a)
+    assert alive(a)
+    subprocess.run(["chattr", "-i", str(journal)], check=True)
+    t0 = time.monotonic()
+    wait_for(lambda: b.value("mesh", "k") == "v", 20, what="b (polling) learns of k from the journal")
+    assert time.monotonic() - t0 < 10
+    wait_for(lambda: ".meshsync/journal/a.log" not in errors(a), 10, what="the journal problem cleared")
+    no_traceback(a, b)
+
+
+def test_foreign_write_lock_held_past_the_busy_timeout(mesh: Mesh):
+    """Another program holds the index's write lock (BEGIN IMMEDIATE) longer than
+    index_busy_timeout: the daemon stays up, says so, status and doctor report the lock,
+    and the waiting change is applied within seconds of the lock's release."""
+    a, b = mesh.node("a"), mesh.node("b")
+    start(a, MESHSYNC_INDEX_BUSY_TIMEOUT="1")
+    start(b)
+    import sqlite3
+
+    holder = sqlite3.connect(a.index, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        b.cli("put", "mesh", "k", '"v"')
+        wait_for(lambda: "locked" in a.log(), 15, what="a logs the lock")
+        assert any("locked" in f for f in faults(a)), a.status()
+        assert any("locked" in d for d in failed_checks(a).values()), failed_checks(a)
+        assert alive(a)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    t0 = time.monotonic()
+    wait_for(lambda: a.value("mesh", "k") == "v", 20, what="a applies k once the lock is gone")
+    assert time.monotonic() - t0 < 10
+    wait_for(lambda: not faults(a), 10, what="the fault cleared")
+    assert alive(a) and alive(b)
+    no_traceback(a, b)
+
+
+def corrupt(index: Path) -> None:
+    """Garbage over the middle pages of an index file (as a failing disk would leave it)."""
+    size = index.stat().st_size
+    assert size > 64 * 1024
+    with open(index, "r+b") as f:
+        f.seek(size // 2 - 8192)
+        f.write(os.urandom(16384))
+
+
+def test_corrupted_index_at_start(mesh: Mesh):
+    """A damaged index: the daemon exits once with a clear message and exit code 6 (which
+    systemd does not restart on), status shows the index as a problem, commands say so
+    without a traceback, doctor names the damage."""
+    a = mesh.node("a")
+    for i in range(300):
+        a.sql("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES ('mesh', ?, ?, 'x', 1)",
+              (f"k{i}", json.dumps("v" * 200)))
+    a.sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    corrupt(a.index)
+    a.start()
+    rc = a.daemon.wait(30)
+    a.daemon = None
+    log = a.log()
+    assert rc == 6, (rc, log)
+    assert "Traceback" not in log and "malformed" in log, log
+    st = a.status()
+    assert st.get("index_error") and "malformed" in st["index_error"], st
+    assert "malformed" in " ".join(faults(a)), st
+    p = a.cli("ls", check=False)
+    assert p.returncode == 6 and "Traceback" not in p.stderr and "malformed" in p.stderr, (p.returncode, p.stderr)
+    p = a.cli("put", "mesh", "k", "1", check=False)
+    assert p.returncode == 6 and "Traceback" not in p.stderr, (p.returncode, p.stderr)
+    fails = failed_checks(a)
+    assert "index integrity" in fails or "index" in fails, fails
+
+
+def test_init_that_cannot_create_the_index_folder(mesh: Mesh, tmp_path: Path):
+    """`meshsync init` where the index's folder cannot be made: a clear message, exit 6."""
+    a = mesh.node("a")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    p = a.cli("init", check=False, MESHSYNC_INDEX=str(blocker / "sub" / "index.sqlite"))
+    assert p.returncode == 6 and "Traceback" not in p.stderr, (p.returncode, p.stderr)
+    assert "Not a directory" in p.stderr and str(blocker / "sub") in p.stderr, p.stderr

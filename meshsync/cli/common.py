@@ -7,6 +7,7 @@ imports them (to build the parser) without a cycle.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from meshsync.replicas.share.store import ShareUnavailable
 if TYPE_CHECKING:
     from meshsync.engine.node import Node
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_BUSY = range(6)
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_BUSY, EXIT_FAULT = range(7)
 
 
 class CliError(Exception):
@@ -61,7 +62,7 @@ def open_node(settings: config.Settings) -> Node:
     try:
         return Node(settings)
     except IndexError_ as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+        raise CliError(str(exc), EXIT_FAULT) from None
 
 
 def open_index(s: config.Settings) -> Index:
@@ -69,7 +70,17 @@ def open_index(s: config.Settings) -> Index:
     try:
         return Index(s.index, create=False)
     except IndexError_ as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), EXIT_FAULT if s.index.exists() else EXIT_USAGE) from None
+
+
+def fault_problem(exc: BaseException, s: config.Settings) -> str:
+    """The one line a command prints for an OS or SQLite error it could not get past
+    (exit 6, never a traceback: R12)."""
+    if isinstance(exc, sqlite3.Error):
+        return (f"the index {s.index} cannot be used: {exc} (a damaged file, a full disk or another program's "
+                "lock; see `meshsync doctor` and docs/troubleshooting.md)")
+    name = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return f"{getattr(exc, 'strerror', None) or exc}{name}; see `meshsync doctor`"
 
 
 def sync_after_write(settings: config.Settings, items: list[ItemId]) -> str:
@@ -85,6 +96,11 @@ def sync_after_write(settings: config.Settings, items: list[ItemId]) -> str:
             node.sync(items)
             if {f"index:{it}" for it in items} & {e["path"] for e in node.index.errors()}:
                 return "kept in the index; not exported (see `meshsync status`)"
+            if node.faults:
+                # Stored and exported, but the cache or the journal could not be written:
+                # said, and exit 1 (see write_done), never a traceback (R12).
+                return ("exported to the share, but " + "; ".join(f"{p} {why}" for p, why in node.faults.items())
+                        + " (see `meshsync status`; the daemon retries it)")
             return "exported to the share"
         except ShareUnavailable as exc:
             node.record_unavailable(str(exc))
@@ -93,6 +109,12 @@ def sync_after_write(settings: config.Settings, items: list[ItemId]) -> str:
             node.close()
     finally:
         lock.release()
+
+
+def write_done(message: str) -> int:
+    """The exit code of a write whose export said ``message`` (sync_after_write): 1 when
+    it went out but the cache or the journal could not be written."""
+    return EXIT_PROBLEMS if message.startswith("exported to the share, but") else EXIT_OK
 
 
 def when(ts: Any) -> str:

@@ -22,6 +22,7 @@ from meshsync.cli.common import (
     open_index,
     open_node,
     sync_after_write,
+    write_done,
 )
 from meshsync.layout import MEM
 from meshsync.replicas.index import queries
@@ -97,5 +98,6 @@ def cmd_conflicts_restore(s: config.Settings, a: argparse.Namespace) -> int:
             item = layout.skill_id(r.key)
     finally:
         node.close()
-    print(f"restored {item} from conflict #{a.id} as a new write; {sync_after_write(s, [item])}")
-    return EXIT_OK
+    done = sync_after_write(s, [item])
+    print(f"restored {item} from conflict #{a.id} as a new write; {done}")
+    return write_done(done)

@@ -13,24 +13,28 @@ Exit codes (also in ``meshsync --help``):
   3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
   4  the item does not exist
   5  another meshsync process (the daemon) holds the index
+  6  the index or a local folder cannot be used (damaged, deleted, disk full, locked); see `meshsync doctor`
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 
 from meshsync import __version__, config, logs
 from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes and CliError live here too)
     EXIT_BUSY,
+    EXIT_FAULT,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_PROBLEMS,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
+    fault_problem,
 )
 from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore
 from meshsync.cli.doctor import FAIL, Check, cmd_doctor, print_checks
@@ -38,6 +42,7 @@ from meshsync.cli.memory import cmd_get, cmd_ls, cmd_put, cmd_rm
 from meshsync.cli.setup import cmd_init, cmd_run, cmd_sync
 from meshsync.cli.skills import cmd_skill_get, cmd_skill_ls, cmd_skill_put, cmd_skill_rm
 from meshsync.cli.status import cmd_status
+from meshsync.replicas.index.store import IndexError_
 
 EPILOG = """exit codes:
   0  done
@@ -46,6 +51,7 @@ EPILOG = """exit codes:
   3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
   4  the item does not exist
   5  another meshsync process (the daemon) holds the index
+  6  the index or a local folder cannot be used (damaged, deleted, disk full, locked); see `meshsync doctor`
 
 configuration: -c FILE or $MESHSYNC_CONFIG (YAML), and MESHSYNC_* variables,
 e.g. MESHSYNC_SHARE, MESHSYNC_NODE_ID, MESHSYNC_WATCH__POLL_INTERVAL.
@@ -177,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `meshsync status | head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except (sqlite3.Error, OSError) as exc:
+        # A resource fault no command could get past (R12): one line, never a traceback.
+        print(f"meshsync: {fault_problem(exc, settings)}", file=sys.stderr)
+        return EXIT_FAULT
+    except IndexError_ as exc:  # e.g. the index deleted while the command ran
+        print(f"meshsync: {exc}", file=sys.stderr)
+        return EXIT_FAULT
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from meshsync.cli.common import (
     scope_arg,
     sync_after_write,
     when,
+    write_done,
 )
 from meshsync.cli.status import ItemStates, row_sig, state_note, state_text
 from meshsync.replicas.index import queries
@@ -68,8 +69,9 @@ def cmd_put(s: config.Settings, a: argparse.Namespace) -> int:
         node.put_memory(scope, a.key, value)
     finally:
         node.close()
-    print(f"stored {scope}:{a.key}; {sync_after_write(s, [layout.memory_id(scope, a.key)])}")
-    return EXIT_OK
+    done = sync_after_write(s, [layout.memory_id(scope, a.key)])
+    print(f"stored {scope}:{a.key}; {done}")
+    return write_done(done)
 
 
 def cmd_rm(s: config.Settings, a: argparse.Namespace) -> int:
@@ -82,8 +84,9 @@ def cmd_rm(s: config.Settings, a: argparse.Namespace) -> int:
     if not found:
         print(f"meshsync: no item {a.scope}:{a.key}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    print(f"deleted {a.scope}:{a.key}; {sync_after_write(s, [layout.memory_id(a.scope, a.key)])}")
-    return EXIT_OK
+    done = sync_after_write(s, [layout.memory_id(a.scope, a.key)])
+    print(f"deleted {a.scope}:{a.key}; {done}")
+    return write_done(done)
 
 
 def cmd_ls(s: config.Settings, a: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from meshsync.cli.common import (
     open_node,
     sync_after_write,
     when,
+    write_done,
 )
 from meshsync.cli.status import ItemStates, row_sig, state_note, state_text
 from meshsync.replicas.index import queries
@@ -52,8 +53,9 @@ def cmd_skill_put(s: config.Settings, a: argparse.Namespace) -> int:
         node.put_skill(a.name, content, None)
     finally:
         node.close()
-    print(f"stored skill {a.name}; {sync_after_write(s, [layout.skill_id(a.name)])}")
-    return EXIT_OK
+    done = sync_after_write(s, [layout.skill_id(a.name)])
+    print(f"stored skill {a.name}; {done}")
+    return write_done(done)
 
 
 def cmd_skill_get(s: config.Settings, a: argparse.Namespace) -> int:
@@ -87,8 +89,9 @@ def cmd_skill_rm(s: config.Settings, a: argparse.Namespace) -> int:
     if not found:
         print(f"meshsync: no skill {a.name}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    print(f"deleted skill {a.name}; {sync_after_write(s, [layout.skill_id(a.name)])}")
-    return EXIT_OK
+    done = sync_after_write(s, [layout.skill_id(a.name)])
+    print(f"deleted skill {a.name}; {done}")
+    return write_done(done)
 
 
 def cmd_skill_ls(s: config.Settings, a: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ def begin(node: Node, only: set[ItemId] | None) -> Pass:
     a killed pass's exports are recovered, the clock is read once."""
     t0 = time.monotonic()
     stats = PassStats(started=time.time(), full=only is None)
+    node.index.check_file()  # deleted or replaced under us: IndexGone, nothing written (R12)
     node.share.check()
     node.share.forget_dirs()
     intents.recover(node.index, node.share, node.node, node.policy.max_json_depth)
@@ -65,7 +66,7 @@ def local_changes(node: Node, p: Pass, only: set[ItemId] | None, full_index: boo
     # What mesh/skills/ holds as this pass looks at it (see commit.py: files a tool
     # writes after this are left for the next pass).
     p.cache_skills_before = node.cache_writer.skill_stats() if look else None
-    p.cache_side = detect_cache(node, p.state) if look else cacheside.CacheSide()
+    p.cache_side = detect_cache(node, p.state) if look else cacheside.CacheSide(looked=False)
     # Items Phase 1 tools changed in the cache join the pass (and, in a targeted
     # pass, get their share side observed like any other).
     return outbox | set(p.cache_side.obs)
@@ -137,7 +138,9 @@ def end(node: Node, p: Pass) -> None:
     node.share.check()
     if p.full and p.walk is not None:
         sweep(node, p.walk)
-    p.problems.extend(p.cache_side.problems if p.cache_side is not None else ())
+    if p.cache_side is not None and p.cache_side.looked:
+        p.cache_problems = list(p.cache_side.problems)  # recorded by commit.py, with its own writes' (R12)
+        p.problems.extend(p.cache_side.events)
 
 
 def sweep(node: Node, walk: Walk) -> None:

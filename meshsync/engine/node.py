@@ -52,11 +52,13 @@ class Node:
         mode = int(settings.share_files.file_mode, 8) if settings.share_files.file_mode else None
         self.share = Share(settings.share, max_file_bytes=settings.limits.max_file_bytes,
                            fsync=settings.share_files.fsync, file_mode=mode, gid=gid)
-        self.index = index or Index(settings.index)
+        self.index = index or Index(settings.index, busy_timeout=settings.index_busy_timeout)
         self.cache = Cache(settings.openclaw_home)
         self.progress: Callable[[str, int, int | None], None] | None = None
         self.deferred: list[ItemId] = []  # items whose share file changed under us: next pass
         self.retry: dict[ItemId, str] = {}  # items the last pass could not export, and why (R12)
+        self.faults: dict[str, str] = {}  # cache or journal writes the last pass could not make (R12)
+        self.journal_owed: list[ItemId] = []  # items written whose journal lines could not be appended
         # Signatures of files this process wrote: their change events are our own echo.
         self.own_sigs: dict[str, str] = {}
         self.share_detector = ShareDetector(self.share, self.policy, self.own_sigs)
@@ -90,6 +92,7 @@ class Node:
         p = detect.begin(self, only)
         self.deferred = p.deferred
         self.retry = p.retry
+        self.faults = p.faults
         local = detect.local_changes(self, p, only, full_index)
         if only is None:
             settle = (lambda obs: self._settle_early(p, obs)) if self.settle_early else None
@@ -123,8 +126,13 @@ class Node:
             walk = p.walk
             for it in items:
                 if it not in share_obs and it not in p.share_unknown:
-                    # Not read this pass: unchanged if the walk saw its file, else absent.
-                    share_obs[it] = self.share_detector.unread(it, p.state.get(it), walk)  # type: ignore[arg-type]
+                    # Not read this pass: unchanged if the walk saw its file, else absent
+                    # (unknown under a folder that could not be listed).
+                    obs = self.share_detector.unread(it, p.state.get(it), walk)  # type: ignore[arg-type]
+                    if obs is None:
+                        p.share_unknown.add(it)
+                    else:
+                        share_obs[it] = obs
         propagate(self, p, plan(self.policy, p, items, share_obs, index_obs), tick)
 
     def tick(self, what: str, done: int, total: int | None) -> None:

@@ -17,7 +17,6 @@ the next pass sees it again.  The cache is written later, by commit.py.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sqlite3
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meshsync import faults, formats, layout
+from meshsync.diagnose import os_hint
 from meshsync.layout import MEM
 from meshsync.model import (
     CACHE,
@@ -90,18 +90,6 @@ def _absent_in_index(plan: Plan, sides: dict[str, Obs]) -> bool:
 # write): the item stays queued, counts as pending in `status` and is retried on a timer
 # by the daemon (R12); the cache keeps its last synced version meanwhile.
 EXPORT = "export"
-
-
-def write_hint(exc: BaseException) -> str:
-    """What to do about a share write that failed with ``exc``: the share being full or
-    read-only is said as such (it is not a permission problem)."""
-    no = getattr(exc, "errno", None)
-    if no in (errno.ENOSPC, errno.EDQUOT):
-        return "the share is full: free space on it (or raise the quota); retried every few seconds until then"
-    if no == errno.EROFS:
-        return "the share is mounted read-only: remount it read-write; retried every few seconds until then"
-    return "give the meshsync user write access there (meshsync doctor checks every share folder); retried " \
-           "every few seconds until then"
 
 
 def _failed_path(exc: OSError, rel: str) -> str:
@@ -258,7 +246,7 @@ class ExportBatch:
             return None
         except OSError as exc:
             index_problems[it] = (f"cannot write {_failed_path(exc, rel)} on the share: {exc.strerror}",
-                                  write_hint(exc), EXPORT)
+                                  os_hint(exc, "the share"), EXPORT)
             return None
         return State(win.stamp, win.node, digest, win.deleted, share_sig, share_hash,
                      st.row_sig if st else None, None if win.deleted else rel, aux)
@@ -294,7 +282,7 @@ class ExportBatch:
                                       res.problem.hint, EXPORT)
             else:
                 index_problems[it] = (f"cannot write {rel} on the share: {getattr(res, 'strerror', None) or res}",
-                                      write_hint(res), EXPORT)
+                                      os_hint(res, "the share"), EXPORT)
         if not failed:
             return pending
         return [(it, plan, sides, None if it in failed else new) for it, plan, sides, new in pending]

@@ -42,6 +42,11 @@ class CacheSide:
     obs: dict[ItemId, Obs] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     unreadable: bool = False  # do not rewrite mesh-memory.json this pass
+    looked: bool = True  # the pass looked at the cache (its problems are the current ones)
+    # What a tool's write did that the pass refused (a mass drop): reported like a share
+    # file's problem, until the next full pass, while ``problems`` describe the cache as
+    # it is now (they go once it is fine again, R12).
+    events: list[Problem] = field(default_factory=list)
 
 
 def cache_key(it: ItemId) -> str:
@@ -91,7 +96,7 @@ def detect_memory(cache: Cache, state: dict[ItemId, State], live_keys: dict[str,
     missing = [(ck, it) for ck, it in live_keys.items() if ck not in entries]
     if missing:
         if len(missing) > max(MASS_DROP_MIN, MASS_DROP_FRACTION * len(live_keys)):
-            side.problems.append(Problem(
+            side.events.append(Problem(
                 str(cache.memory_path),
                 f"a write dropped {len(missing)} of {len(live_keys)} entries at once; taken as a stale "
                 "or truncated copy, nothing was deleted",

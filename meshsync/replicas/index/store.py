@@ -15,6 +15,7 @@ foreign write that lands between detection and apply is never overwritten blindl
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -243,8 +244,24 @@ class IndexError_(Exception):
     """The index cannot be opened or is not ours."""
 
 
+# SQLite errors that mean the index file itself is damaged or gone: no retry can help,
+# a person must repair or rebuild it (docs/troubleshooting.md).  Others (locked, disk
+# full, I/O errors of a full disk) clear by themselves and are retried (R12).
+UNUSABLE = ("malformed", "not a database")
+
+
+def unusable(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the index file cannot be used as it is (see UNUSABLE)."""
+    return isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc) for w in UNUSABLE) \
+        or isinstance(exc, IndexGone)
+
+
+class IndexGone(IndexError_):
+    """The index file was deleted or replaced under the process that has it open (R12)."""
+
+
 class Index(IndexWrites):
-    def __init__(self, path: Path, *, create: bool = True):
+    def __init__(self, path: Path, *, create: bool = True, busy_timeout: float = 30.0):
         self.path = Path(path)
         self.state_writes = 0  # changes to meshsync_state through this connection
         self._share_sigs: tuple[tuple[int, int], KnownSigs] | None = None
@@ -252,21 +269,49 @@ class Index(IndexWrites):
         self._json_rows = True  # SQLite has json_each (see insert_memory_rows_if_absent)
         if not create and not self.path.exists():
             raise IndexError_(f"index {self.path} does not exist (run `meshsync init`)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexError_(f"cannot create the index's folder {self.path.parent}: {exc.strerror}") from None
+        try:
+            # How long a write waits for another program's write lock before it gives up
+            # (index_busy_timeout): the daemon then retries later instead of dying (R12).
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout,
                                       check_same_thread=False)
-            self.db.execute("PRAGMA busy_timeout = 30000")
+            self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise IndexError_(f"index {self.path} cannot use WAL mode (is it on a network share?)")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self._ensure_schema()
+            st = os.stat(self.path)
         except sqlite3.Error as exc:
             raise IndexError_(f"cannot open index {self.path}: {exc}") from None
-        if mode.lower() != "wal":
-            raise IndexError_(f"index {self.path} cannot use WAL mode (is it on a network share?)")
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self._ensure_schema()
+        except OSError as exc:
+            raise IndexError_(f"cannot open index {self.path}: {exc.strerror}") from None
+        # The file this connection writes: an index deleted or replaced under a running
+        # daemon is noticed (check_file) instead of written to unseen (R12).
+        self.file_id = (st.st_dev, st.st_ino)
 
     def close(self) -> None:
         self.db.close()
+
+    def check_file(self) -> None:
+        """Raise IndexGone unless the index path still names the file this connection
+        has open (it was deleted, or replaced by another file)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise IndexGone(f"index {self.path} was deleted while meshsync had it open") from None
+        except OSError as exc:
+            raise IndexGone(f"index {self.path} cannot be looked at: {exc.strerror}") from None
+        if (st.st_dev, st.st_ino) != self.file_id:
+            raise IndexGone(f"index {self.path} was replaced by another file while meshsync had it open")
+
+    def quick_check(self) -> str | None:
+        """PRAGMA quick_check: None when the file is sound, else the first damage found."""
+        rows = self.db.execute("PRAGMA quick_check(3)").fetchall()
+        return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows)
 
     def _ensure_schema(self) -> None:
         have = {r[0] for r in self.db.execute(
@@ -279,8 +324,7 @@ class Index(IndexWrites):
                 + f"INSERT OR IGNORE INTO meshsync_meta VALUES ('schema', '{SCHEMA_VERSION}');"
                 + "COMMIT;")
         except sqlite3.Error as exc:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+            self.rollback()
             raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None
 
     # --- transactions --------------------------------------------------------------------
@@ -296,8 +340,19 @@ class Index(IndexWrites):
             db.execute("UPDATE meshsync_ctl SET applying = 0 WHERE id = 1")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may have rolled the transaction back itself (a full disk): a second
+            # ROLLBACK then raised "cannot rollback - no transaction is active", which hid
+            # the real error ("database or disk is full") from the log (R12).
+            self.rollback()
             raise
+
+    def rollback(self) -> None:
+        """End a transaction left open by an error, if any; never raises."""
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -306,7 +361,8 @@ class Index(IndexWrites):
         try:
             yield self.db
         finally:
-            self.db.execute("COMMIT")
+            if self.db.in_transaction:
+                self.db.execute("COMMIT")
 
     def data_version(self) -> int:
         return self.db.execute("PRAGMA data_version").fetchone()[0]

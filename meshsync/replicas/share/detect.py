@@ -251,13 +251,21 @@ class ShareDetector:
             changed.add(it2)
         return changed
 
-    def unread(self, it: ItemId, st: State | None, walk: Walk) -> Obs:
+    def unread(self, it: ItemId, st: State | None, walk: Walk) -> Obs | None:
         """The share side of an item the walk did not read: its file is still the one
-        last synced (signature unchanged), or it is absent."""
+        last synced (signature unchanged), or it is absent; None (unknown) when its folder
+        could not be listed (R5: never taken as absent, which read as a delete)."""
         if st is not None and not st.deleted and st.rel is not None:
             fe = walk.memory_entry(st.rel) if it.kind == MEM else walk.skills.get(st.rel)
             if fe is not None:
                 return Obs(base_of(st), True, ShareFile(fe.sig if fe.settled else None, fe.sig))
+        if walk.unknown:
+            try:
+                rel = st.rel if st is not None and st.rel else layout.item_path(it, self.cfg.node)
+            except layout.LayoutError:
+                return ABSENT
+            if walk.is_unknown(rel):
+                return None
         return ABSENT
 
     # --- reading one item -------------------------------------------------------------------
@@ -300,7 +308,13 @@ class ShareDetector:
             rel = layout.item_path(item, self.cfg.node)
         except layout.LayoutError:
             return
-        lst = self.share.lstat(rel)
+        try:
+            lst = self.share.lstat(rel)
+        except OSError as exc:  # a folder on the way that may not be searched (chmod 000)
+            # R5, R6, R12: unknown, never absent; reported like the full pass reports it.
+            p.problems.append(Problem(rel, f"cannot be examined: {exc.strerror}", "check permissions"))
+            p.share_unknown.add(item)
+            return
         if (lst is not None and st is not None and not st.deleted and item.kind == MEM
                 and self.own_sigs.get(rel) == sig_of(lst) and st.rel == rel):
             p.share_obs[item] = Obs(base_of(st), True, ShareFile(sig_of(lst)))  # our own write
@@ -357,9 +371,7 @@ class ShareDetector:
         try:
             data, _ = self.share.read(rel, 64 * 1024)
             t_item, stamp, node = formats.parse_tombstone(data)
-        except FileNotFoundError:
-            return None
-        except (FileRefused, FormatError):
+        except (FileRefused, FormatError, OSError):  # none, or ours and broken: no protection lost to a crash
             return None
         if t_item != item:
             return None
