@@ -405,3 +405,43 @@ def test_init_that_cannot_create_the_index_folder(mesh: Mesh, tmp_path: Path):
     p = a.cli("init", check=False, MESHSYNC_INDEX=str(blocker / "sub" / "index.sqlite"))
     assert p.returncode == 6 and "Traceback" not in p.stderr, (p.returncode, p.stderr)
     assert "Not a directory" in p.stderr and str(blocker / "sub") in p.stderr, p.stderr
+
+
+# --- 5. the index deleted under a running daemon ---------------------------------------------
+
+
+def test_index_deleted_under_a_running_daemon(mesh: Mesh):
+    """The daemon notices (inode check), stops once with exit code 6 and a message; status
+    meanwhile says what happened (not "running" and "not created yet"); `init` refuses
+    while the daemon holds the lock; after init and a restart nothing is lost."""
+    import signal
+
+    a, b = mesh.node("a"), mesh.node("b")
+    a.cli("put", "mesh", "k", '"before"')
+    start(a, MESHSYNC_WATCH__POLL_INTERVAL="0.5")
+    start(b)
+    a.daemon.send_signal(signal.SIGSTOP)  # holds its lock, cannot react yet
+    try:
+        a.index.unlink()
+        st = a.status()
+        assert st["daemon"]["running"]
+        assert any("deleted" in f["reason"] for f in st["faults"]), st
+        text = a.cli("status").stdout
+        assert "not created yet" not in text and "deleted" in text, text
+        p = a.cli("init", check=False)
+        assert p.returncode == 5 and "stop it first" in p.stderr, (p.returncode, p.stderr)
+        assert not a.index.exists(), "init made an index under the running daemon"
+    finally:
+        a.daemon.send_signal(signal.SIGCONT)
+    rc = a.daemon.wait(15)
+    a.daemon = None
+    assert rc == 6 and "was deleted" in a.log(), (rc, a.log()[-2000:])
+    no_traceback(a)
+    b.cli("put", "mesh", "k2", '"meanwhile"')
+    a.cli("init")
+    t0 = time.monotonic()
+    start(a)
+    wait_for(lambda: a.value("mesh", "k") == "before" and a.value("mesh", "k2") == "meanwhile", 15,
+             what="a rebuilt from the share")
+    assert time.monotonic() - t0 < 15
+    no_traceback(a, b)

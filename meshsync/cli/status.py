@@ -139,6 +139,13 @@ def status_data(s: config.Settings) -> dict[str, Any]:
     out["faults"] = faults = resource_faults(s, avail)
     if not s.index.exists():
         out["initialised"] = False
+        if holder is not None:
+            # R12: not "running" and "not created yet" side by side: the file was deleted
+            # under the daemon, which stops by itself at its next check (exit 6).
+            faults.append(_fault("index", f"the index {s.index} was deleted while the daemon (pid {holder}) runs "
+                                 "on it; the daemon stops by itself (exit 6)",
+                                 "once it has stopped: `meshsync init`, then start the daemon again (the index is "
+                                 "rebuilt from the share; local writes not exported yet are lost with the file)"))
         return out
     try:
         idx = Index(s.index)
@@ -243,13 +250,14 @@ def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
         print(dump(d))
         return EXIT_OK
     _print_where(d)
+    for f in d.get("faults", []):
+        print(f"FAULT     {f['reason']}\n    -> {f['hint']}")
     if not d.get("initialised"):
-        print("index not created yet: run `meshsync init`")
+        if not d["daemon"]["running"]:
+            print("index not created yet: run `meshsync init`")
         return EXIT_OK
     if d.get("index_read_only"):
         print("index     opened read-only: this user cannot write it (see `meshsync doctor`)")
-    for f in d.get("faults", []):
-        print(f"FAULT     {f['reason']}\n    -> {f['hint']}")
     if d.get("index_error") and "counts" not in d:
         return EXIT_OK
     _print_activity(d)
