@@ -445,3 +445,48 @@ def test_index_deleted_under_a_running_daemon(mesh: Mesh):
              what="a rebuilt from the share")
     assert time.monotonic() - t0 < 15
     no_traceback(a, b)
+
+
+# --- 6. the documented index rebuild takes the share as the truth ---------------------------------
+
+
+def share_files(share: Path) -> dict[str, tuple[bytes, int]]:
+    """Bytes and mtime of every file in the share (the journals and tombstones too)."""
+    out = {}
+    for dirpath, _dirs, names in os.walk(share):
+        for name in names:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(share))] = (p.read_bytes(), p.stat().st_mtime_ns)
+    return out
+
+
+def test_index_rebuild_takes_the_share_as_the_truth_and_writes_nothing_to_it(mesh: Mesh):
+    """docs/troubleshooting.md's rebuild (move the index away, `init`, `sync`) with the
+    cache still there: the new index holds the share's versions, the share is not
+    written, no updated_at moves, the cache is rewritten from the index."""
+    a, b = mesh.node("a"), mesh.node("b")
+    a.sql("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) SELECT 'mesh', 'k' || value, "
+          "json_quote('v' || value), 'a', 1700000000 + value FROM json_each(?)", (json.dumps(list(range(200))),))
+    a.cli("skill", "put", "sk", "-", input=SKILL_MD)
+    a.sync()
+    b.sync()
+    rows_before = a.sql("SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY key")
+    assert len(rows_before) == 200 and len(a.cache()) == 200
+    os.utime(a.cache_file)  # the cache file is newer than every item in it (as after any refresh)
+    before = share_files(mesh.share)
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(a.index) + suffix)
+        if p.exists():
+            p.rename(a.home / f"old-index.sqlite{suffix}")
+    a.cli("init")
+    out = json.loads(a.cli("sync", "--json").stdout)
+    assert out["to_share"] == 0, out
+    assert share_files(mesh.share) == before, "the rebuild wrote to the share"
+    assert a.sql("SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY key") == rows_before
+    assert skill_rows(a) == {"sk": SKILL_MD}
+    assert a.sql("SELECT count(*) FROM meshsync_conflicts") == [(0,)]
+    assert {k: (e["value"], e["nodeId"], e["ts"]) for k, e in a.cache().items()} == {
+        f"{s}:{k}": (json.loads(v), n, u) for s, k, v, n, u in rows_before}
+    assert (a.cache_skills / "sk.md").read_text() == SKILL_MD
+    b.sync()
+    assert share_files(mesh.share) == before

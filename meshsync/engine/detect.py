@@ -53,7 +53,8 @@ def local_changes(node: Node, p: Pass, only: set[ItemId] | None, full_index: boo
     """Items other programs changed in the index (its outbox) and in the cache."""
     idx = node.index
     p.seq, outbox = idx.outbox()
-    if full_index or idx.meta("index_scanned") != "1":
+    new_index = idx.meta("index_scanned") != "1"
+    if full_index or new_index:
         outbox |= idx.all_items()
     if only is not None:
         p.state.prefetch(only | outbox)
@@ -61,21 +62,28 @@ def local_changes(node: Node, p: Pass, only: set[ItemId] | None, full_index: boo
     # cache_owed set.  The cache then lags behind the index because of us: its
     # differences are not a tool's writes (a half-refreshed mesh/skills/ was taken as
     # deletes and wiped skills everywhere), and this pass refreshes the whole cache.
-    p.owed = idx.meta("cache_owed") == "1"
-    look = node.s.cache.writable and not p.owed
+    # A new index's first pass (the documented rebuild, R12) refreshes all of it too:
+    # with no synced state there is no base to tell a tool's write from the copy the old
+    # index left, and every entry was imported as a new write stamped with the file's
+    # mtime (the whole share rewritten, every updated_at moved).  Its entries are taken
+    # at their word instead (the version they claim: ts, nodeId), so a cache that
+    # mirrors the share changes nothing and an entry only the cache has still comes in.
+    p.owed = new_index or idx.meta("cache_owed") == "1"
+    look = node.s.cache.writable and (new_index or not p.owed)
     # What mesh/skills/ holds as this pass looks at it (see commit.py: files a tool
     # writes after this are left for the next pass).
     p.cache_skills_before = node.cache_writer.skill_stats() if look else None
-    p.cache_side = detect_cache(node, p.state) if look else cacheside.CacheSide(looked=False)
+    p.cache_side = detect_cache(node, p.state, new_index) if look else cacheside.CacheSide(looked=False)
     # Items Phase 1 tools changed in the cache join the pass (and, in a targeted
     # pass, get their share side observed like any other).
     return outbox | set(p.cache_side.obs)
 
 
-def detect_cache(node: Node, state: StateView) -> cacheside.CacheSide:
+def detect_cache(node: Node, state: StateView, claims: bool = False) -> cacheside.CacheSide:
     """What Phase 1 tools changed in the cache since our last write (see
     cache/detect.py).  Costs one stat of mesh-memory.json and one listing of
-    mesh/skills/ when nothing changed."""
+    mesh/skills/ when nothing changed.  ``claims`` (a new index): entries are the
+    versions they claim, and skill files (which claim none) wait for the next pass."""
     side = cacheside.CacheSide()
     idx = node.index
     sig = node.cache.memory_sig()
@@ -85,10 +93,13 @@ def detect_cache(node: Node, state: StateView) -> cacheside.CacheSide:
                 if it.kind == MEM and not st.deleted and node.policy.readable(it)}
         young = set(orjson.loads(idx.meta("cache_young") or "[]"))
         replaced = orjson.loads(idx.meta("cache_prev") or "{}")
-        side = cacheside.detect_memory(node.cache, full, live, young, node.node, node.policy.readable, replaced)
+        side = cacheside.detect_memory(node.cache, full, live, young, node.node, node.policy.readable, replaced,
+                                       claims)
         for it in side.obs:
             if it in full:
                 state[it] = full[it]
+    if claims:
+        return side
     ssig = node.cache_writer.skills_sig()
     if ssig is not None and ssig != idx.meta("cache_skills_sig"):
         contents = {name: content for name, content, _p, _n, _u in idx.all_skill_rows()}

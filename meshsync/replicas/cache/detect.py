@@ -55,10 +55,12 @@ def cache_key(it: ItemId) -> str:
 
 def detect_memory(cache: Cache, state: dict[ItemId, State], live_keys: dict[str, ItemId],
                   young: set[str], node: str, readable,
-                  replaced: dict[str, list] | None = None) -> CacheSide:
+                  replaced: dict[str, list] | None = None, claims: bool = False) -> CacheSide:
     """Compare a changed mesh-memory.json with the synced state.  ``live_keys`` maps
     each cache key we last wrote to its item; ``replaced`` maps each key our last write
-    changed or removed to the version it had before, as [digest, ts, nodeId]."""
+    changed or removed to the version it had before, as [digest, ts, nodeId].  With
+    ``claims`` (a new index, no synced state to compare with) each entry is the version
+    it claims (its ts and nodeId), not a write made now (R12: a rebuild writes nothing)."""
     replaced = replaced or {}
     side = CacheSide()
     try:
@@ -89,6 +91,9 @@ def detect_memory(cache: Cache, state: dict[ItemId, State], live_keys: dict[str,
         prev = replaced.get(ck)
         if prev is not None and e.digest == prev[0] and e.ts == prev[1] and (e.node is None or e.node == prev[2]):
             continue  # the version our last write replaced, written back by a stale copy: not a write
+        if claims:
+            side.obs[it] = Obs(Version((e.ts or 0) * 1000, e.node or node, e.digest), True, e)
+            continue
         # The file's mtime says when the tool wrote; an unchanged or zero ts must not
         # date the write in the past (it still comes after the base: reconcile bumps it).
         declared = max(e.ts * 1000 if e.ts is not None else 0, mtime_ms)
