@@ -264,6 +264,8 @@ class Pass:
     state: StateView  # the base of every item, loaded on first use
     full: bool  # a full pass (every share file walked), not a targeted one
     seq: int = 0  # the outbox position this pass acknowledges
+    clock_checked: bool = False  # the file server's clock was looked at (engine/clock.py, R12)
+    clock_far: int = 0  # ms taken off this node's clock for the pass (it is that far ahead)
     owed: bool = False  # a killed pass did not refresh the cache (R7): this one refreshes it all
     walk: Walk | None = None
     cache_side: CacheSide | None = None

@@ -490,3 +490,57 @@ def test_index_rebuild_takes_the_share_as_the_truth_and_writes_nothing_to_it(mes
     assert (a.cache_skills / "sk.md").read_text() == SKILL_MD
     b.sync()
     assert share_files(mesh.share) == before
+
+
+# --- 4. clock jumps: a clock far ahead of the file server cannot win for the future ----------------
+
+
+def share_doc(share: Path, key: str) -> dict:
+    return json.loads((share / "memory" / "mesh" / f"{key}.json").read_bytes())
+
+
+def test_a_node_whose_clock_is_a_day_ahead_cannot_win_for_the_future(mesh: Mesh):
+    """Node a runs a day ahead (libfaketime, daemon and CLI).  Its write is stamped with
+    the file server's time, a later real-time write of node b wins over it, a is
+    reported (its log and status, b's doctor), and items stamped in the future before
+    the guard (by a node without it) lose to a real-time write and are re-stamped by
+    `meshsync repair-future-stamps`."""
+    from test_chaos import faketime_wrapper
+
+    from meshsync import formats, layout
+
+    a, b = mesh.node("a"), mesh.node("b")
+    a.wrapper = faketime_wrapper("+1d")
+    start(a)
+    start(b)
+    a.cli("put", "mesh", "k", '"from a"')
+    wait_for(lambda: b.value("mesh", "k") == "from a", 15, what="b imports a's write")
+    assert abs(share_doc(mesh.share, "k")["updated_at"] - time.time()) < 600, share_doc(mesh.share, "k")
+    b.cli("put", "mesh", "k", '"from b, later"')
+    wait_for(lambda: a.value("mesh", "k") == "from b, later" and b.value("mesh", "k") == "from b, later", 15,
+             what="a later real-time write of b wins")
+    assert "ahead of the file server's" in a.log()
+    assert any("ahead of the file server's" in f for f in faults(a)), faults(a)
+    assert "clock skew (a)" in failed_checks(b)
+    # Items a node without the guard stamped a day ahead (trusted files with a rev).
+    future = (int(time.time()) + 86_400) * 1000
+    for key in ("p", "q"):
+        text = formats.canonical("poisoned")
+        (mesh.share / "memory" / "mesh" / f"{key}.json").write_bytes(
+            formats.render_memory(layout.memory_id("mesh", key), "poisoned", formats.digest_bytes(text), future, "z"))
+    wait_for(lambda: b.value("mesh", "p") == "poisoned" and b.value("mesh", "q") == "poisoned", 15,
+             what="b imports the poisoned items")
+    assert "future stamps" in {n for n, c in doctor(b).items() if c["result"] == "warn"}
+    b.cli("put", "mesh", "p", '"real time"')
+    wait_for(lambda: a.value("mesh", "p") == "real time" and share_doc(mesh.share, "p")["value"] == "real time", 15,
+             what="a real-time write beats the future version")
+    assert abs(share_doc(mesh.share, "p")["updated_at"] - time.time()) < 600
+    out = b.cli("repair-future-stamps").stdout
+    assert "re-stamped 1 item(s)" in out, out
+    wait_for(lambda: abs(share_doc(mesh.share, "q")["updated_at"] - time.time()) < 600
+             and (a.row("mesh", "q") or (0, 0, 0))[2] == share_doc(mesh.share, "q")["updated_at"], 15,
+             what="q re-stamped everywhere")
+    assert share_doc(mesh.share, "q")["value"] == "poisoned" and a.value("mesh", "q") == "poisoned"
+    assert doctor(b)["future stamps"]["result"] == "pass"
+    assert alive(a) and alive(b)
+    no_traceback(a, b)

@@ -26,6 +26,7 @@ from meshsync.cli.common import dump
 from meshsync.config import Settings
 from meshsync.daemon.watch import choose_mode
 from meshsync.diagnose import os_hint
+from meshsync.reconcile import FUTURE_MS
 from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import REQUIRED, SCHEMA_VERSION
 from meshsync.replicas.share import journal
@@ -270,6 +271,7 @@ def _index_checks(s: Settings) -> list[Check]:
                          "move the index away and rebuild it with `meshsync init` and `meshsync sync`"))
     else:
         out.append(Check("index integrity", PASS, "PRAGMA quick_check ok"))
+    out.append(_future_check(s))
     missing = sorted(REQUIRED - have)
     if missing:
         out.append(Check("index schema", FAIL, f"missing: {', '.join(missing)}",
@@ -297,6 +299,29 @@ def _index_checks(s: Settings) -> list[Check]:
     elif not err:
         out.append(Check("index lock", PASS, "no other program holds the index's write lock"))
     return out
+
+
+def _future_check(s: Settings) -> Check:
+    """Items stamped more than reconcile.FUTURE_MS ahead (by a node whose clock was far
+    ahead, R12): they lose to every plausible write, and `repair-future-stamps` re-stamps
+    them."""
+    idx = queries.open_read_only(s.index)
+    if idx is None:
+        return Check("future stamps", WARN, f"cannot read {s.index}")
+    try:
+        ahead = int(idx.meta("clock_ahead") or 0)
+        rows = queries.future_rows(idx, int(time.time()) - ahead + FUTURE_MS // 1000)
+    except queries.Error as exc:
+        return Check("future stamps", WARN, f"cannot read {s.index}: {exc}")
+    finally:
+        idx.close()
+    if not rows:
+        return Check("future stamps", PASS, "no item is stamped in the future")
+    top = rows[0]
+    return Check("future stamps", WARN, f"{len(rows)} item(s) stamped in the future, up to "
+                 f"{(top.updated_at - time.time() + ahead) / 3600:.1f} h ahead (e.g. {top.item} by {top.node})",
+                 "fix the clock of the node named, then `meshsync repair-future-stamps` re-stamps them at the file "
+                 "server's time (a later write of any node wins over them meanwhile)")
 
 
 def _probe_dir(d: Path, tag: str) -> str | None:

@@ -39,6 +39,7 @@ from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes an
 from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore
 from meshsync.cli.doctor import FAIL, Check, cmd_doctor, print_checks
 from meshsync.cli.memory import cmd_get, cmd_ls, cmd_put, cmd_rm
+from meshsync.cli.repair import cmd_repair_future_stamps
 from meshsync.cli.setup import cmd_init, cmd_run, cmd_sync
 from meshsync.cli.skills import cmd_skill_get, cmd_skill_ls, cmd_skill_put, cmd_skill_rm
 from meshsync.cli.status import cmd_status
@@ -104,6 +105,11 @@ def _add_node_commands(add: AddCommand) -> None:
     sp.add_argument("--json", action="store_true", help="print the pass's figures as JSON")
     sp = add("status", cmd_status, "share availability, counts, last sync, per-file errors, conflicts")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+    add("repair-future-stamps", cmd_repair_future_stamps,
+        "re-stamp items stamped in the future (by a clock far ahead) at the file server's time",
+        "Write every item whose updated_at is more than an hour ahead of the file server's clock again, "
+        "unchanged, as a new write of this node stamped with the file server's time; it is exported like any "
+        "write. Fix the wrong clock first (meshsync doctor names the node).")
 
 
 def _add_memory_commands(add: AddCommand) -> None:

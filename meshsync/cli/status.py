@@ -18,6 +18,7 @@ from meshsync.cli import probes
 from meshsync.cli.common import EXIT_OK, dump, when
 from meshsync.layout import MEM, ItemId
 from meshsync.lock import IndexLock
+from meshsync.reconcile import FUTURE_MS
 from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import UNUSABLE, Index, IndexError_
 from meshsync.replicas.share.store import Share, ShareUnavailable
@@ -229,6 +230,19 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
         c.pop("loser_value", None)
     # Refused writes (R9): local changes this node may not export; they stay local.
     out["refused"] = [e for e in out["errors"] if is_refusal(e)]
+    # R12: this node's clock far ahead of the file server's (measured by the last pass),
+    # and items stamped in the future (by such a clock, before it was caught).
+    ahead = int(idx.meta("clock_ahead") or 0)
+    if ahead > 0:
+        out["faults"].append(_fault("clock", f"this node's clock is {ahead}s ahead of the file server's; its writes "
+                                    "are stamped with the file server's time meanwhile",
+                                    "run NTP (chrony or systemd-timesyncd) on this node"))
+    future = queries.future_rows(idx, int(time.time()) - ahead + FUTURE_MS // 1000)
+    if future:
+        out["faults"].append(_fault("clock", f"{len(future)} item(s) are stamped in the future, up to "
+                                    f"{(future[0].updated_at - time.time() + ahead) / 3600:.1f} h ahead (e.g. "
+                                    f"{future[0].item} by {future[0].node})",
+                                    "fix that node's clock, then run `meshsync repair-future-stamps`"))
     # Warnings (e.g. a SKILL.md OpenClaw may not load): synced anyway, shown apart.
     out["warnings"] = [e for e in out["errors"] if e["kind"] == "warning"]
     # Rows held back as bad or refused are not pending; one whose export failed is (it

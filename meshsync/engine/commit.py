@@ -258,7 +258,8 @@ def last_pass(node: Node, p: Pass, cache_ok: bool = True) -> None:
     stats.seconds = round(time.monotonic() - p.t0, 4)  # as recorded for `status`
     with node.index.write() as db:
         node.index.set_meta(db, last_sync=str(time.time()), share_status="available", share_reason="",
-                            last_pass=_json(stats.as_dict()), cache_owed="0" if cache_ok else "1")
+                            last_pass=_json(stats.as_dict()), cache_owed="0" if cache_ok else "1",
+                            clock_ahead=str(node.clock.far_ahead_ms() // 1000))
         if stats.changed or stats.to_index or stats.deleted:
             node.index.set_meta(db, last_change=_json({"at": time.time(), "items": stats.changed[:10],
                                                        "to_share": stats.to_share, "to_index": stats.to_index,

@@ -45,8 +45,28 @@ def begin(node: Node, only: set[ItemId] | None) -> Pass:
     node.share.check()
     node.share.forget_dirs()
     intents.recover(node.index, node.share, node.node, node.policy.max_json_depth)
-    return Pass(now_ms=int(time.time() * 1000), now_ns=time.time_ns(), t0=t0, stats=stats,
-                state=StateView(node.index), full=only is None)
+    p = Pass(now_ms=int(time.time() * 1000), now_ns=time.time_ns(), t0=t0, stats=stats,
+             state=StateView(node.index), full=only is None)
+    if not node.clock.stale():  # a clock known to be far ahead: the file server's time (R12)
+        guard_clock(node, p, measure=False)
+    return p
+
+
+def guard_clock(node: Node, p: Pass, measure: bool = True) -> None:
+    """The pass's clock is the file server's when this node's is far ahead of it (R12):
+    measured once per pass that has items to stamp (engine/clock.py), never on an idle
+    pass."""
+    if measure:
+        if p.clock_checked:
+            return
+        p.clock_checked = True
+        if node.clock.stale():
+            node.clock.measure(node.share)
+        node.clock.report()
+    far = node.clock.far_ahead_ms()
+    delta, p.clock_far = far - p.clock_far, far
+    p.now_ms -= delta
+    p.now_ns -= delta * 1_000_000
 
 
 def local_changes(node: Node, p: Pass, only: set[ItemId] | None, full_index: bool) -> set[ItemId]:

@@ -33,6 +33,7 @@ from meshsync.replicas.share.detect import ShareDetector
 from meshsync.replicas.share.store import Share
 
 from . import commit, detect
+from .clock import ServerClock
 from .plan import Policy, plan, readable_items
 from .propagate import propagate
 
@@ -65,6 +66,7 @@ class Node:
         self.share_detector.tick = self.tick
         self.cache_writer = CacheWriter(self.cache, self.index, self.policy.may_read)
         self.settle_early = True  # a first import applies items as it reads them (see ShareDetector.changed)
+        self.clock = ServerClock(settings.node_id)  # the file server's clock (R12)
 
     def close(self) -> None:
         self.share.close()
@@ -119,6 +121,8 @@ class Node:
         and propagate the plans."""
         self.cache_writer.dirty.update(it for it in items if it.kind == MEM)
         items = readable_items(self.policy, p, items)
+        if items:
+            detect.guard_clock(self, p)  # before anything is stamped (R12)
         index_obs, problems = detect_index(self.index, items, p.state, p.now_ms, self.node,
                                            self.policy.max_json_depth)
         p.index_problems.update(problems)
