@@ -544,3 +544,97 @@ def test_a_node_whose_clock_is_a_day_ahead_cannot_win_for_the_future(mesh: Mesh)
     assert doctor(b)["future stamps"]["result"] == "pass"
     assert alive(a) and alive(b)
     no_traceback(a, b)
+
+
+# --- 7. status and doctor tell the truth during faults ------------------------------------------------
+
+
+def test_a_stopped_daemon_with_a_change_pending_is_not_keeping_the_node_in_sync(mesh: Mesh):
+    """SIGSTOP: the lock is still held, but status and doctor say the daemon does not
+    respond; once continued, the pending change goes out within seconds."""
+    import signal
+
+    a, b = mesh.node("a"), mesh.node("b")
+    start(a)
+    start(b)
+    a.daemon.send_signal(signal.SIGSTOP)
+    try:
+        a.cli("put", "mesh", "k", '"while stopped"')
+        st = a.status()
+        assert st["counts"]["pending"] == 1
+        assert st["daemon"]["running"] and not st["daemon"]["responding"], st["daemon"]
+        assert any("stopped" in f for f in faults(a)), st["faults"]
+        d = doctor(a)["daemon"]
+        assert d["result"] == "fail" and "keeps this node in sync" not in d["detail"], d
+        assert "not responding" in a.cli("status").stdout
+    finally:
+        a.daemon.send_signal(signal.SIGCONT)
+    t0 = time.monotonic()
+    wait_for(lambda: b.value("mesh", "k") == "while stopped", 15, what="the pending change goes out")
+    assert time.monotonic() - t0 < 10
+    assert doctor(a)["daemon"]["result"] == "pass" and a.status()["daemon"]["responding"]
+    no_traceback(a, b)
+
+
+def test_a_deleted_wal_is_written_back_and_commands_never_print_a_traceback(mesh: Mesh):
+    """The index's -wal file deleted under the daemon: commands say so in one line (no
+    `vtable constructor failed` traceback), the daemon writes what the file held back
+    into the index (its connection still has it open) and goes on: nothing is lost."""
+    a, b = mesh.node("a"), mesh.node("b")
+    start(a, MESHSYNC_WATCH__POLL_INTERVAL="0.5")
+    start(b)
+    for i in range(3):
+        b.cli("put", "mesh", f"k{i}", str(i))
+    wait_for(lambda: all(a.value("mesh", f"k{i}") == i for i in range(3)), 15, what="a imports k0-k2")
+    Path(str(a.index) + "-wal").unlink()
+    for args in (("ls",), ("get", "mesh", "k0"), ("status",), ("put", "mesh", "x", '"after"')):
+        p = a.cli(*args, check=False)
+        assert "Traceback" not in p.stderr and p.returncode in (0, 6), (args, p.returncode, p.stderr)
+    wait_for(lambda: "-wal file was deleted" in a.log(), 10, what="the daemon repairs the index")
+    wait_for(lambda: a.cli("ls", check=False).stdout.count("mesh\tk") == 3, 10, what="commands work again")
+    a.cli("put", "mesh", "k3", "3")
+    wait_for(lambda: b.value("mesh", "k3") == 3, 15, what="a's next write goes out")
+    assert [a.value("mesh", f"k{i}") for i in range(4)] == [0, 1, 2, 3]
+    assert a.sql("PRAGMA quick_check") == [("ok",)]
+    assert alive(a) and alive(b)
+    no_traceback(a, b)
+
+
+def test_a_stale_cache_problem_is_cleared_after_a_good_rewrite(mesh: Mesh):
+    """A tool leaves mesh-memory.json half-written: reported; once it is whole again the
+    problem goes at the next pass, not at the next full rescan."""
+    a, b = mesh.node("a"), mesh.node("b")
+    a.cli("put", "mesh", "k", "1")
+    start(a)
+    start(b)
+    good = a.cache_file.read_text()
+    a.cache_file.write_text(good[: len(good) // 2])
+    b.cli("put", "mesh", "k2", "2")
+    wait_for(lambda: str(a.cache_file) in errors(a), 10, what="the broken cache reported")
+    a.cache_file.write_text(good)  # the tool finishes
+    b.cli("put", "mesh", "k3", "3")
+    wait_for(lambda: a.cache().get("mesh:k3", {}).get("value") == 3, 10, what="a's cache rewritten")
+    wait_for(lambda: str(a.cache_file) not in errors(a), 10, what="the problem cleared")
+    assert not a.status()["last_pass"]["full"]
+    no_traceback(a, b)
+
+
+def test_doctor_probes_with_real_writes_and_names_a_full_disk(tmpfs, mesh: Mesh, tmp_path: Path):
+    """Full share, index and cache disks: doctor's writable checks fail (an empty probe
+    file would still fit), free space is checked, and the share's hint says it is full."""
+    tmpfs(mesh.share)
+    idx = tmpfs(tmp_path / "node-a" / "idx", "2m")
+    a = mesh.node("a", cls=IndexApart)
+    home = tmpfs(a.openclaw_home)
+    a.cli("put", "mesh", "k", "1")
+    assert not {"share writable", "index writable", "cache"} & set(failed_checks(a))
+    fillers = [fill(mesh.share), fill(idx), fill(home)]
+    fails = failed_checks(a)
+    for name in ("share writable", "index writable", "cache", "free space (share)", "free space (index)",
+                 "free space (cache)"):
+        assert name in fails, (name, fails)
+    assert "share is full" in fails["share writable"] and "write access" not in fails["share writable"], fails
+    assert {"share", "index", "cache"} <= {f["what"] for f in a.status()["faults"]}
+    for f in fillers:
+        f.unlink()
+    assert not {"share writable", "index writable", "cache"} & set(failed_checks(a))

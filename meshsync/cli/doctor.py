@@ -262,6 +262,11 @@ def _index_checks(s: Settings) -> list[Check]:
     try:
         h = queries.health(s.index)
     except queries.Error as exc:
+        free = probes.free_bytes(s.index.parent)
+        if free is not None and free[0] < probes.LOW_SPACE:
+            # A full disk is not a damaged file: SQLite cannot even make its -shm file.
+            return [Check("index", FAIL, f"cannot read {s.index}: {exc} (its disk is full: {free[0]} bytes free)",
+                          "free space on the index's disk; the file itself is not damaged"), _index_writable(s)]
         return [Check("index", FAIL, f"cannot read {s.index}: {exc}",
                       "restore it from a backup or move it away; `meshsync init` + `meshsync sync` rebuilds it from the share")]
     qc, have, mode = h.quick_check, h.have, h.journal_mode
@@ -281,24 +286,30 @@ def _index_checks(s: Settings) -> list[Check]:
                          "upgrade or downgrade meshsync to the version that made this index"))
     else:
         out.append(Check("index schema", PASS, f"schema {SCHEMA_VERSION}, journal mode {mode}"))
+    out.append(_index_writable(s))
+    if out[-1].result == FAIL:
+        return out
+    if probes.index_locked(s.index):
+        out.append(Check("index lock", FAIL, f"another program has held the index's write lock for more than "
+                         f"{probes.LOCK_PROBE_S:g}s: the index is locked, meshsync's writes wait",
+                         "find it (`fuser INDEX`) and end its transaction; the daemon waits index_busy_timeout, "
+                         "then retries every few seconds"))
+    else:
+        out.append(Check("index lock", PASS, "no other program holds the index's write lock"))
+    return out
+
+
+def _index_writable(s: Settings) -> Check:
+    """A real write next to the index (its -wal and -shm files live there too)."""
     exc = probes.write_probe(s.index.parent, "index")
     err = exc.strerror if exc is not None else None
     if err is None and not os.access(s.index, os.W_OK):
         err = "the index file is read-only"
     if err:
         hint = "give the meshsync user ownership of the index and its folder"
-        out.append(Check("index writable", FAIL, f"cannot write {s.index} and its -wal file in {s.index.parent}: {err}",
-                         _write_hint(exc, "the index's folder", hint) if exc is not None else hint))
-    else:
-        out.append(Check("index writable", PASS, f"{s.index} and its folder are writable"))
-    if not err and probes.index_locked(s.index):
-        out.append(Check("index lock", FAIL, f"another program has held the index's write lock for more than "
-                         f"{probes.LOCK_PROBE_S:g}s: the index is locked, meshsync's writes wait",
-                         "find it (`fuser INDEX`) and end its transaction; the daemon waits index_busy_timeout, "
-                         "then retries every few seconds"))
-    elif not err:
-        out.append(Check("index lock", PASS, "no other program holds the index's write lock"))
-    return out
+        return Check("index writable", FAIL, f"cannot write {s.index} and its -wal file in {s.index.parent}: {err}",
+                     _write_hint(exc, "the index's folder", hint) if exc is not None else hint)
+    return Check("index writable", PASS, f"{s.index} and its folder are writable")
 
 
 def _future_check(s: Settings) -> Check:
@@ -377,6 +388,18 @@ def _daemon_check(s: Settings) -> Check:
     except OSError as exc:
         return Check("daemon", WARN, f"cannot read {s.index}.lock: {exc.strerror}")
     if pid:
+        idx = queries.open_read_only(s.index) if s.index.exists() else None
+        try:
+            beat = idx.meta("daemon_beat") if idx is not None else None
+        except queries.Error:
+            beat = None
+        finally:
+            if idx is not None:
+                idx.close()
+        silence = probes.daemon_silence(pid, beat)
+        if silence:
+            return Check("daemon", FAIL, f"{silence}; it holds the index's lock, so no other meshsync can sync",
+                         f"continue it (kill -CONT {pid}) or restart it (systemctl restart meshsync)")
         return Check("daemon", PASS, f"a meshsync daemon (pid {pid}) keeps this node in sync")
     return Check("daemon", WARN, "no meshsync daemon runs for this index: changes move only on `meshsync sync`",
                  "start it: `systemctl enable --now meshsync` (docs/deployment.md), or `meshsync run`")

@@ -12,6 +12,7 @@ import fcntl
 import os
 import sqlite3
 import struct
+import time
 from pathlib import Path
 
 # Less free space than this on the share's, the index's or the cache's file system is a
@@ -106,3 +107,24 @@ def process_state(pid: str | None) -> str | None:
     except OSError:
         return None
     return data[data.rindex(b")") + 2:].split()[0].decode()
+
+
+# The daemon records a heartbeat in the index every 10 s while its loop turns (daemon
+# loop.BEAT_S); one this old means it does not respond (the units' watchdog is 60 s too).
+BEAT_STALE_S = 60.0
+
+
+def daemon_silence(pid: str | None, beat: str | None) -> str | None:
+    """Why the daemon holding the index's lock (``pid``) does not respond, or None when
+    it does: stopped (SIGSTOP, a debugger), or no heartbeat (``beat``, the index's meta
+    daemon_beat) for BEAT_STALE_S.  A lock alone does not keep a node in sync (R12)."""
+    state = process_state(pid)
+    if state in ("T", "t"):
+        return f"the daemon (pid {pid}) is stopped (SIGSTOP or a debugger): nothing syncs until it continues"
+    try:
+        age = time.time() - float(beat) if beat else None
+    except ValueError:
+        age = None
+    if age is not None and age > BEAT_STALE_S:
+        return f"the daemon (pid {pid}) has not responded for {age:.0f}s (hung on the share or a disk?)"
+    return None

@@ -219,6 +219,12 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
     lp = idx.meta("last_pass")
     out["last_pass"] = orjson.loads(lp) if lp else None
     out["watch"] = orjson.loads(idx.meta("daemon_watch") or "null") if daemon_runs else None
+    if daemon_runs:
+        silence = probes.daemon_silence(out["daemon"]["pid"], idx.meta("daemon_beat"))
+        out["daemon"]["responding"] = silence is None
+        if silence:
+            out["faults"].append(_fault("daemon", silence, "continue it (kill -CONT PID) or restart it "
+                                        "(systemctl restart meshsync); pending changes wait until then"))
     out["last_change"] = orjson.loads(idx.meta("last_change") or "null")
     # R5: the daemon may be locked out (permissions) where this user is not; its
     # own last check counts, or status says "available" while nothing syncs.
@@ -288,8 +294,8 @@ def _print_where(d: dict[str, Any]) -> None:
     print(f"index     {d['index']}")
     print(f"cache     {d['cache']}")
     dm = d["daemon"]
-    print("daemon    " + (f"running (pid {dm['pid']})" if dm["running"]
-                          else "not running: changes move only on `meshsync sync` (start `meshsync run`)"))
+    print("daemon    " + (f"running (pid {dm['pid']})" + ("" if dm.get("responding", True) else " but not responding")
+                          if dm["running"] else "not running: changes move only on `meshsync sync` (start `meshsync run`)"))
     if d.get("watch"):
         print(f"watch     {d['watch'].get('mode')} ({d['watch'].get('why', '')})")
     elif d.get("watch_planned"):

@@ -49,6 +49,7 @@ from meshsync.daemon.sources import (
 )
 from meshsync.daemon.watch import ShareEvents, choose_mode
 from meshsync.diagnose import index_problem
+from meshsync.engine.detect import wal_repaired
 from meshsync.engine.node import Node
 from meshsync.layout import ItemId
 from meshsync.lock import IndexLock, Locked
@@ -59,6 +60,7 @@ from meshsync.replicas.share.store import ShareUnavailable
 log = logging.getLogger("meshsync")
 
 INDEX_TICK = 0.05
+BEAT_S = 10.0  # seconds between heartbeats in the index (status: probes.BEAT_STALE_S)
 LOCK_WAIT = 5.0  # seconds `meshsync run` waits for a CLI command holding the index lock
 MAX_DELAY = 1.0
 
@@ -80,6 +82,7 @@ class Daemon:
 
         def tick(what: str, done: int, total: int | None) -> None:
             self.notify.ping()
+            self._beat()
             if self.progress is not None:
                 self.progress(what, done, total)
 
@@ -102,6 +105,7 @@ class Daemon:
         # (see _after_pass): run the next pass now.  Never twice in a row.
         self.retry_now = False
         self.retried = False
+        self.last_beat = 0.0  # time.monotonic() of the last heartbeat written (see _beat)
         # Exports, cache or journal writes and whole passes that a resource fault stopped:
         # tried again on a timer with backoff, not only at the next full rescan (R12).
         self.faults = Faults()
@@ -272,7 +276,8 @@ class Daemon:
         poll = now - self.last_poll >= self.s.watch.poll_interval
         if poll:
             self.last_poll = now
-            self.node.index.check_file()  # deleted or replaced under us: IndexGone stops the daemon (R12)
+            if self.node.index.check_file():  # deleted or replaced under us: IndexGone stops the daemon (R12)
+                wal_repaired(self.node)
             if self.available:
                 try:
                     self.node.share.check()
@@ -333,6 +338,21 @@ class Daemon:
         self.events.wake.wait(timeout)
         self.events.wake.clear()
 
+    def _beat(self) -> None:
+        """Record that the daemon's loop turns (at most every BEAT_S): status and doctor
+        tell a live daemon from one that holds its lock but is stopped or hung (R12)."""
+        now = time.monotonic()
+        if now - self.last_beat < BEAT_S or self.faults.passes.failing or self.node.index.db.in_transaction:
+            return
+        self.last_beat = now
+        try:
+            with self.node.index.write() as db:
+                self.node.index.set_meta(db, daemon_beat=str(time.time()))
+        except sqlite3.Error as exc:
+            if unusable(exc):
+                raise
+            log.debug("heartbeat not recorded: %s", exc)
+
     def _stop_requested(self) -> bool:
         if self.stop_signal is not None:
             log.info("received %s: finishing the work in flight", signal.Signals(self.stop_signal).name)
@@ -353,6 +373,7 @@ class Daemon:
             log.info("ready: first pass done, watching for changes")
         while not self._stop_requested():
             self.notify.ping()
+            self._beat()
             if self.reload:
                 self._do_reload()
             self._collect()

@@ -41,7 +41,8 @@ def begin(node: Node, only: set[ItemId] | None) -> Pass:
     a killed pass's exports are recovered, the clock is read once."""
     t0 = time.monotonic()
     stats = PassStats(started=time.time(), full=only is None)
-    node.index.check_file()  # deleted or replaced under us: IndexGone, nothing written (R12)
+    if node.index.check_file():  # deleted or replaced under us: IndexGone, nothing written (R12)
+        wal_repaired(node)
     node.share.check()
     node.share.forget_dirs()
     intents.recover(node.index, node.share, node.node, node.policy.max_json_depth)
@@ -50,6 +51,12 @@ def begin(node: Node, only: set[ItemId] | None) -> Pass:
     if not node.clock.stale():  # a clock known to be far ahead: the file server's time (R12)
         guard_clock(node, p, measure=False)
     return p
+
+
+def wal_repaired(node: Node) -> None:
+    log.warning("the index's -wal file was deleted while meshsync had it open: what it held was written into "
+                "the index, which was opened again (nothing is lost; do not delete -wal or -shm files of a live "
+                "index)")
 
 
 def guard_clock(node: Node, p: Pass, measure: bool = True) -> None:

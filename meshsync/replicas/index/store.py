@@ -267,12 +267,18 @@ class Index(IndexWrites):
         self._share_sigs: tuple[tuple[int, int], KnownSigs] | None = None
         self._fts_same_at: int | None = None  # data_version when check_fts last found no drift
         self._json_rows = True  # SQLite has json_each (see insert_memory_rows_if_absent)
+        self.busy_timeout = busy_timeout
+        self.wal_id: tuple[int, int] | None = None  # the -wal file this connection uses (see check_file)
         if not create and not self.path.exists():
             raise IndexError_(f"index {self.path} does not exist (run `meshsync init`)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise IndexError_(f"cannot create the index's folder {self.path.parent}: {exc.strerror}") from None
+        self._open()
+
+    def _open(self) -> None:
+        busy_timeout = self.busy_timeout
         try:
             # How long a write waits for another program's write lock before it gives up
             # (index_busy_timeout): the daemon then retries later instead of dying (R12).
@@ -296,9 +302,10 @@ class Index(IndexWrites):
     def close(self) -> None:
         self.db.close()
 
-    def check_file(self) -> None:
+    def check_file(self) -> bool:
         """Raise IndexGone unless the index path still names the file this connection
-        has open (it was deleted, or replaced by another file)."""
+        has open (it was deleted, or replaced by another file).  A -wal file deleted
+        under this connection is repaired (see _wal_gone): returns True then."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -307,6 +314,29 @@ class Index(IndexWrites):
             raise IndexGone(f"index {self.path} cannot be looked at: {exc.strerror}") from None
         if (st.st_dev, st.st_ino) != self.file_id:
             raise IndexGone(f"index {self.path} was replaced by another file while meshsync had it open")
+        return self._wal_gone()
+
+    def _wal_gone(self) -> bool:
+        """The -wal file this connection writes was deleted (or replaced) under it: every
+        other connection then fails ("disk I/O error") and the commits it holds would
+        be lost.  This connection still has it open: a checkpoint writes them into the
+        index, then the connection is opened again on a new -wal file (R12)."""
+        try:
+            st = os.stat(f"{self.path}-wal")
+            cur: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            cur = None
+        except OSError:
+            return False
+        if self.wal_id is None or cur == self.wal_id:
+            self.wal_id = cur or self.wal_id  # learnt once SQLite has made it
+            return False
+        self.rollback()
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
+        self._open()
+        self.wal_id, self._share_sigs, self._fts_same_at = None, None, None
+        return True
 
     def quick_check(self) -> str | None:
         """PRAGMA quick_check: None when the file is sound, else the first damage found."""
