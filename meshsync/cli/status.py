@@ -178,8 +178,8 @@ def status_data(s: config.Settings) -> dict[str, Any]:
                              f"for more than {probes.LOCK_PROBE_S:g}s",
                              "find the program (`fuser INDEX`) and end its transaction; the daemon waits "
                              "index_busy_timeout, then retries every few seconds"))
-    if "counts" in out:
-        out["counts"]["problems"] += len(faults)
+    if "counts" in out:  # (a read that failed half-way leaves some counts out)
+        out["counts"]["problems"] = out["counts"].get("problems", 0) + len(faults)
     if not holder:
         from meshsync.daemon.watch import choose_mode
 
@@ -278,8 +278,8 @@ def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
         return EXIT_OK
     if d.get("index_read_only"):
         print("index     opened read-only: this user cannot write it (see `meshsync doctor`)")
-    if d.get("index_error") and "counts" not in d:
-        return EXIT_OK
+    if d.get("index_error") and "pending" not in d.get("counts", {}):
+        return EXIT_OK  # the index could not be read through: the FAULT line says why
     _print_activity(d)
     _print_problems(d)
     _print_conflicts(d)

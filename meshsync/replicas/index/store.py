@@ -27,6 +27,7 @@ import orjson
 
 from meshsync.layout import MEM, SKILL, ItemId
 from meshsync.model import CACHE_STEP, KnownSigs, Slice, State
+from meshsync.replicas.index.file import IndexError_, IndexFile, IndexGone
 from meshsync.replicas.index.write import IndexWrites, memory_row_sig, skill_row_sig
 
 SCHEMA_VERSION = "1"
@@ -240,10 +241,6 @@ def storable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class IndexError_(Exception):
-    """The index cannot be opened or is not ours."""
-
-
 # SQLite errors that mean the index file itself is damaged or gone: no retry can help,
 # a person must repair or rebuild it (docs/troubleshooting.md).  Others (locked, disk
 # full, I/O errors of a full disk) clear by themselves and are retried (R12).
@@ -256,11 +253,7 @@ def unusable(exc: BaseException) -> bool:
         or isinstance(exc, IndexGone)
 
 
-class IndexGone(IndexError_):
-    """The index file was deleted or replaced under the process that has it open (R12)."""
-
-
-class Index(IndexWrites):
+class Index(IndexWrites, IndexFile):
     def __init__(self, path: Path, *, create: bool = True, busy_timeout: float = 30.0):
         self.path = Path(path)
         self.state_writes = 0  # changes to meshsync_state through this connection
@@ -301,47 +294,6 @@ class Index(IndexWrites):
 
     def close(self) -> None:
         self.db.close()
-
-    def check_file(self) -> bool:
-        """Raise IndexGone unless the index path still names the file this connection
-        has open (it was deleted, or replaced by another file).  A -wal file deleted
-        under this connection is repaired (see _wal_gone): returns True then."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise IndexGone(f"index {self.path} was deleted while meshsync had it open") from None
-        except OSError as exc:
-            raise IndexGone(f"index {self.path} cannot be looked at: {exc.strerror}") from None
-        if (st.st_dev, st.st_ino) != self.file_id:
-            raise IndexGone(f"index {self.path} was replaced by another file while meshsync had it open")
-        return self._wal_gone()
-
-    def _wal_gone(self) -> bool:
-        """The -wal file this connection writes was deleted (or replaced) under it: every
-        other connection then fails ("disk I/O error") and the commits it holds would
-        be lost.  This connection still has it open: a checkpoint writes them into the
-        index, then the connection is opened again on a new -wal file (R12)."""
-        try:
-            st = os.stat(f"{self.path}-wal")
-            cur: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except FileNotFoundError:
-            cur = None
-        except OSError:
-            return False
-        if self.wal_id is None or cur == self.wal_id:
-            self.wal_id = cur or self.wal_id  # learnt once SQLite has made it
-            return False
-        self.rollback()
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.db.close()
-        self._open()
-        self.wal_id, self._share_sigs, self._fts_same_at = None, None, None
-        return True
-
-    def quick_check(self) -> str | None:
-        """PRAGMA quick_check: None when the file is sound, else the first damage found."""
-        rows = self.db.execute("PRAGMA quick_check(3)").fetchall()
-        return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows)
 
     def _ensure_schema(self) -> None:
         have = {r[0] for r in self.db.execute(
