@@ -212,6 +212,7 @@ class Settings(BaseSettings):
     node_id: str = Field(default_factory=socket.gethostname, description="This node's name in the mesh (default: host name).")
     share: Path = Field(default_factory=lambda: _data_home() / "share", description="The shared folder (usually a NAS mount).")
     index: Path = Field(default_factory=lambda: _data_home() / "index.sqlite", description="This node's SQLite index, on local disk.")
+    index_busy_timeout: float = Field(30.0, gt=0, le=3600, description="Seconds a write to the index waits for another program's write lock; then the daemon retries later.")
     openclaw_home: Path = Field(default_factory=lambda: Path.home() / ".openclaw", description="OpenClaw's home, where the cache lives.")
     watch: WatchSettings = Field(default_factory=WatchSettings)
     scopes: ScopeSettings = Field(default_factory=ScopeSettings)

@@ -265,6 +265,8 @@ class Pass:
     state: StateView  # the base of every item, loaded on first use
     full: bool  # a full pass (every share file walked), not a targeted one
     seq: int = 0  # the outbox position this pass acknowledges
+    clock_checked: bool = False  # the file server's clock was looked at (engine/clock.py, R12)
+    clock_far: int = 0  # ms taken off this node's clock for the pass (it is that far ahead)
     owed: bool = False  # a killed pass did not refresh the cache (R7): this one refreshes it all
     walk: Walk | None = None
     cache_side: CacheSide | None = None
@@ -280,6 +282,7 @@ class Pass:
     # propagation's results
     written: list[ItemId] = field(default_factory=list)  # items written to the share (the journal)
     deferred: list[ItemId] = field(default_factory=list)  # share file changed under us: next pass
+    retry: dict[ItemId, str] = field(default_factory=dict)  # export failed (full/read-only share): why (R12)
     young_added: set[str] = field(default_factory=set)  # cache keys this pass adds (cache/detect.py)
     cache_replaced: dict[str, list] = field(default_factory=dict)  # key -> version the cache loses
     changed_mem: bool = False  # a readable memory item moved: mesh-memory.json is rewritten
@@ -290,3 +293,8 @@ class Pass:
     confirmed_applied: set[ItemId] = field(default_factory=set)  # confirmed deletes this pass applies
     delete_window: dict[str, Any] | None = None  # deletes by absence applied lately (meta delete_window)
     window_moved: bool = False
+    # commit's results: problems of the cache (what a tool left there, a write that
+    # failed) and of this node's journal; None: not looked at this pass (kept as they are)
+    cache_problems: list[Problem] | None = None
+    journal_problem: list[Problem] | None = None
+    faults: dict[str, str] = field(default_factory=dict)  # path -> reason of a cache or journal write that failed

@@ -17,6 +17,12 @@ Vocabulary
   the writer saw the base, so they are stamped after the base even if the writer's
   clock is behind (R3).
 * The **base** is the version this node last saw on all its sides.
+* A version stamped more than ``FUTURE_MS`` ahead of the pass's clock (which is the file
+  server's when this node's own clock is far ahead, engine/clock.py) is **from the
+  future**: a clock a day ahead must not win for a day (R12).  A fresh write so stamped
+  is taken as written now; a trusted one (exported by a node before it was caught) ranks
+  below every plausible version and is no floor for the writes after it.  Skews of
+  minutes are far below the hour, so R3 is unchanged.
 """
 
 from __future__ import annotations
@@ -25,20 +31,29 @@ from typing import Any
 
 from meshsync.model import ABSENT, CACHE, INDEX, SHARE, SIDES, Obs, Plan, Version
 
-__all__ = ["ABSENT", "CACHE", "INDEX", "SHARE", "SIDES", "Obs", "Plan", "Version", "effective", "reconcile"]
+__all__ = ["ABSENT", "CACHE", "FUTURE_MS", "INDEX", "SHARE", "SIDES", "Obs", "Plan", "Version", "effective",
+           "reconcile"]
 
-def effective(obs: Obs, base: Version | None, now_ms: int, node: str) -> Version | None:
-    """The version a side stands for, once fresh local writes are stamped after base."""
+FUTURE_MS = 3_600_000  # a stamp this far ahead of the pass's clock is from the future (R12)
+
+
+def effective(obs: Obs, base: Version | None, now_ms: int, node: str, horizon: int | None = None) -> Version | None:
+    """The version a side stands for, once fresh local writes are stamped after base.
+    With ``horizon`` (the pass's clock + FUTURE_MS), stamps beyond it are from the
+    future: a fresh write is clamped to ``now_ms`` and a base from the future floors
+    nothing (R12)."""
     v = obs.version
+    future_base = horizon is not None and base is not None and base.stamp > horizon
     if v is None:
         if base is not None and not base.deleted:
             # The side lost an item it had: a delete made here, now.
-            return Version(max(now_ms, base.stamp + 1), node, deleted=True)
+            return Version(now_ms if future_base else max(now_ms, base.stamp + 1), node, deleted=True)
         return None
     if obs.trusted or (base is not None and v.same(base)):
         return v
-    floor = base.stamp + 1 if base is not None else 0
-    return Version(max(v.stamp, floor), v.node, v.digest, v.deleted)
+    stamp = now_ms if horizon is not None and v.stamp > horizon else v.stamp
+    floor = base.stamp + 1 if base is not None and not future_base else 0
+    return Version(max(stamp, floor), v.node, v.digest, v.deleted)
 
 
 def reconcile(
@@ -55,12 +70,13 @@ def reconcile(
     may not write leaves the share out).  A local write that would have to reach a side
     we may not write is reported as refused rather than dropped.
     """
+    horizon = now_ms + FUTURE_MS
     cands: list[tuple[str, Version]] = []
     for side in SIDES:
         obs = sides.get(side)
         if obs is None:
             continue
-        v = effective(obs, base, now_ms, node)
+        v = effective(obs, base, now_ms, node, horizon)
         if v is not None:
             cands.append((side, v))
     if SHARE not in writable and any(s == SHARE for s, _ in cands):
@@ -73,7 +89,9 @@ def reconcile(
         # Nothing anywhere: keep a tombstone we already had (until retention), else nothing.
         return Plan(base if base is not None and base.deleted else None, None, set(), [])
 
-    src, win = max(cands, key=lambda c: c[1].order)
+    # A version from the future ranks below every plausible one (R12); among themselves
+    # versions keep their order (R1: the same rule on every node).
+    src, win = max(cands, key=lambda c: (c[1].stamp <= horizon, c[1].order))
     write: set[str] = set()
     for side in SIDES:
         obs = sides.get(side)

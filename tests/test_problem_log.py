@@ -24,7 +24,7 @@ def test_problems_and_refusals_are_logged_once_naming_the_file_or_item(mesh: Mes
     a.start()
     wait_for(lambda: a.status().get("last_sync"), 20, what="daemon ready")
     memfile(mesh.share, "mesh", "broken.json").write_text('{"value": ')
-    p = a.cli("put", "mesh", "aws", SECRET, check=6)
+    p = a.cli("put", "mesh", "aws", SECRET, check=7)
     assert "not exported" in p.stderr and "aws-access-key" in p.stderr
     wait_for(lambda: warnings(a, "memory/mesh/broken.json") == 1, 15, what="the broken file logged")
     wait_for(lambda: warnings(a, "mesh:aws") == 1, 15, what="the refusal logged")
@@ -49,11 +49,11 @@ def test_problems_and_refusals_are_logged_once_naming_the_file_or_item(mesh: Mes
 
 def test_a_refused_write_exits_with_its_own_code(mesh: Mesh, tmp_path):
     a = mesh.node("a")
-    p = a.cli("put", "mesh", "aws", SECRET, check=6)
+    p = a.cli("put", "mesh", "aws", SECRET, check=7)
     assert "stored mesh:aws" in p.stdout and "not exported" in p.stderr
     f = tmp_path / "SKILL.md"
     f.write_text(KEY_BLOCK)
-    p = a.cli("skill", "put", "leaky", str(f), check=6)
+    p = a.cli("skill", "put", "leaky", str(f), check=7)
     assert "private-key" in p.stderr
     assert not memfile(mesh.share, "mesh", "aws.json").exists() and not (mesh.share / "skills" / "leaky").exists()
     # Kept in the index, listed as refused: nothing is dropped (R9).
@@ -62,7 +62,7 @@ def test_a_refused_write_exits_with_its_own_code(mesh: Mesh, tmp_path):
     # The same with a daemon running: the command tells at once, the daemon keeps it local.
     a.start()
     wait_for(lambda: a.status().get("last_sync"), 20, what="daemon ready")
-    a.cli("put", "mesh", "aws2", SECRET, check=6)
+    a.cli("put", "mesh", "aws2", SECRET, check=7)
     a.cli("put", "mesh", "fine", '"x"')
     wait_for(lambda: memfile(mesh.share, "mesh", "fine.json").exists(), 15, what="exported")
     assert not memfile(mesh.share, "mesh", "aws2.json").exists()

@@ -418,3 +418,39 @@ def test_effective(trusted):
     assert effective(ABSENT, None, T0, "c") is None
     assert effective(ABSENT, Version(T0, "a", deleted=True), T0, "c") is None
     assert effective(Obs(old, trusted), None, T0, "c") == old
+
+
+# --- R12: a clock far ahead cannot win for the future ---------------------------------------------
+
+DAY = 86_400_000
+
+
+def test_r12_a_fresh_write_stamped_far_ahead_is_taken_as_written_now():
+    """A local write stamped a day ahead (the writer's clock is wrong) is clamped to the
+    pass's clock; within the tolerance (minutes of skew, R3) stamps are left alone."""
+    base = Version(T0 - 5000, "a", "d1")
+    ahead = Version(T0 + DAY, "b", "d2")
+    plan = run(base, {SHARE: Obs(base, True), INDEX: Obs(ahead, False)}, now=T0)
+    assert plan.winner == Version(T0, "b", "d2") and plan.write == {SHARE, INDEX}
+    minutes = Version(T0 + SKEW, "b", "d2")
+    plan = run(base, {SHARE: Obs(base, True), INDEX: Obs(minutes, False)}, now=T0)
+    assert plan.winner == minutes
+
+
+def test_r12_a_version_from_the_future_loses_to_every_plausible_one_and_floors_nothing():
+    """An item another node stamped a day ahead (exported before this rule): a later
+    real-time write wins over it (it is not floored at the future stamp + 1 ms), and so
+    does any plausible version met on another side; a future version alone still wins
+    (nothing else claims the item)."""
+    future = Version(T0 + DAY, "z", "d1")
+    write = Version(T0 - 1000, "a", "d2")
+    plan = run(future, {SHARE: Obs(future, True), INDEX: Obs(write, False)}, now=T0)
+    assert plan.winner == write and plan.write == {SHARE, INDEX}
+    plan = run(None, {SHARE: Obs(future, True), INDEX: Obs(write, True)}, now=T0)
+    assert plan.winner == write and plan.beaten == [(SHARE, future, None)]
+    assert run(None, {SHARE: Obs(future, True)}, now=T0).winner == future
+    # A delete of a future item is stamped now, not after the future stamp.
+    plan = run(future, {SHARE: Obs(future, True), INDEX: ABSENT}, now=T0, node="a")
+    assert plan.winner == Version(T0, "a", deleted=True)
+    # Once the clock reaches it, it is an ordinary version again (every node agrees).
+    assert run(None, {SHARE: Obs(future, True), INDEX: Obs(write, True)}, now=T0 + DAY).winner == future

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pwd
 import shlex
-import sqlite3
 from pathlib import Path
 
 from meshsync import config
@@ -65,20 +64,14 @@ def check_user(s: config.Settings, reads_only: bool, argv: list[str]) -> None:
                    f"  Run it as the owner: sudo -u {owner} meshsync {shlex.join(argv)}", EXIT_USAGE)
 
 
-def explain(exc: BaseException, s: config.Settings) -> str:
-    """One line for an OSError or SQLite error that escaped a command."""
-    if isinstance(exc, PermissionError):
-        where = exc.filename or s.index
-        owner = ""
-        try:
-            owner = f" (it belongs to {user_name(os.stat(Path(where)).st_uid)!r})"
-        except OSError:
-            pass
-        return (f"permission denied: {where}{owner}; run meshsync as the user that owns the index and the share "
-                f"(see `meshsync doctor`)")
-    if isinstance(exc, sqlite3.Error):
-        return f"the index {s.index} cannot be used: {exc} (see `meshsync doctor`)"
-    err = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    where = getattr(exc, "filename", None)
-    return f"{err}: {where}; nothing more was done (see `meshsync doctor`)" if where else \
-        f"{err}; nothing more was done (see `meshsync doctor`)"
+def explain(exc: PermissionError, s: config.Settings) -> str:
+    """One line for a permission error that escaped a command: a file of another user
+    (R11).  Other OS and SQLite errors are resource faults (common.fault_problem, R12)."""
+    where = exc.filename or s.index
+    owner = ""
+    try:
+        owner = f" (it belongs to {user_name(os.stat(Path(where)).st_uid)!r})"
+    except OSError:
+        pass
+    return (f"permission denied: {where}{owner}; run meshsync as the user that owns the index and the share "
+            f"(see `meshsync doctor`)")

@@ -7,6 +7,7 @@ imports them (to build the parser) without a cycle.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from meshsync.replicas.share.store import ShareUnavailable
 if TYPE_CHECKING:
     from meshsync.engine.node import Node
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_BUSY, EXIT_REFUSED = range(7)
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_BUSY, EXIT_FAULT, EXIT_REFUSED = range(8)
 
 
 class CliError(Exception):
@@ -61,7 +62,7 @@ def open_node(settings: config.Settings) -> Node:
     try:
         return Node(settings)
     except IndexError_ as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+        raise CliError(str(exc), EXIT_FAULT) from None
 
 
 def open_index(s: config.Settings) -> Index:
@@ -78,7 +79,17 @@ def open_index(s: config.Settings) -> Index:
     try:
         return Index(s.index, create=False)
     except IndexError_ as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), EXIT_FAULT if s.index.exists() else EXIT_USAGE) from None
+
+
+def fault_problem(exc: BaseException, s: config.Settings) -> str:
+    """The one line a command prints for an OS or SQLite error it could not get past
+    (exit 6, never a traceback: R12)."""
+    if isinstance(exc, sqlite3.Error):
+        return (f"the index {s.index} cannot be used: {exc} (a damaged file, a full disk or another program's "
+                "lock; see `meshsync doctor` and docs/troubleshooting.md)")
+    name = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return f"{getattr(exc, 'strerror', None) or exc}{name}; see `meshsync doctor`"
 
 
 def secret_hits(s: config.Settings, item: ItemId, value: Any = None, content: str | None = None) -> list[str]:
@@ -122,6 +133,11 @@ def sync_after_write(settings: config.Settings, items: list[ItemId],
                             f"{e['reason']}\n  -> {e['hint']}")
                 if e is not None:
                     return "kept in the index; not exported (see `meshsync status`)", EXIT_PROBLEMS, e["reason"]
+            if node.faults:
+                # Stored and exported, but the cache or the journal could not be written:
+                # said, and exit 1, never a traceback (R12).
+                return ("exported to the share, but " + "; ".join(f"{p} {why}" for p, why in node.faults.items())
+                        + " (see `meshsync status`; the daemon retries it)", EXIT_PROBLEMS, "")
             return "exported to the share", EXIT_OK, ""
         except ShareUnavailable as exc:
             node.record_unavailable(str(exc))

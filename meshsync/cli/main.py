@@ -13,7 +13,8 @@ Exit codes (also in ``meshsync --help``):
   3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
   4  the item does not exist
   5  another meshsync process (the daemon) holds the index
-  6  the write was refused (e.g. it looks like a secret): kept in this node's index only
+  6  the index or a local folder cannot be used (damaged, deleted, disk full, locked); see `meshsync doctor`
+  7  the write was refused (e.g. it looks like a secret): kept in this node's index only
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from meshsync import __version__, config, logs
 from meshsync.cli import access
 from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes and CliError live here too)
     EXIT_BUSY,
+    EXIT_FAULT,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_PROBLEMS,
@@ -35,14 +37,17 @@ from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes an
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
+    fault_problem,
 )
 from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore, cmd_deleted, cmd_restore
 from meshsync.cli.deletes import cmd_deletes, cmd_deletes_confirm
 from meshsync.cli.doctor import FAIL, Check, cmd_doctor, print_checks
 from meshsync.cli.memory import cmd_get, cmd_ls, cmd_put, cmd_rm
+from meshsync.cli.repair import cmd_repair_future_stamps
 from meshsync.cli.setup import cmd_init, cmd_run, cmd_sync
 from meshsync.cli.skills import cmd_skill_get, cmd_skill_ls, cmd_skill_put, cmd_skill_rm
 from meshsync.cli.status import cmd_status
+from meshsync.replicas.index.store import IndexError_
 
 EPILOG = """exit codes:
   0  done
@@ -51,7 +56,8 @@ EPILOG = """exit codes:
   3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
   4  the item does not exist
   5  another meshsync process (the daemon) holds the index
-  6  the write was refused (e.g. it looks like a secret): kept in this node's index only
+  6  the index or a local folder cannot be used (damaged, deleted, disk full, locked); see `meshsync doctor`
+  7  the write was refused (e.g. it looks like a secret): kept in this node's index only
 
 configuration: -c FILE or $MESHSYNC_CONFIG (YAML), and MESHSYNC_* variables,
 e.g. MESHSYNC_SHARE, MESHSYNC_NODE_ID, MESHSYNC_WATCH__POLL_INTERVAL.
@@ -105,6 +111,11 @@ def _add_node_commands(add: AddCommand) -> None:
     sp.add_argument("--json", action="store_true", help="print the pass's figures as JSON")
     sp = add("status", cmd_status, "share availability, counts, last sync, per-file errors, conflicts")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+    add("repair-future-stamps", cmd_repair_future_stamps,
+        "re-stamp items stamped in the future (by a clock far ahead) at the file server's time",
+        "Write every item whose updated_at is more than an hour ahead of the file server's clock again, "
+        "unchanged, as a new write of this node stamped with the file server's time; it is exported like any "
+        "write. Fix the wrong clock first (meshsync doctor names the node).")
 
 
 def _add_memory_commands(add: AddCommand) -> None:
@@ -209,15 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"meshsync: {exc}", file=sys.stderr)
         return exc.code
-    except (OSError, sqlite3.Error) as exc:  # never a traceback (a file of another user, a full disk, ...)
-        print(f"meshsync: {access.explain(exc, settings)}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         # The reader went away (e.g. `meshsync status | head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except PermissionError as exc:  # a file of another user (R11): run as the right user
+        print(f"meshsync: {access.explain(exc, settings)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (sqlite3.Error, OSError) as exc:
+        # A resource fault no command could get past (R12): one line, never a traceback.
+        print(f"meshsync: {fault_problem(exc, settings)}", file=sys.stderr)
+        return EXIT_FAULT
+    except IndexError_ as exc:  # e.g. the index deleted while the command ran
+        print(f"meshsync: {exc}", file=sys.stderr)
+        return EXIT_FAULT
 
 
 if __name__ == "__main__":

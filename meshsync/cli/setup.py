@@ -14,6 +14,7 @@ from pathlib import Path
 from meshsync import config, layout, logs
 from meshsync.cli.common import (
     EXIT_BUSY,
+    EXIT_FAULT,
     EXIT_OK,
     EXIT_PROBLEMS,
     EXIT_UNAVAILABLE,
@@ -56,6 +57,16 @@ def cmd_init(s: config.Settings, a: argparse.Namespace) -> int:
         share.initialise()
     except OSError as exc:
         raise CliError(f"cannot create the share layout in {root}: {exc.strerror}", EXIT_UNAVAILABLE) from None
+    # The daemon's lock is honoured: an index made (or remade, after a delete) under a
+    # running daemon was never looked at by it, and its rows were not exported (R12).
+    lock = IndexLock(s.index)
+    try:
+        lock.acquire()
+    except Locked as exc:
+        raise CliError(f"a meshsync daemon (pid {exc.pid}) is running on {s.index}; stop it first "
+                       "(systemctl stop meshsync), then run `meshsync init` again", EXIT_BUSY) from None
+    except OSError as exc:
+        raise CliError(f"cannot create the index's folder {s.index.parent}: {exc.strerror}", EXIT_FAULT) from None
     try:
         idx = Index(s.index)
         try:
@@ -63,7 +74,9 @@ def cmd_init(s: config.Settings, a: argparse.Namespace) -> int:
         finally:
             idx.close()
     except IndexError_ as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), EXIT_FAULT) from None
+    finally:
+        lock.release()
     print(f"share ready: {root}\nindex ready: {s.index}\nnode id: {s.node_id}")
     return EXIT_OK
 

@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meshsync import layout
+from meshsync.diagnose import os_hint
 from meshsync.layout import SKILL
-from meshsync.model import Pass
+from meshsync.model import Pass, Problem
 from meshsync.replicas.cache import skilldirs
 from meshsync.replicas.cache.write import skills_sig_of
 from meshsync.replicas.share import journal
 
 from . import hold, identity
+from .propagate import EXPORT
 
 if TYPE_CHECKING:
     from .node import Node
@@ -40,11 +42,66 @@ def finish(node: Node, p: Pass) -> None:
     record(node, p)
     hold.record(node, p)
     identity.check(node, p)
-    refresh_cache_memory(node, p)
-    refresh_cache_skills(node, p)
+    append_journal(node, p)
+    cache_ok = refresh_cache(node, p)
     skill_folders(node, p.changed_skills, p.full)
+    record_faults(node, p)
     log_problems(before, node.index.error_reasons())
-    last_pass(node, p)
+    last_pass(node, p, cache_ok)
+
+
+def append_journal(node: Node, p: Pass) -> None:
+    """Name the items written in this node's journal, with any a failed append owes.  A
+    journal that cannot be written is reported (other nodes that poll then see these
+    writes only at their full rescan) and its lines are kept for the next pass (R12)."""
+    items = node.journal_owed + p.written
+    if not items:
+        return
+    rel = journal.path_of(node.node)
+    try:
+        journal.append(node.share, node.node, items)
+    except OSError as exc:
+        node.journal_owed = items
+        p.journal_problem = [Problem(rel, f"cannot be written: {exc.strerror}",
+                                     "this node's writes still reach the share, but nodes that poll (NFS/SMB) "
+                                     "see them only at their next full rescan: "
+                                     + os_hint(exc, "the share's .meshsync/journal/ folder"))]
+        p.faults[rel] = p.journal_problem[0].reason
+        return
+    node.journal_owed = []
+    p.journal_problem = []
+
+
+def refresh_cache(node: Node, p: Pass) -> bool:
+    """mesh-memory.json, then mesh/skills/.  A cache that cannot be written (full disk,
+    immutable file, permissions) is reported, stays owed (the next pass rewrites all of
+    it) and never fails the pass: the index is in step already (R12).  True when both
+    were brought in step."""
+    failed = []
+    for path, step in ((node.cache.memory_path, refresh_cache_memory), (node.cache.skills_dir, refresh_cache_skills)):
+        try:
+            step(node, p)
+        except OSError as exc:
+            failed.append(Problem(str(path), f"cannot be written: {exc.strerror}", os_hint(exc, "the cache")))
+            p.faults[str(path)] = failed[-1].reason
+    if failed or p.cache_problems is not None or p.stats.cache_written:
+        # Looked at or rewritten this pass: its problems now are exactly these (a good
+        # rewrite clears an old write failure; R12).
+        p.cache_problems = (p.cache_problems or []) + failed
+    return not failed
+
+
+def record_faults(node: Node, p: Pass) -> None:
+    """The cache's and the journal's problems as this pass found them (a good rewrite
+    clears an old one); left as they are when the pass did not look."""
+    kinds = [(kind, probs) for kind, probs in (("cache", p.cache_problems), ("journal", p.journal_problem))
+             if probs is not None]
+    if not kinds:
+        return
+    with node.index.write() as db:
+        for kind, probs in kinds:
+            node.index.replace_errors(db, kind, [(pr.path, pr.reason, pr.hint) for pr in probs])
+    p.stats.errors += sum(len(probs) for _, probs in kinds)
 
 
 LOG_AT_MOST = 20  # problems logged one by one per pass; the rest are counted (a share full of bad files)
@@ -93,6 +150,10 @@ def record(node: Node, p: Pass) -> None:
             else:
                 idx.replace_errors_one(db, prob[2] if len(prob) > 2 else "index", f"index:{it}", prob)
         idx.clear_errors(db, fine)
+        # Exports that failed (R12): queued like the rows above, and retried on a timer
+        # by the daemon until the share takes them.
+        p.retry.update((it, prob[0]) for it, prob in index_problems.items()
+                       if prob and len(prob) > 2 and prob[2] == EXPORT)
         idx.ack_outbox(db, p.seq)
         # A refused or invalid row is not dropped: it stays queued, is reported by
         # every pass, and goes out once fixed (e.g. its scope made writable) (R9, R2).
@@ -104,8 +165,6 @@ def record(node: Node, p: Pass) -> None:
             idx.expire(db, p.now_ms - int(s.tombstone_retention_days * 86_400_000),
                        p.now_ms - int(s.conflict_retention_days * 86_400_000))
             idx.check_fts(db)
-    if p.written:
-        journal.append(node.share, node.node, p.written)
     if p.full:
         prune_history(node, p)
     p.stats.errors = len(all_problems) + sum(1 for pr in index_problems.values() if pr)
@@ -238,13 +297,15 @@ def skill_folders(node: Node, changed: dict[str, str | None], full: bool) -> Non
                 node.index.replace_errors_one(db, "warning", path, (why, hint))
 
 
-def last_pass(node: Node, p: Pass) -> None:
-    """What `status` shows; the cache is in step with the index again (R7)."""
+def last_pass(node: Node, p: Pass, cache_ok: bool = True) -> None:
+    """What `status` shows; the cache is in step with the index again (R7), unless it
+    could not be written (then the next pass rewrites all of it)."""
     stats = p.stats
     stats.seconds = round(time.monotonic() - p.t0, 4)  # as recorded for `status`
     with node.index.write() as db:
         node.index.set_meta(db, last_sync=str(time.time()), share_status="available", share_reason="",
-                            last_pass=_json(stats.as_dict()), cache_owed="0")
+                            last_pass=_json(stats.as_dict()), cache_owed="0" if cache_ok else "1",
+                            clock_ahead=str(node.clock.far_ahead_ms() // 1000))
         if stats.changed or stats.to_index or stats.deleted:
             node.index.set_meta(db, last_change=_json({"at": time.time(), "items": stats.changed[:10],
                                                        "to_share": stats.to_share, "to_index": stats.to_index,

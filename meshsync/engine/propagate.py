@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meshsync import faults, formats, layout
+from meshsync.diagnose import os_hint
 from meshsync.layout import MEM
 from meshsync.model import (
     CACHE,
@@ -83,6 +84,18 @@ def _absent_in_index(plan: Plan, sides: dict[str, Obs]) -> bool:
     CONFLICT DO NOTHING, its own compare-and-set (the fast path of the index commit)."""
     ix = sides.get(INDEX)
     return ix is not None and ix.version is None and plan.winner is not None and not plan.winner.deleted
+
+
+# The error kind of an export that failed (a full or read-only share, a folder it may not
+# write): the item stays queued, counts as pending in `status` and is retried on a timer
+# by the daemon (R12); the cache keeps its last synced version meanwhile.
+EXPORT = "export"
+
+
+def _failed_path(exc: OSError, rel: str) -> str:
+    """The share path an OSError names (e.g. a skill's SKILL.md), else ``rel``."""
+    name = exc.filename if isinstance(exc.filename, str) else None
+    return name if name and not name.startswith("/") else rel
 
 
 def _fmt_ms(ms: int) -> str:
@@ -163,6 +176,15 @@ class ExportBatch:
         if win is None:
             return None
         sh_obs = sides.get(SHARE)
+        if sh_obs is None and self.node.policy.writable(it) and (st is None or not base_of(st).same(win)):
+            # R12, R2: the share side could not be read this pass (an unreadable file or
+            # folder), so nothing says it holds this new version: it is never recorded as
+            # synced (the next pass would take the share's silence for agreement and the
+            # version never left this node).  The item stays queued and is retried.
+            index_problems[it] = (f"{it} not exported: its share side cannot be read",
+                                  "see the problem of its file or folder in the share (meshsync status); "
+                                  "the write stays local and is retried until it can be read", EXPORT)
+            return None
         src = _source(plan, sides)
         rel = layout.item_path(it, self.node.node)
         share_sig = st.share_sig if st else None
@@ -284,11 +306,11 @@ class ExportBatch:
             return None
         except FileRefused as exc:
             index_problems[it] = (f"cannot write {exc.problem.path} on the share: {exc.problem.reason}",
-                                  exc.problem.hint)
+                                  exc.problem.hint, EXPORT)
             return None
         except OSError as exc:
-            index_problems[it] = (f"cannot write {rel} on the share: {exc.strerror}",
-                                  "check the share's permissions and free space; retried on the next pass")
+            index_problems[it] = (f"cannot write {_failed_path(exc, rel)} on the share: {exc.strerror}",
+                                  os_hint(exc, "the share"), EXPORT)
             return None
         return State(win.stamp, win.node, digest, win.deleted, share_sig, share_hash,
                      st.row_sig if st else None, None if win.deleted else rel, aux)
@@ -321,10 +343,10 @@ class ExportBatch:
                 p.deferred.append(it)
             elif isinstance(res, FileRefused):
                 index_problems[it] = (f"cannot write {res.problem.path} on the share: {res.problem.reason}",
-                                      res.problem.hint)
+                                      res.problem.hint, EXPORT)
             else:
                 index_problems[it] = (f"cannot write {rel} on the share: {getattr(res, 'strerror', None) or res}",
-                                      "check the share's permissions and free space; retried on the next pass")
+                                      os_hint(res, "the share"), EXPORT)
         if not failed:
             return pending
         return [(it, plan, sides, None if it in failed else new) for it, plan, sides, new in pending]

@@ -142,6 +142,24 @@ def node_clash(idx: Index) -> dict | None:
     return orjson.loads(idx.meta("node_clash") or "null")
 
 
+class FutureRow(NamedTuple):
+    """A row stamped after the horizon asked for (a clock far ahead wrote it, R12)."""
+    item: ItemId
+    node: str
+    updated_at: int  # seconds
+
+
+def future_rows(idx: Index, after_s: int) -> list[FutureRow]:
+    """Every memory and skill row whose updated_at (seconds, or milliseconds as some
+    clients write) is after ``after_s``, latest first."""
+    secs = "(CASE WHEN updated_at > 100000000000 THEN updated_at / 1000 ELSE updated_at END)"
+    rows = [FutureRow(ItemId("m", sc, k), n, u) for sc, k, n, u in idx.db.execute(
+        f"SELECT scope, key, node_id, {secs} FROM mesh_memory WHERE {secs} > ?", (after_s,))]
+    rows += [FutureRow(ItemId("s", "", name), n, u) for name, n, u in idx.db.execute(
+        f"SELECT name, source_node, {secs} FROM mesh_skills WHERE {secs} > ?", (after_s,))]
+    return sorted(rows, key=lambda r: -r.updated_at)
+
+
 # --- opening and checking the file ----------------------------------------------------------
 
 

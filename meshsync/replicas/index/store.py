@@ -15,6 +15,7 @@ foreign write that lands between detection and apply is never overwritten blindl
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 import time
@@ -27,6 +28,7 @@ import orjson
 
 from meshsync.layout import MEM, SKILL, ItemId
 from meshsync.model import CACHE_STEP, KnownSigs, Slice, State
+from meshsync.replicas.index.file import IndexError_, IndexFile, IndexGone
 from meshsync.replicas.index.write import IndexWrites, memory_row_sig, skill_row_sig
 
 SCHEMA_VERSION = "1"
@@ -241,8 +243,10 @@ def storable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class IndexError_(Exception):
-    """The index cannot be opened or is not ours."""
+# SQLite errors that mean the index file itself is damaged or gone: no retry can help,
+# a person must repair or rebuild it (docs/troubleshooting.md).  Others (locked, disk
+# full, I/O errors of a full disk) clear by themselves and are retried (R12).
+UNUSABLE = ("malformed", "not a database")
 
 
 class WrongNode(IndexError_):
@@ -257,28 +261,51 @@ def wrong_node(path: Path, owner: str, node_id: str) -> str:
             "`meshsync init`).")
 
 
-class Index(IndexWrites):
-    def __init__(self, path: Path, *, create: bool = True):
+def unusable(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the index file cannot be used as it is (see UNUSABLE)."""
+    return isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc) for w in UNUSABLE) \
+        or isinstance(exc, IndexGone)
+
+
+class Index(IndexWrites, IndexFile):
+    def __init__(self, path: Path, *, create: bool = True, busy_timeout: float = 30.0):
         self.path = Path(path)
         self.state_writes = 0  # changes to meshsync_state through this connection
         self._share_sigs: tuple[tuple[int, int], KnownSigs] | None = None
         self._fts_same_at: int | None = None  # data_version when check_fts last found no drift
         self._json_rows = True  # SQLite has json_each (see insert_memory_rows_if_absent)
         self._json5: bool | None = None  # json_valid() accepts JSON5 (see _value_json)
+        self.busy_timeout = busy_timeout
+        self.wal_id: tuple[int, int] | None = None  # the -wal file this connection uses (see check_file)
         if not create and not self.path.exists():
             raise IndexError_(f"index {self.path} does not exist (run `meshsync init`)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexError_(f"cannot create the index's folder {self.path.parent}: {exc.strerror}") from None
+        self._open()
+
+    def _open(self) -> None:
+        busy_timeout = self.busy_timeout
+        try:
+            # How long a write waits for another program's write lock before it gives up
+            # (index_busy_timeout): the daemon then retries later instead of dying (R12).
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout,
                                       check_same_thread=False)
-            self.db.execute("PRAGMA busy_timeout = 30000")
+            self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise IndexError_(f"index {self.path} cannot use WAL mode (is it on a network share?)")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self._ensure_schema()
+            st = os.stat(self.path)
         except sqlite3.Error as exc:
             raise IndexError_(f"cannot open index {self.path}: {exc}") from None
-        if mode.lower() != "wal":
-            raise IndexError_(f"index {self.path} cannot use WAL mode (is it on a network share?)")
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self._ensure_schema()
+        except OSError as exc:
+            raise IndexError_(f"cannot open index {self.path}: {exc.strerror}") from None
+        # The file this connection writes: an index deleted or replaced under a running
+        # daemon is noticed (check_file) instead of written to unseen (R12).
+        self.file_id = (st.st_dev, st.st_ino)
 
     def close(self) -> None:
         self.db.close()
@@ -295,8 +322,7 @@ class Index(IndexWrites):
                 + f"INSERT OR IGNORE INTO meshsync_meta VALUES ('schema', '{SCHEMA_VERSION}');"
                 + "COMMIT;")
         except sqlite3.Error as exc:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+            self.rollback()
             raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None
 
     def _add_columns(self) -> None:
@@ -336,8 +362,19 @@ class Index(IndexWrites):
             db.execute("UPDATE meshsync_ctl SET applying = 0 WHERE id = 1")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may have rolled the transaction back itself (a full disk): a second
+            # ROLLBACK then raised "cannot rollback - no transaction is active", which hid
+            # the real error ("database or disk is full") from the log (R12).
+            self.rollback()
             raise
+
+    def rollback(self) -> None:
+        """End a transaction left open by an error, if any; never raises."""
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -346,7 +383,8 @@ class Index(IndexWrites):
         try:
             yield self.db
         finally:
-            self.db.execute("COMMIT")
+            if self.db.in_transaction:
+                self.db.execute("COMMIT")
 
     def data_version(self) -> int:
         return self.db.execute("PRAGMA data_version").fetchone()[0]

@@ -227,6 +227,20 @@ class IndexWrites:
                 (name, node, content, path, int(time.time())))
 
 
+    def restamp_future(self, after_s: int, now_s: int, node: str) -> list[ItemId]:
+        """Re-stamp every row whose updated_at is after ``after_s`` (a clock far ahead
+        wrote it, R12) as a new write of ``node`` at ``now_s``: a plain client write, so
+        the outbox takes it and the next pass exports it.  Returns the items."""
+        secs = "(CASE WHEN updated_at > 100000000000 THEN updated_at / 1000 ELSE updated_at END)"
+        with self.db as db:  # type: ignore[attr-defined]
+            db.execute("BEGIN IMMEDIATE")
+            mem = db.execute(f"UPDATE mesh_memory SET updated_at = ?, node_id = ? WHERE {secs} > ? "
+                             "RETURNING scope, key", (now_s, node, after_s)).fetchall()
+            skills = db.execute(f"UPDATE mesh_skills SET updated_at = ?, source_node = ? WHERE {secs} > ? "
+                                "RETURNING name", (now_s, node, after_s)).fetchall()
+        return [layout.memory_id(sc, k) for sc, k in mem] + [layout.skill_id(n) for (n,) in skills]
+
+
 SKIP: Any = object()  # write_row: the row is left as it is and the item waits for the next pass
 
 

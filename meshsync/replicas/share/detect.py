@@ -287,6 +287,11 @@ class ShareDetector:
                 continue
             it2, obs = got
             st = p.state.get(it2)
+            if obs.version is None:  # an empty folder: reported, absent unless synced there (R6, R12)
+                p.problems.append(_empty_skill(rel))
+                if base_live(st):
+                    p.share_unknown.add(it2)
+                continue
             obs = as_found(obs, st, rel, self.cfg.node, skill=True)
             if st is not None and obs.version is not None and obs.version.same(base_of(st)) and \
                     st.share_sig == obs.payload.sig and st.share_hash == obs.payload.hash:
@@ -295,13 +300,21 @@ class ShareDetector:
             changed.add(it2)
         return changed
 
-    def unread(self, it: ItemId, st: State | None, walk: Walk) -> Obs:
+    def unread(self, it: ItemId, st: State | None, walk: Walk) -> Obs | None:
         """The share side of an item the walk did not read: its file is still the one
-        last synced (signature unchanged), or it is absent."""
+        last synced (signature unchanged), or it is absent; None (unknown) when its folder
+        could not be listed (R5: never taken as absent, which read as a delete)."""
         if st is not None and not st.deleted and st.rel is not None:
             fe = walk.memory_entry(st.rel) if it.kind == MEM else walk.skills.get(st.rel)
             if fe is not None:
                 return Obs(base_of(st), True, ShareFile(fe.sig if fe.settled else None, fe.sig))
+        if walk.unknown:
+            try:
+                rel = st.rel if st is not None and st.rel else layout.item_path(it, self.cfg.node)
+            except layout.LayoutError:
+                return ABSENT
+            if walk.is_unknown(rel):
+                return None
         return ABSENT
 
     # --- reading one item -------------------------------------------------------------------
@@ -345,7 +358,13 @@ class ShareDetector:
             rel = layout.item_path(item, self.cfg.node)
         except layout.LayoutError:
             return
-        lst = self.share.lstat(rel)
+        try:
+            lst = self.share.lstat(rel)
+        except OSError as exc:  # a folder on the way that may not be searched (chmod 000)
+            # R5, R6, R12: unknown, never absent; reported like the full pass reports it.
+            p.problems.append(Problem(rel, f"cannot be examined: {exc.strerror}", "check permissions"))
+            p.share_unknown.add(item)
+            return
         if (lst is not None and st is not None and not st.deleted and item.kind == MEM
                 and self.own_sigs.get(rel) == sig_of(lst) and st.rel == rel):
             p.share_obs[item] = Obs(base_of(st), True, ShareFile(sig_of(lst)))  # our own write
@@ -375,6 +394,14 @@ class ShareDetector:
         if got is None or got[0] != item:
             p.share_unknown.add(item)
             return
+        if got[1].version is None:  # an empty skill folder: absent unless the skill was synced there
+            p.problems.append(_empty_skill(rel))
+            if base_live(st):
+                p.share_unknown.add(item)
+            else:
+                p.share_obs[item] = tomb or ABSENT
+                p.looked_ok += [f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}"]
+            return
         # Its earlier errors (e.g. read mid-write) go now, not at the next full rescan.
         p.looked_ok += [rel] if item.kind == MEM else [rel, f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}"]
         obs = as_found(got[1], st, rel, self.cfg.node, skill=item.kind != MEM)
@@ -387,9 +414,7 @@ class ShareDetector:
         try:
             data, _ = self.share.read(rel, 64 * 1024)
             t_item, stamp, node = formats.parse_tombstone(data)
-        except FileNotFoundError:
-            return None
-        except (FileRefused, FormatError):
+        except (FileRefused, FormatError, OSError):  # none, or ours and broken: no protection lost to a crash
             return None
         if t_item != item:
             return None
@@ -456,6 +481,11 @@ class ShareDetector:
         return changed
 
 
+def _empty_skill(rel: str) -> Problem:
+    return Problem(rel, "skill folder is empty", "add a SKILL.md, or remove the folder; an export that failed "
+                   "part-way (a full share) leaves one behind and fills it once the share has space")
+
+
 def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None,
                problems: list[Problem]) -> tuple[ItemId, Obs] | None:
     """The share side of one skill folder (its files as the walk listed them)."""
@@ -508,6 +538,11 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
     # ignored, neither refused nor rewritten; its rev, made for alpha, no longer matches,
     # so beta's version derives from the folder (after alpha's stamp).
     path = meta.path if meta else None
+    if not files:
+        # An empty folder (e.g. left by an export that failed part-way on a full share):
+        # not a version of the skill.  The caller takes it as absent when the skill has no
+        # synced version there, and as unreadable otherwise (R6, R12).
+        return layout.skill_id(name), ABSENT
     if content is None and path is None:
         problems.append(Problem(rel, "skill folder has no SKILL.md (and skill.json gives no path)",
                                 "add a SKILL.md; the folder is ignored until then"))
