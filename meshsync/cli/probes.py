@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sqlite3
 import struct
 import time
 from pathlib import Path
 
+# The index's lock probe is SQL, so it lives with the index replica (re-exported here).
+from meshsync.replicas.index.queries import LOCK_PROBE_S, index_locked  # noqa: F401
+
 # Less free space than this on the share's, the index's or the cache's file system is a
 # fault: the next write there fails (a pass writes a few pages at a time).
 LOW_SPACE = 64 * 1024
-# A write lock held longer than this by another connection is reported (meshsync's own
-# transactions last milliseconds; the daemon waits index_busy_timeout before giving up).
-LOCK_PROBE_S = 1.0
 PROBE_BYTES = 8192  # a write probe writes this much: an empty file fits on a full disk
 
 _FS_IOC_GETFLAGS = 0x80086601  # Linux ioctl (long-sized flags, as chattr/lsattr use)
@@ -74,26 +73,6 @@ def immutable(p: Path) -> str | None:
     finally:
         os.close(fd)
     return "immutable" if flags & _IMMUTABLE else "append-only" if flags & _APPEND else None
-
-
-def index_locked(index: Path) -> bool:
-    """Whether another connection has held the index's write lock for LOCK_PROBE_S (the
-    probe waits that long for it, then rolls back at once)."""
-    try:
-        db = sqlite3.connect(f"file:{index}?mode=rw", uri=True, timeout=LOCK_PROBE_S, isolation_level=None)
-    except sqlite3.Error:
-        return False
-    try:
-        db.execute(f"PRAGMA busy_timeout = {int(LOCK_PROBE_S * 1000)}")
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("ROLLBACK")
-        return False
-    except sqlite3.OperationalError as exc:
-        return "locked" in str(exc) or "busy" in str(exc)
-    except sqlite3.Error:
-        return False
-    finally:
-        db.close()
 
 
 def process_state(pid: str | None) -> str | None:

@@ -9,6 +9,7 @@ deleted under it is written back; a damaged file is named by ``quick_check``.
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,18 @@ class IndexError_(Exception):
 
 class IndexGone(IndexError_):
     """The index file was deleted or replaced under the process that has it open (R12)."""
+
+
+class WrongNode(IndexError_):
+    """The index was made for another node id (a copied index, a wrong MESHSYNC_NODE_ID)."""
+
+
+def wrong_node(path: Path, owner: str, node_id: str) -> str:
+    return (f"index {path} was made for node {owner!r}, not {node_id!r}: each node keeps its own index, "
+            "and this one holds the other node's private items and sync state; nothing was changed.\n"
+            f"  Run this node's commands as node {owner!r} (MESHSYNC_NODE_ID={owner}, or node_id: {owner} in its "
+            f"configuration), or give node {node_id!r} its own index (MESHSYNC_INDEX=/path/to/another.sqlite, then "
+            "`meshsync init`).")
 
 
 class IndexFile:
@@ -35,6 +48,26 @@ class IndexFile:
     def _open(self) -> None: ...  # Index's
 
     def rollback(self) -> None: ...  # Index's
+
+    def meta(self, k: str, default: str | None = None) -> str | None: ...  # Index's
+
+    def write(self) -> Any: ...  # Index's
+
+    def set_meta(self, db: sqlite3.Connection, **kv: str) -> None: ...  # Index's
+
+    def claim(self, node_id: str) -> str:
+        """The index's identity: records ``node_id`` and a random ``index_id`` in an index
+        that has none yet; raises WrongNode for an index made for another node (R11: a
+        copied index or a wrong node id would sync the other node's private items).
+        Returns the index_id."""
+        owner, index_id = self.meta("node_id"), self.meta("index_id")
+        if owner is not None and owner != node_id:
+            raise WrongNode(wrong_node(self.path, owner, node_id))
+        if owner is None or index_id is None:
+            index_id = index_id or secrets.token_hex(8)
+            with self.write() as db:
+                self.set_meta(db, node_id=node_id, index_id=index_id)
+        return index_id
 
     def check_file(self) -> bool:
         """Raise IndexGone unless the index path still names the file this connection
@@ -77,3 +110,12 @@ class IndexFile:
         rows = self.db.execute("PRAGMA quick_check(3)").fetchall()
         return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows)
 
+    def _add_columns(self) -> None:
+        """Columns added since an index was made (its tables exist already)."""
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(meshsync_conflicts)")}
+        if "record" not in cols:
+            try:
+                self.db.execute("ALTER TABLE meshsync_conflicts ADD COLUMN record TEXT")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):  # another process added it meanwhile
+                    raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None

@@ -228,3 +228,29 @@ def health(path: Path) -> Health:
     finally:
         db.close()
     return Health(qc, have, mode, ver is not None, ver[0] if ver else None)
+
+
+# A write lock held longer than this by another connection is reported by status and
+# doctor (meshsync's own transactions last milliseconds; the daemon waits
+# index_busy_timeout before giving up).
+LOCK_PROBE_S = 1.0
+
+
+def index_locked(index: Path) -> bool:
+    """Whether another connection has held the index's write lock for LOCK_PROBE_S (the
+    probe waits that long for it, then rolls back at once)."""
+    try:
+        db = sqlite3.connect(f"file:{index}?mode=rw", uri=True, timeout=LOCK_PROBE_S, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(LOCK_PROBE_S * 1000)}")
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as exc:
+        return "locked" in str(exc) or "busy" in str(exc)
+    except sqlite3.Error:
+        return False
+    finally:
+        db.close()

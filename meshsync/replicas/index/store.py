@@ -16,7 +16,6 @@ foreign write that lands between detection and apply is never overwritten blindl
 from __future__ import annotations
 
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -28,7 +27,7 @@ import orjson
 
 from meshsync.layout import MEM, SKILL, ItemId
 from meshsync.model import CACHE_STEP, KnownSigs, Slice, State
-from meshsync.replicas.index.file import IndexError_, IndexFile, IndexGone
+from meshsync.replicas.index.file import IndexError_, IndexFile, IndexGone, WrongNode, wrong_node  # noqa: F401 (re-exported)
 from meshsync.replicas.index.write import IndexWrites, memory_row_sig, skill_row_sig
 
 SCHEMA_VERSION = "1"
@@ -249,18 +248,6 @@ def storable(text: str) -> str:
 UNUSABLE = ("malformed", "not a database")
 
 
-class WrongNode(IndexError_):
-    """The index was made for another node id (a copied index, a wrong MESHSYNC_NODE_ID)."""
-
-
-def wrong_node(path: Path, owner: str, node_id: str) -> str:
-    return (f"index {path} was made for node {owner!r}, not {node_id!r}: each node keeps its own index, "
-            "and this one holds the other node's private items and sync state; nothing was changed.\n"
-            f"  Run this node's commands as node {owner!r} (MESHSYNC_NODE_ID={owner}, or node_id: {owner} in its "
-            f"configuration), or give node {node_id!r} its own index (MESHSYNC_INDEX=/path/to/another.sqlite, then "
-            "`meshsync init`).")
-
-
 def unusable(exc: BaseException) -> bool:
     """Whether ``exc`` says that the index file cannot be used as it is (see UNUSABLE)."""
     return isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc) for w in UNUSABLE) \
@@ -324,30 +311,6 @@ class Index(IndexWrites, IndexFile):
         except sqlite3.Error as exc:
             self.rollback()
             raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None
-
-    def _add_columns(self) -> None:
-        """Columns added since an index was made (its tables exist already)."""
-        cols = {r[1] for r in self.db.execute("PRAGMA table_info(meshsync_conflicts)")}
-        if "record" not in cols:
-            try:
-                self.db.execute("ALTER TABLE meshsync_conflicts ADD COLUMN record TEXT")
-            except sqlite3.OperationalError as exc:
-                if "duplicate column" not in str(exc):  # another process added it meanwhile
-                    raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None
-
-    def claim(self, node_id: str) -> str:
-        """The index's identity: records ``node_id`` and a random ``index_id`` in an index
-        that has none yet; raises WrongNode for an index made for another node (R11: a
-        copied index or a wrong node id would sync the other node's private items).
-        Returns the index_id."""
-        owner, index_id = self.meta("node_id"), self.meta("index_id")
-        if owner is not None and owner != node_id:
-            raise WrongNode(wrong_node(self.path, owner, node_id))
-        if owner is None or index_id is None:
-            index_id = index_id or secrets.token_hex(8)
-            with self.write() as db:
-                self.set_meta(db, node_id=node_id, index_id=index_id)
-        return index_id
 
     # --- transactions --------------------------------------------------------------------
 

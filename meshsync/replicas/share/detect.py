@@ -486,6 +486,28 @@ def _empty_skill(rel: str) -> Problem:
                    "part-way (a full share) leaves one behind and fills it once the share has space")
 
 
+def _skill_name(share: Share, cfg: Config, rel: str, name_seg: str, meta: formats.SkillMeta | None,
+                problems: list[Problem]) -> str | None:
+    """The skill a folder is: its name decides, as a memory file's name does (R10).  A
+    folder renamed by hand (`mv skills/alpha skills/beta`) is the skill beta; skill.json's
+    stale name is ignored, neither refused nor rewritten (its rev, made for alpha, no
+    longer matches, so beta's version derives from the folder, after alpha's stamp).  A
+    shortened folder name takes the full name from skill.json."""
+    try:
+        name: str | None = layout.decode(name_seg)
+    except layout.Shortened:
+        name = meta.name if meta else None
+    except layout.LayoutError as exc:
+        problems.append(Problem(rel, f"folder name: {exc}", layout.renamed_hint(
+            layout.SKILLS, name_seg, "", lambda t: share.lstat(t) is not None, "skill")))
+        return None
+    if name is None or layout.item_path(layout.skill_id(name), cfg.node) != rel:
+        problems.append(Problem(rel, "skill folder name does not match the name in skill.json",
+                                "rename the folder or fix skill.json's name"))
+        return None
+    return name
+
+
 def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None,
                problems: list[Problem]) -> tuple[ItemId, Obs] | None:
     """The share side of one skill folder (its files as the walk listed them)."""
@@ -521,22 +543,9 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
                 return None
         else:
             extras.append((sub, formats.digest_bytes(data)))
-    try:
-        name: str | None = layout.decode(name_seg)
-    except layout.Shortened:
-        name = meta.name if meta else None
-    except layout.LayoutError as exc:
-        problems.append(Problem(rel, f"folder name: {exc}", layout.renamed_hint(
-            layout.SKILLS, name_seg, "", lambda t: share.lstat(t) is not None, "skill")))
+    name = _skill_name(share, cfg, rel, name_seg, meta, problems)
+    if name is None:
         return None
-    if name is None or layout.item_path(layout.skill_id(name), cfg.node) != rel:
-        problems.append(Problem(rel, "skill folder name does not match the name in skill.json",
-                                "rename the folder or fix skill.json's name"))
-        return None
-    # The folder name decides, as a memory file's name does (R10): a folder renamed by
-    # hand (`mv skills/alpha skills/beta`) is the skill beta.  skill.json's stale name is
-    # ignored, neither refused nor rewritten; its rev, made for alpha, no longer matches,
-    # so beta's version derives from the folder (after alpha's stamp).
     path = meta.path if meta else None
     if not files:
         # An empty folder (e.g. left by an export that failed part-way on a full share):
