@@ -8,6 +8,7 @@ every change travels daemon -> folder -> Syncthing -> peer's folder -> peer's da
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -423,4 +424,114 @@ def test_start_order_does_not_matter(mesh: Mesh, syncthing):
     wait_for(lambda: agreed([a, b, c]), SLOW, what="every index and cache agree")
     for n in (a, b, c):
         assert n.status()["share"]["available"] is True
+        assert problems(n) == [], (n.node_id, problems(n))
+
+
+def conflicts(n: MeshNode) -> dict[str, list]:
+    """The node's conflict history: item -> the beaten values."""
+    out: dict[str, list] = {}
+    for r in json.loads(n.cli("conflicts", "--json").stdout):
+        out.setdefault(r["item"], []).append(r["beaten"]["value"])
+    return out
+
+
+def test_conflict_copies_are_folded_into_newest_wins(mesh: Mesh, syncthing):
+    """Issue 17's first point (R1, R2 on Syncthing): B is cut off while both nodes write
+    the same items; back together, Syncthing keeps one file of each and renames the other
+    to `<name>.sync-conflict-<date>-<time>-<device>.<ext>`, also inside the skill's folder.
+    meshsync folds each copy into newest-`updated_at`-wins like any other version: the
+    winner everywhere (for k2 it is the copy's version: B wrote last, but its file's
+    mtime is an hour back, so Syncthing kept A's file), the beaten version in every
+    node's conflict history, no item made from a copy's name, and no copy left once its
+    version is recorded."""
+    stm = syncthing("a", "b")
+    a = st_node(mesh, stm, "a")
+    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
+    b = st_node(mesh, stm, "b")
+    md = a.home / "SKILL.md"
+    md.write_text(skill_text("tool", "base"))
+    a.cli("put", "mesh", "k1", '"base"')
+    a.cli("put", "mesh", "k2", '"base"')
+    a.cli("skill", "put", "tool", str(md))
+    for n in (a, b):
+        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    wait_value([a, b], "mesh", "k2", "base")
+    wait_for(lambda: cache_skills(b).get("tool.md") == skill_text("tool", "base").encode(), SLOW, what="skill")
+    stm.wait_in_sync(SLOW)
+
+    stm["b"].stop()
+    md_b = b.home / "SKILL.md"
+    md_b.write_text(skill_text("tool", "b, older"))
+    b.cli("skill", "put", "tool", str(md_b))
+    b.cli("put", "mesh", "k1", '"b, older"')
+    a.cli("put", "mesh", "k2", '"a, older"')
+    md.write_text(skill_text("tool", "a, newer"))
+    a.cli("skill", "put", "tool", str(md))
+    a.cli("put", "mesh", "k1", '"a, newer"')
+    b.cli("put", "mesh", "k2", '"b, newer"')
+    k2_b = stm["b"].folder / "memory" / "mesh" / "k2.json"
+    wait_for(lambda: json.loads(k2_b.read_text())["value"] == "b, newer", SLOW, what="b's k2 file")
+    hour_back = time.time() - 3600
+    os.utime(k2_b, (hour_back, hour_back))  # Syncthing keeps the newer mtime: A's file
+    wait_for(lambda: b.value("mesh", "k2") == "b, newer", SLOW, what="b's index")
+    stm["b"].start()
+    stm.wait_connected()
+
+    wait_value([a, b], "mesh", "k1", "a, newer")
+    wait_value([a, b], "mesh", "k2", "b, newer")
+    want_md = skill_text("tool", "a, newer")
+    wait_for(lambda: all(cache_skills(n).get("tool.md") == want_md.encode() for n in (a, b)), SLOW,
+             what="the newer skill on both")
+    wait_no_copies(stm, skills=True)
+    stm.wait_in_sync(SLOW)
+    for n in (a, b):
+        wait_full_pass(n, time.time())
+    for n in (a, b):
+        h = conflicts(n)
+        assert "b, older" in h.get("mesh:k1", []), (n.node_id, h)
+        assert "a, older" in h.get("mesh:k2", []), (n.node_id, h)
+        assert skill_text("tool", "b, older") in h.get("skill:tool", []), (n.node_id, h)
+        assert not [k for k in rows(n) if "sync-conflict" in k] and not [s for s in skills(n) if "sync-conflict" in s]
+        assert problems(n) == [], (n.node_id, problems(n))
+    assert agreed([a, b])
+    for x in ("a", "b"):
+        f = stm[x].folder
+        assert json.loads((f / "memory" / "mesh" / "k2.json").read_text())["value"] == "b, newer"
+        assert (f / "skills" / "tool" / "SKILL.md").read_text() == want_md
+
+
+def test_a_skill_whose_skill_json_arrives_late_leaves_no_copy(mesh: Mesh, syncthing):
+    """A skill's files travel one by one: B gets A's new SKILL.md before its skill.json
+    (made certain here by ignoring skill.json on B for a while), takes the pair for a
+    hand edit and writes its own skill.json; when A's arrives, Syncthing keeps one and
+    renames the other a conflict copy.  Both describe the same content: the nodes agree
+    on one version and the copy is folded away (R1, R8)."""
+    stm = syncthing("a", "b")
+    a = st_node(mesh, stm, "a")
+    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
+    b = st_node(mesh, stm, "b")
+    md = a.home / "SKILL.md"
+    md.write_text(skill_text("tool", "first"))
+    a.cli("skill", "put", "tool", str(md))
+    for n in (a, b):
+        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    wait_for(lambda: cache_skills(b).get("tool.md") == skill_text("tool", "first").encode(), SLOW, what="skill")
+    stm.wait_in_sync(SLOW)
+    sj = stm["b"].folder / "skills" / "tool" / "skill.json"
+    before = sj.read_bytes()
+    fid = stm.folder_id
+    stm["b"].request("POST", f"/rest/db/ignores?folder={fid}", {"ignore": ["/skills/tool/skill.json"]})
+    md.write_text(skill_text("tool", "second"))
+    a.cli("skill", "put", "tool", str(md))
+    wait_for(lambda: cache_skills(b).get("tool.md") == skill_text("tool", "second").encode(), SLOW,
+             what="the new SKILL.md imported on b")
+    wait_for(lambda: sj.read_bytes() != before, SLOW, what="b's own skill.json")
+    stm["b"].request("POST", f"/rest/db/ignores?folder={fid}", {"ignore": []})
+    stm.wait_in_sync(SLOW)
+    wait_no_copies(stm, skills=True)
+    stm.wait_in_sync(SLOW)
+    wait_for(lambda: agreed([a, b]), SLOW, what="one version of the skill on both")
+    for x in ("a", "b"):
+        assert (stm[x].folder / "skills" / "tool" / "SKILL.md").read_text() == skill_text("tool", "second")
+    for n in (a, b):
         assert problems(n) == [], (n.node_id, problems(n))
