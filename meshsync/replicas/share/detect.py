@@ -21,9 +21,9 @@ from meshsync import formats, layout, syncthing
 from meshsync.formats import FormatError
 from meshsync.layout import MEM, NOT_UTF8_NAME, not_unicode
 from meshsync.model import ABSENT, ItemId, Obs, Pass, Problem, State, Version, base_live, base_of
-from meshsync.payloads import ShareFile, ShareMem, ShareSkill
+from meshsync.payloads import CopySkill, ShareFile, ShareMem, ShareSkill
 from meshsync.reconcile import effective
-from meshsync.replicas.share import memread
+from meshsync.replicas.share import copies, memread
 from meshsync.replicas.share.store import FileEntry, FileRefused, Share, Walk, settled, sig_of
 
 BATCH = 500  # items a first import hands to the rest of the pipeline at a time
@@ -258,11 +258,12 @@ class ShareDetector:
     # --- reading one item -------------------------------------------------------------------
 
     def read_memory(self, rel: str, sig: str | None, problems: list[Problem],
-                    got: memread.Read | Problem | None | bool = False) -> tuple[ItemId, Obs] | None:
+                    got: memread.Read | Problem | None | bool = False,
+                    as_rel: str | None = None) -> tuple[ItemId, Obs] | None:
         """The share side of one memory file; ``got`` is its reading by memread.read_all
-        (False: read it here)."""
+        (False: read it here, as the file at ``as_rel`` when it is a conflict copy)."""
         if got is False:
-            got = memread.read(self.share, rel, self.cfg.node, self.cfg.max_json_depth)
+            got = memread.read(self.share, rel, self.cfg.node, self.cfg.max_json_depth, as_rel)
         if got is None:
             return None
         if isinstance(got, Problem):
@@ -281,9 +282,14 @@ class ShareDetector:
             v = Version(max(declared, mtime_ns // 1_000_000), rec.node or self.cfg.node, rec.digest)
         return it, Obs(v, rec.trusted, ShareMem(rec, sig, h, read_sig))
 
-    def read_skill(self, rel: str, files: list, sig: str | None,
-                   problems: list[Problem]) -> tuple[ItemId, Obs] | None:
-        return read_skill(self.share, self.cfg, rel, files, sig, problems)
+    def read_skill(self, rel: str, files: list, sig: str | None, problems: list[Problem],
+                   copies: dict[str, FileEntry] | None = None) -> tuple[ItemId, Obs] | None:
+        return read_skill(self.share, self.cfg, rel, files, sig, problems, copies)
+
+    def conflict_copies(self, p: Pass) -> set[ItemId]:
+        """Syncthing's conflict copies the walk found, as more observations of their
+        items (replicas/share/copies.py)."""
+        return copies.observe(self, p)
 
     # --- a targeted pass ----------------------------------------------------------------------
 
@@ -417,41 +423,10 @@ class ShareDetector:
         return changed
 
 
-def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None,
-               problems: list[Problem]) -> tuple[ItemId, Obs] | None:
-    """The share side of one skill folder (its files as the walk listed them)."""
-    name_seg = rel.rsplit("/", 1)[-1]
-    if not_unicode(name_seg) or not_unicode(decoded(name_seg)):  # R6: see read_memory
-        problems.append(Problem(rel, "folder " + NOT_UTF8_NAME[5:], "rename it to a name that is valid UTF-8"))
-        return None
-    content: bytes | None = None
-    meta: formats.SkillMeta | None = None
-    extras: list[tuple[str, str]] = []
-    newest = 0
-    for fe in files:
-        sub = fe.rel[len(rel) + 1:]
-        limit = cfg.max_skill_bytes if sub == layout.SKILL_MD else None
-        try:
-            # The hint names the limit that applies (it said max_file_bytes for a SKILL.md).
-            data, st = share.read(fe.rel, limit, "limits.max_skill_bytes" if limit else "limits.max_file_bytes")
-        except FileRefused as exc:
-            problems.append(exc.problem)
-            if sub in (layout.SKILL_MD, layout.SKILL_JSON):
-                return None
-            continue
-        except FileNotFoundError:
-            return None
-        newest = max(newest, st.st_mtime_ns // 1_000_000)
-        if sub == layout.SKILL_MD:
-            content = data
-        elif sub == layout.SKILL_JSON:
-            try:
-                meta = formats.parse_skill_json(data)
-            except FormatError as exc:
-                problems.append(Problem(fe.rel, str(exc), "fix skill.json or delete it (it is optional)"))
-                return None
-        else:
-            extras.append((sub, formats.digest_bytes(data)))
+def _skill_name(cfg: Config, rel: str, name_seg: str, meta: formats.SkillMeta | None,
+                problems: list[Problem]) -> str | None:
+    """The skill a folder holds: its name decoded (a shortened one from skill.json),
+    which skill.json must not contradict; None (reported) when they disagree."""
     try:
         name: str | None = layout.decode(name_seg)
     except layout.Shortened:
@@ -466,6 +441,56 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
     if meta is not None and meta.name is not None and meta.name != name:
         problems.append(Problem(f"{rel}/{layout.SKILL_JSON}", f"says name {meta.name!r} but the folder means {name!r}",
                                 "fix the name in skill.json or rename the folder"))
+        return None
+    return name
+
+
+def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None,
+               problems: list[Problem], copies: dict[str, FileEntry] | None = None) -> tuple[ItemId, Obs] | None:
+    """The share side of one skill folder (its files as the walk listed them).  With
+    ``copies`` (a file's path -> its conflict copy), the folder as those copies make it
+    (replicas/share/copies.py): what it claims is taken from the copies alone."""
+    name_seg = rel.rsplit("/", 1)[-1]
+    if not_unicode(name_seg) or not_unicode(decoded(name_seg)):  # R6: see read_memory
+        problems.append(Problem(rel, "folder " + NOT_UTF8_NAME[5:], "rename it to a name that is valid UTF-8"))
+        return None
+    content: bytes | None = None
+    meta: formats.SkillMeta | None = None
+    own_meta = copies is None  # a copy's version claims only what its own skill.json says
+    extras: list[tuple[str, str]] = []
+    newest = 0
+    entries = [(fe.rel, fe) for fe in files]
+    if copies:
+        entries = sorted({**dict(entries), **copies}.items())
+    for orig, fe in entries:
+        sub = orig[len(rel) + 1:]
+        from_copy = copies is not None and orig in copies
+        limit = cfg.max_skill_bytes if sub == layout.SKILL_MD else None
+        try:
+            # The hint names the limit that applies (it said max_file_bytes for a SKILL.md).
+            data, st = share.read(fe.rel, limit, "limits.max_skill_bytes" if limit else "limits.max_file_bytes")
+        except FileRefused as exc:
+            problems.append(exc.problem)
+            if sub in (layout.SKILL_MD, layout.SKILL_JSON):
+                return None
+            continue
+        except FileNotFoundError:
+            return None
+        if copies is None or from_copy:
+            newest = max(newest, st.st_mtime_ns // 1_000_000)
+        if sub == layout.SKILL_MD:
+            content = data
+        elif sub == layout.SKILL_JSON:
+            own_meta = own_meta or from_copy
+            try:
+                meta = formats.parse_skill_json(data)
+            except FormatError as exc:
+                problems.append(Problem(fe.rel, str(exc), "fix skill.json or delete it (it is optional)"))
+                return None
+        else:
+            extras.append((sub, formats.digest_bytes(data)))
+    name = _skill_name(cfg, rel, name_seg, meta, problems)
+    if name is None:
         return None
     path = meta.path if meta else None
     if content is None and path is None:
@@ -486,7 +511,14 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
     if trusted:
         v = Version(meta.stamp, meta.node, digest)  # type: ignore[union-attr,arg-type]
     else:
-        declared = meta.stamp + 1 if meta and meta.stamp is not None else 0  # after it: see ShareDetector.read_memory
-        v = Version(max(declared, newest), (meta.node if meta and meta.node else cfg.node), digest)
+        claims = meta if own_meta else None  # another version's skill.json names no time of this one
+        declared = claims.stamp + 1 if claims and claims.stamp is not None else 0  # see ShareDetector.read_memory
+        v = Version(max(declared, newest), (claims.node if claims and claims.node else cfg.node), digest)
+    if copies:
+        own = (f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}")  # an export writes these itself
+        return it, Obs(v, True, CopySkill(content, path, ex, None, digest, None,
+                                          tuple((fe.rel, fe.sig) for fe in copies.values()),
+                                          tuple((fe.rel, orig, fe.sig) for orig, fe in sorted(copies.items())
+                                                if orig not in own)))
     md = next((fe.sig for fe in files if fe.rel == f"{rel}/{layout.SKILL_MD}"), "")
     return it, Obs(v, trusted, ShareSkill(content, path, ex, sig, digest, md))
