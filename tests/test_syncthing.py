@@ -16,6 +16,8 @@ import pytest
 from helpers import Mesh, MeshNode, wait_for
 from syncthing_helpers import SyncthingMesh, wait_file
 
+from meshsync.replicas.index.store import Index
+
 UPSERT = ("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?, ?, ?, ?, ?) "
           "ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value, node_id = excluded.node_id, "
           "updated_at = excluded.updated_at")
@@ -45,13 +47,27 @@ def skill_text(name: str, body: str) -> str:
 
 
 def st_node(mesh: Mesh, stm: SyncthingMesh, name: str, init: bool = True) -> MeshNode:
-    """The meshsync node ``name`` on Syncthing instance ``name``'s folder."""
+    """The meshsync node ``name`` on Syncthing instance ``name``'s folder (``init``:
+    `meshsync init` run as it)."""
     return mesh.node(name, share=stm[name].folder, init=init)
 
 
-def start_daemon(n: MeshNode, **env: str) -> None:
-    n.start(**env)
-    wait_for(lambda: "ready: first pass done" in n.log(), SLOW, what=f"{n.node_id}'s daemon ready")
+def joined(mesh: Mesh, stm: SyncthingMesh, name: str) -> MeshNode:
+    """Node ``name`` once the share's marker has reached its folder through Syncthing;
+    its index made in-process, as `meshsync init` would make it (a process start saved:
+    test_writes_from_every_entry_point_reach_every_node runs `init` on every node)."""
+    wait_file(stm[name].folder / ".meshsync" / "README", timeout=SLOW)
+    n = st_node(mesh, stm, name, init=False)
+    Index(n.index).close()
+    return n
+
+
+def start_daemon(*nodes: MeshNode, **env: str) -> None:
+    """Start the daemons of ``nodes`` side by side and wait until each is ready."""
+    for n in nodes:
+        n.start(**env)
+    for n in nodes:
+        wait_for(lambda n=n: "ready: first pass done" in n.log(), SLOW, what=f"{n.node_id}'s daemon ready")
 
 
 def rows(n: MeshNode) -> dict[str, tuple]:
@@ -98,11 +114,14 @@ def problems(n: MeshNode) -> list:
 
 
 def wait_full_pass(n: MeshNode, after: float) -> None:
-    """Wait until the daemon of ``n`` has run a full rescan that started after ``after``."""
+    """Wait until the daemon of ``n`` has run a full rescan that started after ``after``
+    (status's last_pass, read from the index: a `status` process per poll took longer
+    than the 2 s rescans waited for)."""
     def done() -> bool:
-        lp = n.status().get("last_pass") or {}
+        got = n.sql("SELECT v FROM meshsync_meta WHERE k = 'last_pass'")
+        lp = json.loads(got[0][0]) if got and got[0][0] else {}
         return bool(lp.get("full")) and lp.get("started", 0) > after
-    wait_for(done, SLOW, interval=0.2, what=f"a full pass of {n.node_id} after {after}")
+    wait_for(done, SLOW, interval=0.1, what=f"a full pass of {n.node_id} after {after}")
 
 
 def sync_conflicts(root: Path) -> list[str]:
@@ -129,8 +148,7 @@ def test_writes_from_every_entry_point_reach_every_node(mesh: Mesh, syncthing, n
     for other in names[1:]:  # the marker reaches each replica through Syncthing
         wait_file(stm[other].folder / ".meshsync" / "README", timeout=SLOW)
     nodes = [first] + [st_node(mesh, stm, n) for n in names[1:]]
-    for n in nodes:
-        start_daemon(n)
+    start_daemon(*nodes)
 
     # The CLI on the first node, a foreign SQLite writer on the second, a hand-made file
     # in the last node's folder, a skill through the CLI.
@@ -181,9 +199,7 @@ def test_offline_node_does_not_bring_deleted_items_back(mesh: Mesh, syncthing):
     When C's Syncthing is back, the deletes reach C and nothing comes back anywhere."""
     stm = syncthing("a", "b", "c")
     a = st_node(mesh, stm, "a")
-    for other in ("b", "c"):
-        wait_file(stm[other].folder / ".meshsync" / "README", timeout=SLOW)
-    b, c = st_node(mesh, stm, "b"), st_node(mesh, stm, "c")
+    b, c = joined(mesh, stm, "b"), joined(mesh, stm, "c")
     nodes = [a, b, c]
     keys = [f"k{i}" for i in range(30)]
     for k in keys:
@@ -191,8 +207,7 @@ def test_offline_node_does_not_bring_deleted_items_back(mesh: Mesh, syncthing):
     skill_md = a.home / "SKILL.md"
     skill_md.write_text(skill_text("old", "old"))
     a.cli("skill", "put", "old", str(skill_md))
-    for n in nodes:
-        start_daemon(n)
+    start_daemon(*nodes)
     wait_for(lambda: all(len(rows(n)) == 30 and "old.md" in cache_skills(n) for n in nodes), SLOW,
              what="every item on every node")
     stm.wait_in_sync(SLOW)
@@ -238,11 +253,9 @@ def test_delete_and_update_while_apart_newer_wins(mesh: Mesh, syncthing, newer):
     meshsync's side the newer of the two wins, on both nodes, and nothing is left over."""
     stm = syncthing("a", "b")
     a = st_node(mesh, stm, "a")
-    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
-    b = st_node(mesh, stm, "b")
+    b = joined(mesh, stm, "b")
     a.cli("put", "mesh", "k", '"base"')
-    for n in (a, b):
-        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    start_daemon(a, b, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
     wait_value([a, b], "mesh", "k", "base")
     stm.wait_in_sync(SLOW)
     stm["b"].stop()
@@ -283,15 +296,13 @@ def test_the_same_delete_on_two_nodes_apart_leaves_no_copy(mesh: Mesh, syncthing
     kept at the tombstone's path (R4) and the copy removed, so none piles up."""
     stm = syncthing("a", "b")
     a = st_node(mesh, stm, "a")
-    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
-    b = st_node(mesh, stm, "b")
+    b = joined(mesh, stm, "b")
     md = a.home / "SKILL.md"
     md.write_text(skill_text("gone", "soon"))
     a.cli("skill", "put", "gone", str(md))
     for k in ("k1", "k2", "kept"):
         a.cli("put", "mesh", k, f'"{k}"')
-    for n in (a, b):
-        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    start_daemon(a, b, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
     wait_value([a, b], "mesh", "kept", "kept")
     wait_for(lambda: "gone.md" in cache_skills(b), SLOW, what="the skill on b")
     stm.wait_in_sync(SLOW)
@@ -331,8 +342,7 @@ def test_syncthing_files_are_never_items_nor_problems(mesh: Mesh, syncthing):
     stm["b"].set_folder(versioning={"type": "simple", "params": {"keep": "5"}, "cleanupIntervalS": 3600,
                                     "fsPath": "", "fsType": "basic"})
     a = st_node(mesh, stm, "a")
-    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
-    b = st_node(mesh, stm, "b")
+    b = joined(mesh, stm, "b")
     for name in ("a", "b"):
         (stm[name].folder / ".stignore").write_text("// meshsync's own temporary files\n(?d).meshsync-tmp-*\n")
     skill_md = a.home / "SKILL.md"
@@ -340,8 +350,7 @@ def test_syncthing_files_are_never_items_nor_problems(mesh: Mesh, syncthing):
     a.cli("put", "mesh", "kept", '"one"')
     a.cli("put", "mesh", "dropped", '"soon gone"')
     a.cli("skill", "put", "tool", str(skill_md))
-    for n in (a, b):
-        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    start_daemon(a, b, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
     wait_value([a, b], "mesh", "dropped", "soon gone")
     wait_for(lambda: cache_skills(b).get("tool.md") == skill_text("tool", "first").encode(), SLOW, what="skill on b")
 
@@ -441,15 +450,13 @@ def test_conflict_copies_are_folded_into_newest_wins(mesh: Mesh, syncthing):
     version is recorded."""
     stm = syncthing("a", "b")
     a = st_node(mesh, stm, "a")
-    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
-    b = st_node(mesh, stm, "b")
+    b = joined(mesh, stm, "b")
     md = a.home / "SKILL.md"
     md.write_text(skill_text("tool", "base"))
     a.cli("put", "mesh", "k1", '"base"')
     a.cli("put", "mesh", "k2", '"base"')
     a.cli("skill", "put", "tool", str(md))
-    for n in (a, b):
-        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    start_daemon(a, b, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
     wait_value([a, b], "mesh", "k2", "base")
     wait_for(lambda: cache_skills(b).get("tool.md") == skill_text("tool", "base").encode(), SLOW, what="skill")
     stm.wait_in_sync(SLOW)
@@ -510,13 +517,11 @@ def test_a_skill_whose_skill_json_arrives_late_leaves_no_copy(mesh: Mesh, syncth
     nodes agree on one version (R1, R8)."""
     stm = syncthing("a", "b")
     a = st_node(mesh, stm, "a")
-    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
-    b = st_node(mesh, stm, "b")
+    b = joined(mesh, stm, "b")
     md = a.home / "SKILL.md"
     md.write_text(skill_text("tool", "first"))
     a.cli("skill", "put", "tool", str(md))
-    for n in (a, b):
-        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    start_daemon(a, b, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
     wait_for(lambda: cache_skills(b).get("tool.md") == skill_text("tool", "first").encode(), SLOW, what="skill")
     stm.wait_in_sync(SLOW)
     fid = stm.folder_id
