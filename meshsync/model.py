@@ -51,6 +51,13 @@ SHARE = "share"
 INDEX = "index"
 CACHE = "cache"
 SIDES = (SHARE, INDEX, CACHE)
+# A conflict copy Syncthing kept of the item's share file ("copy:<its share path>"): one
+# more observation of the share, taken as it is, never written (reconcile.py).
+COPY = "copy:"
+
+
+def is_copy(side: str) -> bool:
+    return side.startswith(COPY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +281,7 @@ class Pass:
     # detection's results
     share_obs: dict[ItemId, Obs] = field(default_factory=dict)
     share_unknown: set[ItemId] = field(default_factory=set)  # items whose share file could not be read
+    share_copies: dict[ItemId, dict[str, Obs]] = field(default_factory=dict)  # conflict copies: side -> obs
     problems: list[Problem] = field(default_factory=list)  # files refused this pass
     index_problems: dict[ItemId, RowProblem] = field(default_factory=dict)  # per row (None: fine)
     refused_read: list[ItemId] = field(default_factory=list)  # rows in scopes this node may not read

@@ -23,16 +23,28 @@ Vocabulary
   is taken as written now; a trusted one (exported by a node before it was caught) ranks
   below every plausible version and is no floor for the writes after it.  Skews of
   minutes are far below the hour, so R3 is unchanged.
+* A **conflict copy** (side ``copy:<path>``, model.COPY) is a version Syncthing kept
+  beside the share file when two nodes changed it while apart.  It is one more
+  observation of the share, taken as it is (it is no local write made after the base,
+  so it is never stamped after it), and it is never written: once its version is
+  recorded the copy is removed (engine/propagate.py).  Since it proves that the
+  version in it and the one in the share file were written concurrently, the one of
+  them that loses is beaten even when it is this node's base (R2).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from meshsync.model import ABSENT, CACHE, INDEX, SHARE, SIDES, Obs, Plan, Version
+from meshsync.model import ABSENT, CACHE, COPY, INDEX, SHARE, SIDES, Obs, Plan, Version, is_copy
 
-__all__ = ["ABSENT", "CACHE", "FUTURE_MS", "INDEX", "SHARE", "SIDES", "Obs", "Plan", "Version", "effective",
-           "reconcile"]
+__all__ = ["ABSENT", "CACHE", "COPY", "FUTURE_MS", "INDEX", "SHARE", "SIDES", "Obs", "Plan", "Version",
+           "effective", "reconcile"]
+
+
+def _on_share(side: str) -> bool:
+    return side == SHARE or is_copy(side)
+
 
 FUTURE_MS = 3_600_000  # a stamp this far ahead of the pass's clock is from the future (R12)
 
@@ -71,20 +83,23 @@ def reconcile(
     we may not write is reported as refused rather than dropped.
     """
     horizon = now_ms + FUTURE_MS
+    copies = sorted(s for s in sides if is_copy(s))
     cands: list[tuple[str, Version]] = []
-    for side in SIDES:
+    # The share's versions first (the file, then its copies): of equal versions, the
+    # one on the share is the source (a copy holds a skill's files, not only SKILL.md).
+    for side in (SHARE, *copies, INDEX, CACHE):
         obs = sides.get(side)
         if obs is None:
             continue
-        v = effective(obs, base, now_ms, node, horizon)
+        v = obs.version if is_copy(side) else effective(obs, base, now_ms, node, horizon)
         if v is not None:
             cands.append((side, v))
-    if SHARE not in writable and any(s == SHARE for s, _ in cands):
+    if SHARE not in writable and any(_on_share(s) for s, _ in cands):
         # A node that may not write the share follows it (R1, R9): a side that merely
         # still holds the base is no local write, so it must not out-vote whatever the
         # share holds now (e.g. another node's normalisation of a hand edit, stamped
         # from that node's older base) and must not be reported as a refused write.
-        cands = [(s, v) for s, v in cands if s == SHARE or not (base is not None and v.same(base))]
+        cands = [(s, v) for s, v in cands if _on_share(s) or not (base is not None and v.same(base))]
     if not cands:
         # Nothing anywhere: keep a tombstone we already had (until retention), else nothing.
         return Plan(base if base is not None and base.deleted else None, None, set(), [])
@@ -114,15 +129,18 @@ def reconcile(
     blocked = write - writable
     if blocked:
         write -= blocked
-        if src not in blocked:
+        if src not in blocked and not is_copy(src):  # a copy is the share's: importing it is no local write
             refused = [(s, win) for s in sorted(blocked)]
 
+    # Copies beside a winner from the share: the share's versions were written
+    # concurrently, and the base among them lost to another, not to a later write.
+    contested = bool(copies) and _on_share(src)
     beaten: list[tuple[str, Version, Any]] = []
     seen: set[str] = set()
     for side, v in cands:
         if v.deleted or v.digest == win.digest or v.digest in seen:
             continue
-        if base is not None and v.same(base):
+        if base is not None and v.same(base) and not (contested and _on_share(side)):
             continue  # the version everybody had: overwritten, not beaten
         seen.add(v.digest)
         beaten.append((side, v, sides[side].payload))

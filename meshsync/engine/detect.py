@@ -154,6 +154,7 @@ def full(node: Node, p: Pass, outbox: set[ItemId],
     p.stats.scanned = len(walk.memory) + walk.same_count() + len(walk.skills)
     candidates = det.changed(p, node.index, settle_early if first else None)
     candidates |= det.tombstones(p)
+    candidates |= det.conflict_copies(p)  # Syncthing's: versions of their items (R1, R2)
     candidates |= outbox  # foreign writes to the index (other SQLite clients, the CLI)
     candidates -= p.early
     p.state.want(outbox, len(walk.known))  # not one query per item when 10k rows were written

@@ -279,7 +279,7 @@ class ExportBatch:
         digest = win.digest
         share_sig = share_hash = None
         try:
-            if not share_write.unchanged(share, rel, sh_obs, it):
+            if not share_write.unchanged(share, rel, sh_obs, it) or not share_write.copies_unchanged(share, src):
                 # Changed since we looked, or a file we could not read is in the way:
                 # keep the item queued so a local write is not forgotten (R2).
                 p.deferred.append(it)
@@ -288,6 +288,8 @@ class ExportBatch:
                 share_write.export_delete(share, it, rel, win, self.node.node, sh_obs)
             else:
                 extras = sh_obs.payload.skill_extras() if sh_obs is not None and sh_obs.payload is not None else None
+                if src is not None and src.copy_moves():
+                    extras = src.skill_extras()  # a conflict copy's version brings its own files
                 if extras is None:
                     extras = aux or ""
                 if src is None or src.skill_bytes() is None:
@@ -375,6 +377,17 @@ class ExportBatch:
             if self.moved:
                 idx.set_meta(db, cache_owed="1")  # with the rows it is owed for; see commit.py
             idx.clear_meta(db, "export_intents")  # see intents.py
+        self._remove_copies(pending, {it for it, _ in states})
+
+    def _remove_copies(self, pending: list[Pending], done: set[ItemId]) -> None:
+        """Syncthing's conflict copies of the items just committed: their versions are
+        recorded now (the winner on every side, a loser in the conflict history), so the
+        copies go (R2: never before).  Only by a node that may write the item's scope."""
+        policy = self.node.policy
+        copies = [c for it, _, sides, _ in pending if it in done and policy.writable(it)
+                  for o in sides.values() if o.payload is not None for c in o.payload.conflict_copies()]
+        for rel in share_write.remove_copies(self.node.share, copies) if copies else ():
+            log.info("conflict copy %s folded: its version is recorded", rel)
 
     def _index_item(self, db: sqlite3.Connection, it: ItemId, plan: Plan, sides: dict[str, Obs], new: State,
                     cur_rows: dict[ItemId, MemoryRow], bulk_done: set[ItemId]) -> bool:

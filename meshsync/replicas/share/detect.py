@@ -21,9 +21,9 @@ from meshsync import formats, layout, syncthing
 from meshsync.formats import FormatError
 from meshsync.layout import MEM, NOT_UTF8_NAME, not_unicode
 from meshsync.model import ABSENT, ItemId, Obs, Pass, Problem, State, Version, base_live, base_of
-from meshsync.payloads import ShareFile, ShareMem, ShareSkill
+from meshsync.payloads import CopySkill, ShareFile, ShareMem, ShareSkill
 from meshsync.reconcile import effective
-from meshsync.replicas.share import memread
+from meshsync.replicas.share import copies, memread
 from meshsync.replicas.share.store import FileEntry, FileRefused, Share, Walk, settled, sig_of
 
 BATCH = 500  # items a first import hands to the rest of the pipeline at a time
@@ -320,11 +320,12 @@ class ShareDetector:
     # --- reading one item -------------------------------------------------------------------
 
     def read_memory(self, rel: str, sig: str | None, problems: list[Problem],
-                    got: memread.Read | Problem | None | bool = False) -> tuple[ItemId, Obs] | None:
+                    got: memread.Read | Problem | None | bool = False,
+                    as_rel: str | None = None) -> tuple[ItemId, Obs] | None:
         """The share side of one memory file; ``got`` is its reading by memread.read_all
-        (False: read it here)."""
+        (False: read it here, as the file at ``as_rel`` when it is a conflict copy)."""
         if got is False:
-            got = memread.read(self.share, rel, self.cfg.node, self.cfg.max_json_depth)
+            got = memread.read(self.share, rel, self.cfg.node, self.cfg.max_json_depth, as_rel)
         if got is None:
             return None
         if isinstance(got, Problem):
@@ -344,9 +345,14 @@ class ShareDetector:
             v = Version(max(declared, mtime_ns // 1_000_000), rec.node or formats.FOREIGN_NODE, rec.digest)
         return it, Obs(v, rec.trusted, ShareMem(rec, sig, h, read_sig))
 
-    def read_skill(self, rel: str, files: list, sig: str | None,
-                   problems: list[Problem]) -> tuple[ItemId, Obs] | None:
-        return read_skill(self.share, self.cfg, rel, files, sig, problems)
+    def read_skill(self, rel: str, files: list, sig: str | None, problems: list[Problem],
+                   copies: dict[str, FileEntry] | None = None) -> tuple[ItemId, Obs] | None:
+        return read_skill(self.share, self.cfg, rel, files, sig, problems, copies)
+
+    def conflict_copies(self, p: Pass) -> set[ItemId]:
+        """Syncthing's conflict copies the walk found, as more observations of their
+        items (replicas/share/copies.py)."""
+        return copies.observe(self, p)
 
     # --- a targeted pass ----------------------------------------------------------------------
 
@@ -508,19 +514,29 @@ def _skill_name(share: Share, cfg: Config, rel: str, name_seg: str, meta: format
     return name
 
 
-def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None,
-               problems: list[Problem]) -> tuple[ItemId, Obs] | None:
-    """The share side of one skill folder (its files as the walk listed them)."""
-    name_seg = rel.rsplit("/", 1)[-1]
-    if not_unicode(name_seg) or not_unicode(decoded(name_seg)):  # R6: see read_memory
-        problems.append(Problem(rel, "folder " + NOT_UTF8_NAME[5:], "rename it to a name that is valid UTF-8"))
-        return None
-    content: bytes | None = None
-    meta: formats.SkillMeta | None = None
-    extras: list[tuple[str, str]] = []
-    newest = 0
-    for fe in files:
-        sub = fe.rel[len(rel) + 1:]
+class _SkillFiles:
+    """What a skill folder's files hold, read once (see read_skill)."""
+
+    def __init__(self) -> None:
+        self.content: bytes | None = None
+        self.meta: formats.SkillMeta | None = None
+        self.own_meta = True  # False: a copy's version, whose skill.json is the share file's
+        self.extras: list[tuple[str, str]] = []
+        self.newest = 0
+
+
+def _read_skill_files(share: Share, cfg: Config, rel: str, files: list, problems: list[Problem],
+                      copies: dict[str, FileEntry] | None) -> _SkillFiles | None:
+    """Read a skill folder's files (with ``copies``: each copy in place of its file);
+    None (reported) when SKILL.md or skill.json cannot be read."""
+    got = _SkillFiles()
+    got.own_meta = copies is None  # a copy's version claims only what its own skill.json says
+    entries = [(fe.rel, fe) for fe in files]
+    if copies:
+        entries = sorted({**dict(entries), **copies}.items())
+    for orig, fe in entries:
+        sub = orig[len(rel) + 1:]
+        from_copy = copies is not None and orig in copies
         limit = cfg.max_skill_bytes if sub == layout.SKILL_MD else None
         try:
             # The hint names the limit that applies (it said max_file_bytes for a SKILL.md).
@@ -532,22 +548,40 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
             continue
         except FileNotFoundError:
             return None
-        newest = max(newest, st.st_mtime_ns // 1_000_000)
+        if copies is None or from_copy:
+            got.newest = max(got.newest, st.st_mtime_ns // 1_000_000)
         if sub == layout.SKILL_MD:
-            content = data
+            got.content = data
         elif sub == layout.SKILL_JSON:
+            got.own_meta = got.own_meta or from_copy
             try:
-                meta = formats.parse_skill_json(data)
+                got.meta = formats.parse_skill_json(data)
             except FormatError as exc:
                 problems.append(Problem(fe.rel, str(exc), "fix skill.json or delete it (it is optional)"))
                 return None
         else:
-            extras.append((sub, formats.digest_bytes(data)))
+            got.extras.append((sub, formats.digest_bytes(data)))
+    return got
+
+
+def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None,
+               problems: list[Problem], copies: dict[str, FileEntry] | None = None) -> tuple[ItemId, Obs] | None:
+    """The share side of one skill folder (its files as the walk listed them).  With
+    ``copies`` (a file's path -> its conflict copy), the folder as those copies make it
+    (replicas/share/copies.py): what it claims is taken from the copies alone."""
+    name_seg = rel.rsplit("/", 1)[-1]
+    if not_unicode(name_seg) or not_unicode(decoded(name_seg)):  # R6: see read_memory
+        problems.append(Problem(rel, "folder " + NOT_UTF8_NAME[5:], "rename it to a name that is valid UTF-8"))
+        return None
+    f = _read_skill_files(share, cfg, rel, files, problems, copies)
+    if f is None:
+        return None
+    content, meta = f.content, f.meta
     name = _skill_name(share, cfg, rel, name_seg, meta, problems)
     if name is None:
         return None
     path = meta.path if meta else None
-    if not files:
+    if not files and not copies:
         # An empty folder (e.g. left by an export that failed part-way on a full share):
         # not a version of the skill.  The caller takes it as absent when the skill has no
         # synced version there, and as unreadable otherwise (R6, R12).
@@ -562,7 +596,7 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
         except UnicodeDecodeError:
             problems.append(Problem(f"{rel}/{layout.SKILL_MD}", "is not UTF-8 text", "save it as UTF-8"))
             return None
-    ex = formats.extras_digest(extras)
+    ex = formats.extras_digest(f.extras)
     digest = formats.skill_digest(content, path, ex)
     it = layout.skill_id(name)
     trusted = bool(meta and meta.rev and meta.node and meta.stamp is not None
@@ -571,8 +605,16 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
         v = Version(meta.stamp, meta.node, digest)  # type: ignore[union-attr,arg-type]
     else:
         # Derived from the folder alone (R10, see as_found): after the version skill.json
-        # names, or its newest file's mtime.
-        declared = meta.stamp + 1 if meta and meta.stamp is not None else 0
-        v = Version(max(declared, newest), (meta.node if meta and meta.node else formats.FOREIGN_NODE), digest)
+        # names (a copy's version: only its own skill.json's), or its newest file's mtime.
+        claims = meta if f.own_meta else None
+        declared = claims.stamp + 1 if claims and claims.stamp is not None else 0
+        v = Version(max(declared, f.newest), (claims.node if claims and claims.node else formats.FOREIGN_NODE),
+                    digest)
+    if copies:
+        own = (f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}")  # an export writes these itself
+        return it, Obs(v, True, CopySkill(content, path, ex, None, digest, None,
+                                          tuple((fe.rel, fe.sig) for fe in copies.values()),
+                                          tuple((fe.rel, orig, fe.sig) for orig, fe in sorted(copies.items())
+                                                if orig not in own)))
     md = next((fe.sig for fe in files if fe.rel == f"{rel}/{layout.SKILL_MD}"), "")
     return it, Obs(v, trusted, ShareSkill(content, path, ex, sig, digest, md))

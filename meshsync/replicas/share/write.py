@@ -75,11 +75,20 @@ def drop_tombstone(share: Share, it: ItemId, node: str) -> None:
     share.remove(layout.tombstone_path(it, node))
 
 
+def copies_unchanged(share: Share, payload: Payload | None) -> bool:
+    """Whether the conflict copies an export will put in place are still as read."""
+    for copy_rel, _, sig in payload.copy_moves() if payload is not None else ():
+        cur = share.lstat(copy_rel)
+        if cur is None or sig_of(cur) != sig:
+            return False
+    return True
+
+
 def export_skill(share: Share, it: ItemId, rel: str, win: Version, node: str, payload: Payload,
                  extras: str, max_skill_bytes: int = 0) -> str:
-    """Write a skill's folder (SKILL.md unless the share holds it already, skill.json)
-    and drop its tombstone; returns the digest written.  A SKILL.md over the readers'
-    limit is never written (formats.TooLarge, R10)."""
+    """Write a skill's folder (SKILL.md unless the share holds it already, the files a
+    winning conflict copy brings, skill.json) and drop its tombstone; returns the digest
+    written.  A SKILL.md over the readers' limit is never written (formats.TooLarge, R10)."""
     got = payload.skill_bytes()
     if got is None:
         raise FileRefused(Problem(rel, "no content to write for the skill", ""))
@@ -87,6 +96,10 @@ def export_skill(share: Share, it: ItemId, rel: str, win: Version, node: str, pa
     if max_skill_bytes and content is not None and len(content) > max_skill_bytes:
         raise formats.TooLarge(len(content), max_skill_bytes)
     digest = formats.skill_digest(content, path, extras)
+    for copy_rel, orig_rel, _ in payload.copy_moves():
+        # A copy's other files, written over the ones they lost to (the copies go once
+        # the pass is recorded: engine/propagate.py).
+        share.write(orig_rel, share.read(copy_rel)[0])
     if not payload.on_share():
         if content is not None:
             share.write(f"{rel}/{layout.SKILL_MD}", content)
@@ -95,3 +108,20 @@ def export_skill(share: Share, it: ItemId, rel: str, win: Version, node: str, pa
     share.write(f"{rel}/{layout.SKILL_JSON}", formats.render_skill_json(it, path, digest, win.stamp, win.node))
     share.remove(layout.tombstone_path(it, node))
     return digest
+
+
+def remove_copies(share: Share, copies: list[tuple[str, str]]) -> list[str]:
+    """Remove conflict copies whose versions the pass has recorded (R2: never before),
+    each only while it is still the file that was read: one changed since is read
+    again by the next pass.  Returns the paths removed."""
+    done = []
+    for rel, sig in copies:
+        cur = share.lstat(rel)
+        if cur is None or sig_of(cur) != sig:
+            continue
+        try:
+            share.remove(rel)
+        except OSError:
+            continue  # e.g. a read-only share: the next pass folds it again (nothing lost)
+        done.append(rel)
+    return done
