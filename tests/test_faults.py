@@ -453,12 +453,16 @@ def test_index_deleted_under_a_running_daemon(mesh: Mesh):
 
 
 def share_files(share: Path) -> dict[str, tuple[bytes, int]]:
-    """Bytes and mtime of every file in the share (the journals and tombstones too)."""
+    """Bytes and mtime of every file in the share (the journals and tombstones too), but
+    the nodes' marks (.meshsync/nodes/: which index serves each node id, R11), which a
+    rebuilt index must renew: they are no item nor version."""
     out = {}
     for dirpath, _dirs, names in os.walk(share):
         for name in names:
             p = Path(dirpath) / name
-            out[str(p.relative_to(share))] = (p.read_bytes(), p.stat().st_mtime_ns)
+            rel = str(p.relative_to(share))
+            if not rel.startswith(".meshsync/nodes/"):
+                out[rel] = (p.read_bytes(), p.stat().st_mtime_ns)
     return out
 
 

@@ -16,6 +16,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,10 @@ def test_a_first_import_that_applies_as_it_reads_ends_as_one_that_reads_first(me
     w.close()
 
     nodes = []
+    # Newer than the files (written just now), yet within the hour that separates a
+    # clock ahead from one far ahead (R12: a stamp beyond it is taken as written now,
+    # which would differ between the two nodes' passes).
+    ahead = int(time.time()) + 600
     for name, early in (("late", False), ("early", True)):
         share = tmp_path / f"share-{name}"
         subprocess.run(["cp", "-a", str(mesh.share), str(share)], check=True)  # fifos and links as they are
@@ -207,7 +212,7 @@ def test_a_first_import_that_applies_as_it_reads_ends_as_one_that_reads_first(me
         db = sqlite3.connect(node.s.index)
         with db:
             for i in range(40, 60):  # 40-49 newer than their files, 50-59 older
-                t = 1_800_000_000 + i if i < 50 else 1_600_000_000
+                t = ahead + i if i < 50 else 1_600_000_000
                 db.execute("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)",
                            ("mesh", f"note.{i:05d}", json.dumps({"from": "index", "i": i}), "sql", t))
             for j in range(5):
@@ -216,7 +221,7 @@ def test_a_first_import_that_applies_as_it_reads_ends_as_one_that_reads_first(me
         db.close()
         home.mkdir()
         (home / "mesh-memory.json").write_text(json.dumps({
-            "mesh:note.00061": {"value": "from the cache", "nodeId": "tool", "ts": 1_900_000_000}}))
+            "mesh:note.00061": {"value": "from the cache", "nodeId": "tool", "ts": ahead + 100}}))
         node.sync()
         nodes.append((node, share, home))
 

@@ -20,8 +20,11 @@ NODE_DIR = REPO / "tests" / "node"
 
 
 def start(n: MeshNode, **env: str) -> None:
+    """Start n's daemon and wait for this start's first pass (the log is appended to
+    across restarts: a restarted daemon's earlier "ready" does not count)."""
+    before = n.log().count("ready: first pass done")
     n.start(**env)
-    wait_for(lambda: "ready: first pass done" in n.log(), 30, what=f"daemon {n.node_id} ready")
+    wait_for(lambda: n.log().count("ready: first pass done") > before, 30, what=f"daemon {n.node_id} ready")
 
 
 def phase1_write(n: MeshNode, change) -> None:
@@ -229,7 +232,7 @@ def test_secret_guard(mesh: Mesh):
     start(a)
     start(b)
     key = "AKIA" + "IOSFODNN7EXAMPLE"
-    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}"}), check=6)  # refused: its own exit code
+    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}"}), check=7)  # refused: its own exit code
     wait_for(lambda: any("aws-access-key" in e["reason"] for e in a.status()["errors"]), 15, what="refused")
     errs = json.dumps(a.status()["errors"])
     assert key not in errs and "mesh:aws" in errs

@@ -152,7 +152,9 @@ def test_foreign_invalid_json_row_is_not_exported_and_last_good_version_stays(me
 
 def test_hand_edit_wins_over_the_version_it_edited_even_with_writer_clock_ahead(mesh, ab):
     a, b = ab
-    ahead = int(time.time()) + 365 * 86400  # the writer's clock is a year ahead
+    # The writer's clock is 40 minutes ahead: R3's clock differences (not yet "far ahead",
+    # which R12 clamps at an hour: tests/test_faults.py).
+    ahead = int(time.time()) + 40 * 60
     foreign_put(a, "mesh", "plan", {"step": 1}, updated_at=ahead)
     sync_json(a)
     sync_json(b)
@@ -178,7 +180,7 @@ def test_hand_edit_wins_when_the_importing_node_never_saw_the_edited_version(mes
     from meshsync.formats import canonical, digest_bytes
 
     a, b = ab
-    ahead = int(time.time()) + 365 * 86400
+    ahead = int(time.time()) + 40 * 60  # ahead, within the hour R12 allows
     original = {"step": 1}
     foreign_put(a, "mesh", "plan", original, updated_at=ahead)
     sync_json(a)

@@ -65,6 +65,8 @@ def cmd_init(s: config.Settings, a: argparse.Namespace) -> int:
     except Locked as exc:
         raise CliError(f"a meshsync daemon (pid {exc.pid}) is running on {s.index}; stop it first "
                        "(systemctl stop meshsync), then run `meshsync init` again", EXIT_BUSY) from None
+    except PermissionError:
+        raise  # another user's lock file or folder: the wrong-user message, exit 2 (cli/main.py, R11)
     except OSError as exc:
         raise CliError(f"cannot create the index's folder {s.index.parent}: {exc.strerror}", EXIT_FAULT) from None
     try:

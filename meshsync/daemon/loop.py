@@ -409,6 +409,8 @@ def run(settings: Settings, config_path: str | None = None) -> int:
         try:
             lock.acquire()
             break
+        except PermissionError:
+            raise  # another user's lock file or folder: the wrong-user message, exit 2 (cli/main.py, R11)
         except OSError as exc:  # the index's folder cannot be made or written
             print(f"meshsync: cannot create the index's folder {settings.index.parent}: {exc.strerror}",
                   file=sys.stderr)
