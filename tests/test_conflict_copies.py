@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from helpers import Mesh, MeshNode, wait_for
@@ -128,26 +129,28 @@ def test_copies_of_one_conflict_make_one_skill_version(mesh: Mesh):
 
 def test_a_winning_skill_copy_brings_its_other_files(mesh: Mesh):
     """The newer version of a skill is in the copies, with a file of its own (scripts/):
-    it is put back in place of the older files, which are beaten."""
+    it is put back in place of the older files, which are beaten.  The folder is made
+    by hand (no skill.json: taken as written, R10), so each version's time is its newest
+    file's mtime, which Syncthing keeps: set here, not left to the clock's resolution."""
     a, b = syncthing_share(mesh)
     folder = mesh.share / "skills" / "tool"
     (folder / "scripts").mkdir(parents=True)
     (folder / "SKILL.md").write_text(skill_text("one"))
     (folder / "scripts" / "run.sh").write_text("echo one\n")
+    t1 = time.time() - 600
+    for p in folder.rglob("*"):
+        os.utime(p, (t1, t1))
     a.sync()
-    v1 = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    (folder / "scripts" / "run.sh").write_text("echo two\n")
-    a.sync()  # a hand edit of the folder: the newer version
-    v2 = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    assert v2[Path("skill.json")] != v1[Path("skill.json")]
-    for rel, data in v1.items():  # Syncthing kept the older files, the newer are copies
-        (folder / rel).write_bytes(data)
-        if data != v2[rel]:
-            copy_name(folder / rel).write_bytes(v2[rel])
+    assert a.sql("SELECT count(*) FROM mesh_skills") == [(1,)]
+    # Syncthing brings the other device's newer run.sh as a copy beside the older file.
+    copy = copy_name(folder / "scripts" / "run.sh")
+    copy.write_text("echo two\n")
+    os.utime(copy, (t1 + 60, t1 + 60))
     a.sync()
     assert copies(mesh.share) == []
     assert (folder / "scripts" / "run.sh").read_text() == "echo two\n"
-    assert (folder / "skill.json").read_bytes() == v2[Path("skill.json")]
+    assert (folder / "SKILL.md").read_text() == skill_text("one")
+    assert beaten(a).get("skill:tool"), beaten(a)  # the older folder is in the history
     b.sync()
     assert a.sql("SELECT content FROM mesh_skills") == b.sql("SELECT content FROM mesh_skills")
     assert problems(a) == [] and problems(b) == []

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from meshsync import formats, layout
 from meshsync.formats import FormatError, HistoryRecord
 from meshsync.layout import MEM
-from meshsync.model import SHARE, ItemId, Obs, Plan, State, base_live
+from meshsync.model import SHARE, ItemId, Obs, Plan, State, base_live, base_of
 from meshsync.replicas.share import history
 from meshsync.replicas.share.store import FileRefused
 
@@ -55,6 +55,10 @@ def records(node: Node, it: ItemId, plan: Plan, sides: dict[str, Obs], st: State
     out = []
     for side, v, payload in plan.beaten:
         kept = _kept_value(it, payload)
+        if not kept and st is not None and not st.deleted and v.same(base_of(st)):
+            # The base beaten by a conflict copy (R2): the share's side was not read this
+            # pass (its file unchanged), its value is the one last synced.
+            kept, _ = last_value(node, it, st, sides)
         if kept:
             out.append(history.record("beaten", it, owner, v.stamp, v.node, v.digest, **kept, by_stamp=win.stamp,
                                       by_node=win.node, by_deleted=win.deleted, side=side, recorded_by=node.node))
