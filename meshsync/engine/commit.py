@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from meshsync import layout
+from meshsync import layout, syncthing
 from meshsync.diagnose import os_hint
 from meshsync.layout import SKILL
 from meshsync.model import Pass, Problem
@@ -178,6 +178,10 @@ PRUNE_EVERY_MS = 3_600_000  # the share's history is pruned at most once an hour
 def prune_history(node: Node, p: Pass) -> None:
     """Retention of the share's history (R11): records are kept at least as long as
     tombstones and as conflict_retention_days, whichever is longer."""
+    # Syncthing's copies of a record both nodes kept while apart (issue 17): every full
+    # pass, so that none is left; a listing of each month folder, no write when none.
+    if syncthing.is_syncthing_folder(node.share.root) and node.history.fold_copies():
+        log.info("removed Syncthing's conflict copies of history records (the records keep the same versions)")
     # Remembered by the process, not in the index: an idle node writes nothing (R8); a
     # `meshsync sync` looks once per run (two listings of the history folder).
     if node.history_pruned is not None and p.now_ms - node.history_pruned < PRUNE_EVERY_MS:

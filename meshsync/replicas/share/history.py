@@ -33,6 +33,7 @@ from meshsync.formats import FormatError, HistoryRecord
 from meshsync.layout import HISTORY, ItemId
 from meshsync.payloads import absent
 from meshsync.replicas.share.store import Changed, FileRefused, Share
+from meshsync.replicas.share.walk import CONFLICT_MARK
 
 MONTH = re.compile(r"\d{4}-\d{2}")
 NAME = re.compile(r"(beaten|deleted)-([0-9a-f]{12})\.json")
@@ -154,6 +155,38 @@ class History:
             out.records.append(rec)
         out.records.sort(key=lambda r: (r.recorded_at, r.id), reverse=True)
         return out
+
+    # --- Syncthing -------------------------------------------------------------------------
+
+    def fold_copies(self) -> int:
+        """Remove Syncthing's conflict copies of records (two nodes apart kept the same
+        version: one record name, two files); returns how many.  A record's name is the
+        version it keeps, so the copy keeps nothing the record does not.  A copy whose
+        record is gone is put back under the record's name first (R2, R11)."""
+        n = 0
+        for base in (HISTORY, self.own):
+            for month in self._months(base):
+                d = f"{base}/{month}"
+                try:
+                    names = set(os.listdir(self.share.root / d))
+                except OSError:
+                    continue
+                for name in sorted(names):
+                    if CONFLICT_MARK not in name or name.startswith("."):
+                        continue
+                    orig = name.split(CONFLICT_MARK, 1)[0] + ".json"
+                    if not NAME.fullmatch(orig):
+                        continue
+                    try:
+                        if orig not in names:
+                            data, _ = self.share.read(f"{d}/{name}")
+                            self.share.write(f"{d}/{orig}", data, absent)
+                            names.add(orig)
+                        self.share.remove(f"{d}/{name}")
+                        n += 1
+                    except (FileRefused, Changed, OSError):
+                        continue  # looked at again at the next full pass
+        return n
 
     # --- retention ------------------------------------------------------------------------
 
