@@ -56,6 +56,19 @@ e.g. MESHSYNC_SHARE, MESHSYNC_NODE_ID, MESHSYNC_WATCH__POLL_INTERVAL.
 
 
 AddCommand = Callable[..., argparse.ArgumentParser]
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def _add_global_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """``-c/--config`` and ``--log-level``, accepted before the command and after it
+    (operators type ``meshsync status -c FILE``).  On a command's own parser the default
+    is SUPPRESS: an option not given there leaves the value given before the command;
+    one given there wins.  The level is taken in any case, as the YAML's log_level is."""
+    default = None if top else argparse.SUPPRESS
+    p.add_argument("-c", "--config", metavar="FILE", default=default,
+                   help="YAML configuration file (default: $MESHSYNC_CONFIG)")
+    p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default=default,
+                   help="override log_level (any case)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,14 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meshsync",
         description="Keep a shared folder, this node's SQLite index and its OpenClaw cache in step.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file (default: $MESHSYNC_CONFIG)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log_level")
+    _add_global_options(p, top=True)
     p.add_argument("--version", action="version", version=f"meshsync {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, fn, help: str, desc: str | None = None) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=desc or help, epilog=EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_global_options(sp, top=False)
         sp.set_defaults(fn=fn)
         return sp
 
@@ -105,10 +118,12 @@ def _add_memory_commands(add: AddCommand) -> None:
     sp.add_argument("scope", help="node, mesh or user:<id>")
     sp.add_argument("key")
     sp.add_argument("--json", action="store_true", help="print the whole row as JSON")
-    sp = add("put", cmd_put, "write a memory item", "Write memory item SCOPE KEY with the JSON VALUE.")
+    sp = add("put", cmd_put, "write a memory item",
+             "Write memory item SCOPE KEY with the JSON VALUE (`-`: read it from stdin).")
     sp.add_argument("scope", help="node, mesh or user:<id>")
     sp.add_argument("key")
-    sp.add_argument("value", help="a JSON value, e.g. '{\"shortAnswers\": true}' or '\"text\"'")
+    sp.add_argument("value", help="a JSON value, e.g. '{\"shortAnswers\": true}' or '\"text\"'; "
+                    "- reads it from stdin (for values over 128 KiB)")
     sp = add("rm", cmd_rm, "delete a memory item everywhere")
     sp.add_argument("scope")
     sp.add_argument("key")
@@ -127,16 +142,19 @@ def _add_conflict_commands(add: AddCommand) -> None:
     sp = csub.add_parser("restore", help="write a beaten version back as a new write",
                          description="Write the beaten version of conflict ID back as a new write; "
                          "it then wins everywhere like any newer write.")
+    _add_global_options(sp, top=False)
     sp.add_argument("id", type=int)
     sp.set_defaults(fn=cmd_conflicts_restore)
 
 
 def _add_skill_commands(sub: argparse._SubParsersAction) -> None:
     sk = sub.add_parser("skill", help="skills: put, get, rm, ls", description="Manage shared skills.")
+    _add_global_options(sk, top=False)
     ssub = sk.add_subparsers(dest="skill_command", metavar="SUBCOMMAND", required=True)
 
     def sadd(name: str, fn, help: str) -> argparse.ArgumentParser:
         sp = ssub.add_parser(name, help=help, description=help)
+        _add_global_options(sp, top=False)
         sp.set_defaults(fn=fn)
         return sp
 

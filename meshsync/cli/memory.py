@@ -59,9 +59,22 @@ def _writable_scope(s: config.Settings, scope: str) -> str:
     return scope
 
 
+def _value_text(arg: str) -> str:
+    """VALUE as given, or stdin's whole text for ``-``: a value over the kernel's
+    per-argument limit (128 KiB) cannot be passed as an argument at all.  The string
+    "-" itself is the JSON ``'"-"'``, so the bare dash is free for this."""
+    if arg != "-":
+        return arg
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CliError("the VALUE read from stdin is not UTF-8 text; nothing was changed") from None
+
+
 def cmd_put(s: config.Settings, a: argparse.Namespace) -> int:
     scope = scope_arg(a.scope)
-    value = parse_value(a.value)
+    value = parse_value(_value_text(a.value))
     _writable_scope(s, scope)
     node = open_node(s)
     try:
