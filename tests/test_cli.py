@@ -84,3 +84,85 @@ def test_a_json_string_dash_is_still_a_value(mesh: Mesh):
     a = mesh.node("a")
     a.cli("put", "mesh", "dash", '"-"')
     assert a.value("mesh", "dash") == "-"
+
+
+# --- search ------------------------------------------------------------------------------------
+
+
+def _seed_items(a) -> None:
+    a.cli("put", "mesh", "user.preferences", '{"answers": "short", "tone": "friendly"}')
+    a.cli("put", "mesh", "greeting", '"hello world, hello again"')
+    a.cli("put", "mesh", "farewell", '"goodbye world"')
+    a.cli("put", "user:alice", "diet", '"vegetarian, likes hello fresh boxes"')
+    a.cli("put", "node", "local", '"hello from this node only"')
+
+
+def _search(a, *args: str, check: bool | int = True) -> dict:
+    return json.loads(a.cli("search", *args, "--json", check=check).stdout)
+
+
+def test_search_finds_words_in_values_and_keys_best_first(mesh: Mesh):
+    a = mesh.node("a")
+    _seed_items(a)
+    hits = _search(a, "hello")["results"]
+    assert {(h["scope"], h["key"]) for h in hits} == {
+        ("mesh", "greeting"), ("user:alice", "diet"), ("node", "local")}
+    assert (hits[0]["scope"], hits[0]["key"]) == ("mesh", "greeting")  # "hello" twice: ranked first
+    g = hits[0]
+    assert g["value"] == "hello world, hello again" and g["node_id"] == "a"
+    assert isinstance(g["updated_at"], int) and "«hello»" in g["snippet"]
+    # Every word must match; a key's words count; the scope's name is not searched.
+    assert [h["key"] for h in _search(a, "hello", "world")["results"]] == ["greeting"]
+    assert [h["key"] for h in _search(a, "preferences")["results"]] == ["user.preferences"]
+    assert [h["key"] for h in _search(a, "user.preferences")["results"]] == ["user.preferences"]
+    assert _search(a, "mesh", check=4)["results"] == []
+    assert [h["key"] for h in _search(a, "good*")["results"]] == ["farewell"]  # a prefix
+    # Text for a person: scope, key, node, time and the snippet, one line each.
+    lines = a.cli("search", "hello", "--scope", "mesh").stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mesh\tgreeting\ta\t") and "«hello»" in lines[0]
+
+
+def test_search_scope_and_limit(mesh: Mesh):
+    a = mesh.node("a")
+    _seed_items(a)
+    r = _search(a, "hello", "--scope", "user:alice")
+    assert [(h["scope"], h["key"]) for h in r["results"]] == [("user:alice", "diet")]
+    r = _search(a, "hello", "--limit", "2")
+    assert len(r["results"]) == 2 and r["truncated"] is True
+    r = _search(a, "hello", "--limit", "3")
+    assert len(r["results"]) == 3 and r["truncated"] is False
+    p = a.cli("search", "hello", "--limit", "0", check=2)
+    assert "--limit" in p.stderr
+
+
+def test_search_shows_only_scopes_this_node_may_read(mesh: Mesh):
+    """R9: a row of a scope this node may not read (here written into its index by a
+    foreign client) is held but never shown; asking for that scope is refused."""
+    a = mesh.node("a", MESHSYNC_SCOPES__READ='["mesh", "node"]')
+    a.cli("put", "mesh", "greeting", '"hello world"')
+    a.sql("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at)"
+          " VALUES ('user:bob', 'secret', '\"hello bob\"', 'tool', strftime('%s','now'))")
+    assert [(h["scope"], h["key"]) for h in _search(a, "hello")["results"]] == [("mesh", "greeting")]
+    assert _search(a, "bob", check=4)["results"] == []
+    p = a.cli("search", "hello", "--scope", "user:bob", check=2)
+    assert "may not read scope 'user:bob'" in p.stderr
+    p = a.cli("search", "hello", "--scope", "bogus", check=2)
+    assert "not one of" in p.stderr
+
+
+def test_search_fts_syntax_and_its_mistakes(mesh: Mesh):
+    a = mesh.node("a")
+    _seed_items(a)
+    keys = {h["key"] for h in _search(a, "--fts", "goodbye OR vegetarian")["results"]}
+    assert keys == {"farewell", "diet"}
+    p = a.cli("search", "--fts", "hello AND", check=2)
+    assert "not a valid full-text query" in p.stderr and "hello AND" in p.stderr
+    p = a.cli("search", "   ", check=2)
+    assert "at least one word" in p.stderr
+
+
+def test_search_without_a_match_exits_4(mesh: Mesh):
+    a = mesh.node("a")
+    _seed_items(a)
+    p = a.cli("search", "zebra", check=4)
+    assert p.stdout == "" and "no memory item matches" in p.stderr

@@ -35,6 +35,7 @@ from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes an
 from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore
 from meshsync.cli.doctor import FAIL, Check, cmd_doctor, print_checks
 from meshsync.cli.memory import cmd_get, cmd_ls, cmd_put, cmd_rm
+from meshsync.cli.search import cmd_search
 from meshsync.cli.setup import cmd_init, cmd_run, cmd_sync
 from meshsync.cli.skills import cmd_skill_get, cmd_skill_ls, cmd_skill_put, cmd_skill_rm
 from meshsync.cli.status import cmd_status
@@ -130,6 +131,16 @@ def _add_memory_commands(add: AddCommand) -> None:
     sp = add("ls", cmd_ls, "list memory items (scope, key, node, time)")
     sp.add_argument("scope", nargs="?", help="only this scope")
     sp.add_argument("--json", action="store_true")
+    sp = add("search", cmd_search, "full-text search of memory items (keys and values)",
+             "Find memory items whose key or value holds every word of TEXT (a trailing * "
+             "matches a prefix), best match first, in the scopes this node may read. "
+             "Exit 4 when nothing matches.")
+    sp.add_argument("text", metavar="TEXT", nargs="+", help="words to find (with --fts: an FTS5 query)")
+    sp.add_argument("--scope", help="only this scope (node, mesh or user:<id>)")
+    sp.add_argument("--limit", type=int, default=20, help="how many to show (default 20)")
+    sp.add_argument("--fts", action="store_true",
+                    help="TEXT is an SQLite FTS5 query (OR, NOT, NEAR, column:word)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output, with the values")
 
 
 def _add_conflict_commands(add: AddCommand) -> None:
