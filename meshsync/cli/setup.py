@@ -40,6 +40,8 @@ def cmd_init(s: config.Settings, a: argparse.Namespace) -> int:
         share.initialise()
     except OSError as exc:
         raise CliError(f"cannot create the share layout in {root}: {exc.strerror}", EXIT_UNAVAILABLE) from None
+    except ShareUnavailable as exc:  # e.g. a share upgraded to a newer format: left as it is
+        raise CliError(f"share unavailable: {exc}", EXIT_UNAVAILABLE) from None
     try:
         Index(s.index).close()
     except IndexError_ as exc:

@@ -41,8 +41,10 @@ def begin(node: Node, only: set[ItemId] | None) -> Pass:
     a killed pass's exports are recovered, the clock is read once."""
     t0 = time.monotonic()
     stats = PassStats(started=time.time(), full=only is None)
-    node.share.check()
+    node.share.check()  # also refuses a share of a newer format than this node knows
     node.share.forget_dirs()
+    if node.share.format_missing:  # a share made before .meshsync/format existed
+        node.share.write_format()
     intents.recover(node.index, node.share, node.node, node.policy.max_json_depth)
     return Pass(now_ms=int(time.time() * 1000), now_ns=time.time_ns(), t0=t0, stats=stats,
                 state=StateView(node.index), full=only is None)
