@@ -312,3 +312,28 @@ def test_bad_configuration_is_a_failed_check(mesh: Mesh):
     assert c["result"] == "fail" and "watch.mode" in c["detail"] and c["hint"]
     p = a.cli("doctor", check=2, MESHSYNC_WATCH__MODE="bogus")
     assert p.stdout.startswith("FAIL  configuration:")
+
+
+# --- the systemd check: which unit runs the daemon (issue 20) ------------------------------------
+
+
+def test_the_unit_a_daemon_runs_in_is_read_from_its_cgroup():
+    """doctor names the unit from the daemon's /proc/PID/cgroup: the system unit, the
+    template's instances (it warned "no active meshsync unit" for them), a user unit
+    (under user@UID.service), on cgroup v2 and v1; nothing for a login session."""
+    from meshsync.cli.doctor import unit_of_cgroup
+
+    assert unit_of_cgroup("0::/system.slice/meshsync.service\n") == ("system", "meshsync.service")
+    assert unit_of_cgroup("0::/system.slice/system-meshsync.slice/meshsync@openclaw.service\n") == (
+        "system", "meshsync@openclaw.service")
+    assert unit_of_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/meshsync.service\n") == (
+        "user", "meshsync.service")
+    v1 = "12:pids:/system.slice/x\n1:name=systemd:/system.slice/system-meshsync.slice/meshsync@bob.service\n"
+    assert unit_of_cgroup(v1) == ("system", "meshsync@bob.service")
+    assert unit_of_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n") is None
+    assert unit_of_cgroup("0::/\n") is None
+    assert unit_of_cgroup("") is None
+    # This very process: whatever it runs in, the answer is a pair or None, never an error.
+    with open("/proc/self/cgroup") as f:
+        got = unit_of_cgroup(f.read())
+    assert got is None or (got[0] in ("system", "user") and got[1].endswith(".service"))

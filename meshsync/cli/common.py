@@ -8,6 +8,7 @@ imports them (to build the parser) without a cycle.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -70,6 +71,15 @@ def open_index(s: config.Settings) -> Index:
         return Index(s.index, create=False)
     except IndexError_ as exc:
         raise CliError(str(exc)) from None
+
+
+def daemon_holder(index: Path) -> tuple[bool, int | None]:
+    """Whether a daemon holds ``index``'s lock, and its pid as a number (None while it
+    has not written it yet: the lock file is written just after it is taken)."""
+    h = IndexLock(index).holder()
+    if h is None:
+        return False, None
+    return True, int(h) if h.isdigit() else None
 
 
 def sync_after_write(settings: config.Settings, items: list[ItemId]) -> str:

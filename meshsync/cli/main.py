@@ -35,6 +35,7 @@ from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes an
 from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore
 from meshsync.cli.doctor import FAIL, Check, cmd_doctor, print_checks
 from meshsync.cli.memory import cmd_get, cmd_ls, cmd_put, cmd_rm
+from meshsync.cli.reload import cmd_reload, refused_before_asking
 from meshsync.cli.search import cmd_search
 from meshsync.cli.setup import cmd_init, cmd_run, cmd_sync
 from meshsync.cli.skills import cmd_skill_get, cmd_skill_ls, cmd_skill_put, cmd_skill_rm
@@ -103,6 +104,14 @@ def _add_node_commands(add: AddCommand) -> None:
              "already holds files but no marker: that is usually an unmounted NAS.")
     sp.add_argument("--force", action="store_true", help="initialise a non-empty folder that has no marker")
     add("run", cmd_run, "run the daemon in the foreground (systemd runs this)")
+    sp = add("reload", cmd_reload, "make the running daemon re-read its configuration; fail if it refuses it",
+             "Send the running daemon SIGHUP and wait for its verdict: exit 0 when it applied the "
+             "configuration, 2 when it refused it (it keeps its previous settings). The systemd units "
+             "run this as ExecReload=, so that `systemctl reload` fails on a bad configuration.")
+    sp.add_argument("--pid", type=int, help="the daemon's pid (default: the one holding the index; "
+                    "systemd passes $MAINPID)")
+    sp.add_argument("--timeout", type=float, default=90.0,
+                    help="seconds to wait for the daemon's answer (default 90)")
     sp = add("doctor", cmd_doctor, "check the set-up: share, clocks, watch limits, index, cache, systemd",
              "Check this node's set-up, one line per check with a hint. Exit 0 when all pass, "
              "1 when some warn, 2 when any fails.")
@@ -188,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"log_level": a.log_level} if a.log_level else {}
         settings = config.load(a.config, **overrides)
     except config.ConfigError as exc:
+        if getattr(a, "fn", None) is cmd_reload:
+            return refused_before_asking(a, exc)
         if getattr(a, "fn", None) is cmd_doctor:
             # doctor reports a bad configuration as its first (failed) check, in its own format.
             hint = "fix the setting named above (docs/configuration.md); meshsync stops with exit 2 until then"

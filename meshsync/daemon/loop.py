@@ -48,6 +48,7 @@ from meshsync.daemon.watch import ShareEvents, choose_mode
 from meshsync.engine.node import Node
 from meshsync.layout import ItemId
 from meshsync.lock import IndexLock, Locked
+from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import IndexError_
 from meshsync.replicas.share import journal
 from meshsync.replicas.share.store import ShareUnavailable
@@ -68,6 +69,8 @@ class Daemon:
         self.stop = threading.Event()
         self.stop_signal: int | None = None  # set by the SIGTERM/SIGINT handler (see _on_stop)
         self.reload = False
+        self.reload_refused: str | None = None  # why the last reload was refused (None: it was not)
+        self.base_status = "starting"
         self.notify = Notifier()
         self.node = Node(settings)
         # Long passes tick the progress hook: keep systemd's watchdog fed meanwhile, and
@@ -76,6 +79,7 @@ class Daemon:
 
         def tick(what: str, done: int, total: int | None) -> None:
             self.notify.ping()
+            self.notify.starting(what, done, total)  # the first pass: extends the start timeout
             if self.progress is not None:
                 self.progress(what, done, total)
 
@@ -113,17 +117,34 @@ class Daemon:
         self.reload = True
 
     def _do_reload(self) -> None:
+        """SIGHUP: re-read the configuration and apply it, or keep the running one and
+        say why.  systemd sees RELOADING=1 ... READY=1 around it, with STATUS= telling a
+        refusal; the outcome is recorded in the index, where `meshsync reload` (the
+        units' ExecReload=) waits for it and fails with the reason: systemd 252 has no
+        notification for a failed reload, only a failed ExecReload=."""
         self.reload = False
+        self.notify.reloading()
+        refused = self._reload_settings()
+        self.reload_refused = refused
+        self._record_reload(refused)
+        if refused:
+            self.notify.reloaded(f"reload refused, previous settings kept: {refused}")
+        else:
+            self.notify.reloaded(self._status_line())
+
+    def _reload_settings(self) -> str | None:
+        """Load and apply the configuration; None when applied, else why not."""
         try:
             new = config.load(self.config_path)
         except config.ConfigError as exc:
-            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", str(exc).replace("\n", " "))
-            return
+            why = str(exc).replace("\n", " ")
+            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", why)
+            return why
         fixed = [k for k in ("node_id", "share", "index", "openclaw_home") if getattr(new, k) != getattr(self.s, k)]
         if fixed:
             log.error("SIGHUP: %s cannot change while running; restart the service to apply it. "
                       "Other settings were not reloaded either.", ", ".join(fixed))
-            return
+            return f"{', '.join(fixed)} cannot change while running; restart the service to apply it"
         self.s = new
         self.node.s = new
         old_mode = self.mode
@@ -132,6 +153,29 @@ class Daemon:
         if self.mode != old_mode:
             self._start_watch()
         self.need_full = True
+        return None
+
+    def _record_reload(self, refused: str | None) -> None:
+        """The reload's outcome in the index (meta last_reload), numbered, for `meshsync
+        reload` and `status`."""
+        try:
+            prev = orjson.loads(self.node.index.meta("last_reload") or "{}")
+            seq = prev.get("seq", 0) + 1 if isinstance(prev, dict) and isinstance(prev.get("seq"), int) else 1
+            with self.node.index.write() as db:
+                self.node.index.set_meta(db, last_reload=orjson.dumps({
+                    "seq": seq, "pid": os.getpid(), "at": time.time(), "ok": refused is None,
+                    "reason": refused}).decode())
+        except (queries.Error, orjson.JSONDecodeError) as exc:
+            log.warning("cannot record the reload's outcome in the index: %s", exc)
+
+    def _status_line(self, text: str | None = None) -> str:
+        """The unit's status line: ``text`` (or the last one), with a refused reload
+        noted until a reload succeeds."""
+        if text is not None:
+            self.base_status = text
+        if self.reload_refused:
+            return f"{self.base_status}; last reload refused, previous settings kept (see the log)"
+        return self.base_status
 
     # --- watching and the share's availability --------------------------------------------
 
@@ -161,7 +205,7 @@ class Daemon:
             self.events.stop()
         self.available = False
         self.need_full = True
-        self.notify.status(f"share unavailable: {exc}")
+        self.notify.status(self._status_line(f"share unavailable: {exc}"))
 
     def _resumed(self) -> bool:
         """Before a pass while the share was unavailable: whether it is back (R5)."""
@@ -212,8 +256,8 @@ class Daemon:
         elif stats.full:
             log.debug("full pass: no change (%d items, %.2fs)", stats.scanned, stats.seconds)
         c = stats.errors
-        self.notify.status(f"watching ({self.mode}); last sync {time.strftime('%H:%M:%S')}"
-                           + (f"; {c} problem(s), see meshsync status" if c else ""))
+        self.notify.status(self._status_line(f"watching ({self.mode}); last sync {time.strftime('%H:%M:%S')}"
+                                             + (f"; {c} problem(s), see meshsync status" if c else "")))
 
     def _retry_deferred(self) -> None:
         """Items the pass left because their file changed between its read and its write
@@ -312,7 +356,7 @@ class Daemon:
         self.notify.status("starting: first full pass")
         self._start_watch()
         self._pass(None)
-        self.notify.send(READY=1)
+        self.notify.ready()
         if self.available:
             log.info("ready: first pass done, watching for changes")
         while not self._stop_requested():
