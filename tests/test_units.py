@@ -225,4 +225,4 @@ def test_launchd_agent():
     assert p["RunAtLoad"] is True and p["KeepAlive"] == {"SuccessfulExit": False}
     assert p["ThrottleInterval"] >= 10
     doc = DEPLOYMENT.read_text(encoding="utf-8")
-    assert "launchd/local.meshsync.plist" in doc and "auto` polls on macOS" in doc
+    assert "launchd/local.meshsync.plist" in doc and "untested on a real\n  Mac" in doc
