@@ -33,9 +33,20 @@ class CliError(Exception):
         self.code = code
 
 
+# The version of the --json documents' shapes (docs/json.md, docs/schemas/): raised when a
+# field is removed, renamed or changes type or meaning; new fields do not raise it.
+JSON_SCHEMA_VERSION = 1
+
+
 def dump(obj: Any) -> str:
-    """JSON for ``--json`` output: indented, keys as given (every command prints this way)."""
+    """JSON text: indented, keys as given."""
     return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+
+
+def dump_doc(obj: dict[str, Any]) -> str:
+    """A ``--json`` document: always an object, ``schema_version`` first (every command
+    prints this way; docs/json.md)."""
+    return dump({"schema_version": JSON_SCHEMA_VERSION, **obj})
 
 
 def parse_value(text: str) -> Any:

@@ -18,7 +18,7 @@ from meshsync.cli.common import (
     EXIT_NOT_FOUND,
     EXIT_OK,
     CliError,
-    dump,
+    dump_doc,
     open_index,
     open_node,
     sync_after_write,
@@ -27,13 +27,21 @@ from meshsync.layout import MEM
 from meshsync.replicas.index import queries
 
 
-def _conflict_row(c: dict[str, Any]) -> dict[str, Any]:
+def conflict_json(c: dict[str, Any], with_value: bool = True) -> dict[str, Any]:
+    """One conflict as `conflicts --json` (and, without the beaten value, `status
+    --json`) shows it.  Times are Unix seconds like every time in the JSON output
+    (docs/json.md), here with the milliseconds meshsync orders versions by."""
     item = f"{c['scope']}:{c['key']}" if c["kind"] == MEM else f"skill:{c['key']}"
+    beaten: dict[str, Any] = {"node": c["loser_node"], "updated_at": c["loser_stamp"] / 1000}
+    if with_value:
+        v = c.get("loser_value")
+        # A memory value is JSON text: embedded as JSON; a skill's is its SKILL.md text.
+        beaten["value"] = orjson.Fragment(v) if v is not None and c["kind"] == MEM else v
     return {
         "id": c["id"], "item": item, "kind": "memory" if c["kind"] == MEM else "skill",
-        "scope": c["scope"], "key": c["key"], "seen_at": c["at"] / 1000, "seen_on": c["side"],
-        "beaten": {"node": c["loser_node"], "updated_at_ms": c["loser_stamp"], "value": c.get("loser_value")},
-        "winner": {"node": c["winner_node"], "updated_at_ms": c["winner_stamp"],
+        "scope": c["scope"] if c["kind"] == MEM else None, "key": c["key"],
+        "seen_at": c["at"] / 1000, "seen_on": c["side"], "beaten": beaten,
+        "winner": {"node": c["winner_node"], "updated_at": c["winner_stamp"] / 1000,
                    "deleted": bool(c["winner_deleted"])},
     }
 
@@ -41,25 +49,22 @@ def _conflict_row(c: dict[str, Any]) -> dict[str, Any]:
 def cmd_conflicts(s: config.Settings, a: argparse.Namespace) -> int:
     idx = open_index(s)
     try:
-        rows = [_conflict_row(c) for c in idx.conflicts(a.limit)]
+        raw = idx.conflicts(a.limit)
     finally:
         idx.close()
     if a.json:
-        for r in rows:
-            v = r["beaten"]["value"]
-            if v is not None and r["kind"] == "memory":
-                r["beaten"]["value"] = orjson.Fragment(v)
-        print(dump(rows))
+        print(dump_doc({"conflicts": [conflict_json(c) for c in raw]}))
         return EXIT_OK
-    if not rows:
+    if not raw:
         print("no conflicts recorded")
-    for r in rows:
+    for c in raw:
+        r = conflict_json(c, with_value=False)
         w, b = r["winner"], r["beaten"]
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["seen_at"]))
         print(f"#{r['id']}  {r['item']}  seen {when}\n"
-              f"    beaten: {b['node']} at {_ms(b['updated_at_ms'])}: {_short(b['value'])}\n"
-              f"    winner: {w['node']} at {_ms(w['updated_at_ms'])}" + (" (delete)" if w["deleted"] else ""))
-    if rows:
+              f"    beaten: {b['node']} at {_ms(c['loser_stamp'])}: {_short(c.get('loser_value'))}\n"
+              f"    winner: {w['node']} at {_ms(c['winner_stamp'])}" + (" (delete)" if w["deleted"] else ""))
+    if raw:
         print("restore one with: meshsync conflicts restore ID")
     return EXIT_OK
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 
 from meshsync import layout, syncthing
-from meshsync.cli.common import daemon_holder, dump
+from meshsync.cli.common import daemon_holder, dump_doc
 from meshsync.config import Settings
 from meshsync.daemon.watch import choose_mode
 from meshsync.replicas.index import queries
@@ -354,7 +354,7 @@ def print_checks(checks: list[Check], json_out: bool) -> int:
     """Print the checks (one line each, with its hint) or their JSON; return the exit code."""
     code = exit_code(checks)
     if json_out:
-        print(dump({"result": ["ok", "warnings", "failures"][code], "checks": as_json(checks)}))
+        print(dump_doc({"result": ["ok", "warnings", "failures"][code], "checks": as_json(checks)}))
         return code
     for c in checks:
         print(f"{c.result.upper():4}  {c.name}: {c.detail}" + (f"\n      -> {c.hint}" if c.hint else ""))

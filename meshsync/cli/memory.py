@@ -18,6 +18,7 @@ from meshsync.cli.common import (
     EXIT_OK,
     CliError,
     dump,
+    dump_doc,
     open_index,
     open_node,
     parse_value,
@@ -43,8 +44,8 @@ def cmd_get(s: config.Settings, a: argparse.Namespace) -> int:
         return EXIT_NOT_FOUND
     if a.json:
         value = orjson.Fragment(r.value) if isinstance(r.value, str) and r.value else r.value
-        print(dump({"scope": a.scope, "key": a.key, "value": value, "node_id": r.node_id,
-                    "updated_at": r.updated_at, **st}))
+        print(dump_doc({"scope": a.scope, "key": a.key, "value": value, "node_id": r.node_id,
+                        "updated_at": r.updated_at, **st}))
     else:
         print(dump(orjson.Fragment(r.value)) if r.value else r.value)
         if sys.stdout.isatty():  # for a person, where it came from; a script gets the value only
@@ -109,8 +110,9 @@ def cmd_ls(s: config.Settings, a: argparse.Namespace) -> int:
     finally:
         idx.close()
     if a.json:
-        print(dump([{"scope": r.scope, "key": r.key, "node_id": r.node_id, "updated_at": r.updated_at,
-                     "bytes": r.bytes, **x} for r, x in zip(rows, st, strict=True)]))
+        print(dump_doc({"items": [{"scope": r.scope, "key": r.key, "node_id": r.node_id,
+                                   "updated_at": r.updated_at, "bytes": r.bytes, **x}
+                                  for r, x in zip(rows, st, strict=True)]}))
     else:
         for r, x in zip(rows, st, strict=True):
             print(f"{r.scope}\t{r.key}\t{r.node_id}\t{when(r.updated_at)}\t{state_text(x)}")

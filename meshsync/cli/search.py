@@ -15,7 +15,15 @@ from itertools import islice
 import orjson
 
 from meshsync import config
-from meshsync.cli.common import EXIT_NOT_FOUND, EXIT_OK, CliError, dump, open_index, scope_arg, when
+from meshsync.cli.common import (
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    CliError,
+    dump_doc,
+    open_index,
+    scope_arg,
+    when,
+)
 from meshsync.replicas.index import queries
 
 # The scope column is not searched: every row of scope "mesh" holds the word "mesh".
@@ -59,7 +67,7 @@ def cmd_search(s: config.Settings, a: argparse.Namespace) -> int:
     truncated = len(hits) > a.limit
     hits = hits[:a.limit]
     if a.json:
-        print(dump({"query": text, "results": [_json_hit(h) for h in hits], "truncated": truncated}))
+        print(dump_doc({"query": text, "results": [_json_hit(h) for h in hits], "truncated": truncated}))
     else:
         for h in hits:
             print(f"{h.scope}\t{h.key}\t{h.node_id}\t{when(h.updated_at)}\t{_one_line(h.snippet)}")

@@ -17,9 +17,10 @@ from meshsync.cli.common import (
     EXIT_PROBLEMS,
     EXIT_UNAVAILABLE,
     CliError,
-    dump,
+    dump_doc,
     open_node,
 )
+from meshsync.cli.status import pass_json
 from meshsync.lock import IndexLock, Locked
 from meshsync.replicas.index.store import Index, IndexError_
 from meshsync.replicas.share.store import Share, ShareUnavailable
@@ -66,7 +67,7 @@ def cmd_sync(s: config.Settings, a: argparse.Namespace) -> int:
         except ShareUnavailable as exc:
             node.record_unavailable(str(exc))
             if a.json:
-                print(dump({"ok": False, "share": "unavailable", "reason": str(exc)}))
+                print(dump_doc({"ok": False, "share": {"path": str(s.share), "available": False, "reason": str(exc)}}))
             print(f"meshsync: share unavailable: {exc}\n  nothing was changed in the index or the cache.",
                   file=sys.stderr)
             return EXIT_UNAVAILABLE
@@ -77,7 +78,8 @@ def cmd_sync(s: config.Settings, a: argparse.Namespace) -> int:
     finally:
         lock.release()
     if a.json:
-        print(dump({"ok": stats.errors == 0, **stats.as_dict()}))
+        print(dump_doc({"ok": stats.errors == 0, "share": {"path": str(s.share), "available": True, "reason": ""},
+                        **pass_json(stats.as_dict())}))
     else:
         print(f"synced in {stats.seconds:.2f}s: {stats.scanned} items scanned, {stats.read} read, "
               f"{stats.to_share} written to the share, {stats.to_index} to the index, "

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 
 from meshsync import config
-from meshsync.cli.common import EXIT_OK, dump, when
-from meshsync.layout import MEM, ItemId
-from meshsync.lock import IndexLock
+from meshsync.cli.common import EXIT_OK, daemon_holder, dump_doc, when
+from meshsync.cli.conflicts import conflict_json
+from meshsync.layout import ItemId
 from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import Index, IndexError_
 from meshsync.replicas.share.store import Share, ShareUnavailable
@@ -117,21 +117,22 @@ def state_note(st: dict[str, Any]) -> str:
 
 
 def status_data(s: config.Settings) -> dict[str, Any]:
-    """Everything `meshsync status` shows; read from the index and the share only, so it
-    works the same with and without a running daemon."""
+    """Everything `meshsync status` shows, in the shape of `status --json`
+    (docs/schemas/status.json); read from the index and the share only, so it works the
+    same with and without a running daemon."""
     share = Share(s.share, max_file_bytes=s.limits.max_file_bytes)
     try:
         share.check()
         avail, reason = True, ""
     except ShareUnavailable as exc:
         avail, reason = False, str(exc)
-    holder = IndexLock(s.index).holder()
+    running, pid = daemon_holder(s.index)
     out: dict[str, Any] = {
         "node_id": s.node_id,
         "share": {"path": str(s.share), "available": avail, "reason": reason},
         "index": str(s.index),
         "cache": str(s.openclaw_home),
-        "daemon": {"running": holder is not None, "pid": holder},
+        "daemon": {"running": running, "pid": pid},
     }
     if not s.index.exists():
         out["initialised"] = False
@@ -147,12 +148,12 @@ def status_data(s: config.Settings) -> dict[str, Any]:
         out["index_read_only"] = True
     try:
         out["initialised"] = True
-        _index_status(idx, out, daemon_runs=holder is not None, share_ok=avail)
+        _index_status(idx, out, daemon_runs=running, share_ok=avail)
     except queries.Error as exc:
         out["index_error"] = f"cannot read index {s.index}: {exc} (see `meshsync doctor`)"
     finally:
         idx.close()
-    if not holder:
+    if not running:
         from meshsync.daemon.watch import choose_mode
 
         mode, why = choose_mode(s.watch.mode, s.share)
@@ -162,31 +163,40 @@ def status_data(s: config.Settings) -> dict[str, Any]:
 
 def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: bool) -> None:
     """The index's part of ``status_data``: counts, last pass, problems and conflicts."""
-    out["counts"] = idx.counts()
+    counts = idx.counts()
     last = idx.meta("last_sync")
     out["last_sync"] = float(last) if last else None
     lp = idx.meta("last_pass")
-    out["last_pass"] = orjson.loads(lp) if lp else None
+    out["last_pass"] = pass_json(orjson.loads(lp)) if lp else None
     out["watch"] = orjson.loads(idx.meta("daemon_watch") or "null") if daemon_runs else None
     out["last_change"] = orjson.loads(idx.meta("last_change") or "null")
     # R5: the daemon may be locked out (permissions) where this user is not; its
     # own last check counts, or status says "available" while nothing syncs.
     if daemon_runs and share_ok and idx.meta("share_status") == "unavailable":
         out["share"].update(available=False, reason=f"the daemon reports: {idx.meta('share_reason')}")
-    out["errors"] = idx.errors()
-    out["conflicts"] = idx.conflicts(20)
-    for c in out["conflicts"]:
-        c.pop("loser_value", None)
-    # Refused writes (R9): local changes this node may not export; they stay local.
-    out["refused"] = [e for e in out["errors"] if is_refusal(e)]
-    # Warnings (e.g. a SKILL.md OpenClaw may not load): synced anyway, shown apart.
-    out["warnings"] = [e for e in out["errors"] if e["kind"] == "warning"]
-    held = {e["path"] for e in out["errors"] if e["path"].startswith("index:")}
+    # Every recorded problem, refused write (R9) and warning, each with its kind; a
+    # refusal recorded by an older index (kind "index") is shown as kind "refused".
+    errors = [dict(e, kind="refused") if is_refusal(e) else e for e in idx.errors()]
+    out["errors"] = errors
+    out["conflicts"] = [conflict_json(c, with_value=False) for c in idx.conflicts(20)]
+    held = {e["path"] for e in errors if e["path"].startswith("index:")}
     pending = {f"index:{it}" for it in queries.outbox_items(idx)}
-    out["counts"]["pending"] = len(pending - held)  # local changes waiting for a pass
-    out["counts"]["refused"] = len(out["refused"])
-    out["counts"]["warnings"] = len(out["warnings"])
-    out["counts"]["problems"] = len(out["errors"]) - len(out["refused"]) - len(out["warnings"])
+    refused = sum(1 for e in errors if e["kind"] == "refused")
+    warnings = sum(1 for e in errors if e["kind"] == "warning")
+    # One counter per meaning: problems + refused + warnings == len(errors).
+    out["counts"] = {
+        "memory": counts["memory"], "skills": counts["skills"], "tombstones": counts["tombstones"],
+        "pending": len(pending - held),  # items with a local change waiting for a pass
+        "problems": len(errors) - refused - warnings, "refused": refused, "warnings": warnings,
+        "conflicts": counts["conflicts"],
+    }
+
+
+def pass_json(d: dict[str, Any]) -> dict[str, Any]:
+    """A pass's figures (PassStats.as_dict) as `sync --json` and `status --json` show
+    them: ``skipped`` is every file or row skipped or refused in that pass (the pass's
+    own "errors" count, exit 1 when not 0), named apart from status's ``problems``."""
+    return {("skipped" if k == "errors" else k): v for k, v in d.items()}
 
 
 # --- meshsync status ---------------------------------------------------------------------------
@@ -195,7 +205,7 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
 def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
     d = status_data(s)
     if a.json:
-        print(dump(d))
+        print(dump_doc(d))
         return EXIT_OK
     _print_where(d)
     if not d.get("initialised"):
@@ -250,13 +260,13 @@ def _print_activity(d: dict[str, Any]) -> None:
 
 def _print_problems(d: dict[str, Any]) -> None:
     """Problems, refused writes and warnings, at most 50 of each."""
-    refused = d["refused"]
-    errs = [e for e in d["errors"] if not is_refusal(e) and e["kind"] != "warning"]
+    refused = [e for e in d["errors"] if e["kind"] == "refused"]
+    errs = [e for e in d["errors"] if e["kind"] not in ("refused", "warning")]
     print(f"problems  {len(errs)}")
     _print_errors(errs, lambda p: p)
     print(f"refused   {len(refused)}" + (" local writes this node may not export (they stay local)" if refused else ""))
     _print_errors(refused, lambda p: p.removeprefix("index:"))
-    warns = d.get("warnings", [])
+    warns = [e for e in d["errors"] if e["kind"] == "warning"]
     if warns:
         print(f"warnings  {len(warns)} (synced anyway)")
         _print_errors(warns, lambda p: p)
@@ -274,8 +284,7 @@ def _print_conflicts(d: dict[str, Any]) -> None:
     c = d["counts"]
     print(f"conflicts {c['conflicts']}")
     for cf in d["conflicts"][:10]:
-        item = f"{cf['scope']}:{cf['key']}" if cf["kind"] == MEM else f"skill:{cf['key']}"
-        print(f"  #{cf['id']} {item}: version of {cf['loser_node']} beaten by {cf['winner_node']}")
+        print(f"  #{cf['id']} {cf['item']}: version of {cf['beaten']['node']} beaten by {cf['winner']['node']}")
     if c["conflicts"]:
         print("  (beaten versions: `meshsync conflicts`; restore one with `meshsync conflicts restore ID`)")
 
