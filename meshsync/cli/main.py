@@ -2,7 +2,8 @@
 
 The commands live in modules named after what they act on: ``setup`` (init, sync,
 run), ``doctor``, ``status`` (status and each item's sync state), ``memory`` (get, put,
-rm, ls), ``conflicts`` (conflicts, restore) and ``skills`` (skill put/get/rm/ls);
+rm, ls), ``search``, ``conflicts`` (conflicts, restore), ``skills`` (skill
+put/get/rm/ls), ``completion`` and ``helptopics`` (help), which need no configuration;
 ``common`` holds what they share.  None of them runs SQL: they read the index through
 ``meshsync.replicas.index.queries`` and write through the engine.
 
@@ -32,8 +33,10 @@ from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes an
     EXIT_USAGE,
     CliError,
 )
+from meshsync.cli.completion import SHELLS, cmd_completion
 from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore
 from meshsync.cli.doctor import FAIL, Check, cmd_doctor, print_checks
+from meshsync.cli.helptopics import GUIDES, cmd_help
 from meshsync.cli.memory import cmd_get, cmd_ls, cmd_put, cmd_rm
 from meshsync.cli.reload import cmd_reload, refused_before_asking
 from meshsync.cli.search import cmd_search
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_memory_commands(add)
     _add_conflict_commands(add)
     _add_skill_commands(sub)
+    _add_help_commands(add, sub)
     return p
 
 
@@ -190,9 +194,31 @@ def _add_skill_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--json", action="store_true")
 
 
+def _add_help_commands(add: AddCommand, sub: argparse._SubParsersAction) -> None:
+    """``completion`` and ``help``: they read no configuration (needs_settings False), so
+    they work on a node whose configuration is broken or missing."""
+    sp = add("completion", cmd_completion, "print a shell completion script (bash, zsh or fish)",
+             "Print the completion script for SHELL, generated from this command line; "
+             "`meshsync help completion` says how to load it.")
+    sp.add_argument("shell", metavar="SHELL", choices=SHELLS, help="bash, zsh or fish")
+    sp.set_defaults(needs_settings=False)
+    sp = add("help", cmd_help, "help on a command or a guide (exit codes, configuration, json, completion)",
+             "Print the help of command TOPIC (and SUBCOMMAND), or a guide; without TOPIC, list them.")
+    sp.add_argument("topic", metavar="TOPIC", nargs="?", choices=list(dict.fromkeys([*sub.choices, *GUIDES])),
+                    help="a command or a guide (`meshsync help` lists them)")
+    sp.add_argument("subtopic", metavar="SUBCOMMAND", nargs="?", help="e.g. `meshsync help skill put`")
+    sp.set_defaults(needs_settings=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    if not getattr(a, "needs_settings", True):
+        try:
+            return a.fn(None, a)
+        except CliError as exc:
+            print(f"meshsync: {exc}", file=sys.stderr)
+            return exc.code
     try:
         overrides = {"log_level": a.log_level} if a.log_level else {}
         settings = config.load(a.config, **overrides)
