@@ -152,6 +152,7 @@ class SecretSettings(_Section):
                              f"{', '.join(secretguard.RULE_NAMES)} (docs/configuration.md)")
         return v
 
+
 class SyncthingSettings(_Section):
     """Where `meshsync doctor` asks Syncthing about the share's folder (meshsync/syncthing.py).
     Unset, the address and key are read from Syncthing's config.xml when it is readable."""
@@ -165,6 +166,10 @@ class SyncthingSettings(_Section):
     def _expand_xml(cls, v: Path | None) -> Path | None:
         return None if v is None else Path(os.path.expanduser(str(v))).absolute()
 
+
+class SafetySettings(_Section):
+    max_delete_percent: float = Field(50, ge=0, le=100, description="A pass that would delete more than this percentage of the items (of all, or of one folder's) because their files are gone from the share is held until confirmed; 100 never holds.")
+    max_delete_count: int = Field(10, ge=0, description="A pass is held only when it would also delete more than this many items; smaller deletes always go through.")
 
 
 class _YamlFile(YamlConfigSettingsSource):
@@ -207,6 +212,7 @@ class Settings(BaseSettings):
     node_id: str = Field(default_factory=socket.gethostname, description="This node's name in the mesh (default: host name).")
     share: Path = Field(default_factory=lambda: _data_home() / "share", description="The shared folder (usually a NAS mount).")
     index: Path = Field(default_factory=lambda: _data_home() / "index.sqlite", description="This node's SQLite index, on local disk.")
+    index_busy_timeout: float = Field(30.0, gt=0, le=3600, description="Seconds a write to the index waits for another program's write lock; then the daemon retries later.")
     openclaw_home: Path = Field(default_factory=lambda: Path.home() / ".openclaw", description="OpenClaw's home, where the cache lives.")
     watch: WatchSettings = Field(default_factory=WatchSettings)
     scopes: ScopeSettings = Field(default_factory=ScopeSettings)
@@ -215,8 +221,9 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     secrets: SecretSettings = Field(default_factory=SecretSettings)
     syncthing: SyncthingSettings = Field(default_factory=SyncthingSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
     tombstone_retention_days: float = Field(30, gt=0, description="Days a delete is remembered so offline nodes do not bring items back.")
-    conflict_retention_days: float = Field(90, gt=0, description="Days beaten versions are kept in the conflict history.")
+    conflict_retention_days: float = Field(90, gt=0, description="Days beaten versions and deleted values are kept in the share's history (at least tombstone_retention_days).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level: debug, info, warning or error.")
 
     @field_validator("node_id")

@@ -27,6 +27,8 @@ Points (name: when, arguments, what the return value does)
   transaction is about to begin; no arguments.
 * ``commit.start`` — propagation is over, the pass is about to record its outcome and
   refresh the cache; no arguments.
+* ``share.delete_removed`` — a delete's export removed the item's file (or folder) and
+  is about to write its tombstone; argument: the ItemId.
 
 ``wrap`` points (the function gets the production value and returns the one to use):
 
@@ -49,6 +51,7 @@ T = TypeVar("T")
 POINTS = frozenset({
     "propagate.start", "propagate.before_export", "propagate.bulk_inserted",
     "propagate.before_index_commit", "commit.start", "share.check", "cache.copy_file_range",
+    "share.delete_removed",
 })
 
 _installed: dict[str, Callable[..., Any]] = {}

@@ -3,8 +3,9 @@
 Everything meshsync writes is rendered stably (same content, same bytes: R8) and carries
 ``updated_at_ms`` and ``rev``.  ``rev`` is a short hash over what the file claims
 (item, content digest, stamp, node): a file whose ``rev`` still matches was written by
-meshsync and its stamp can be trusted; any other file is a hand edit and is stamped
-after the version it replaced (R3).
+meshsync and its stamp can be trusted.  Any other file was written by a person or
+another program and is taken as written (R10): its version is derived from the file
+alone (replicas/share/detect.py), the same on every node, without rewriting it.
 """
 
 from __future__ import annotations
@@ -108,6 +109,45 @@ def loads(data: bytes | str, max_depth: int = 64) -> Any:
     return obj
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(name)
+
+
+def is_json_text(text: str) -> bool:
+    """Whether ``text`` is JSON as JavaScript's JSON.parse reads it (RFC 8259, no NaN or
+    Infinity), whatever meshsync's own limits on values say."""
+    try:
+        json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, _NotJson):
+        return False
+    except (RecursionError, ValueError):  # JSON, too deep or too long a number for Python
+        return True
+    return True
+
+
+def index_value(text: str, max_depth: int = 64) -> Any:
+    """An index row's value as the seed client's getMemory reads it (R10): its JSON
+    when the text is JSON, else the text itself as a string (the seed's putMemory
+    stores a string as raw text: ``hello mesh``, not ``"hello mesh"``).  JSON text that
+    meshsync cannot carry exactly (a lone surrogate, a number too large for a double,
+    nesting over ``max_depth``) still raises FormatError: it is reported, not guessed."""
+    try:
+        return loads(text, max_depth)
+    except FormatError:
+        if is_json_text(text):
+            raise
+        return text
+
+
+def json_text(text: str) -> str:
+    """An index row's value as JSON text (index_value's reading, without parsing JSON)."""
+    return text if is_json_text(text) else orjson.dumps(text).decode()
+
+
 def _dumps(obj: Any, opts: int) -> bytes:
     try:
         return orjson.dumps(obj, option=opts | orjson.OPT_SORT_KEYS)
@@ -152,7 +192,19 @@ def memory_record(scope: str, key: str, value: Any, node: str | None, stamp: int
     return MemoryRecord(scope, key, value, text, digest_bytes(text), node, stamp, trusted)
 
 
-def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str) -> bytes:
+class TooLarge(FormatError):
+    """An export whose file would be over the readers' limit (R10: never written)."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"its share file would be {size} bytes, over the {limit}-byte limit")
+        self.size, self.limit = size, limit
+
+
+def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str, max_bytes: int = 0) -> bytes:
+    """A memory file: pretty-printed, or compact when that would exceed ``max_bytes``
+    (the readers' limit, limits.max_file_bytes), so that an export never produces a file
+    the readers refuse (R10); TooLarge when even the compact rendering exceeds it.  The
+    choice depends on the content and the limit only: the same bytes every time (R8)."""
     doc = {
         "scope": item.scope,
         "key": item.key,
@@ -162,12 +214,23 @@ def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str) 
         "updated_at_ms": stamp,
         "rev": rev(item, digest, stamp, node),
     }
-    return _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
+    data = _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
+    if max_bytes and len(data) > max_bytes:
+        data = _dumps(doc, 0) + b"\n"
+        if len(data) > max_bytes:
+            raise TooLarge(len(data), max_bytes)
+    return data
 
 
 # The last millisecond of year 9999.  Later (or negative) times are not times: they
 # would win every conflict forever and overflow SQLite's 64-bit INTEGER downstream.
 MAX_STAMP_MS = 253_402_300_799_999
+
+
+# The node name of a version derived from a file that names no node (a hand-made file
+# with only a value, a SKILL.md without skill.json): one fixed name, so that every node
+# derives the same version from the same file (R10, R1).  docs/guarantees.md says it.
+FOREIGN_NODE = "share"
 
 
 def _stamp(ms: Any, sec: Any) -> int | None:
@@ -317,3 +380,82 @@ def parse_tombstone(data: bytes) -> tuple[ItemId, int, str]:
     if not 0 <= stamp <= MAX_STAMP_MS:
         raise FormatError(f"tombstone time {stamp} is out of range")
     return ItemId(kind, scope, key), stamp, node
+
+
+# --- history records (R11) ----------------------------------------------------------------
+
+HISTORY_WHY = ("beaten", "deleted")
+
+
+@dataclass(slots=True)
+class HistoryRecord:
+    """One version kept in the share's history (replicas/share/history.py): a version
+    that lost a conflict ("beaten") or the last value of an item that was deleted
+    ("deleted").  Immutable once written."""
+
+    id: str
+    why: str
+    item: ItemId
+    owner: str  # the node whose private folder holds it (scope "node"), else ""
+    stamp: int  # the kept version: updated_at in ms, node, digest
+    node: str
+    digest: str
+    value: bytes | None  # memory: the value as canonical JSON text (None: no copy was readable)
+    content: str | None  # skill: SKILL.md
+    path: str | None  # skill: the reference path
+    by_stamp: int  # what beat or deleted it: the winner, or the delete
+    by_node: str
+    by_deleted: bool
+    side: str  # where it was seen: share, index or cache
+    recorded_by: str
+    recorded_at: int  # ms
+
+    @property
+    def kept(self) -> bool:
+        """A value that can be restored."""
+        return self.value is not None if self.item.kind == MEM else (self.content is not None or self.path is not None)
+
+
+def history_id(why: str, item: ItemId, owner: str, stamp: int, node: str, digest: str) -> str:
+    """A record's name: the same on every node that records the same version for the same
+    reason, so that they write one record (and a person types the same ID everywhere)."""
+    text = f"{why}\0{item.kind}\0{item.scope}\0{item.key}\0{owner}\0{stamp}\0{node}\0{digest}"
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+
+
+def render_history(r: HistoryRecord) -> bytes:
+    doc: dict[str, Any] = {
+        "meshsync_history": 1, "id": r.id, "why": r.why,
+        "kind": "memory" if r.item.kind == MEM else "skill", "scope": r.item.scope, "key": r.item.key,
+        "owner": r.owner, "node_id": r.node, "updated_at_ms": r.stamp, "digest": r.digest,
+        "by": {"node_id": r.by_node, "updated_at_ms": r.by_stamp, "deleted": r.by_deleted},
+        "side": r.side, "recorded_by": r.recorded_by, "recorded_at_ms": r.recorded_at,
+    }
+    if r.item.kind == MEM:
+        if r.value is not None:
+            doc["value"] = orjson.Fragment(r.value)
+    else:
+        doc["content"], doc["path"] = r.content, r.path
+    return _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
+
+
+def parse_history(data: bytes) -> HistoryRecord:
+    """A history record as render_history wrote it; FormatError for anything else."""
+    doc = loads(data, 0)
+    try:
+        if not isinstance(doc, dict) or doc.get("meshsync_history") != 1:
+            raise TypeError
+        kind = {"memory": MEM, "skill": SKILL}[doc["kind"]]
+        item = ItemId(kind, doc["scope"], doc["key"])
+        by = doc["by"]
+        value = canonical(doc["value"]) if kind == MEM and "value" in doc else None
+        r = HistoryRecord(doc["id"], doc["why"], item, doc["owner"], doc["updated_at_ms"], doc["node_id"],
+                          doc["digest"], value, doc.get("content"), doc.get("path"), by["updated_at_ms"],
+                          by["node_id"], bool(by["deleted"]), doc["side"], doc["recorded_by"], doc["recorded_at_ms"])
+    except (TypeError, KeyError, AttributeError):
+        raise FormatError("not a meshsync history record") from None
+    if (r.why not in HISTORY_WHY or not all(isinstance(x, str) for x in (r.id, item.scope, item.key, r.owner,
+                                                                            r.node, r.by_node, r.recorded_by))
+            or not all(type(x) is int for x in (r.stamp, r.by_stamp, r.recorded_at))):
+        raise FormatError("not a meshsync history record")
+    return r

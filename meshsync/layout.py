@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
+from collections.abc import Callable
 
 from meshsync.model import MEM, SKILL, ItemId
 
@@ -45,6 +47,7 @@ TOMBSTONES = f"{META}/tombstones"
 # misread; a share without the file (made before it existed) is format 1.
 SHARE_FORMAT = 1
 FORMAT_FILE = f"{META}/format"
+HISTORY = f"{META}/history"  # beaten and deleted versions, one record each (R11)
 SKILL_MD = "SKILL.md"
 SKILL_JSON = "skill.json"
 
@@ -143,6 +146,24 @@ def decode(segment: str) -> str:
     return name
 
 
+def renamed_hint(folder: str, name: str, suffix: str, exists: Callable[[str], bool], what: str) -> str:
+    """What a badly named file or folder (``folder/name``) should be renamed to.
+
+    The name is taken in Unicode NFC, as people mean it: a macOS client writes
+    ``café.json`` decomposed (NFD) over SMB, and renaming it to the encoding of the NFD
+    string made a second item that looks exactly like the item café.  When the file of
+    that name exists already (the item is there), the hint says so instead of leading
+    to a duplicate.  (Keys themselves are never normalised: an NFD key written into an
+    index is a key of its own for SQLite and every client; its file name is ASCII,
+    which no file system normalises; docs/guarantees.md, R10.)"""
+    key = unicodedata.normalize("NFC", name)
+    target = f"{folder}/{encode(key)}{suffix}"
+    if exists(target):
+        return (f"{what} {key!r} is already {target}: copy what you need from this one into it, "
+                "then remove this one")
+    return f"rename it to {target} to import it as {what} {key!r}"
+
+
 class Shortened(LayoutError):
     """A shortened name: the full name must be read from the file itself."""
 
@@ -207,6 +228,27 @@ def tombstone_path(item: ItemId, node_id: str) -> str:
 
 def cache_skill_name(name: str) -> str:
     return f"{encode(name)}.md"
+
+
+_EDITOR_SUFFIXES = (".swp", ".swo", ".swx", ".swn", "___jb_tmp___", "___jb_old___")
+
+
+def is_editor_file(name: str) -> bool:
+    """Files editors make beside the file a person edits, never items nor parts of a
+    skill (R10), in memory folders and in skill folders alike.  Besides the dot files
+    and ``x~`` backups is_ignored_name covers: Emacs's auto-save ``#x.json#`` (its lock
+    ``.#x.json`` is a dot file), vim's swap files (``.x.json.swp``, ``.swo``, ``.swx``)
+    and the probe file it writes to test a folder (``4913``, then 4913 + 123 k),
+    JetBrains' safe-write ``x___jb_tmp___``/``x___jb_old___``.  For files only: a
+    folder named ``4913`` is a user id's folder or a skill."""
+    if is_ignored_name(name):
+        return True
+    if len(name) > 2 and name[0] == "#" and name[-1] == "#":
+        return True
+    if name.isascii() and name.isdigit() and len(name) < 10:
+        n = int(name)
+        return n >= 4913 and (n - 4913) % 123 == 0
+    return name.endswith(_EDITOR_SUFFIXES)
 
 
 def is_ignored_name(name: str) -> bool:

@@ -51,6 +51,13 @@ SHARE = "share"
 INDEX = "index"
 CACHE = "cache"
 SIDES = (SHARE, INDEX, CACHE)
+# A conflict copy Syncthing kept of the item's share file ("copy:<its share path>"): one
+# more observation of the share, taken as it is, never written (reconcile.py).
+COPY = "copy:"
+
+
+def is_copy(side: str) -> bool:
+    return side.startswith(COPY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +246,7 @@ class PassStats:
     conflicts: int = 0
     refused: int = 0
     errors: int = 0
+    held: int = 0  # deletes by absence held (engine/hold.py, R11)
     cache_written: bool = False
     full: bool = True
     changed: list[str] = field(default_factory=list)  # the first CHANGED_SAMPLE items that changed
@@ -264,6 +272,8 @@ class Pass:
     state: StateView  # the base of every item, loaded on first use
     full: bool  # a full pass (every share file walked), not a targeted one
     seq: int = 0  # the outbox position this pass acknowledges
+    clock_checked: bool = False  # the file server's clock was looked at (engine/clock.py, R12)
+    clock_far: int = 0  # ms taken off this node's clock for the pass (it is that far ahead)
     owed: bool = False  # a killed pass did not refresh the cache (R7): this one refreshes it all
     walk: Walk | None = None
     cache_side: CacheSide | None = None
@@ -271,6 +281,7 @@ class Pass:
     # detection's results
     share_obs: dict[ItemId, Obs] = field(default_factory=dict)
     share_unknown: set[ItemId] = field(default_factory=set)  # items whose share file could not be read
+    share_copies: dict[ItemId, dict[str, Obs]] = field(default_factory=dict)  # conflict copies: side -> obs
     problems: list[Problem] = field(default_factory=list)  # files refused this pass
     index_problems: dict[ItemId, RowProblem] = field(default_factory=dict)  # per row (None: fine)
     refused_read: list[ItemId] = field(default_factory=list)  # rows in scopes this node may not read
@@ -279,7 +290,19 @@ class Pass:
     # propagation's results
     written: list[ItemId] = field(default_factory=list)  # items written to the share (the journal)
     deferred: list[ItemId] = field(default_factory=list)  # share file changed under us: next pass
+    retry: dict[ItemId, str] = field(default_factory=dict)  # export failed (full/read-only share): why (R12)
     young_added: set[str] = field(default_factory=set)  # cache keys this pass adds (cache/detect.py)
     cache_replaced: dict[str, list] = field(default_factory=dict)  # key -> version the cache loses
     changed_mem: bool = False  # a readable memory item moved: mesh-memory.json is rewritten
     changed_skills: dict[str, str | None] = field(default_factory=dict)  # name -> content (None: gone)
+    # the hold of mass deletes (engine/hold.py, R11)
+    held: dict[ItemId, str] = field(default_factory=dict)  # deletes by absence held -> their folder
+    hold_looked: set[ItemId] = field(default_factory=set)  # items the hold looked at (a targeted pass)
+    confirmed_applied: set[ItemId] = field(default_factory=set)  # confirmed deletes this pass applies
+    delete_window: dict[str, Any] | None = None  # deletes by absence applied lately (meta delete_window)
+    window_moved: bool = False
+    # commit's results: problems of the cache (what a tool left there, a write that
+    # failed) and of this node's journal; None: not looked at this pass (kept as they are)
+    cache_problems: list[Problem] | None = None
+    journal_problem: list[Problem] | None = None
+    faults: dict[str, str] = field(default_factory=dict)  # path -> reason of a cache or journal write that failed

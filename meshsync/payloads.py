@@ -1,4 +1,4 @@
-"""What an observation carries from detection to propagation: one protocol, seven kinds.
+"""What an observation carries from detection to propagation: one protocol, nine kinds.
 
 reconcile.py decides on versions alone; the payload is "carried to apply, never
 inspected".  Propagation needs the winner's bytes, a loser's text for the history, the
@@ -10,7 +10,9 @@ takes the value from the index, where the base is.
 The kinds, by the replica that makes them:
 
 * share (replicas/share/detect.py): :class:`ShareFile` (seen by the walk, not read),
-  :class:`ShareMem` (a memory file read), :class:`ShareSkill` (a skill folder read);
+  :class:`ShareMem` (a memory file read), :class:`ShareSkill` (a skill folder read),
+  and their conflict-copy variants :class:`CopyMem` and :class:`CopySkill`
+  (replicas/share/copies.py: a version Syncthing kept beside the file);
 * index (replicas/index/detect.py): :class:`IndexMem`, :class:`IndexSkill` (a row that
   changed since the last pass);
 * cache (replicas/cache/): :class:`CacheEntry` (an entry of mesh-memory.json a Phase 1
@@ -121,6 +123,25 @@ class Payload:
         read) or ("dir", the folder's signature as walked); None: nothing seen."""
         return None
 
+    def import_check(self) -> tuple[str, Check] | None:
+        """For a file another program wrote, read while it may still be being written
+        (modified in the last seconds): the file (a suffix to the item's share path) and
+        the check that it is still what was read, made before its version is committed
+        (R6, R7: a half-written file is never imported).  None: nothing to check."""
+        return None
+
+    # --- a conflict copy (Syncthing) ----------------------------------------------------------
+    def conflict_copies(self) -> list[tuple[str, str]]:
+        """The conflict copies this version was read from, (share path, signature as
+        read): removed once the pass has recorded the version, if still unchanged."""
+        return []
+
+    def copy_moves(self) -> list[tuple[str, str, str]]:
+        """Files of a skill's conflict copy that an export of this version puts in place
+        of the originals (copy path, original path, the copy's signature as read): the
+        files other than SKILL.md and skill.json, which the export writes itself."""
+        return []
+
 
 # --- share -------------------------------------------------------------------------------
 
@@ -169,6 +190,11 @@ class ShareMem(Payload):
         # previous save and our rewrite was overwritten and lost, unrecorded (R2, R3).
         return same_file(self.cas or self.sig)
 
+    def import_check(self) -> tuple[str, Check] | None:
+        if self.rec.trusted or self.sig is not None or self.cas is None:
+            return None  # meshsync's own files are renamed into place whole; a settled file is not being written
+        return "", same_file(self.cas)
+
 
 @dataclass(slots=True)
 class ShareSkill(Payload):
@@ -204,6 +230,56 @@ class ShareSkill(Payload):
 
     def skill_cas(self) -> tuple[str, str] | None:
         return ("md", self.cas) if self.cas is not None else None
+
+    def import_check(self) -> tuple[str, Check] | None:
+        if self.sig is not None or not self.cas:
+            return None  # a settled folder (no file modified in the last seconds), or no SKILL.md
+        return "/SKILL.md", same_file(self.cas)
+
+
+@dataclass(slots=True)
+class CopyMem(ShareMem):
+    """A memory file's conflict copy (``<key>.sync-conflict-<date>-<time>-<device>.json``),
+    read as a version of the file it is a copy of.  Not the share's file: no signature
+    or compare-and-set of the share's own file comes from it."""
+
+    copy: tuple[str, str] = ("", "")  # (share path, signature as read)
+
+    def share_read(self) -> tuple[str | None, str] | None:
+        return None
+
+    def file_check(self) -> Check | None:
+        return None
+
+    def conflict_copies(self) -> list[tuple[str, str]]:
+        return [self.copy]
+
+
+@dataclass(slots=True)
+class CopySkill(ShareSkill):
+    """A skill folder as one conflict's copies make it (each copy in place of the file
+    it is a copy of): a version of the skill that is not on the share as such."""
+
+    copies: tuple[tuple[str, str], ...] = ()  # (share path, signature as read)
+    moves: tuple[tuple[str, str, str], ...] = ()  # see copy_moves()
+
+    def on_share(self) -> bool:
+        return False  # its SKILL.md may be a copy's: an export writes it
+
+    def share_read(self) -> tuple[str | None, str] | None:
+        return None
+
+    def file_check(self) -> Check | None:
+        return None
+
+    def skill_cas(self) -> tuple[str, str] | None:
+        return None
+
+    def conflict_copies(self) -> list[tuple[str, str]]:
+        return list(self.copies)
+
+    def copy_moves(self) -> list[tuple[str, str, str]]:
+        return list(self.moves)
 
 
 # --- index -------------------------------------------------------------------------------

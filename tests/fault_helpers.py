@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import MeshNode
+from helpers import MeshNode, file_version
 
 NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
@@ -126,5 +126,6 @@ def share_items(share: Path) -> dict[str, dict]:
             p = Path(dirpath) / name
             doc = json.loads(p.read_bytes())
             assert isinstance(doc, dict) and "value" in doc, p
-            out[f"{doc['scope']}:{doc['key']}"] = doc
+            scope, key, value, node, updated_at = file_version(share, p)  # what a node derives (R10)
+            out[f"{scope}:{key}"] = {**doc, "scope": scope, "key": key, "node_id": node, "updated_at": updated_at}
     return out

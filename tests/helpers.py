@@ -219,3 +219,34 @@ def _load_settings(**settings: Any) -> Any:
 def memfile(share: Path, scope_dir: str, name: str) -> Path:
     """Path of a memory file: scope_dir is e.g. 'mesh' or 'user/alice'."""
     return share / "memory" / scope_dir / name
+
+
+def file_version(share: Path, p: Path) -> tuple[str, str, Any, str, int]:
+    """(scope, key, value, node_id, updated_at) that the memory file ``p`` stands for, as
+    every node must derive it (R10): what a file meshsync wrote (its ``rev`` matches)
+    claims; for any other file, stamp max(declared + 1 ms, mtime) and its ``node_id``
+    or "share".  Written out here, apart from meshsync's own code, as the tests' oracle."""
+    from meshsync import formats, layout
+
+    data = p.read_bytes()
+    mtime_ms = os.lstat(p).st_mtime_ns // 1_000_000
+    doc = json.loads(data)
+    parts = p.relative_to(share).as_posix().split("/")
+    scope = {"mesh": "mesh", "node": "node"}.get(parts[1]) or "user:" + layout.decode(parts[2])
+    try:
+        key = layout.decode(parts[-1][:-5])
+    except layout.Shortened:
+        key = doc["key"]
+    ms, sec, node = doc.get("updated_at_ms"), doc.get("updated_at"), doc.get("node_id")
+    if type(ms) is int and type(sec) is int and ms // 1000 == sec:
+        stamp = ms
+    elif type(sec) in (int, float):
+        stamp = int(sec * 1000)
+    else:
+        stamp = None
+    digest = formats.digest_bytes(formats.canonical(doc["value"]))
+    if (type(ms) is int and stamp is not None and isinstance(node, str) and node
+            and doc.get("rev") == formats.rev(layout.memory_id(scope, key), digest, stamp, node)):
+        return scope, key, doc["value"], node, stamp // 1000
+    derived = max(stamp + 1 if stamp is not None else 0, mtime_ms)
+    return scope, key, doc["value"], node if isinstance(node, str) and node else "share", derived // 1000

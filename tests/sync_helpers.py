@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from helpers import Mesh, MeshNode
+from helpers import Mesh, MeshNode, file_version
 
 from meshsync import layout
 from meshsync.replicas.index.store import Index
@@ -83,18 +83,18 @@ def errors(n: MeshNode) -> dict[str, dict]:
 
 def assert_item_everywhere(nodes: list[MeshNode], share: Path, scope: str, key: str, value,
                            node_id: str | None = None) -> None:
-    f = read_json(mem_path(share, scope, key))
-    assert f["value"] == value
+    _s, _k, fvalue, fnode, fupdated = file_version(share, mem_path(share, scope, key))  # as nodes derive it (R10)
+    assert fvalue == value
     for n in nodes:
         row = n.row(scope, key)
         assert row is not None, f"{n.node_id} has no row {scope}:{key}"
         assert json.loads(row[0]) == value, n.node_id
-        assert row[2] == f["updated_at"], n.node_id
-        assert row[1] == f["node_id"], n.node_id
+        assert row[2] == fupdated, n.node_id
+        assert row[1] == fnode, n.node_id
         c = n.cache()[f"{scope}:{key}"]
-        assert c == {"value": value, "nodeId": f["node_id"], "ts": f["updated_at"]}, n.node_id
+        assert c == {"value": value, "nodeId": fnode, "ts": fupdated}, n.node_id
     if node_id is not None:
-        assert f["node_id"] == node_id
+        assert fnode == node_id
 
 
 def assert_gone_everywhere(nodes: list[MeshNode], share: Path, scope: str, key: str) -> None:

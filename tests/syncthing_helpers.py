@@ -160,6 +160,11 @@ class SyncthingNode:
 
     def start(self) -> None:
         """Start `syncthing serve` and wait until its REST API answers."""
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start `syncthing serve` (see wait_ready: several instances start side by side)."""
         assert self.proc is None or self.proc.poll() is not None, f"syncthing {self.name} runs already"
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
@@ -167,13 +172,19 @@ class SyncthingNode:
                 [SYNCTHING, "serve", f"--home={self.home}", "--no-browser", "--no-restart", "--no-upgrade",
                  "--logflags=3", "--logfile=-"],
                 stdout=log, stderr=subprocess.STDOUT, env=self._env(), start_new_session=True)
-        wait_for(lambda: self._alive() and self.get("/rest/system/ping").get("ping") == "pong", 60,
-                 interval=0.1, what=f"syncthing {self.name}'s REST API on {self.api_url}")
 
-    def _alive(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
+    def wait_ready(self) -> None:
+        """Wait until the REST API answers; fail at once, with its log, if it exited."""
+        def ready() -> bool:
+            return not self.running or self.get("/rest/system/ping").get("ping") == "pong"
+        wait_for(ready, 60, interval=0.1, what=f"syncthing {self.name}'s REST API on {self.api_url}")
+        if not self.running:
             raise AssertionError(f"syncthing {self.name} exited; its log:\n{self.log()[-3000:]}")
-        return True
+
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM to its group) without waiting: see stop()."""
+        if self.proc is not None and self.proc.poll() is None:
+            _killpg(self.proc.pid, signal.SIGTERM)
 
     def stop(self, timeout: float = 30) -> None:
         """Stop the process (SIGTERM, then SIGKILL after ``timeout``) and reap it."""
@@ -256,8 +267,10 @@ class SyncthingMesh:
             n.generate()
         for n in nodes:
             n.configure(nodes, self.folder_id)
+        for n in nodes:  # side by side: a start takes a second or two, mostly waiting
+            n.launch()
         for n in nodes:
-            n.start()
+            n.wait_ready()
         self.wait_connected()
         return self
 
@@ -298,6 +311,8 @@ class SyncthingMesh:
         wait_for(twice, timeout, interval=0.2, what="syncthing folders in sync")
 
     def stop(self) -> None:
+        for n in self.nodes.values():  # every one asked first: they stop side by side
+            n.terminate()
         errors = []
         for n in self.nodes.values():
             try:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, Mesh, MeshNode, wait_for
+from helpers import REPO, Mesh, MeshNode, file_version, wait_for
 
 from meshsync import faults, formats, layout
 
@@ -152,18 +152,36 @@ def share_state(share: Path) -> dict[str, tuple]:
             continue
         doc = json.loads(p.read_bytes())  # every share file parses
         assert isinstance(doc, dict) and "value" in doc, f"{p} is not a memory file: {doc!r}"
-        out[item_key("m", doc["scope"], doc["key"])] = (canon("m", doc["value"]), doc.get("node_id"),
-                                                        doc.get("updated_at"))
+        scope, key, value, node, updated_at = file_version(share, p)  # as every node derives it (R10)
+        out[item_key("m", scope, key)] = (canon("m", value), node, updated_at)
     for d in sorted((share / layout.SKILLS).iterdir()):
         if d.name.startswith("."):
             continue
-        meta = json.loads((d / layout.SKILL_JSON).read_bytes())
-        out[item_key("s", "", meta["name"])] = ((d / layout.SKILL_MD).read_text(), meta.get("source_node"),
-                                                meta.get("updated_at"))
+        out[item_key("s", "", layout.decode(d.name))] = skill_version(d)
     for p in (share / layout.META / "tombstones").rglob("*"):
         if p.is_file() and not p.name.startswith("."):
             json.loads(p.read_bytes())
     return out
+
+
+def skill_version(d: Path) -> tuple[str, str, int]:
+    """(SKILL.md, source node, updated_at) a skill folder stands for (R10): what a
+    skill.json whose rev matches claims; else derived from the folder alone, after what
+    skill.json declares and no earlier than its newest file, node "share" when unnamed."""
+    files = {p.relative_to(d).as_posix(): p for p in d.rglob("*")
+             if p.is_file() and not layout.is_ignored_name(p.name)}
+    content = files[layout.SKILL_MD].read_bytes()
+    meta = json.loads(files[layout.SKILL_JSON].read_bytes()) if layout.SKILL_JSON in files else {}
+    extras = formats.extras_digest([(r, formats.digest_bytes(p.read_bytes())) for r, p in files.items()
+                                    if r not in (layout.SKILL_MD, layout.SKILL_JSON)])
+    digest = formats.skill_digest(content, meta.get("path"), extras)
+    ms, sec, node = meta.get("updated_at_ms"), meta.get("updated_at"), meta.get("source_node")
+    stamp = ms if type(ms) is int and ms // 1000 == sec else sec * 1000 if type(sec) is int else None
+    if (type(ms) is int and node and stamp is not None
+            and meta.get("rev") == formats.rev(layout.skill_id(layout.decode(d.name)), digest, stamp, node)):
+        return content.decode(), node, stamp // 1000
+    newest = max(os.lstat(p).st_mtime_ns // 1_000_000 for p in files.values())
+    return content.decode(), node or "share", max(stamp + 1 if stamp is not None else 0, newest) // 1000
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -766,30 +784,23 @@ def test_watcher_stop_survives_watchdog_errors(tmp_path: Path):
     ev.stop()  # idempotent
 
 
-def test_two_normalisations_of_one_hand_made_skill_converge(mesh: Mesh):
-    """Found by the chaos test (seed 31): two nodes that both imported the same hand-made
-    skill folder before either wrote its skill.json stamp it alike (the files' mtime) but
-    each with its own node id.  A skill's share hash covers its files, not skill.json, so
-    the node whose skill.json was overwritten took the other's as its own version and
-    the indexes kept different source_node values forever (R1)."""
+def test_two_nodes_take_one_hand_made_skill_alike(mesh: Mesh):
+    """Found by the chaos test (seed 31), when each node wrote a skill.json of its own for
+    a hand-made folder (stamped alike, each naming itself) and the indexes kept different
+    source_node values forever (R1).  Hand-made folders are now taken as written (R10):
+    each node derives the same version from the folder alone and writes nothing."""
     a, b = mesh.node("a"), mesh.node("b")
     d = mesh.share / "skills" / "alpha"
     (d / "scripts").mkdir(parents=True)
     (d / "scripts" / "x.sh").write_text("#!/bin/sh\necho 1\n")
     (d / "SKILL.md").write_text("---\nname: alpha\ndescription: hand made\n---\n# alpha\n")
-    b.sync()  # b imports the hand-made folder and writes skill.json naming b
-    assert json.loads((d / "skill.json").read_bytes())["source_node"] == "b"
-    (d / "skill.json").unlink()  # as if a had read the folder before b's skill.json landed
-    a.sync()  # a imports the same folder and writes skill.json naming a
-    assert json.loads((d / "skill.json").read_bytes())["source_node"] == "a"
-    b.sync()
-    a.sync()
-    b.sync()
-    meta = json.loads((d / "skill.json").read_bytes())
+    for n in (b, a, b, a):
+        n.sync()
+    assert not (d / "skill.json").exists()
     rows = {n.node_id: n.sql("SELECT source_node, updated_at FROM mesh_skills WHERE name = 'alpha'")[0]
             for n in (a, b)}
-    assert rows["a"] == rows["b"] == (meta["source_node"], meta["updated_at"])
-
+    newest = max(int(p.stat().st_mtime) for p in (d / "SKILL.md", d / "scripts" / "x.sh"))
+    assert rows["a"] == rows["b"] == ("share", newest)
 
 
 def _local_settings(tmp_path: Path):
@@ -814,13 +825,21 @@ def test_hand_save_during_a_pass_is_not_overwritten(tmp_path: Path):
     s = _local_settings(tmp_path)
     node = Node(s)
     try:
+        # A base an hour ahead of the file server's clock: the saves' mtimes cannot order
+        # them after it, so the pass stamps the first save after its base and rewrites it
+        # (R3's fallback; a file that orders itself is taken as written and not rewritten).
+        node.put_memory("mesh", "k", "base")
+        node.index.db.execute("UPDATE mesh_memory SET updated_at = updated_at + 3600")
         node.sync()
         p = s.share / "memory" / "mesh" / "k.json"
         p.write_text(json.dumps({"value": "first save"}))
 
+        landed = []
+
         def second_save_lands(check):  # between the pass's read and its rewrite
             def cas(cur):
                 if json.loads(p.read_bytes())["value"] == "first save":
+                    landed.append(1)
                     tmp = p.with_name(".k.json.swp")
                     tmp.write_text(json.dumps({"value": "second save"}))
                     os.replace(tmp, p)
@@ -833,6 +852,7 @@ def test_hand_save_during_a_pass_is_not_overwritten(tmp_path: Path):
             node.sync()
         finally:
             faults.remove("share.check")
+        assert landed and json.loads(p.read_bytes())["value"] == "second save"
         node.sync()
         assert json.loads(p.read_bytes())["value"] == "second save"
         assert node.index.db.execute("SELECT value FROM mesh_memory").fetchall() == [('"second save"',)]

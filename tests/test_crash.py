@@ -322,7 +322,7 @@ class Crasher:
         assert set(skills) == self.expected_skills, ctx
         for name in skills:
             assert (n.cache_skills / f"{name}.md").read_bytes() == _skill_md(int(name.split("-")[1])), (ctx, name)
-            assert (self.mesh.share / "skills" / name / "skill.json").exists(), (ctx, name)
+            assert not (self.mesh.share / "skills" / name / "skill.json").exists(), (ctx, name)  # as made (R10)
 
 
 def _listdir(d: Path) -> list[str]:

@@ -246,6 +246,11 @@ def test_the_user_unit_runs_under_the_users_systemd(deployed):
     uid = c.run("id -u openclaw").stdout.strip()
     env = {"XDG_RUNTIME_DIR": f"/run/user/{uid}"}
     script = user_unit_commands().replace('loginctl enable-linger "$USER"', "loginctl enable-linger openclaw")
+    # "then edit it": this account's node (the template's, stopped above) keeps its node id;
+    # its index refuses any other (R11).
+    copy = "cp config.example.yaml ~/.config/meshsync/config.yaml"
+    assert copy in script
+    script = script.replace(copy, copy + " && echo 'node_id: linux-box-openclaw' >> ~/.config/meshsync/config.yaml")
     linger, rest = script.split("\n", 1)
     c.run(linger)  # a user may do this for themselves only where polkit lets them; root may
     c.wait(f"test -S /run/user/{uid}/systemd/private", "the user's systemd started")

@@ -437,3 +437,20 @@ def test_floats_survive_exactly():
 def test_big_int_check_matches_the_regular_expression(parts):
     raw = b"".join(parts)
     assert formats._has_big_int(raw) == (formats._BIG_INT.search(raw) is not None)
+
+
+def test_index_values_are_read_as_the_seed_client_reads_them():
+    """R10: a value that is JSON text is its JSON; any other text is the string it
+    spells (the seed's getMemory: JSON.parse, else the text).  JSON that meshsync cannot
+    carry exactly is still refused, never read as a string."""
+    from meshsync.formats import index_value, json_text
+
+    assert index_value('{"a": [1, 2]}') == {"a": [1, 2]}
+    assert index_value(" 1 ") == 1
+    for text in ("hello mesh", "", "{not json", "NaN", "Infinity", "[1,]", "'single'"):
+        assert index_value(text) == text
+        assert json.loads(json_text(text)) == text
+    assert json_text('{"a":1}') == '{"a":1}'
+    for text in ("[1e400]", '"\\ud800"', "[[[[1]]]]"):
+        with pytest.raises(FormatError):
+            index_value(text, 3)

@@ -166,8 +166,8 @@ def test_hostile_corpus_in_a_live_share(mesh: Mesh, tmp_path: Path):
     _start(b)
     assert a.status()["watch"]["mode"] == "events"
     wait_for(lambda: _has_good_versions(a) and _has_good_versions(b), 30, what="good versions everywhere")
-    wait_for(lambda: all("rev" in json.loads((m / f"{k}.json").read_bytes()) for k in BROKEN), 10,
-             what="share files normalised")
+    # Taken as written (R10): no node rewrites the hand-made files it imported.
+    assert not any("rev" in json.loads((m / f"{k}.json").read_bytes()) for k in BROKEN)
     good_rows = {n.node_id: n.sql("SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY key")
                  for n in (a, b)}
     good_cache = {n.node_id: n.cache() for n in (a, b)}

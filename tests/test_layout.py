@@ -296,3 +296,14 @@ def test_ignored_names(name):
 @pytest.mark.parametrize("name", ["user.preferences.json", "^a.json", "%2ehidden.json", "x%7e", "tmp", "a.tmp.json"])
 def test_not_ignored_names(name):
     assert not is_ignored_name(name)
+
+
+@pytest.mark.parametrize("name", ["#note.json#", ".#note.json", "4913", "5036", "9833", ".note.json.swp", "x.swo",
+                                  "note.json~", "note.json___jb_tmp___", "note.json___jb_old___"])
+def test_editor_files(name):
+    assert layout.is_editor_file(name)
+
+
+@pytest.mark.parametrize("name", ["note.json", "4913.json", "4914", "491", "#recycle.json", "#", "##", "12345678901"])
+def test_not_editor_files(name):
+    assert not layout.is_editor_file(name)

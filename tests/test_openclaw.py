@@ -185,7 +185,7 @@ def test_skill_dirs_mirror_full_skill_folders(mesh: Mesh, tmp_path: Path):
              what="skill folder mirrored")
     assert (dest / "SKILL.md").read_text().startswith("---\nname: deploy")
     assert os.stat(dest / "scripts" / "run.sh").st_mode & stat.S_IXUSR
-    assert (dest / ".meshsync-managed").read_text().strip() == "deploy"
+    assert (dest / ".meshsync-managed").read_text().splitlines() == ["deploy", "node b"]
     # A shared skill named like the hand-made folder: the folder is left alone, with a warning.
     (mesh.share / "skills" / "mine").mkdir()
     (mesh.share / "skills" / "mine" / "SKILL.md").write_text("no frontmatter here\n")
@@ -229,7 +229,7 @@ def test_secret_guard(mesh: Mesh):
     start(a)
     start(b)
     key = "AKIA" + "IOSFODNN7EXAMPLE"
-    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}"}))
+    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}"}), check=6)  # refused: its own exit code
     wait_for(lambda: any("aws-access-key" in e["reason"] for e in a.status()["errors"]), 15, what="refused")
     errs = json.dumps(a.status()["errors"])
     assert key not in errs and "mesh:aws" in errs
@@ -243,7 +243,7 @@ def test_secret_guard(mesh: Mesh):
     # Allowing the item lets it through.
     assert a.stop() == 0
     start(a, MESHSYNC_SECRETS__ALLOW_ITEMS='["mesh:aws"]')
-    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}", "v": 2}))
+    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}", "v": 2}), MESHSYNC_SECRETS__ALLOW_ITEMS='["mesh:aws"]')
     wait_for(lambda: memfile(mesh.share, "mesh", "aws.json").exists(), 15, what="allowed item exported")
     assert a.stop() == 0 and b.stop() == 0
 
@@ -280,3 +280,35 @@ def test_better_sqlite3_client_interoperates(mesh: Mesh):
     wait_for(lambda: _node_client(a.index, "get", "mesh", "recipe") is None, 15, what="delete reaches a")
     assert _node_client(a.index, "search", "blueberries") == []
     assert a.stop() == 0 and b.stop() == 0
+
+
+def test_seed_client_string_values_round_trip(mesh: Mesh):
+    """R10: the seed's putMemory stores a string as its raw text (`hello mesh`, not
+    `"hello mesh"`) and its getMemory reads a value as JSON when it parses, else as the
+    text.  Such a row is read the same way: it syncs as the string, the writer's row is
+    left as written, and the other node (and its Node client) gets the string."""
+    if not (NODE_DIR / "node_modules" / "better-sqlite3").exists():
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR,
+                       check=True, timeout=1200)
+    a, b = mesh.node("a"), mesh.node("b")
+    assert _node_client(a.index, "put-value", "mesh", "greeting", '"hello mesh"', "ceo") == {"ok": True}
+    assert _node_client(a.index, "put-value", "mesh", "braces", '"{not json"', "ceo") == {"ok": True}
+    assert a.sql("SELECT value FROM mesh_memory WHERE key = 'greeting'") == [("hello mesh",)]
+    for n in (a, b, a):
+        st = json.loads(n.cli("sync", "--json").stdout)
+        assert st["errors"] == 0, (n.node_id, n.status()["errors"])
+    assert json.loads(memfile(mesh.share, "mesh", "greeting.json").read_bytes())["value"] == "hello mesh"
+    assert a.sql("SELECT value FROM mesh_memory WHERE key = 'greeting'") == [("hello mesh",)]  # left as written
+    assert b.value("mesh", "greeting") == "hello mesh" and b.value("mesh", "braces") == "{not json"
+    for n in (a, b):
+        assert n.cache()["mesh:greeting"]["value"] == "hello mesh"
+        assert n.cache()["mesh:braces"]["value"] == "{not json"
+        assert json.loads(n.cli("get", "mesh", "greeting").stdout) == "hello mesh"
+        got = _node_client(n.index, "get", "mesh", "greeting")
+        assert got["value"] == "hello mesh" and got["node_id"] == "ceo", (n.node_id, got)
+    # A later write of the same key through the seed's client on b comes back to a.
+    _node_client(b.index, "put-value", "mesh", "greeting", '"hello again"', "ceo")
+    b.cli("sync")
+    a.cli("sync")
+    assert _node_client(a.index, "get", "mesh", "greeting")["value"] == "hello again"
+    assert a.cache()["mesh:greeting"]["value"] == "hello again"

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from meshsync.reconcile import (
     ABSENT,
     CACHE,
+    COPY,
     INDEX,
     SHARE,
     SIDES,
@@ -271,6 +272,101 @@ def test_r4_offline_node_never_resurrects(v, later, tnode, node, drift, with_cac
     assert plan.winner.deleted and INDEX in plan.write and SHARE in plan.write
 
 
+# --- conflict copies (Syncthing): more share sides, taken as they are, never written ---------
+
+
+def copy_side(i: int) -> str:
+    return f"{COPY}memory/mesh/k.sync-conflict-2026010{i}-000000-ABCDEF{i}.json"
+
+
+@st.composite
+def with_copies(draw):
+    """A situation with one to three conflict copies beside a share side (detection
+    hands copies to reconcile only then); a copy may hold the base."""
+    base, sides, now, node = draw(situations())
+    sides = dict(sides)
+    if SHARE not in sides:
+        sides[SHARE] = draw(observations(base))
+    held = [live] + ([st.just(base)] if base is not None and not base.deleted else [])
+    for i in range(draw(st.integers(1, 3))):
+        v = draw(st.one_of(*held))
+        sides[copy_side(i)] = Obs(v, draw(st.booleans()), payload=("copy", i))
+    return base, sides, now, node
+
+
+def copy_cands(base, sides, now, node):
+    """The candidates as reconcile must see them: a copy at its own version."""
+    out = cands(base, {s: o for s, o in sides.items() if not s.startswith(COPY)}, now, node)
+    out.update({s: o.version for s, o in sides.items() if s.startswith(COPY)})
+    return out
+
+
+@PROPS
+@given(with_copies(), st.sets(st.sampled_from(SIDES)))
+def test_copies_take_part_in_newest_wins_and_are_never_written(sit, writable):
+    base, sides, now, node = sit
+    plan = run(base, sides, now, node, frozenset(writable))
+    assert plan.write <= set(SIDES) and all(s in SIDES for s, _ in plan.refused)
+    if SHARE in writable:
+        cs = copy_cands(base, sides, now, node)
+        assert plan.winner == max(cs.values(), key=lambda v: v.order)
+        assert cs[plan.source] == plan.winner
+    if plan.source.startswith(COPY):
+        assert plan.refused == []  # importing a copy is no local write (R9)
+
+
+@PROPS
+@given(with_copies())
+def test_every_copy_that_loses_is_beaten(sit):
+    base, sides, now, node = sit
+    plan = run(base, sides, now, node)
+    win = plan.winner
+    digests = [v.digest for _, v, _ in plan.beaten]
+    assert len(digests) == len(set(digests))
+    on_share = plan.source == SHARE or plan.source.startswith(COPY)
+    for s, o in sides.items():
+        if not s.startswith(COPY) or o.version.digest == win.digest:
+            continue
+        # A copy and the file were written concurrently: the loser is beaten even when it
+        # is this node's base, unless a later local write replaced the base.
+        if on_share or not o.version.same(base):
+            assert o.version.digest in digests, (s, o.version)
+    for s, v, payload in plan.beaten:
+        assert not v.deleted and v.digest != win.digest and payload is sides[s].payload
+        assert v == copy_cands(base, sides, now, node)[s]
+
+
+@PROPS
+@given(with_copies())
+def test_plans_with_copies_converge_once_the_copies_are_removed(sit):
+    base, sides, now, node = sit
+    plan = run(base, sides, now, node)
+    win = plan.winner
+    after = applied(plan, {s: o for s, o in sides.items() if not s.startswith(COPY)})
+    again = run(win, after, now + 1000, node)
+    assert again.winner == win and again.quiet and again.beaten == []
+    # The same copies under other names (another device, another second): same outcome.
+    renamed = {(copy_side(9 - int(s[-6])) if s.startswith(COPY) else s): o for s, o in sides.items()}
+    other = run(base, renamed, now, node)
+    assert (other.winner, other.write) == (plan.winner, plan.write)
+    assert sorted(v.digest for _, v, _ in other.beaten) == sorted(v.digest for _, v, _ in plan.beaten)
+
+
+def test_a_copy_is_taken_as_it_is():
+    """An untrusted copy (a hand edit that lost in Syncthing) is not stamped after the
+    base like a local write: it was written elsewhere, before the file that beat it."""
+    base = Version(T0, "a", "d1")
+    copy = Version(T0 - 5, "b", "d2")
+    plan = run(base, {SHARE: Obs(base, True), INDEX: Obs(base, True), copy_side(0): Obs(copy, False, "c")})
+    assert plan.winner == base and plan.quiet
+    assert plan.beaten == [(copy_side(0), copy, "c")]
+    # The base lost to a copy written concurrently: it is beaten, not merely overwritten.
+    newer = Version(T0 + 5, "b", "d2")
+    plan = run(base, {SHARE: Obs(base, True, "file"), INDEX: Obs(base, True), copy_side(0): Obs(newer, True, "c")})
+    assert plan.winner == newer and plan.source == copy_side(0) and plan.write == {SHARE, INDEX}
+    assert plan.beaten == [(SHARE, base, "file")]
+
+
 # --- examples --------------------------------------------------------------------------------
 
 
@@ -418,3 +514,39 @@ def test_effective(trusted):
     assert effective(ABSENT, None, T0, "c") is None
     assert effective(ABSENT, Version(T0, "a", deleted=True), T0, "c") is None
     assert effective(Obs(old, trusted), None, T0, "c") == old
+
+
+# --- R12: a clock far ahead cannot win for the future ---------------------------------------------
+
+DAY = 86_400_000
+
+
+def test_r12_a_fresh_write_stamped_far_ahead_is_taken_as_written_now():
+    """A local write stamped a day ahead (the writer's clock is wrong) is clamped to the
+    pass's clock; within the tolerance (minutes of skew, R3) stamps are left alone."""
+    base = Version(T0 - 5000, "a", "d1")
+    ahead = Version(T0 + DAY, "b", "d2")
+    plan = run(base, {SHARE: Obs(base, True), INDEX: Obs(ahead, False)}, now=T0)
+    assert plan.winner == Version(T0, "b", "d2") and plan.write == {SHARE, INDEX}
+    minutes = Version(T0 + SKEW, "b", "d2")
+    plan = run(base, {SHARE: Obs(base, True), INDEX: Obs(minutes, False)}, now=T0)
+    assert plan.winner == minutes
+
+
+def test_r12_a_version_from_the_future_loses_to_every_plausible_one_and_floors_nothing():
+    """An item another node stamped a day ahead (exported before this rule): a later
+    real-time write wins over it (it is not floored at the future stamp + 1 ms), and so
+    does any plausible version met on another side; a future version alone still wins
+    (nothing else claims the item)."""
+    future = Version(T0 + DAY, "z", "d1")
+    write = Version(T0 - 1000, "a", "d2")
+    plan = run(future, {SHARE: Obs(future, True), INDEX: Obs(write, False)}, now=T0)
+    assert plan.winner == write and plan.write == {SHARE, INDEX}
+    plan = run(None, {SHARE: Obs(future, True), INDEX: Obs(write, True)}, now=T0)
+    assert plan.winner == write and plan.beaten == [(SHARE, future, None)]
+    assert run(None, {SHARE: Obs(future, True)}, now=T0).winner == future
+    # A delete of a future item is stamped now, not after the future stamp.
+    plan = run(future, {SHARE: Obs(future, True), INDEX: ABSENT}, now=T0, node="a")
+    assert plan.winner == Version(T0, "a", deleted=True)
+    # Once the clock reaches it, it is an ordinary version again (every node agrees).
+    assert run(None, {SHARE: Obs(future, True), INDEX: Obs(write, True)}, now=T0 + DAY).winner == future

@@ -52,7 +52,7 @@ def test_bad_files_are_skipped_reported_and_left_alone(mesh, ab, tmp_path):
     st = json.loads(a.cli("sync", "--json", check=1, timeout=60).stdout)
     assert st["skipped"] >= len(names)
     assert a.value("mesh", "good") == "fine"
-    assert read_json(m / "good.json")["node_id"] == "A"
+    assert (m / "good.json").read_text() == '{"value": "fine"}'  # taken as written (R10)
     errs = errors(a)
     for name in names:
         e = errs.get(f"memory/mesh/{name}")

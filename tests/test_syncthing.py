@@ -8,12 +8,15 @@ every change travels daemon -> folder -> Syncthing -> peer's folder -> peer's da
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import pytest
 from helpers import Mesh, MeshNode, wait_for
 from syncthing_helpers import SyncthingMesh, wait_file
+
+from meshsync.replicas.index.store import Index
 
 UPSERT = ("INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?, ?, ?, ?, ?) "
           "ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value, node_id = excluded.node_id, "
@@ -44,13 +47,27 @@ def skill_text(name: str, body: str) -> str:
 
 
 def st_node(mesh: Mesh, stm: SyncthingMesh, name: str, init: bool = True) -> MeshNode:
-    """The meshsync node ``name`` on Syncthing instance ``name``'s folder."""
+    """The meshsync node ``name`` on Syncthing instance ``name``'s folder (``init``:
+    `meshsync init` run as it)."""
     return mesh.node(name, share=stm[name].folder, init=init)
 
 
-def start_daemon(n: MeshNode, **env: str) -> None:
-    n.start(**env)
-    wait_for(lambda: "ready: first pass done" in n.log(), SLOW, what=f"{n.node_id}'s daemon ready")
+def joined(mesh: Mesh, stm: SyncthingMesh, name: str) -> MeshNode:
+    """Node ``name`` once the share's marker has reached its folder through Syncthing;
+    its index made in-process, as `meshsync init` would make it (a process start saved:
+    test_writes_from_every_entry_point_reach_every_node runs `init` on every node)."""
+    wait_file(stm[name].folder / ".meshsync" / "README", timeout=SLOW)
+    n = st_node(mesh, stm, name, init=False)
+    Index(n.index).close()
+    return n
+
+
+def start_daemon(*nodes: MeshNode, **env: str) -> None:
+    """Start the daemons of ``nodes`` side by side and wait until each is ready."""
+    for n in nodes:
+        n.start(**env)
+    for n in nodes:
+        wait_for(lambda n=n: "ready: first pass done" in n.log(), SLOW, what=f"{n.node_id}'s daemon ready")
 
 
 def rows(n: MeshNode) -> dict[str, tuple]:
@@ -97,30 +114,27 @@ def problems(n: MeshNode) -> list:
 
 
 def wait_full_pass(n: MeshNode, after: float) -> None:
-    """Wait until the daemon of ``n`` has run a full rescan that started after ``after``."""
+    """Wait until the daemon of ``n`` has run a full rescan that started after ``after``
+    (status's last_pass, read from the index: a `status` process per poll took longer
+    than the 2 s rescans waited for)."""
     def done() -> bool:
-        lp = n.status().get("last_pass") or {}
+        got = n.sql("SELECT v FROM meshsync_meta WHERE k = 'last_pass'")
+        lp = json.loads(got[0][0]) if got and got[0][0] else {}
         return bool(lp.get("full")) and lp.get("started", 0) > after
-    wait_for(done, SLOW, interval=0.2, what=f"a full pass of {n.node_id} after {after}")
+    wait_for(done, SLOW, interval=0.1, what=f"a full pass of {n.node_id} after {after}")
 
 
-def sync_conflicts(root: Path, skills: bool = True) -> list[str]:
-    """Syncthing's conflict copies in a replica (not the ones it is still pulling).  With
-    skills=False, not those in skill folders: a skill's files travel one by one, and a
-    node that sees the new SKILL.md before its skill.json takes it for a hand edit and
-    writes its own skill.json, which Syncthing then keeps beside the incoming one as a
-    conflict copy.  Such copies are folded with the others (next round: see
-    test_conflict_copies_are_folded_into_newest_wins)."""
+def sync_conflicts(root: Path) -> list[str]:
+    """Syncthing's conflict copies in a replica (not the ones it is still pulling)."""
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.sync-conflict-*")
-                  if not p.name.startswith(".syncthing.")
-                  and (skills or p.relative_to(root).parts[0] != "skills"))
+                  if not p.name.startswith(".syncthing."))
 
 
-def wait_no_copies(stm: SyncthingMesh, skills: bool = False) -> None:
-    """Wait until no replica holds a conflict copy (tombstone copies are folded by the
-    next full pass, which their arrival starts)."""
+def wait_no_copies(stm: SyncthingMesh) -> None:
+    """Wait until no replica holds a conflict copy: every copy is folded by the full
+    pass its arrival starts (memory files, skill folders, tombstones)."""
     def none() -> bool:
-        return all(sync_conflicts(n.folder, skills) == [] for n in stm.nodes.values())
+        return all(sync_conflicts(n.folder) == [] for n in stm.nodes.values())
     wait_for(none, SLOW, interval=0.2, what="no conflict copy left in any replica")
 
 
@@ -134,8 +148,7 @@ def test_writes_from_every_entry_point_reach_every_node(mesh: Mesh, syncthing, n
     for other in names[1:]:  # the marker reaches each replica through Syncthing
         wait_file(stm[other].folder / ".meshsync" / "README", timeout=SLOW)
     nodes = [first] + [st_node(mesh, stm, n) for n in names[1:]]
-    for n in nodes:
-        start_daemon(n)
+    start_daemon(*nodes)
 
     # The CLI on the first node, a foreign SQLite writer on the second, a hand-made file
     # in the last node's folder, a skill through the CLI.
@@ -186,9 +199,7 @@ def test_offline_node_does_not_bring_deleted_items_back(mesh: Mesh, syncthing):
     When C's Syncthing is back, the deletes reach C and nothing comes back anywhere."""
     stm = syncthing("a", "b", "c")
     a = st_node(mesh, stm, "a")
-    for other in ("b", "c"):
-        wait_file(stm[other].folder / ".meshsync" / "README", timeout=SLOW)
-    b, c = st_node(mesh, stm, "b"), st_node(mesh, stm, "c")
+    b, c = joined(mesh, stm, "b"), joined(mesh, stm, "c")
     nodes = [a, b, c]
     keys = [f"k{i}" for i in range(30)]
     for k in keys:
@@ -196,8 +207,7 @@ def test_offline_node_does_not_bring_deleted_items_back(mesh: Mesh, syncthing):
     skill_md = a.home / "SKILL.md"
     skill_md.write_text(skill_text("old", "old"))
     a.cli("skill", "put", "old", str(skill_md))
-    for n in nodes:
-        start_daemon(n)
+    start_daemon(*nodes)
     wait_for(lambda: all(len(rows(n)) == 30 and "old.md" in cache_skills(n) for n in nodes), SLOW,
              what="every item on every node")
     stm.wait_in_sync(SLOW)
@@ -243,11 +253,9 @@ def test_delete_and_update_while_apart_newer_wins(mesh: Mesh, syncthing, newer):
     meshsync's side the newer of the two wins, on both nodes, and nothing is left over."""
     stm = syncthing("a", "b")
     a = st_node(mesh, stm, "a")
-    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
-    b = st_node(mesh, stm, "b")
+    b = joined(mesh, stm, "b")
     a.cli("put", "mesh", "k", '"base"')
-    for n in (a, b):
-        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    start_daemon(a, b, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
     wait_value([a, b], "mesh", "k", "base")
     stm.wait_in_sync(SLOW)
     stm["b"].stop()
@@ -288,15 +296,13 @@ def test_the_same_delete_on_two_nodes_apart_leaves_no_copy(mesh: Mesh, syncthing
     kept at the tombstone's path (R4) and the copy removed, so none piles up."""
     stm = syncthing("a", "b")
     a = st_node(mesh, stm, "a")
-    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
-    b = st_node(mesh, stm, "b")
+    b = joined(mesh, stm, "b")
     md = a.home / "SKILL.md"
     md.write_text(skill_text("gone", "soon"))
     a.cli("skill", "put", "gone", str(md))
     for k in ("k1", "k2", "kept"):
         a.cli("put", "mesh", k, f'"{k}"')
-    for n in (a, b):
-        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    start_daemon(a, b, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
     wait_value([a, b], "mesh", "kept", "kept")
     wait_for(lambda: "gone.md" in cache_skills(b), SLOW, what="the skill on b")
     stm.wait_in_sync(SLOW)
@@ -313,7 +319,7 @@ def test_the_same_delete_on_two_nodes_apart_leaves_no_copy(mesh: Mesh, syncthing
     t0 = time.time()
     for n in (a, b):
         wait_full_pass(n, t0)
-    wait_no_copies(stm, skills=True)
+    wait_no_copies(stm)
     stm.wait_in_sync(SLOW)
     for n in (a, b):
         assert set(rows(n)) == {"mesh:kept"} and skills(n) == {} and set(cache_view(n)) == {"mesh:kept"}
@@ -336,8 +342,7 @@ def test_syncthing_files_are_never_items_nor_problems(mesh: Mesh, syncthing):
     stm["b"].set_folder(versioning={"type": "simple", "params": {"keep": "5"}, "cleanupIntervalS": 3600,
                                     "fsPath": "", "fsType": "basic"})
     a = st_node(mesh, stm, "a")
-    wait_file(stm["b"].folder / ".meshsync" / "README", timeout=SLOW)
-    b = st_node(mesh, stm, "b")
+    b = joined(mesh, stm, "b")
     for name in ("a", "b"):
         (stm[name].folder / ".stignore").write_text("// meshsync's own temporary files\n(?d).meshsync-tmp-*\n")
     skill_md = a.home / "SKILL.md"
@@ -345,8 +350,7 @@ def test_syncthing_files_are_never_items_nor_problems(mesh: Mesh, syncthing):
     a.cli("put", "mesh", "kept", '"one"')
     a.cli("put", "mesh", "dropped", '"soon gone"')
     a.cli("skill", "put", "tool", str(skill_md))
-    for n in (a, b):
-        start_daemon(n, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    start_daemon(a, b, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
     wait_value([a, b], "mesh", "dropped", "soon gone")
     wait_for(lambda: cache_skills(b).get("tool.md") == skill_text("tool", "first").encode(), SLOW, what="skill on b")
 
@@ -423,4 +427,116 @@ def test_start_order_does_not_matter(mesh: Mesh, syncthing):
     wait_for(lambda: agreed([a, b, c]), SLOW, what="every index and cache agree")
     for n in (a, b, c):
         assert n.status()["share"]["available"] is True
+        assert problems(n) == [], (n.node_id, problems(n))
+
+
+def conflicts(n: MeshNode) -> dict[str, list]:
+    """The node's conflict history: item -> the beaten values (a skill's: its content)."""
+    out: dict[str, list] = {}
+    for r in json.loads(n.cli("conflicts", "--json").stdout):
+        b = r["beaten"]
+        out.setdefault(r["item"], []).append(b["value"] if "value" in b else b.get("content"))
+    return out
+
+
+def test_conflict_copies_are_folded_into_newest_wins(mesh: Mesh, syncthing):
+    """Issue 17's first point (R1, R2 on Syncthing): B is cut off while both nodes write
+    the same items; back together, Syncthing keeps one file of each and renames the other
+    to `<name>.sync-conflict-<date>-<time>-<device>.<ext>`, also inside the skill's folder.
+    meshsync folds each copy into newest-`updated_at`-wins like any other version: the
+    winner everywhere (for k2 it is the copy's version: B wrote last, but its file's
+    mtime is an hour back, so Syncthing kept A's file), the beaten version in every
+    node's conflict history, no item made from a copy's name, and no copy left once its
+    version is recorded."""
+    stm = syncthing("a", "b")
+    a = st_node(mesh, stm, "a")
+    b = joined(mesh, stm, "b")
+    md = a.home / "SKILL.md"
+    md.write_text(skill_text("tool", "base"))
+    a.cli("put", "mesh", "k1", '"base"')
+    a.cli("put", "mesh", "k2", '"base"')
+    a.cli("skill", "put", "tool", str(md))
+    start_daemon(a, b, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    wait_value([a, b], "mesh", "k2", "base")
+    wait_for(lambda: cache_skills(b).get("tool.md") == skill_text("tool", "base").encode(), SLOW, what="skill")
+    stm.wait_in_sync(SLOW)
+
+    stm["b"].stop()
+    md_b = b.home / "SKILL.md"
+    md_b.write_text(skill_text("tool", "b, older"))
+    b.cli("skill", "put", "tool", str(md_b))
+    b.cli("put", "mesh", "k1", '"b, older"')
+    a.cli("put", "mesh", "k2", '"a, older"')
+    md.write_text(skill_text("tool", "a, newer"))
+    a.cli("skill", "put", "tool", str(md))
+    a.cli("put", "mesh", "k1", '"a, newer"')
+    b.cli("put", "mesh", "k2", '"b, newer"')
+    k2_b = stm["b"].folder / "memory" / "mesh" / "k2.json"
+    wait_for(lambda: json.loads(k2_b.read_text())["value"] == "b, newer", SLOW, what="b's k2 file")
+    hour_back = time.time() - 3600
+    os.utime(k2_b, (hour_back, hour_back))  # Syncthing keeps the newer mtime: A's file
+    wait_for(lambda: b.value("mesh", "k2") == "b, newer", SLOW, what="b's index")
+    stm["b"].start()
+    stm.wait_connected()
+
+    wait_value([a, b], "mesh", "k1", "a, newer")
+    wait_value([a, b], "mesh", "k2", "b, newer")
+    want_md = skill_text("tool", "a, newer")
+    wait_for(lambda: all(cache_skills(n).get("tool.md") == want_md.encode() for n in (a, b)), SLOW,
+             what="the newer skill on both")
+    wait_no_copies(stm)
+    stm.wait_in_sync(SLOW)
+    for n in (a, b):
+        wait_full_pass(n, time.time())
+    # Each beaten version is in the history of the node that folded its copy (the node
+    # whose file Syncthing replaced, B here; the other may fold it too if the copy reached
+    # it first).  Where the history lives on the share, every node lists it.
+    h: dict[str, list] = {}
+    for n in (a, b):
+        for item, values in conflicts(n).items():
+            h.setdefault(item, []).extend(values)
+    assert "b, older" in h.get("mesh:k1", []), h
+    assert "a, older" in h.get("mesh:k2", []), h
+    assert skill_text("tool", "b, older") in h.get("skill:tool", []), h
+    for n in (a, b):
+        assert not [k for k in rows(n) if "sync-conflict" in k] and not [s for s in skills(n) if "sync-conflict" in s]
+        assert problems(n) == [], (n.node_id, problems(n))
+    assert agreed([a, b])
+    for x in ("a", "b"):
+        f = stm[x].folder
+        assert json.loads((f / "memory" / "mesh" / "k2.json").read_text())["value"] == "b, newer"
+        assert (f / "skills" / "tool" / "SKILL.md").read_text() == want_md
+
+
+def test_a_skill_whose_skill_json_arrives_late_leaves_no_copy(mesh: Mesh, syncthing):
+    """A skill's files travel one by one: B gets A's new SKILL.md before its skill.json
+    (made certain here by ignoring skill.json on B for a while).  B may take the pair for
+    a hand edit and write its own skill.json (when A's arrives, Syncthing keeps one and
+    renames the other a conflict copy, which is folded: both describe the same content),
+    or take the folder as written and write nothing.  Either way no copy is left and the
+    nodes agree on one version (R1, R8)."""
+    stm = syncthing("a", "b")
+    a = st_node(mesh, stm, "a")
+    b = joined(mesh, stm, "b")
+    md = a.home / "SKILL.md"
+    md.write_text(skill_text("tool", "first"))
+    a.cli("skill", "put", "tool", str(md))
+    start_daemon(a, b, MESHSYNC_WATCH__RESCAN_INTERVAL="2")
+    wait_for(lambda: cache_skills(b).get("tool.md") == skill_text("tool", "first").encode(), SLOW, what="skill")
+    stm.wait_in_sync(SLOW)
+    fid = stm.folder_id
+    stm["b"].request("POST", f"/rest/db/ignores?folder={fid}", {"ignore": ["/skills/tool/skill.json"]})
+    md.write_text(skill_text("tool", "second"))
+    a.cli("skill", "put", "tool", str(md))
+    wait_for(lambda: cache_skills(b).get("tool.md") == skill_text("tool", "second").encode(), SLOW,
+             what="the new SKILL.md imported on b")
+    wait_full_pass(b, time.time())  # whatever B writes of its own for the pair is written now
+    stm["b"].request("POST", f"/rest/db/ignores?folder={fid}", {"ignore": []})
+    stm.wait_in_sync(SLOW)
+    wait_no_copies(stm)
+    stm.wait_in_sync(SLOW)
+    wait_for(lambda: agreed([a, b]), SLOW, what="one version of the skill on both")
+    for x in ("a", "b"):
+        assert (stm[x].folder / "skills" / "tool" / "SKILL.md").read_text() == skill_text("tool", "second")
+    for n in (a, b):
         assert problems(n) == [], (n.node_id, problems(n))

@@ -7,6 +7,7 @@ imports them (to build the parser) without a cycle.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from meshsync.replicas.share.store import ShareUnavailable
 if TYPE_CHECKING:
     from meshsync.engine.node import Node
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_BUSY = range(6)
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_BUSY, EXIT_FAULT, EXIT_REFUSED = range(8)
 
 
 class CliError(Exception):
@@ -73,15 +74,24 @@ def open_node(settings: config.Settings) -> Node:
     try:
         return Node(settings)
     except IndexError_ as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+        raise CliError(str(exc), EXIT_FAULT) from None
 
 
 def open_index(s: config.Settings) -> Index:
-    """The existing index, for commands that only read it."""
+    """The existing index, for commands that only read it (read-only for a user who does
+    not own it: opening it for writing could leave files of this user next to it)."""
+    from meshsync.cli.access import other_user
+    from meshsync.replicas.index import queries
+
+    if other_user(s):
+        idx = queries.open_read_only(s.index)
+        if idx is None:
+            raise CliError(f"cannot read index {s.index} as this user (see `meshsync doctor`)")
+        return idx
     try:
         return Index(s.index, create=False)
     except IndexError_ as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), EXIT_FAULT if s.index.exists() else EXIT_USAGE) from None
 
 
 def daemon_holder(index: Path) -> tuple[bool, int | None]:
@@ -93,27 +103,81 @@ def daemon_holder(index: Path) -> tuple[bool, int | None]:
     return True, int(h) if h.isdigit() else None
 
 
-def sync_after_write(settings: config.Settings, items: list[ItemId]) -> str:
-    """Export a CLI write now when no daemon runs; otherwise the daemon picks it up."""
+def fault_problem(exc: BaseException, s: config.Settings) -> str:
+    """The one line a command prints for an OS or SQLite error it could not get past
+    (exit 6, never a traceback: R12)."""
+    if isinstance(exc, sqlite3.Error):
+        return (f"the index {s.index} cannot be used: {exc} (a damaged file, a full disk or another program's "
+                "lock; see `meshsync doctor` and docs/troubleshooting.md)")
+    name = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return f"{getattr(exc, 'strerror', None) or exc}{name}; see `meshsync doctor`"
+
+
+def secret_hits(s: config.Settings, item: ItemId, value: Any = None, content: str | None = None) -> list[str]:
+    """The secret-guard rules a local write of ``item`` matches (the allow lists applied):
+    what the pass that exports it will refuse (engine/propagate.py applies the same rules)."""
+    from meshsync import secretguard
+
+    g = s.secrets
+    if not g.guard or str(item) in g.allow_items:
+        return []
+    hits = (secretguard.scan_value(value, item.key) if content is None
+            else secretguard.scan_bytes(content.encode("utf-8", "surrogatepass")))
+    return [h for h in hits if h not in g.allow_rules]
+
+
+def sync_after_write(settings: config.Settings, items: list[ItemId],
+                     refused: list[str] | None = None) -> tuple[str, int, str]:
+    """Export a CLI write now when no daemon runs; otherwise the daemon picks it up.
+    Returns (what happened, the exit code, the refusal to tell on stderr or "").
+    ``refused``: the secret-guard rules the write matches (secret_hits), so that the
+    command exits EXIT_REFUSED also when the daemon is the one that keeps it local."""
     lock = IndexLock(settings.index)
     try:
         lock.acquire()
     except Locked:
-        return "the running daemon will export it"
+        if refused:
+            return ("kept in this node's index; the running daemon does not export it", EXIT_REFUSED,
+                    f"{items[0]} not exported: it looks like a secret ({', '.join(refused)}); it stays in this "
+                    f"node's index only.\n  -> remove the secret, or allow it with secrets.allow_items "
+                    f"[\"{items[0]}\"] (see `meshsync status`)")
+        return "the running daemon will export it", EXIT_OK, ""
     try:
         node = open_node(settings)
         try:
             node.sync(items)
-            if {f"index:{it}" for it in items} & {e["path"] for e in node.index.errors()}:
-                return "kept in the index; not exported (see `meshsync status`)"
-            return "exported to the share"
+            errs = {e["path"]: e for e in node.index.errors()}
+            for it in items:
+                e = errs.get(f"index:{it}")
+                if e is not None and e["kind"] == "refused":
+                    return ("kept in this node's index only; not exported", EXIT_REFUSED,
+                            f"{e['reason']}\n  -> {e['hint']}")
+                if e is not None:
+                    return "kept in the index; not exported (see `meshsync status`)", EXIT_PROBLEMS, e["reason"]
+            if node.faults:
+                # Stored and exported, but the cache or the journal could not be written:
+                # said, and exit 1, never a traceback (R12).
+                return ("exported to the share, but " + "; ".join(f"{p} {why}" for p, why in node.faults.items())
+                        + " (see `meshsync status`; the daemon retries it)", EXIT_PROBLEMS, "")
+            return "exported to the share", EXIT_OK, ""
         except ShareUnavailable as exc:
             node.record_unavailable(str(exc))
-            return f"kept in the index; not exported: {exc}"
+            return f"kept in the index; not exported: {exc}", EXIT_OK, ""
         finally:
             node.close()
     finally:
         lock.release()
+
+
+def report_write(what: str, items: list[ItemId], s: config.Settings, refused: list[str] | None = None) -> int:
+    """Print ``what`` (e.g. "stored mesh:k") and how its export went; the exit code."""
+    import sys
+
+    msg, code, why = sync_after_write(s, items, refused)
+    print(f"{what}; {msg}")
+    if why:
+        print(f"meshsync: {why}", file=sys.stderr)
+    return code
 
 
 def when(ts: Any) -> str:

@@ -9,6 +9,7 @@ against the file server), next to the index and in the cache.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import shutil
@@ -21,9 +22,12 @@ from pathlib import Path
 import orjson
 
 from meshsync import layout, syncthing
+from meshsync.cli import probes
 from meshsync.cli.common import daemon_holder, dump_doc
 from meshsync.config import Settings
 from meshsync.daemon.watch import choose_mode
+from meshsync.diagnose import os_hint
+from meshsync.reconcile import FUTURE_MS
 from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import REQUIRED, SCHEMA_VERSION
 from meshsync.replicas.share import journal
@@ -65,22 +69,23 @@ def _share_checks(s: Settings) -> list[Check]:
         os.unlink(probe)
     except OSError as exc:
         out.append(Check("share writable", FAIL, f"cannot write in {s.share / layout.META}: {exc.strerror}",
-                         "give the meshsync user write access to the share (share_files.group, mount options; "
-                         "docs/deployment.md)"))
+                         _write_hint(exc, "the share", "give the meshsync user write access to the share "
+                                     "(share_files.group, mount options; docs/deployment.md)")))
     else:
         # meshsync writes in every scope and skill folder, not only in the marker.
-        bad = []
+        bad, first = [], None
         for rel in (layout.MEMORY, f"{layout.MEMORY}/mesh", f"{layout.MEMORY}/user", f"{layout.MEMORY}/node",
-                    layout.SKILLS, f"{layout.META}/tombstones", journal.DIR):
+                    layout.SKILLS, f"{layout.META}/tombstones", journal.DIR, layout.HISTORY):
             d = s.share / rel
             if d.is_dir() and not d.is_symlink():
-                err = _probe_dir(d, layout.encode(s.node_id))
+                err = probes.write_probe(d, layout.encode(s.node_id))
                 if err:
-                    bad.append(f"{rel}/ ({err})")
-        if bad:
+                    bad.append(f"{rel}/ ({err.strerror})")
+                    first = first or err
+        if first is not None:
             out.append(Check("share writable", FAIL, f"cannot write in {', '.join(bad)}",
-                             "give the meshsync user write access to the whole share, e.g. a common group "
-                             "and share_files.group (docs/deployment.md)"))
+                             _write_hint(first, "the share", "give the meshsync user write access to the whole "
+                                         "share, e.g. a common group and share_files.group (docs/deployment.md)")))
         else:
             out.append(Check("share writable", PASS, "probe files were written and removed"))
         skew = round(mtime - (t0 + t1) / 2, 2) + 0.0  # + 0.0: no "-0.00"
@@ -93,11 +98,85 @@ def _share_checks(s: Settings) -> list[Check]:
                              "run NTP on both; meshsync tolerates minutes, but ordering gets coarser"))
         else:
             out.append(Check("clock skew (file server)", PASS, detail))
+    out.append(_share_folders_check(s))
+    out.append(_journal_check(s))
     out.extend(_node_skew(s))
     mode, why = choose_mode(s.watch.mode, s.share)
     out.append(Check("filesystem", PASS, f"watch mode {mode}: {why}"))
     if mode == "events":
         out.append(_inotify_check(s))
+    return out
+
+
+def _write_hint(exc: OSError, where: str, otherwise: str) -> str:
+    """A full disk or a read-only mount said as such, not as a permission problem."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EPERM):
+        return os_hint(exc, where)
+    if exc.errno == errno.EROFS:
+        return f"{where} is on a read-only mount: remount it read-write; {otherwise}"
+    return otherwise
+
+
+def _share_folders_check(s: Settings) -> Check:
+    """Every folder of memory/ and skills/ can be listed: items below one that cannot are
+    neither imported nor exported (R5, R12), however fine the top folders are."""
+    bad: list[str] = []
+    n = 0
+    for top in (layout.MEMORY, layout.SKILLS):
+        stack = [s.share / top]
+        while stack:
+            d = stack.pop()
+            n += 1
+            try:
+                with os.scandir(d) as it:
+                    stack.extend(Path(e.path) for e in it if e.is_dir(follow_symlinks=False)
+                                 and not e.name.startswith("."))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                bad.append(f"{d.relative_to(s.share)}/ ({exc.strerror})")
+    if bad:
+        return Check("share folders", FAIL, f"cannot list {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else ""),
+                     "give the meshsync user read and search access (chmod u+rx, or the share's group): "
+                     "items below are left alone until then")
+    return Check("share folders", PASS, f"all {n} folders of memory/ and skills/ can be listed")
+
+
+def _journal_check(s: Settings) -> Check:
+    """This node's journal (other nodes that poll learn of its writes from it) can be
+    appended to: opened for writing, nothing written."""
+    p = s.share / journal.path_of(s.node_id)
+    if not p.exists():
+        return Check("journal", PASS, f"{journal.path_of(s.node_id)} does not exist yet; the first export creates it")
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        os.close(fd)
+    except OSError as exc:
+        return Check("journal", FAIL, f"cannot write {journal.path_of(s.node_id)}: {exc.strerror}",
+                     "nodes that poll see this node's writes only at their full rescan until it is fixed: "
+                     + _write_hint(exc, "the share", "give the meshsync user write access to it"))
+    return Check("journal", PASS, f"{journal.path_of(s.node_id)} can be written")
+
+
+def _space_checks(s: Settings) -> list[Check]:
+    """Free space where meshsync writes: a full disk stops exports, index writes or the
+    cache (each retried until space is freed, R12)."""
+    out = []
+    for what, path in (("share", s.share), ("index", s.index.parent), ("cache", s.openclaw_home)):
+        got = probes.free_bytes(path)
+        name = f"free space ({what})"
+        if got is None:
+            out.append(Check(name, WARN, f"cannot read the free space of {path}"))
+            continue
+        free, size = got
+        detail = f"{free / 1048576:.1f} MiB free of {size / 1048576:.1f} MiB at {probes.existing(path)}"
+        hint = f"free space on the {what}'s disk; meshsync retries by itself"
+        if free < probes.LOW_SPACE:
+            out.append(Check(name, FAIL, detail, hint))
+        elif free < 0.05 * size and free < 256 * 1048576:
+            out.append(Check(name, WARN, detail, hint))
+        else:
+            out.append(Check(name, PASS, detail))
     return out
 
 
@@ -184,6 +263,11 @@ def _index_checks(s: Settings) -> list[Check]:
     try:
         h = queries.health(s.index)
     except queries.Error as exc:
+        free = probes.free_bytes(s.index.parent)
+        if free is not None and free[0] < probes.LOW_SPACE:
+            # A full disk is not a damaged file: SQLite cannot even make its -shm file.
+            return [Check("index", FAIL, f"cannot read {s.index}: {exc} (its disk is full: {free[0]} bytes free)",
+                          "free space on the index's disk; the file itself is not damaged"), _index_writable(s)]
         return [Check("index", FAIL, f"cannot read {s.index}: {exc}",
                       "restore it from a backup or move it away; `meshsync init` + `meshsync sync` rebuilds it from the share")]
     qc, have, mode = h.quick_check, h.have, h.journal_mode
@@ -193,6 +277,7 @@ def _index_checks(s: Settings) -> list[Check]:
                          "move the index away and rebuild it with `meshsync init` and `meshsync sync`"))
     else:
         out.append(Check("index integrity", PASS, "PRAGMA quick_check ok"))
+    out.append(_future_check(s))
     missing = sorted(REQUIRED - have)
     if missing:
         out.append(Check("index schema", FAIL, f"missing: {', '.join(missing)}",
@@ -202,14 +287,87 @@ def _index_checks(s: Settings) -> list[Check]:
                          "upgrade or downgrade meshsync to the version that made this index"))
     else:
         out.append(Check("index schema", PASS, f"schema {SCHEMA_VERSION}, journal mode {mode}"))
-    err = _probe_dir(s.index.parent, "index")
+    out.append(_index_writable(s))
+    if out[-1].result == FAIL:
+        return out
+    if probes.index_locked(s.index):
+        out.append(Check("index lock", FAIL, f"another program has held the index's write lock for more than "
+                         f"{probes.LOCK_PROBE_S:g}s: the index is locked, meshsync's writes wait",
+                         "find it (`fuser INDEX`) and end its transaction; the daemon waits index_busy_timeout, "
+                         "then retries every few seconds"))
+    else:
+        out.append(Check("index lock", PASS, "no other program holds the index's write lock"))
+    return out
+
+
+def _index_writable(s: Settings) -> Check:
+    """A real write next to the index (its -wal and -shm files live there too)."""
+    exc = probes.write_probe(s.index.parent, "index")
+    err = exc.strerror if exc is not None else None
     if err is None and not os.access(s.index, os.W_OK):
         err = "the index file is read-only"
     if err:
-        out.append(Check("index writable", FAIL, f"cannot write {s.index} and its -wal file in {s.index.parent}: {err}",
-                         "give the meshsync user ownership of the index and its folder"))
+        hint = "give the meshsync user ownership of the index and its folder"
+        return Check("index writable", FAIL, f"cannot write {s.index} and its -wal file in {s.index.parent}: {err}",
+                     _write_hint(exc, "the index's folder", hint) if exc is not None else hint)
+    return Check("index writable", PASS, f"{s.index} and its folder are writable")
+
+
+def _future_check(s: Settings) -> Check:
+    """Items stamped more than reconcile.FUTURE_MS ahead (by a node whose clock was far
+    ahead, R12): they lose to every plausible write, and `repair-future-stamps` re-stamps
+    them."""
+    idx = queries.open_read_only(s.index)
+    if idx is None:
+        return Check("future stamps", WARN, f"cannot read {s.index}")
+    try:
+        ahead = int(idx.meta("clock_ahead") or 0)
+        rows = queries.future_rows(idx, int(time.time()) - ahead + FUTURE_MS // 1000)
+    except queries.Error as exc:
+        return Check("future stamps", WARN, f"cannot read {s.index}: {exc}")
+    finally:
+        idx.close()
+    if not rows:
+        return Check("future stamps", PASS, "no item is stamped in the future")
+    top = rows[0]
+    return Check("future stamps", WARN, f"{len(rows)} item(s) stamped in the future, up to "
+                 f"{(top.updated_at - time.time() + ahead) / 3600:.1f} h ahead (e.g. {top.item} by {top.node})",
+                 "fix the clock of the node named, then `meshsync repair-future-stamps` re-stamps them at the file "
+                 "server's time (a later write of any node wins over them meanwhile)")
+
+
+def _index_state_checks(s: Settings) -> list[Check]:
+    """What the index records about this node (R11): the node id it was made for, another
+    index writing under the same node id, a mass delete held."""
+    from meshsync.cli.deletes import FIX, describe
+    from meshsync.engine import identity
+
+    idx = queries.open_read_only(s.index) if s.index.exists() else None
+    if idx is None:
+        return []
+    try:
+        owner = idx.meta("node_id")
+        h = queries.delete_hold(idx)
+        clash = queries.node_clash(idx)
+    except queries.Error:
+        return []
+    finally:
+        idx.close()
+    out = []
+    if owner is not None and owner != s.node_id:
+        out.append(Check("index owner", FAIL, f"{s.index} was made for node {owner!r}, not {s.node_id!r}",
+                         f"run this node as {owner!r} (MESHSYNC_NODE_ID={owner}), or give node {s.node_id!r} "
+                         "its own index (MESHSYNC_INDEX) and `meshsync init`"))
     else:
-        out.append(Check("index writable", PASS, f"{s.index} and its folder are writable"))
+        out.append(Check("index owner", PASS, f"{s.index} serves node {s.node_id}"))
+    if clash:
+        out.append(Check("node id", FAIL, identity.describe(clash), identity.FIX))
+    else:
+        out.append(Check("node id", PASS, f"no other index writes under node id {s.node_id} on the share"))
+    if h:
+        out.append(Check("deletes held", FAIL, describe(h) + "; nothing was deleted", FIX))
+    else:
+        out.append(Check("deletes held", PASS, "no mass delete is waiting for a decision"))
     return out
 
 
@@ -244,11 +402,17 @@ def _cache_check(s: Settings) -> Check:
         return Check("cache", PASS, f"{home} does not exist yet; the first sync creates it")
     dirs = [home] + [d for d in (home / "mesh", home / "mesh" / "skills") if d.is_dir()]
     for d in dirs:
-        err = _probe_dir(d, "cache")
-        if err:
-            return Check("cache", FAIL, f"cannot write in {d}: {err}",
-                         "give the meshsync user write access to it (chown -R), or set openclaw_home")
+        exc = probes.write_probe(d, "cache")
+        if exc is not None:
+            return Check("cache", FAIL, f"cannot write in {d}: {exc.strerror}",
+                         _write_hint(exc, "the cache", "give the meshsync user write access to it (chown -R), "
+                                     "or set openclaw_home"))
     f = home / "mesh-memory.json"
+    kind = probes.immutable(f) if f.exists() else None
+    if kind:
+        return Check("cache", FAIL, f"{f} is {kind}: meshsync cannot replace it",
+                     f"remove the attribute (`chattr -{'i' if kind == 'immutable' else 'a'} {f}`); meshsync retries "
+                     "by itself")
     return Check("cache", PASS, f"{home} is writable" + ("" if f.exists() else " (no mesh-memory.json yet)"))
 
 
@@ -260,6 +424,18 @@ def _daemon_check(s: Settings) -> Check:
     except OSError as exc:
         return Check("daemon", WARN, f"cannot read {s.index}.lock: {exc.strerror}")
     if pid:
+        idx = queries.open_read_only(s.index) if s.index.exists() else None
+        try:
+            beat = idx.meta("daemon_beat") if idx is not None else None
+        except queries.Error:
+            beat = None
+        finally:
+            if idx is not None:
+                idx.close()
+        silence = probes.daemon_silence(pid, beat)
+        if silence:
+            return Check("daemon", FAIL, f"{silence}; it holds the index's lock, so no other meshsync can sync",
+                         f"continue it (kill -CONT {pid}) or restart it (systemctl restart meshsync)")
         return Check("daemon", PASS, f"a meshsync daemon (pid {pid}) keeps this node in sync")
     return Check("daemon", WARN, "no meshsync daemon runs for this index: changes move only on `meshsync sync`",
                  "start it: `systemctl enable --now meshsync` (docs/deployment.md), or `meshsync run`")
@@ -328,7 +504,9 @@ def run_checks(s: Settings) -> list[Check]:
     checks += _share_checks(s)
     checks += syncthing.doctor_checks(s)  # a Syncthing folder's state, when the share is one
     checks += _index_checks(s)
+    checks += _index_state_checks(s)
     checks.append(_cache_check(s))
+    checks += _space_checks(s)
     checks.append(_daemon_check(s))
     checks.append(_systemd_check(s))
     return checks

@@ -14,35 +14,45 @@ Exit codes (also in ``meshsync --help``):
   3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
   4  the item does not exist
   5  another meshsync process (the daemon) holds the index
+  6  the index or a local folder cannot be used (damaged, deleted, disk full, locked); see `meshsync doctor`
+  7  the write was refused (e.g. it looks like a secret): kept in this node's index only
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 
 from meshsync import __version__, config, logs
+from meshsync.cli import access
 from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes and CliError live here too)
     EXIT_BUSY,
+    EXIT_FAULT,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_PROBLEMS,
+    EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
+    fault_problem,
 )
 from meshsync.cli.completion import SHELLS, cmd_completion
-from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore
+from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore, cmd_deleted, cmd_restore
+from meshsync.cli.deletes import cmd_deletes, cmd_deletes_confirm
 from meshsync.cli.doctor import FAIL, Check, cmd_doctor, print_checks
 from meshsync.cli.helptopics import GUIDES, cmd_help
 from meshsync.cli.memory import cmd_get, cmd_ls, cmd_put, cmd_rm
 from meshsync.cli.reload import cmd_reload, refused_before_asking
+from meshsync.cli.repair import cmd_repair_future_stamps
 from meshsync.cli.search import cmd_search
 from meshsync.cli.setup import cmd_init, cmd_run, cmd_sync
 from meshsync.cli.skills import cmd_skill_get, cmd_skill_ls, cmd_skill_put, cmd_skill_rm
 from meshsync.cli.status import cmd_status
+from meshsync.replicas.index.store import IndexError_
 
 EPILOG = """exit codes:
   0  done
@@ -51,6 +61,8 @@ EPILOG = """exit codes:
   3  the share is unavailable (not mounted, no marker, unreadable); nothing was changed
   4  the item does not exist
   5  another meshsync process (the daemon) holds the index
+  6  the index or a local folder cannot be used (damaged, deleted, disk full, locked); see `meshsync doctor`
+  7  the write was refused (e.g. it looks like a secret): kept in this node's index only
 
 configuration: -c FILE or $MESHSYNC_CONFIG (YAML), and MESHSYNC_* variables,
 e.g. MESHSYNC_SHARE, MESHSYNC_NODE_ID, MESHSYNC_WATCH__POLL_INTERVAL.
@@ -97,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_commands(add)  # in the order `meshsync --help` lists them
     _add_memory_commands(add)
     _add_conflict_commands(add)
+    _add_delete_commands(add)
     _add_skill_commands(sub)
     _add_help_commands(add, sub)
     return p
@@ -125,6 +138,11 @@ def _add_node_commands(add: AddCommand) -> None:
     sp.add_argument("--json", action="store_true", help="print the pass's figures as JSON")
     sp = add("status", cmd_status, "share availability, counts, last sync, per-file errors, conflicts")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+    add("repair-future-stamps", cmd_repair_future_stamps,
+        "re-stamp items stamped in the future (by a clock far ahead) at the file server's time",
+        "Write every item whose updated_at is more than an hour ahead of the file server's clock again, "
+        "unchanged, as a new write of this node stamped with the file server's time; it is exported like any "
+        "write. Fix the wrong clock first (meshsync doctor names the node).")
 
 
 def _add_memory_commands(add: AddCommand) -> None:
@@ -157,18 +175,41 @@ def _add_memory_commands(add: AddCommand) -> None:
 
 
 def _add_conflict_commands(add: AddCommand) -> None:
-    cf = add("conflicts", cmd_conflicts, "list beaten versions kept in the conflict history (R2)",
-             "List versions that lost a conflict on this node (newest first), with both sides. "
-             "`meshsync conflicts restore ID` writes the beaten version back as a new write.")
+    cf = add("conflicts", cmd_conflicts, "list beaten versions kept in the share's history (R2, R11)",
+             "List the versions that lost a conflict (newest first), with both sides, as kept on the share: "
+             "the same on every node. `meshsync restore ID` writes one back as a new write.")
     cf.add_argument("--json", action="store_true", help="machine-readable output, with the beaten values")
     cf.add_argument("--limit", type=int, default=50, help="how many to show (default 50)")
     csub = cf.add_subparsers(dest="conflicts_command", metavar="SUBCOMMAND")
-    sp = csub.add_parser("restore", help="write a beaten version back as a new write",
-                         description="Write the beaten version of conflict ID back as a new write; "
+    sp = csub.add_parser("restore", help="write a beaten version back as a new write (same as `meshsync restore`)",
+                         description="Write the version kept as record ID back as a new write; "
                          "it then wins everywhere like any newer write.")
     _add_global_options(sp, top=False)
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", help="the record's ID (or a unique prefix of at least 4 characters)")
     sp.set_defaults(fn=cmd_conflicts_restore)
+    sp = add("deleted", cmd_deleted, "list deleted items whose last value is kept in the share's history (R11)",
+             "List deleted items (newest first) with the last value each had and who deleted it, as kept "
+             "on the share: the same on every node. `meshsync restore ID` brings one back.")
+    sp.add_argument("--json", action="store_true", help="machine-readable output, with the last values")
+    sp.add_argument("--limit", type=int, default=50, help="how many to show (default 50)")
+    sp = add("restore", cmd_restore, "write a version kept in the history (beaten or deleted) back as a new write",
+             "Write the version kept as record ID (from `meshsync conflicts` or `meshsync deleted`) back as "
+             "a new write; it then wins everywhere like any newer write.")
+    sp.add_argument("id", help="the record's ID (or a unique prefix of at least 4 characters)")
+
+
+def _add_delete_commands(add: AddCommand) -> None:
+    dl = add("deletes", cmd_deletes, "show a held mass delete (R11): how many, why, which items",
+             "Show the deletes the last passes held because most of the items' files are gone from the share "
+             "(a folder removed, a share emptied or put back from an old backup): nothing was deleted. "
+             "`meshsync deletes confirm` applies them. Exit 1 while deletes are held.")
+    dl.add_argument("--json", action="store_true", help="machine-readable output")
+    dsub = dl.add_subparsers(dest="deletes_command", metavar="SUBCOMMAND")
+    sp = dsub.add_parser("confirm", help="apply the held deletes on this node; the other nodes follow",
+                         description="Apply exactly the deletes held now (their last values are kept in "
+                         "`meshsync deleted`); the other nodes follow this node's tombstones.")
+    _add_global_options(sp, top=False)
+    sp.set_defaults(fn=cmd_deletes_confirm)
 
 
 def _add_skill_commands(sub: argparse._SubParsersAction) -> None:
@@ -210,6 +251,11 @@ def _add_help_commands(add: AddCommand, sub: argparse._SubParsersAction) -> None
     sp.set_defaults(needs_settings=False)
 
 
+# Commands that only read: a user who does not own the index may run them (read-only).
+READS_ONLY = frozenset({cmd_status, cmd_doctor, cmd_get, cmd_ls, cmd_skill_get, cmd_skill_ls, cmd_conflicts,
+                        cmd_deleted, cmd_deletes, cmd_search})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -233,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logs.setup(settings.log_level)
     try:
+        # Before the command touches anything: the index's node id (R11), its owner.
+        access.check_user(settings, a.fn in READS_ONLY, sys.argv[1:] if argv is None else argv)
+        if a.fn is not cmd_doctor:  # doctor reports it as a failed check instead
+            access.check_owner(settings)
         return a.fn(settings, a)
     except CliError as exc:
         print(f"meshsync: {exc}", file=sys.stderr)
@@ -243,6 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `meshsync status | head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except PermissionError as exc:  # a file of another user (R11): run as the right user
+        print(f"meshsync: {access.explain(exc, settings)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (sqlite3.Error, OSError) as exc:
+        # A resource fault no command could get past (R12): one line, never a traceback.
+        print(f"meshsync: {fault_problem(exc, settings)}", file=sys.stderr)
+        return EXIT_FAULT
+    except IndexError_ as exc:  # e.g. the index deleted while the command ran
+        print(f"meshsync: {exc}", file=sys.stderr)
+        return EXIT_FAULT
 
 
 if __name__ == "__main__":

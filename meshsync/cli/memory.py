@@ -2,7 +2,7 @@
 
 Reads come from the index (with each item's sync state, see ``status.ItemStates``);
 writes go into the index through the engine and are exported at once when no daemon
-runs (``common.sync_after_write``), as a foreign client's write would be by the daemon.
+runs (``common.report_write``), as a foreign client's write would be by the daemon.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import orjson
 
-from meshsync import config, layout
+from meshsync import config, formats, layout
 from meshsync.cli.common import (
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -22,8 +22,9 @@ from meshsync.cli.common import (
     open_index,
     open_node,
     parse_value,
+    report_write,
     scope_arg,
-    sync_after_write,
+    secret_hits,
     when,
 )
 from meshsync.cli.status import ItemStates, row_sig, state_note, state_text
@@ -43,11 +44,12 @@ def cmd_get(s: config.Settings, a: argparse.Namespace) -> int:
         print(f"meshsync: no item {a.scope}:{a.key}", file=sys.stderr)
         return EXIT_NOT_FOUND
     if a.json:
-        value = orjson.Fragment(r.value) if isinstance(r.value, str) and r.value else r.value
+        # A value that is not JSON text is the string it spells (R10, as the seed reads it).
+        value = orjson.Fragment(formats.json_text(r.value)) if isinstance(r.value, str) else r.value
         print(dump_doc({"scope": a.scope, "key": a.key, "value": value, "node_id": r.node_id,
                         "updated_at": r.updated_at, **st}))
     else:
-        print(dump(orjson.Fragment(r.value)) if r.value else r.value)
+        print(dump(orjson.Fragment(formats.json_text(r.value))) if isinstance(r.value, str) else r.value)
         if sys.stdout.isatty():  # for a person, where it came from; a script gets the value only
             print(f"# from {r.node_id} at {when(r.updated_at)}, {state_note(st)}")
     return EXIT_OK
@@ -82,8 +84,8 @@ def cmd_put(s: config.Settings, a: argparse.Namespace) -> int:
         node.put_memory(scope, a.key, value)
     finally:
         node.close()
-    print(f"stored {scope}:{a.key}; {sync_after_write(s, [layout.memory_id(scope, a.key)])}")
-    return EXIT_OK
+    item = layout.memory_id(scope, a.key)
+    return report_write(f"stored {item}", [item], s, secret_hits(s, item, value))
 
 
 def cmd_rm(s: config.Settings, a: argparse.Namespace) -> int:
@@ -96,8 +98,7 @@ def cmd_rm(s: config.Settings, a: argparse.Namespace) -> int:
     if not found:
         print(f"meshsync: no item {a.scope}:{a.key}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    print(f"deleted {a.scope}:{a.key}; {sync_after_write(s, [layout.memory_id(a.scope, a.key)])}")
-    return EXIT_OK
+    return report_write(f"deleted {a.scope}:{a.key}", [layout.memory_id(a.scope, a.key)], s)
 
 
 def cmd_ls(s: config.Settings, a: argparse.Namespace) -> int:

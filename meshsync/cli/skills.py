@@ -18,7 +18,8 @@ from meshsync.cli.common import (
     dump_doc,
     open_index,
     open_node,
-    sync_after_write,
+    report_write,
+    secret_hits,
     when,
 )
 from meshsync.cli.status import ItemStates, row_sig, state_note, state_text
@@ -52,8 +53,8 @@ def cmd_skill_put(s: config.Settings, a: argparse.Namespace) -> int:
         node.put_skill(a.name, content, None)
     finally:
         node.close()
-    print(f"stored skill {a.name}; {sync_after_write(s, [layout.skill_id(a.name)])}")
-    return EXIT_OK
+    item = layout.skill_id(a.name)
+    return report_write(f"stored skill {a.name}", [item], s, secret_hits(s, item, content=content))
 
 
 def cmd_skill_get(s: config.Settings, a: argparse.Namespace) -> int:
@@ -87,8 +88,7 @@ def cmd_skill_rm(s: config.Settings, a: argparse.Namespace) -> int:
     if not found:
         print(f"meshsync: no skill {a.name}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    print(f"deleted skill {a.name}; {sync_after_write(s, [layout.skill_id(a.name)])}")
-    return EXIT_OK
+    return report_write(f"deleted skill {a.name}", [layout.skill_id(a.name)], s)
 
 
 def cmd_skill_ls(s: config.Settings, a: argparse.Namespace) -> int:

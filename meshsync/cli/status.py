@@ -14,11 +14,15 @@ from typing import Any
 import orjson
 
 from meshsync import config
+from meshsync.cli import probes
 from meshsync.cli.common import EXIT_OK, daemon_holder, dump_doc, when
-from meshsync.cli.conflicts import conflict_json
+from meshsync.cli.conflicts import as_json, row_json
+from meshsync.cli.deletes import hold_json
 from meshsync.layout import ItemId
+from meshsync.reconcile import FUTURE_MS
 from meshsync.replicas.index import queries
-from meshsync.replicas.index.store import Index, IndexError_
+from meshsync.replicas.index.store import UNUSABLE, Index, IndexError_
+from meshsync.replicas.share.history import History
 from meshsync.replicas.share.store import Share, ShareUnavailable
 
 # --- item states ---------------------------------------------------------------------------
@@ -39,7 +43,8 @@ class ItemStates:
     - refused:  the node may not export it (an error of kind "refused"): it stays local;
     - error:    its index row or its share file is invalid (an "index" or "file" error);
     - pending:  a local change not yet synced (an outbox row, or the row differs from
-                the version last synced, meshsync_state.row_sig);
+                the version last synced, meshsync_state.row_sig), also while its export
+                fails and is retried (an "export" error: its reason is shown, R12);
     - conflict: the current version won a conflict; the beaten one is in
                 `meshsync conflicts` (until the item changes again);
     - in sync:  otherwise.
@@ -80,7 +85,8 @@ class ItemStates:
     def _state(self, it: ItemId, row_sig: str | None) -> dict[str, Any]:
         e = self.errors.get(f"index:{it}")
         if e is not None:
-            return {"state": REFUSED if is_refusal(e) else ERROR, "reason": e["reason"], "hint": e["hint"]}
+            state = PENDING if e["kind"] == "export" else REFUSED if is_refusal(e) else ERROR
+            return {"state": state, "reason": e["reason"], "hint": e["hint"]}
         fe = self.file_errors.get(it)
         if fe is not None:
             return {"state": ERROR, "reason": f"{fe['path']}: {fe['reason']}", "hint": fe["hint"]}
@@ -134,30 +140,95 @@ def status_data(s: config.Settings) -> dict[str, Any]:
         "cache": str(s.openclaw_home),
         "daemon": {"running": running, "pid": pid},
     }
+    out["faults"] = faults = resource_faults(s, avail)
     if not s.index.exists():
         out["initialised"] = False
+        if running:
+            # R12: not "running" and "not created yet" side by side: the file was deleted
+            # under the daemon, which stops by itself at its next check (exit 6).
+            faults.append(_fault("index", f"the index {s.index} was deleted while the daemon (pid {pid}) runs "
+                                 "on it; the daemon stops by itself (exit 6)",
+                                 "once it has stopped: `meshsync init`, then start the daemon again (the index is "
+                                 "rebuilt from the share; local writes not exported yet are lost with the file)"))
         return out
+    from meshsync.cli.access import other_user
+
     try:
+        if other_user(s):  # read-only: a write connection could leave this user's files there
+            raise IndexError_(f"index {s.index} belongs to another user")
         idx = Index(s.index)
     except IndexError_ as exc:
         idx = queries.open_read_only(s.index)
-        if idx is None:
+        if idx is None or any(w in str(exc) for w in UNUSABLE):
             out["initialised"] = True
             out["index_error"] = str(exc)
+            faults.append(_fault("index", str(exc), INDEX_HINT))
+        if idx is None:
             return out
         out["index_read_only"] = True
     try:
         out["initialised"] = True
         _index_status(idx, out, daemon_runs=running, share_ok=avail)
+        # R12: a damaged page that no count above happened to read is a fault all the
+        # same (0.15 s at 100k items).
+        damage = idx.quick_check() if "index_error" not in out else None
+        if damage:
+            out["index_error"] = f"the index {s.index} is damaged: database disk image is malformed ({damage})"
+            faults.append(_fault("index", out["index_error"], INDEX_HINT))
     except queries.Error as exc:
         out["index_error"] = f"cannot read index {s.index}: {exc} (see `meshsync doctor`)"
+        faults.append(_fault("index", out["index_error"], INDEX_HINT))
     finally:
         idx.close()
+    if avail and "counts" in out:
+        _history_status(s, share, out)
+    if "index_error" not in out and not out.get("index_read_only") and probes.index_locked(s.index):
+        faults.append(_fault("index", f"the index is locked by another program: its write lock has been held "
+                             f"for more than {probes.LOCK_PROBE_S:g}s",
+                             "find the program (`fuser INDEX`) and end its transaction; the daemon waits "
+                             "index_busy_timeout, then retries every few seconds"))
+    if "counts" in out:  # one counter per meaning: faults apart from the recorded problems
+        out["counts"]["faults"] = len(faults)
     if not running:
         from meshsync.daemon.watch import choose_mode
 
         mode, why = choose_mode(s.watch.mode, s.share)
         out["watch_planned"] = {"mode": mode, "why": why}
+    return out
+
+
+def _history_status(s: config.Settings, share: Share, out: dict[str, Any]) -> None:
+    """Conflicts from the share's history (R11): the same on every node.  (Without the
+    share, ``_index_status`` left those this node saw itself.)"""
+    from meshsync.cli.conflicts import readable
+
+    hist = History(share, s.node_id)
+    counts = hist.counts()
+    out["counts"]["conflicts"] = counts["beaten"]
+    out["counts"]["deleted_kept"] = counts["deleted"]
+    out["conflicts"] = [as_json(r, with_value=False) for r in hist.list("beaten", readable(s), limit=20).records]
+
+
+INDEX_HINT = ("see `meshsync doctor`; a damaged index is moved away and rebuilt from the share with "
+              "`meshsync init` and `meshsync sync` (docs/troubleshooting.md)")
+
+
+def _fault(what: str, reason: str, hint: str) -> dict[str, str]:
+    return {"what": what, "reason": reason, "hint": hint}
+
+
+def resource_faults(s: config.Settings, share_ok: bool) -> list[dict[str, str]]:
+    """Faults of the node's resources as they are now (R12), whatever the last pass
+    recorded: a full disk under the index, the cache or the share."""
+    out = []
+    places = [("index", s.index.parent, "the index's disk"), ("cache", s.openclaw_home, "the cache's disk")]
+    if share_ok:
+        places.append(("share", s.share, "the share"))
+    for what, path, name in places:
+        got = probes.free_bytes(path)
+        if got is not None and got[0] < probes.LOW_SPACE:
+            out.append(_fault(what, f"{name} is full ({got[0]} bytes free)",
+                              f"free space on {name}; meshsync retries by itself every few seconds"))
     return out
 
 
@@ -169,17 +240,30 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
     lp = idx.meta("last_pass")
     out["last_pass"] = pass_json(orjson.loads(lp)) if lp else None
     out["watch"] = orjson.loads(idx.meta("daemon_watch") or "null") if daemon_runs else None
+    if daemon_runs:
+        pid = out["daemon"]["pid"]
+        silence = probes.daemon_silence(str(pid) if pid else None, idx.meta("daemon_beat"))
+        out["daemon"]["responding"] = silence is None
+        if silence:
+            out["faults"].append(_fault("daemon", silence, "continue it (kill -CONT PID) or restart it "
+                                        "(systemctl restart meshsync); pending changes wait until then"))
     out["last_change"] = orjson.loads(idx.meta("last_change") or "null")
     # R5: the daemon may be locked out (permissions) where this user is not; its
     # own last check counts, or status says "available" while nothing syncs.
     if daemon_runs and share_ok and idx.meta("share_status") == "unavailable":
         out["share"].update(available=False, reason=f"the daemon reports: {idx.meta('share_reason')}")
+    out["delete_hold"] = hold_json(queries.delete_hold(idx))  # R11: deletes held until confirmed
+    out["node_clash"] = clash_json(queries.node_clash(idx))  # R11: another index writes under this node id
     # Every recorded problem, refused write (R9) and warning, each with its kind; a
     # refusal recorded by an older index (kind "index") is shown as kind "refused".
     errors = [dict(e, kind="refused") if is_refusal(e) else e for e in idx.errors()]
     out["errors"] = errors
-    out["conflicts"] = [conflict_json(c, with_value=False) for c in idx.conflicts(20)]
-    held = {e["path"] for e in errors if e["path"].startswith("index:")}
+    # Without the share, the conflicts this node saw itself (_history_status replaces them).
+    out["conflicts"] = [row_json(c) for c in idx.conflicts(20)]
+    _clock_faults(idx, out["faults"])
+    # Rows held back as bad or refused are not pending; one whose export failed is (it
+    # goes out by itself once the share takes it, R12).
+    held = {e["path"] for e in errors if e["path"].startswith("index:") and e["kind"] != "export"}
     pending = {f"index:{it}" for it in queries.outbox_items(idx)}
     refused = sum(1 for e in errors if e["kind"] == "refused")
     warnings = sum(1 for e in errors if e["kind"] == "warning")
@@ -190,6 +274,32 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
         "problems": len(errors) - refused - warnings, "refused": refused, "warnings": warnings,
         "conflicts": counts["conflicts"],
     }
+
+
+def _clock_faults(idx: Index, faults: list[dict[str, str]]) -> None:
+    """R12: this node's clock far ahead of the file server's (measured by the last pass),
+    and items stamped in the future (by such a clock, before it was caught)."""
+    ahead = int(idx.meta("clock_ahead") or 0)
+    if ahead > 0:
+        faults.append(_fault("clock", f"this node's clock is {ahead}s ahead of the file server's; its writes "
+                             "are stamped with the file server's time meanwhile",
+                             "run NTP (chrony or systemd-timesyncd) on this node"))
+    future = queries.future_rows(idx, int(time.time()) - ahead + FUTURE_MS // 1000)
+    if future:
+        faults.append(_fault("clock", f"{len(future)} item(s) are stamped in the future, up to "
+                             f"{(future[0].updated_at - time.time() + ahead) / 3600:.1f} h ahead (e.g. "
+                             f"{future[0].item} by {future[0].node})",
+                             "fix that node's clock, then run `meshsync repair-future-stamps`"))
+
+
+def clash_json(c: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Another index writing under this node's id (engine/identity.py), as `status --json`
+    shows it: its node file's index, host and pid, when it wrote it and when this node
+    last saw it (Unix seconds)."""
+    if c is None:
+        return None
+    return {"node_id": c["node_id"], "index": c.get("index"), "host": c.get("host"),
+            "pid": c.get("pid"), "at": c.get("at"), "seen_at": c["seen_at"]}
 
 
 def pass_json(d: dict[str, Any]) -> dict[str, Any]:
@@ -208,15 +318,16 @@ def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
         print(dump_doc(d))
         return EXIT_OK
     _print_where(d)
+    for f in d.get("faults", []):
+        print(f"FAULT     {f['reason']}\n    -> {f['hint']}")
     if not d.get("initialised"):
-        print("index not created yet: run `meshsync init`")
+        if not d["daemon"]["running"]:
+            print("index not created yet: run `meshsync init`")
         return EXIT_OK
     if d.get("index_read_only"):
         print("index     opened read-only: this user cannot write it (see `meshsync doctor`)")
-    if d.get("index_error"):
-        print(f"INDEX     {d['index_error']}")
-        if "counts" not in d:
-            return EXIT_OK
+    if d.get("index_error") and "pending" not in d.get("counts", {}):
+        return EXIT_OK  # the index could not be read through: the FAULT line says why
     _print_activity(d)
     _print_problems(d)
     _print_conflicts(d)
@@ -231,8 +342,8 @@ def _print_where(d: dict[str, Any]) -> None:
     print(f"index     {d['index']}")
     print(f"cache     {d['cache']}")
     dm = d["daemon"]
-    print("daemon    " + (f"running (pid {dm['pid']})" if dm["running"]
-                          else "not running: changes move only on `meshsync sync` (start `meshsync run`)"))
+    print("daemon    " + (f"running (pid {dm['pid']})" + ("" if dm.get("responding", True) else " but not responding")
+                          if dm["running"] else "not running: changes move only on `meshsync sync` (start `meshsync run`)"))
     if d.get("watch"):
         print(f"watch     {d['watch'].get('mode')} ({d['watch'].get('why', '')})")
     elif d.get("watch_planned"):
@@ -259,7 +370,18 @@ def _print_activity(d: dict[str, Any]) -> None:
 
 
 def _print_problems(d: dict[str, Any]) -> None:
-    """Problems, refused writes and warnings, at most 50 of each."""
+    """A held mass delete, a node-id clash; problems, refused writes and warnings, at
+    most 50 of each."""
+    from meshsync.cli.deletes import FIX, describe
+
+    clash = d.get("node_clash")
+    if clash:
+        from meshsync.engine import identity
+
+        print(f"CLASH     {identity.describe(clash)}\n    -> {identity.FIX}")
+    h = d.get("delete_hold")
+    if h:
+        print(f"HELD      {describe(h)}; nothing was deleted (`meshsync deletes`)\n    -> {FIX}")
     refused = [e for e in d["errors"] if e["kind"] == "refused"]
     errs = [e for e in d["errors"] if e["kind"] not in ("refused", "warning")]
     print(f"problems  {len(errs)}")
@@ -287,6 +409,9 @@ def _print_conflicts(d: dict[str, Any]) -> None:
         print(f"  #{cf['id']} {cf['item']}: version of {cf['beaten']['node']} beaten by {cf['winner']['node']}")
     if c["conflicts"]:
         print("  (beaten versions: `meshsync conflicts`; restore one with `meshsync conflicts restore ID`)")
+    if c.get("deleted_kept"):
+        print(f"deleted   {c['deleted_kept']} deleted items kept in the history (`meshsync deleted`; "
+              "`meshsync restore ID`)")
 
 
 def _ago(sec: float) -> str:

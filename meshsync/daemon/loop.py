@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -33,8 +34,10 @@ from typing import Any
 import orjson
 
 from meshsync import config, logs
+from meshsync.cli.common import EXIT_FAULT
 from meshsync.config import Settings
 from meshsync.daemon.notify import Notifier
+from meshsync.daemon.retry import Faults
 from meshsync.daemon.sources import (
     CacheWrites,
     Changes,
@@ -45,17 +48,20 @@ from meshsync.daemon.sources import (
     Tick,
 )
 from meshsync.daemon.watch import ShareEvents, choose_mode
+from meshsync.diagnose import index_problem
+from meshsync.engine.detect import wal_repaired
 from meshsync.engine.node import Node
 from meshsync.layout import ItemId
 from meshsync.lock import IndexLock, Locked
 from meshsync.replicas.index import queries
-from meshsync.replicas.index.store import IndexError_
+from meshsync.replicas.index.store import IndexError_, IndexGone, unusable
 from meshsync.replicas.share import journal
 from meshsync.replicas.share.store import ShareUnavailable
 
 log = logging.getLogger("meshsync")
 
 INDEX_TICK = 0.05
+BEAT_S = 10.0  # seconds between heartbeats in the index (status: probes.BEAT_STALE_S)
 LOCK_WAIT = 5.0  # seconds `meshsync run` waits for a CLI command holding the index lock
 MAX_DELAY = 1.0
 
@@ -80,6 +86,7 @@ class Daemon:
         def tick(what: str, done: int, total: int | None) -> None:
             self.notify.ping()
             self.notify.starting(what, done, total)  # the first pass: extends the start timeout
+            self._beat()
             if self.progress is not None:
                 self.progress(what, done, total)
 
@@ -102,6 +109,10 @@ class Daemon:
         # (see _after_pass): run the next pass now.  Never twice in a row.
         self.retry_now = False
         self.retried = False
+        self.last_beat = 0.0  # time.monotonic() of the last heartbeat written (see _beat)
+        # Exports, cache or journal writes and whole passes that a resource fault stopped:
+        # tried again on a timer with backoff, not only at the next full rescan (R12).
+        self.faults = Faults()
 
     # --- signals -------------------------------------------------------------------------
 
@@ -191,17 +202,26 @@ class Daemon:
         self._record_watch()
 
     def _record_watch(self) -> None:
-        with self.node.index.write() as db:
-            self.node.index.set_meta(db, daemon_watch=orjson.dumps({
-                "mode": self.mode, "why": self.why, "pid": os.getpid(), "started": time.time(),
-                "poll_interval": self.s.watch.poll_interval, "rescan_interval": self.s.watch.rescan_interval,
-            }).decode())
+        try:
+            with self.node.index.write() as db:
+                self.node.index.set_meta(db, daemon_watch=orjson.dumps({
+                    "mode": self.mode, "why": self.why, "pid": os.getpid(), "started": time.time(),
+                    "poll_interval": self.s.watch.poll_interval, "rescan_interval": self.s.watch.rescan_interval,
+                }).decode())
+        except sqlite3.Error as exc:  # a locked or full index: status shows the watch mode planned
+            if unusable(exc):
+                raise
+            log.debug("watch mode not recorded: %s", exc)
 
     def _unavailable(self, exc: ShareUnavailable) -> None:
         if self.available is not False:
             log.warning("share unavailable: %s; nothing will be deleted, retrying every %gs",
                         exc, self.s.watch.poll_interval)
-            self.node.record_unavailable(str(exc))
+            try:
+                self.node.record_unavailable(str(exc))
+            except sqlite3.Error as err:
+                if unusable(err):
+                    raise
             self.events.stop()
         self.available = False
         self.need_full = True
@@ -233,6 +253,9 @@ class Daemon:
             except ShareUnavailable as exc:
                 self._unavailable(exc)
                 return
+            except (sqlite3.Error, OSError, IndexError_) as exc:
+                self._pass_failed(items, exc)
+                return
             self.available = True
             self._after_pass(stats, full=items is None)
         finally:
@@ -241,6 +264,7 @@ class Daemon:
 
     def _after_pass(self, stats: Any, full: bool) -> None:
         self._retry_deferred()
+        self.faults.after_pass(self.node.retry, self.node.faults, time.monotonic())
         if stats.cache_written:
             # Our own rewrite of mesh-memory.json is not a tool's write: without this the
             # next tick saw the new signature and ran another pass for nothing.
@@ -256,8 +280,21 @@ class Daemon:
         elif stats.full:
             log.debug("full pass: no change (%d items, %.2fs)", stats.scanned, stats.seconds)
         c = stats.errors
-        self.notify.status(self._status_line(f"watching ({self.mode}); last sync {time.strftime('%H:%M:%S')}"
-                                             + (f"; {c} problem(s), see meshsync status" if c else "")))
+        faults = self.faults.reasons()
+        self.notify.status(self._status_line(
+            f"fault: {'; '.join(faults)}; retrying" if faults else
+            f"watching ({self.mode}); last sync {time.strftime('%H:%M:%S')}"
+            + (f"; {c} problem(s), see meshsync status" if c else "")))
+
+    def _pass_failed(self, items: set[ItemId] | None, exc: Exception) -> None:
+        """A pass stopped by an index or OS error: retried later with backoff (R12); an
+        index that cannot be used any more (damaged, deleted) stops the daemon."""
+        if unusable(exc):
+            raise exc
+        self.node.index.rollback()
+        reason = index_problem(exc, self.s.index_busy_timeout)
+        self.faults.pass_failed(items, reason, time.monotonic())
+        self.notify.status(self._status_line(f"fault: {reason}; retrying"))
 
     def _retry_deferred(self) -> None:
         """Items the pass left because their file changed between its read and its write
@@ -284,6 +321,8 @@ class Daemon:
         poll = now - self.last_poll >= self.s.watch.poll_interval
         if poll:
             self.last_poll = now
+            if self.node.index.check_file():  # deleted or replaced under us: IndexGone stops the daemon (R12)
+                wal_repaired(self.node)
             if self.available:
                 try:
                     self.node.share.check()
@@ -300,6 +339,9 @@ class Daemon:
         ri = self.s.watch.rescan_interval
         if ri and tick.now - self.last_full >= ri:
             news.full = True
+        items, again = self.faults.due(tick.now)
+        news.items |= items
+        news.cache = news.cache or again  # a pass without items: the cache, the journal, a failed pass
         if news:
             # Only news moves the debounce clock: a change already waiting must not
             # postpone itself tick after tick.
@@ -334,12 +376,27 @@ class Daemon:
     def _wait(self, now: float) -> None:
         """Until the next tick, an event, or the end of the waiting batch's debounce (not
         the next tick after it: ticks alone added up to 50 ms to every change's latency)."""
-        timeout = INDEX_TICK
+        timeout = self.faults.wait(now, INDEX_TICK)
         if self.pending or self.cache_dirty:
             due = min(self.last_change + self.s.watch.debounce, self.first_change + MAX_DELAY)
             timeout = min(timeout, max(0.0, due - now))
         self.events.wake.wait(timeout)
         self.events.wake.clear()
+
+    def _beat(self) -> None:
+        """Record that the daemon's loop turns (at most every BEAT_S): status and doctor
+        tell a live daemon from one that holds its lock but is stopped or hung (R12)."""
+        now = time.monotonic()
+        if now - self.last_beat < BEAT_S or self.faults.passes.failing or self.node.index.db.in_transaction:
+            return
+        self.last_beat = now
+        try:
+            with self.node.index.write() as db:
+                self.node.index.set_meta(db, daemon_beat=str(time.time()))
+        except sqlite3.Error as exc:
+            if unusable(exc):
+                raise
+            log.debug("heartbeat not recorded: %s", exc)
 
     def _stop_requested(self) -> bool:
         if self.stop_signal is not None:
@@ -361,11 +418,14 @@ class Daemon:
             log.info("ready: first pass done, watching for changes")
         while not self._stop_requested():
             self.notify.ping()
+            self._beat()
             if self.reload:
                 self._do_reload()
             self._collect()
             now = time.monotonic()
-            if self._full_pass_due(now):
+            if self.faults.blocked(now):
+                self._wait(now)  # a pass fault lasts: nothing runs before its retry (R12)
+            elif self._full_pass_due(now):
                 self.pending.clear()
                 self.last_full = now
                 self._pass(None)
@@ -394,6 +454,10 @@ def run(settings: Settings, config_path: str | None = None) -> int:
         try:
             lock.acquire()
             break
+        except OSError as exc:  # the index's folder cannot be made or written
+            print(f"meshsync: cannot create the index's folder {settings.index.parent}: {exc.strerror}",
+                  file=sys.stderr)
+            return EXIT_FAULT
         except Locked as exc:
             # A CLI command exporting its write (or `status` probing the lock) holds it
             # for a moment: wait for that rather than exit; a CLI write made while the
@@ -411,12 +475,35 @@ def run(settings: Settings, config_path: str | None = None) -> int:
             d = Daemon(settings, config_path)
         except IndexError_ as exc:
             print(f"meshsync: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_FAULT
         try:
-            return d.run()
+            return _run_checked(d, settings)
         finally:
             d.events.stop()
             d.notify.close()
             d.node.close()
     finally:
         lock.release()
+
+
+def _run_checked(d: Daemon, settings: Settings) -> int:
+    """Run the daemon on an index that is sound; stop once, with exit code 6 (which the
+    units do not restart on), when it is damaged, deleted or replaced (R12): a restart
+    loop would change nothing, and writing on into a file nobody reads loses work."""
+    try:
+        damage = d.node.index.quick_check()
+        if damage:
+            raise sqlite3.DatabaseError(f"database disk image is malformed (PRAGMA quick_check: {damage})")
+        return d.run()
+    except (IndexError_, sqlite3.DatabaseError) as exc:
+        if not unusable(exc):
+            raise
+        d.notify.send(STATUS=f"stopped: the index cannot be used: {exc}")
+        if isinstance(exc, IndexGone):
+            log.error("stopping (exit 6): %s. Nothing more is written to it; run `meshsync init` (with the "
+                      "daemon stopped it rebuilds the index from the share) and start the daemon again", exc)
+        else:
+            log.error("stopping (exit 6): the index %s cannot be used: %s. Stop the service, move the file "
+                      "away, then `meshsync init` and `meshsync sync` rebuild it from the share "
+                      "(docs/troubleshooting.md)", settings.index, exc)
+        return EXIT_FAULT

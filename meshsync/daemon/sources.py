@@ -22,6 +22,7 @@ and merges the answers; debouncing and the choice of pass are the loop's.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -106,17 +107,21 @@ class IndexWrites:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.data_version = node.index.data_version()
+        self.failing = ""  # the last error, logged once (not once per tick)
 
     def changes(self, tick: Tick) -> Changes:
         try:
             dv = self.node.index.data_version()
-        except Exception as exc:  # the index file vanished or is locked for long
-            log.error("cannot read the index: %s", exc)
-            return Changes()
-        if dv == self.data_version:
-            return Changes()
+            if dv == self.data_version:
+                return Changes()
+            _, items = self.node.index.outbox()
+        except sqlite3.Error as exc:  # damaged: the next pass stops the daemon (R12)
+            if str(exc) != self.failing:
+                log.error("cannot read the index: %s", exc)
+                self.failing = str(exc)
+            return Changes(full=True)
+        self.failing = ""
         self.data_version = dv
-        _, items = self.node.index.outbox()
         return Changes(items)
 
 

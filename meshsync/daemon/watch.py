@@ -23,6 +23,7 @@ from meshsync import layout
 from meshsync.daemon.fstype import fs_type as fs_type  # re-exported: where callers looked for it
 from meshsync.layout import ItemId
 from meshsync.replicas.share.store import item_of_memory_rel
+from meshsync.replicas.share.walk import is_conflict_copy
 
 # Type names as Linux's mountinfo and macOS's statfs give them.  Events (inotify,
 # FSEvents) only report writes made through this kernel: local filesystems only.
@@ -49,13 +50,18 @@ def mode_for(setting: str, fst: str, mnt: str) -> tuple[str, str]:
     return "poll", f"unknown filesystem {fst or '?'} at {mnt or '?'}: polling is the safe choice"
 
 
-def item_of_rel(rel: str, node_id: str) -> ItemId | None | bool:
+def item_of_rel(rel: str, node_id: str, is_dir: bool = False) -> ItemId | None | bool:
     """The item a share path belongs to; None for paths that are no item; True when
-    only a full pass can tell (a whole folder moved, a shortened name)."""
+    only a full pass can tell (a whole folder moved, a shortened name, a name a full
+    pass reports as badly formed)."""
     parts = rel.split("/")
     if parts[0] == layout.META and parts[1:2] == ["tombstones"] and ".sync-conflict-" in parts[-1]:
         return True  # Syncthing's copy of a tombstone: a full pass folds it (syncthing.py, R4)
+    if parts[0] in (layout.MEMORY, layout.SKILLS) and is_conflict_copy(parts[-1]):
+        return True  # Syncthing's copy of an item's file: a full pass folds it (share/copies.py, R2)
     if any(layout.is_ignored_name(p) for p in parts if p != layout.META):
+        return None
+    if not is_dir and layout.is_editor_file(parts[-1]):
         return None
     if parts[0] == layout.META:
         if len(parts) > 2 and parts[1] == "tombstones":
@@ -70,10 +76,14 @@ def item_of_rel(rel: str, node_id: str) -> ItemId | None | bool:
     if parts[0] == layout.MEMORY:
         if len(parts) < 3 or not parts[-1].endswith(".json"):
             return True if len(parts) <= 3 else None  # a scope folder came or went
+        if len(parts) == 4 and parts[1] == "node" and parts[2] != layout.encode(node_id):
+            return None  # another node's own scope
         try:
             scope, key = item_of_memory_rel(rel, node_id)
         except layout.LayoutError:
-            return None
+            # A badly named file (a hand-made `My Notes.json`): a full pass reports it
+            # now, not at the next periodic rescan (R6, R10).
+            return True if len(parts) <= 4 else None
         if scope is None or key is None:
             return True
         return layout.memory_id(scope, key)
@@ -123,7 +133,7 @@ class ShareEvents:
                     self.journal = True
                 self.wake.set()
                 continue
-            it = item_of_rel(rel, self.node_id)
+            it = item_of_rel(rel, self.node_id, bool(getattr(event, "is_directory", False)))
             if it is None:
                 continue
             with self.lock:

@@ -17,11 +17,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meshsync import layout
+from meshsync.diagnose import os_hint
 from meshsync.layout import SKILL
-from meshsync.model import Pass
+from meshsync.model import Pass, Problem
 from meshsync.replicas.cache import skilldirs
 from meshsync.replicas.cache.write import skills_sig_of
 from meshsync.replicas.share import journal
+
+from . import hold, identity
+from .propagate import EXPORT
 
 if TYPE_CHECKING:
     from .node import Node
@@ -34,11 +38,90 @@ def _json(obj: Any) -> str:
 
 
 def finish(node: Node, p: Pass) -> None:
+    before = node.index.error_reasons()
     record(node, p)
-    refresh_cache_memory(node, p)
-    refresh_cache_skills(node, p)
+    hold.record(node, p)
+    identity.check(node, p)
+    append_journal(node, p)
+    cache_ok = refresh_cache(node, p)
     skill_folders(node, p.changed_skills, p.full)
-    last_pass(node, p)
+    record_faults(node, p)
+    log_problems(before, node.index.error_reasons())
+    last_pass(node, p, cache_ok)
+
+
+def append_journal(node: Node, p: Pass) -> None:
+    """Name the items written in this node's journal, with any a failed append owes.  A
+    journal that cannot be written is reported (other nodes that poll then see these
+    writes only at their full rescan) and its lines are kept for the next pass (R12)."""
+    items = node.journal_owed + p.written
+    if not items:
+        return
+    rel = journal.path_of(node.node)
+    try:
+        journal.append(node.share, node.node, items)
+    except OSError as exc:
+        node.journal_owed = items
+        p.journal_problem = [Problem(rel, f"cannot be written: {exc.strerror}",
+                                     "this node's writes still reach the share, but nodes that poll (NFS/SMB) "
+                                     "see them only at their next full rescan: "
+                                     + os_hint(exc, "the share's .meshsync/journal/ folder"))]
+        p.faults[rel] = p.journal_problem[0].reason
+        return
+    node.journal_owed = []
+    p.journal_problem = []
+
+
+def refresh_cache(node: Node, p: Pass) -> bool:
+    """mesh-memory.json, then mesh/skills/.  A cache that cannot be written (full disk,
+    immutable file, permissions) is reported, stays owed (the next pass rewrites all of
+    it) and never fails the pass: the index is in step already (R12).  True when both
+    were brought in step."""
+    failed = []
+    for path, step in ((node.cache.memory_path, refresh_cache_memory), (node.cache.skills_dir, refresh_cache_skills)):
+        try:
+            step(node, p)
+        except OSError as exc:
+            failed.append(Problem(str(path), f"cannot be written: {exc.strerror}", os_hint(exc, "the cache")))
+            p.faults[str(path)] = failed[-1].reason
+    if failed or p.cache_problems is not None or p.stats.cache_written:
+        # Looked at or rewritten this pass: its problems now are exactly these (a good
+        # rewrite clears an old write failure; R12).
+        p.cache_problems = (p.cache_problems or []) + failed
+    return not failed
+
+
+def record_faults(node: Node, p: Pass) -> None:
+    """The cache's and the journal's problems as this pass found them (a good rewrite
+    clears an old one); left as they are when the pass did not look."""
+    kinds = [(kind, probs) for kind, probs in (("cache", p.cache_problems), ("journal", p.journal_problem))
+             if probs is not None]
+    if not kinds:
+        return
+    with node.index.write() as db:
+        for kind, probs in kinds:
+            node.index.replace_errors(db, kind, [(pr.path, pr.reason, pr.hint) for pr in probs])
+    p.stats.errors += sum(len(probs) for _, probs in kinds)
+
+
+LOG_AT_MOST = 20  # problems logged one by one per pass; the rest are counted (a share full of bad files)
+
+
+def log_problems(before: dict[str, tuple[str, str, str]], after: dict[str, tuple[str, str, str]]) -> None:
+    """Each problem, refusal and warning once, when it appears or its reason changes (R6,
+    R9); each one that went, at INFO.  The errors table is the memory of what was told:
+    a restart does not tell the same problems again."""
+    new = [(path, e) for path, e in after.items() if before.get(path, ("", "", ""))[1] != e[1]]
+    for path, (kind, reason, hint) in new[:LOG_AT_MOST]:
+        what = "refused" if kind == "refused" else "warning" if kind == "warning" else "problem"
+        log.warning("%s %s: %s%s", what, path.removeprefix("index:"), reason, f" -> {hint}" if hint else "")
+    if len(new) > LOG_AT_MOST:
+        log.warning("%d more problems (see `meshsync status`)", len(new) - LOG_AT_MOST)
+    gone = [path for path in before if path not in after]
+    for path in gone[:LOG_AT_MOST]:
+        log.info("%s: fixed (no longer a problem)", path.removeprefix("index:"))
+    if len(gone) > LOG_AT_MOST:
+        log.info("%d more problems fixed", len(gone) - LOG_AT_MOST)
 
 
 def record(node: Node, p: Pass) -> None:
@@ -67,6 +150,10 @@ def record(node: Node, p: Pass) -> None:
             else:
                 idx.replace_errors_one(db, prob[2] if len(prob) > 2 else "index", f"index:{it}", prob)
         idx.clear_errors(db, fine)
+        # Exports that failed (R12): queued like the rows above, and retried on a timer
+        # by the daemon until the share takes them.
+        p.retry.update((it, prob[0]) for it, prob in index_problems.items()
+                       if prob and len(prob) > 2 and prob[2] == EXPORT)
         idx.ack_outbox(db, p.seq)
         # A refused or invalid row is not dropped: it stays queued, is reported by
         # every pass, and goes out once fixed (e.g. its scope made writable) (R9, R2).
@@ -78,11 +165,29 @@ def record(node: Node, p: Pass) -> None:
             idx.expire(db, p.now_ms - int(s.tombstone_retention_days * 86_400_000),
                        p.now_ms - int(s.conflict_retention_days * 86_400_000))
             idx.check_fts(db)
-    if p.written:
-        journal.append(node.share, node.node, p.written)
+    if p.full:
+        prune_history(node, p)
     p.stats.errors = len(all_problems) + sum(1 for pr in index_problems.values() if pr)
     for pr in all_problems:
         log.debug("skipped %s: %s", pr.path, pr.reason)
+
+
+PRUNE_EVERY_MS = 3_600_000  # the share's history is pruned at most once an hour (a full pass)
+
+
+def prune_history(node: Node, p: Pass) -> None:
+    """Retention of the share's history (R11): records are kept at least as long as
+    tombstones and as conflict_retention_days, whichever is longer."""
+    # Remembered by the process, not in the index: an idle node writes nothing (R8); a
+    # `meshsync sync` looks once per run (two listings of the history folder).
+    if node.history_pruned is not None and p.now_ms - node.history_pruned < PRUNE_EVERY_MS:
+        return
+    node.history_pruned = p.now_ms
+    s = node.s
+    days = max(s.tombstone_retention_days, s.conflict_retention_days)
+    n = node.history.prune(p.now_ms - int(days * 86_400_000))
+    if n:
+        log.info("removed %d month(s) of history older than %g days from the share", n, days)
 
 
 def refresh_cache_memory(node: Node, p: Pass) -> None:
@@ -179,7 +284,8 @@ def skill_folders(node: Node, changed: dict[str, str | None], full: bool) -> Non
             warns.append((f"skill:{name}", why, "OpenClaw may not load it; add --- name: ... description: ... --- "
                           "at the top of SKILL.md (it is synced anyway)"))
     if targets:
-        for w in skilldirs.mirror(node.share.root, targets, todo, set(rows) if full else None):
+        limits = skilldirs.Limits(node.s.limits.max_file_bytes, node.s.limits.max_skill_bytes)
+        for w in skilldirs.mirror(node.share.root, targets, todo, set(rows) if full else None, node.node, limits):
             warns.append((w.path, w.reason, w.hint))
     with node.index.write() as db:
         if full:
@@ -191,13 +297,15 @@ def skill_folders(node: Node, changed: dict[str, str | None], full: bool) -> Non
                 node.index.replace_errors_one(db, "warning", path, (why, hint))
 
 
-def last_pass(node: Node, p: Pass) -> None:
-    """What `status` shows; the cache is in step with the index again (R7)."""
+def last_pass(node: Node, p: Pass, cache_ok: bool = True) -> None:
+    """What `status` shows; the cache is in step with the index again (R7), unless it
+    could not be written (then the next pass rewrites all of it)."""
     stats = p.stats
     stats.seconds = round(time.monotonic() - p.t0, 4)  # as recorded for `status`
     with node.index.write() as db:
         node.index.set_meta(db, last_sync=str(time.time()), share_status="available", share_reason="",
-                            last_pass=_json(stats.as_dict()), cache_owed="0")
+                            last_pass=_json(stats.as_dict()), cache_owed="0" if cache_ok else "1",
+                            clock_ahead=str(node.clock.far_ahead_ms() // 1000))
         if stats.changed or stats.to_index or stats.deleted:
             node.index.set_meta(db, last_change=_json({"at": time.time(), "items": stats.changed[:10],
                                                        "to_share": stats.to_share, "to_index": stats.to_index,

@@ -41,20 +41,49 @@ def begin(node: Node, only: set[ItemId] | None) -> Pass:
     a killed pass's exports are recovered, the clock is read once."""
     t0 = time.monotonic()
     stats = PassStats(started=time.time(), full=only is None)
+    if node.index.check_file():  # deleted or replaced under us: IndexGone, nothing written (R12)
+        wal_repaired(node)
     node.share.check()  # also refuses a share of a newer format than this node knows
     node.share.forget_dirs()
     if node.share.format_missing:  # a share made before .meshsync/format existed
         node.share.write_format()
     intents.recover(node.index, node.share, node.node, node.policy.max_json_depth)
-    return Pass(now_ms=int(time.time() * 1000), now_ns=time.time_ns(), t0=t0, stats=stats,
-                state=StateView(node.index), full=only is None)
+    p = Pass(now_ms=int(time.time() * 1000), now_ns=time.time_ns(), t0=t0, stats=stats,
+             state=StateView(node.index), full=only is None)
+    if not node.clock.stale():  # a clock known to be far ahead: the file server's time (R12)
+        guard_clock(node, p, measure=False)
+    return p
+
+
+def wal_repaired(node: Node) -> None:
+    log.warning("the index's -wal file was deleted while meshsync had it open: what it held was written into "
+                "the index, which was opened again (nothing is lost; do not delete -wal or -shm files of a live "
+                "index)")
+
+
+def guard_clock(node: Node, p: Pass, measure: bool = True) -> None:
+    """The pass's clock is the file server's when this node's is far ahead of it (R12):
+    measured once per pass that has items to stamp (engine/clock.py), never on an idle
+    pass."""
+    if measure:
+        if p.clock_checked:
+            return
+        p.clock_checked = True
+        if node.clock.stale():
+            node.clock.measure(node.share)
+        node.clock.report()
+    far = node.clock.far_ahead_ms()
+    delta, p.clock_far = far - p.clock_far, far
+    p.now_ms -= delta
+    p.now_ns -= delta * 1_000_000
 
 
 def local_changes(node: Node, p: Pass, only: set[ItemId] | None, full_index: bool) -> set[ItemId]:
     """Items other programs changed in the index (its outbox) and in the cache."""
     idx = node.index
     p.seq, outbox = idx.outbox()
-    if full_index or idx.meta("index_scanned") != "1":
+    new_index = idx.meta("index_scanned") != "1"
+    if full_index or new_index:
         outbox |= idx.all_items()
     if only is not None:
         p.state.prefetch(only | outbox)
@@ -62,21 +91,28 @@ def local_changes(node: Node, p: Pass, only: set[ItemId] | None, full_index: boo
     # cache_owed set.  The cache then lags behind the index because of us: its
     # differences are not a tool's writes (a half-refreshed mesh/skills/ was taken as
     # deletes and wiped skills everywhere), and this pass refreshes the whole cache.
-    p.owed = idx.meta("cache_owed") == "1"
-    look = node.s.cache.writable and not p.owed
+    # A new index's first pass (the documented rebuild, R12) refreshes all of it too:
+    # with no synced state there is no base to tell a tool's write from the copy the old
+    # index left, and every entry was imported as a new write stamped with the file's
+    # mtime (the whole share rewritten, every updated_at moved).  Its entries are taken
+    # at their word instead (the version they claim: ts, nodeId), so a cache that
+    # mirrors the share changes nothing and an entry only the cache has still comes in.
+    p.owed = new_index or idx.meta("cache_owed") == "1"
+    look = node.s.cache.writable and (new_index or not p.owed)
     # What mesh/skills/ holds as this pass looks at it (see commit.py: files a tool
     # writes after this are left for the next pass).
     p.cache_skills_before = node.cache_writer.skill_stats() if look else None
-    p.cache_side = detect_cache(node, p.state) if look else cacheside.CacheSide()
+    p.cache_side = detect_cache(node, p.state, new_index) if look else cacheside.CacheSide(looked=False)
     # Items Phase 1 tools changed in the cache join the pass (and, in a targeted
     # pass, get their share side observed like any other).
     return outbox | set(p.cache_side.obs)
 
 
-def detect_cache(node: Node, state: StateView) -> cacheside.CacheSide:
+def detect_cache(node: Node, state: StateView, claims: bool = False) -> cacheside.CacheSide:
     """What Phase 1 tools changed in the cache since our last write (see
     cache/detect.py).  Costs one stat of mesh-memory.json and one listing of
-    mesh/skills/ when nothing changed."""
+    mesh/skills/ when nothing changed.  ``claims`` (a new index): entries are the
+    versions they claim, and skill files (which claim none) wait for the next pass."""
     side = cacheside.CacheSide()
     idx = node.index
     sig = node.cache.memory_sig()
@@ -86,10 +122,13 @@ def detect_cache(node: Node, state: StateView) -> cacheside.CacheSide:
                 if it.kind == MEM and not st.deleted and node.policy.readable(it)}
         young = set(orjson.loads(idx.meta("cache_young") or "[]"))
         replaced = orjson.loads(idx.meta("cache_prev") or "{}")
-        side = cacheside.detect_memory(node.cache, full, live, young, node.node, node.policy.readable, replaced)
+        side = cacheside.detect_memory(node.cache, full, live, young, node.node, node.policy.readable, replaced,
+                                       claims)
         for it in side.obs:
             if it in full:
                 state[it] = full[it]
+    if claims:
+        return side
     ssig = node.cache_writer.skills_sig()
     if ssig is not None and ssig != idx.meta("cache_skills_sig"):
         contents = {name: content for name, content, _p, _n, _u in idx.all_skill_rows()}
@@ -117,6 +156,7 @@ def full(node: Node, p: Pass, outbox: set[ItemId],
     p.stats.scanned = len(walk.memory) + walk.same_count() + len(walk.skills)
     candidates = det.changed(p, node.index, settle_early if first else None)
     candidates |= det.tombstones(p)
+    candidates |= det.conflict_copies(p)  # Syncthing's: versions of their items (R1, R2)
     candidates |= outbox  # foreign writes to the index (other SQLite clients, the CLI)
     candidates -= p.early
     p.state.want(outbox, len(walk.known))  # not one query per item when 10k rows were written
@@ -139,7 +179,9 @@ def end(node: Node, p: Pass) -> None:
     node.share.check()
     if p.full and p.walk is not None:
         sweep(node, p.walk)
-    p.problems.extend(p.cache_side.problems if p.cache_side is not None else ())
+    if p.cache_side is not None and p.cache_side.looked:
+        p.cache_problems = list(p.cache_side.problems)  # recorded by commit.py, with its own writes' (R12)
+        p.problems.extend(p.cache_side.events)
 
 
 def sweep(node: Node, walk: Walk) -> None:

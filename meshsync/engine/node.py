@@ -30,9 +30,11 @@ from meshsync.replicas.cache.write import CacheWriter
 from meshsync.replicas.index.detect import detect_index
 from meshsync.replicas.index.store import Index
 from meshsync.replicas.share.detect import ShareDetector
+from meshsync.replicas.share.history import History
 from meshsync.replicas.share.store import Share
 
-from . import commit, detect
+from . import commit, detect, hold
+from .clock import ServerClock
 from .plan import Policy, plan, readable_items
 from .propagate import propagate
 
@@ -52,16 +54,27 @@ class Node:
         mode = int(settings.share_files.file_mode, 8) if settings.share_files.file_mode else None
         self.share = Share(settings.share, max_file_bytes=settings.limits.max_file_bytes,
                            fsync=settings.share_files.fsync, file_mode=mode, gid=gid)
-        self.index = index or Index(settings.index)
+        self.index = index or Index(settings.index, busy_timeout=settings.index_busy_timeout)
+        try:
+            self.index_id = self.index.claim(settings.node_id)  # R11: an index serves one node id
+        except Exception:
+            self.index.close()
+            raise
         self.cache = Cache(settings.openclaw_home)
+        self.history = History(self.share, self.node)  # beaten and deleted versions, on the share (R11)
+        self.history_pruned: int | None = None  # when this process last pruned it (ms; commit.py)
         self.progress: Callable[[str, int, int | None], None] | None = None
         self.deferred: list[ItemId] = []  # items whose share file changed under us: next pass
+        self.retry: dict[ItemId, str] = {}  # items the last pass could not export, and why (R12)
+        self.faults: dict[str, str] = {}  # cache or journal writes the last pass could not make (R12)
+        self.journal_owed: list[ItemId] = []  # items written whose journal lines could not be appended
         # Signatures of files this process wrote: their change events are our own echo.
         self.own_sigs: dict[str, str] = {}
         self.share_detector = ShareDetector(self.share, self.policy, self.own_sigs)
         self.share_detector.tick = self.tick
         self.cache_writer = CacheWriter(self.cache, self.index, self.policy.may_read)
         self.settle_early = True  # a first import applies items as it reads them (see ShareDetector.changed)
+        self.clock = ServerClock(settings.node_id)  # the file server's clock (R12)
 
     def close(self) -> None:
         self.share.close()
@@ -88,6 +101,8 @@ class Node:
     def _sync(self, only: set[ItemId] | None, full_index: bool) -> PassStats:
         p = detect.begin(self, only)
         self.deferred = p.deferred
+        self.retry = p.retry
+        self.faults = p.faults
         local = detect.local_changes(self, p, only, full_index)
         if only is None:
             settle = (lambda obs: self._settle_early(p, obs)) if self.settle_early else None
@@ -114,6 +129,8 @@ class Node:
         and propagate the plans."""
         self.cache_writer.dirty.update(it for it in items if it.kind == MEM)
         items = readable_items(self.policy, p, items)
+        if items:
+            detect.guard_clock(self, p)  # before anything is stamped (R12)
         index_obs, problems = detect_index(self.index, items, p.state, p.now_ms, self.node,
                                            self.policy.max_json_depth)
         p.index_problems.update(problems)
@@ -121,9 +138,15 @@ class Node:
             walk = p.walk
             for it in items:
                 if it not in share_obs and it not in p.share_unknown:
-                    # Not read this pass: unchanged if the walk saw its file, else absent.
-                    share_obs[it] = self.share_detector.unread(it, p.state.get(it), walk)  # type: ignore[arg-type]
-        propagate(self, p, plan(self.policy, p, items, share_obs, index_obs), tick)
+                    # Not read this pass: unchanged if the walk saw its file, else absent
+                    # (unknown under a folder that could not be listed).
+                    obs = self.share_detector.unread(it, p.state.get(it), walk)  # type: ignore[arg-type]
+                    if obs is None:
+                        p.share_unknown.add(it)
+                    else:
+                        share_obs[it] = obs
+        # A mass delete by absence is held before anything is written (R11).
+        propagate(self, p, hold.screen(self, p, plan(self.policy, p, items, share_obs, index_obs)), tick)
 
     def tick(self, what: str, done: int, total: int | None) -> None:
         if self.progress is not None:

@@ -87,6 +87,9 @@ def plan(policy: Policy, p: Pass, items: list[ItemId], share_obs: dict[ItemId, O
         sides: dict[str, Obs] = {}
         if it in share_obs and it not in share_unknown:
             sides[SHARE] = share_obs[it]
+            # Conflict copies are more share sides ("copy:<path>"), only beside a share
+            # side that was seen (replicas/share/copies.py).
+            sides.update(p.share_copies.get(it, ()))
         if it in index_obs:
             sides[INDEX] = index_obs[it]
         if it in cache_obs:

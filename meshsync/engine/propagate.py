@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meshsync import faults, formats, layout
+from meshsync.diagnose import os_hint
 from meshsync.layout import MEM
 from meshsync.model import (
     CACHE,
@@ -49,7 +50,7 @@ from meshsync.replicas.index.write import SKIP, write_row
 from meshsync.replicas.share import write as share_write
 from meshsync.replicas.share.store import Changed, FileRefused, settled, sig_of
 
-from . import intents
+from . import intents, keep
 from .plan import Planned
 
 if TYPE_CHECKING:
@@ -85,6 +86,18 @@ def _absent_in_index(plan: Plan, sides: dict[str, Obs]) -> bool:
     return ix is not None and ix.version is None and plan.winner is not None and not plan.winner.deleted
 
 
+# The error kind of an export that failed (a full or read-only share, a folder it may not
+# write): the item stays queued, counts as pending in `status` and is retried on a timer
+# by the daemon (R12); the cache keeps its last synced version meanwhile.
+EXPORT = "export"
+
+
+def _failed_path(exc: OSError, rel: str) -> str:
+    """The share path an OSError names (e.g. a skill's SKILL.md), else ``rel``."""
+    name = exc.filename if isinstance(exc.filename, str) else None
+    return name if name and not name.startswith("/") else rel
+
+
 def _fmt_ms(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
@@ -104,9 +117,22 @@ class ExportBatch:
         # (item, rel, bytes, compare-and-set, the state the item gets once written).
         self.queued: list[tuple[ItemId, str, bytes, Check | None, State]] = []
         self.moved = False  # a readable item of the batch changed: the cache is owed (R7)
+        self.records: dict[ItemId, dict[tuple[int, str, str], str]] = {}  # beaten version -> history ID
 
     def add(self, it: ItemId, plan: Plan, sides: dict[str, Obs]) -> None:
-        self.pending.append((it, plan, sides, self._to_share(it, plan, sides, self.p.state.get(it))))
+        st = self.p.state.get(it)
+        # What the plan lets go is kept on the share first (R11): a version that cannot
+        # be kept is not let go this pass.
+        recs = keep.records(self.node, it, plan, sides, st)
+        why = keep.write(self.node, it, recs) if recs else None
+        if why is not None:
+            self.p.index_problems[it] = (f"cannot keep the version {it} loses in the share's history: {why}",
+                                         "check the share's permissions and free space (.meshsync/history/); "
+                                         "the item waits until it can be kept")
+            self.pending.append((it, plan, sides, None))
+            return
+        self.records[it] = {(r.stamp, r.node, r.digest): r.id for r in recs if r.why == "beaten"}
+        self.pending.append((it, plan, sides, self._to_share(it, plan, sides, st)))
 
     def flush(self) -> None:
         """Write the queued memory files, then commit the batch's index rows."""
@@ -134,7 +160,7 @@ class ExportBatch:
         row = self.node.index.memory_rows([it]).get(it)
         if row is None:
             raise FileRefused(Problem(layout.item_path(it, self.node.node), "no value to write for this item", ""))
-        return formats.loads(row.value)
+        return formats.index_value(row.value, self.node.policy.max_json_depth)
 
     def _to_share(self, it: ItemId, plan: Plan, sides: dict[str, Obs], st: State | None) -> State | None:
         """Write the share side; return the state the item will have once the index is
@@ -150,6 +176,15 @@ class ExportBatch:
         if win is None:
             return None
         sh_obs = sides.get(SHARE)
+        if sh_obs is None and self.node.policy.writable(it) and (st is None or not base_of(st).same(win)):
+            # R12, R2: the share side could not be read this pass (an unreadable file or
+            # folder), so nothing says it holds this new version: it is never recorded as
+            # synced (the next pass would take the share's silence for agreement and the
+            # version never left this node).  The item stays queued and is retried.
+            index_problems[it] = (f"{it} not exported: its share side cannot be read",
+                                  "see the problem of its file or folder in the share (meshsync status); "
+                                  "the write stays local and is retried until it can be read", EXPORT)
+            return None
         src = _source(plan, sides)
         rel = layout.item_path(it, self.node.node)
         share_sig = st.share_sig if st else None
@@ -166,8 +201,16 @@ class ExportBatch:
             # not this new version, so its old bytes must not read as "unchanged" later.
             share_sig = share_hash = None
         if SHARE not in plan.write:
+            if plan.source == SHARE and src is not None and not self._still_as_read(it, rel, src):
+                return None
             return State(win.stamp, win.node, win.digest, win.deleted, share_sig, share_hash,
                          st.row_sig if st else None, None if win.deleted else rel, aux)
+        if (not win.deleted and sh_obs is not None and sh_obs.dirty and sh_obs.trusted
+                and sh_obs.version is not None and sh_obs.version.same(win)):
+            if not self._drop_tombstone(it):
+                return None
+            return State(win.stamp, win.node, win.digest, False, share_sig, share_hash,
+                         st.row_sig if st else None, rel, aux)
         faults.hit("propagate.before_export", it)
         if plan.source in (INDEX, CACHE) and not win.deleted:
             hits = self._secret_hits(it, src)
@@ -180,12 +223,51 @@ class ExportBatch:
                 return None
         if it.kind == MEM and not win.deleted:
             # Written with the rest of the batch (_write_queued), compare-and-set included.
-            data = formats.render_memory(it, self._winner_value(it, src), win.digest, win.stamp, win.node)
+            try:
+                data = formats.render_memory(it, self._winner_value(it, src), win.digest, win.stamp, win.node,
+                                             self.node.s.limits.max_file_bytes)
+            except formats.TooLarge as exc:
+                self._refuse_too_large(it, exc, "limits.max_file_bytes")
+                return None
             new = State(win.stamp, win.node, win.digest, False, None, formats.digest_bytes(data),
                         st.row_sig if st else None, rel, aux)
             self.queued.append((it, rel, data, share_write.mem_check(sh_obs), new))
             return new
         return self._export_now(it, plan, rel, sh_obs, src, st, aux)
+
+    def _still_as_read(self, it: ItemId, rel: str, src: Payload) -> bool:
+        """A file another program wrote, taken as written (no share write follows to
+        compare-and-set it), but read in the seconds after it changed: it may still be
+        being written (an editor's truncate-then-write).  Unless it is still what was
+        read, the item waits for the next pass (R6, R7: a half-written file is never
+        imported; the daemon looks again at once)."""
+        got = src.import_check()
+        if got is None or got[1](self.node.share.lstat(rel + got[0])):
+            return True
+        self.p.deferred.append(it)
+        return False
+
+    def _drop_tombstone(self, it: ItemId) -> bool:
+        """The share holds the winner already and only a tombstone beside it is stale (a
+        restore, R10): the tombstone goes, the file is left as it was written."""
+        try:
+            share_write.drop_tombstone(self.node.share, it, self.node.node)
+        except OSError as exc:
+            self.p.index_problems[it] = (f"cannot remove the tombstone of {it} on the share: {exc.strerror}",
+                                         "check the share's permissions; retried on the next pass")
+            return False
+        self.p.stats.to_share += 1
+        self.p.written.append(it)
+        return True
+
+    def _refuse_too_large(self, it: ItemId, exc: formats.TooLarge, setting: str) -> None:
+        """An export whose file the readers would refuse is not written (R10): reported as
+        a refused write (status, `ls`), logged, and the item stays local meanwhile."""
+        self.p.index_problems[it] = (f"{it} not exported: {exc}",
+                                     f"shrink it, or raise {setting} on every node; it stays local meanwhile",
+                                     "refused")
+        self.p.stats.refused += 1
+        log.warning("%s not exported: %s (%s)", it, exc, setting)
 
     def _export_now(self, it: ItemId, plan: Plan, rel: str, sh_obs: Obs | None, src: Payload | None,
                     st: State | None, aux: str | None) -> State | None:
@@ -197,7 +279,7 @@ class ExportBatch:
         digest = win.digest
         share_sig = share_hash = None
         try:
-            if not share_write.unchanged(share, rel, sh_obs, it):
+            if not share_write.unchanged(share, rel, sh_obs, it) or not share_write.copies_unchanged(share, src):
                 # Changed since we looked, or a file we could not read is in the way:
                 # keep the item queued so a local write is not forgotten (R2).
                 p.deferred.append(it)
@@ -206,6 +288,8 @@ class ExportBatch:
                 share_write.export_delete(share, it, rel, win, self.node.node, sh_obs)
             else:
                 extras = sh_obs.payload.skill_extras() if sh_obs is not None and sh_obs.payload is not None else None
+                if src is not None and src.copy_moves():
+                    extras = src.skill_extras()  # a conflict copy's version brings its own files
                 if extras is None:
                     extras = aux or ""
                 if src is None or src.skill_bytes() is None:
@@ -214,17 +298,21 @@ class ExportBatch:
                     if row is None:
                         raise FileRefused(Problem(rel, "no content to write for the skill", ""))
                     src = IndexSkill(row)
-                digest = share_write.export_skill(share, it, rel, win, self.node.node, src, extras)
+                digest = share_write.export_skill(share, it, rel, win, self.node.node, src, extras,
+                                                  self.node.s.limits.max_skill_bytes)
                 share_hash, aux = digest, extras
             p.stats.to_share += 1
             p.written.append(it)
+        except formats.TooLarge as exc:
+            self._refuse_too_large(it, exc, "limits.max_skill_bytes")
+            return None
         except FileRefused as exc:
             index_problems[it] = (f"cannot write {exc.problem.path} on the share: {exc.problem.reason}",
-                                  exc.problem.hint)
+                                  exc.problem.hint, EXPORT)
             return None
         except OSError as exc:
-            index_problems[it] = (f"cannot write {rel} on the share: {exc.strerror}",
-                                  "check the share's permissions and free space; retried on the next pass")
+            index_problems[it] = (f"cannot write {_failed_path(exc, rel)} on the share: {exc.strerror}",
+                                  os_hint(exc, "the share"), EXPORT)
             return None
         return State(win.stamp, win.node, digest, win.deleted, share_sig, share_hash,
                      st.row_sig if st else None, None if win.deleted else rel, aux)
@@ -257,10 +345,10 @@ class ExportBatch:
                 p.deferred.append(it)
             elif isinstance(res, FileRefused):
                 index_problems[it] = (f"cannot write {res.problem.path} on the share: {res.problem.reason}",
-                                      res.problem.hint)
+                                      res.problem.hint, EXPORT)
             else:
                 index_problems[it] = (f"cannot write {rel} on the share: {getattr(res, 'strerror', None) or res}",
-                                      "check the share's permissions and free space; retried on the next pass")
+                                      os_hint(res, "the share"), EXPORT)
         if not failed:
             return pending
         return [(it, plan, sides, None if it in failed else new) for it, plan, sides, new in pending]
@@ -289,6 +377,17 @@ class ExportBatch:
             if self.moved:
                 idx.set_meta(db, cache_owed="1")  # with the rows it is owed for; see commit.py
             idx.clear_meta(db, "export_intents")  # see intents.py
+        self._remove_copies(pending, {it for it, _ in states})
+
+    def _remove_copies(self, pending: list[Pending], done: set[ItemId]) -> None:
+        """Syncthing's conflict copies of the items just committed: their versions are
+        recorded now (the winner on every side, a loser in the conflict history), so the
+        copies go (R2: never before).  Only by a node that may write the item's scope."""
+        policy = self.node.policy
+        copies = [c for it, _, sides, _ in pending if it in done and policy.writable(it)
+                  for o in sides.values() if o.payload is not None for c in o.payload.conflict_copies()]
+        for rel in share_write.remove_copies(self.node.share, copies) if copies else ():
+            log.info("conflict copy %s folded: its version is recorded", rel)
 
     def _index_item(self, db: sqlite3.Connection, it: ItemId, plan: Plan, sides: dict[str, Obs], new: State,
                     cur_rows: dict[ItemId, MemoryRow], bulk_done: set[ItemId]) -> bool:
@@ -361,9 +460,10 @@ class ExportBatch:
                 got = src.skill_row() if src is not None else None
                 p.changed_skills[it.key] = (None if win.deleted else
                                             got[0] if got is not None else idx.skill_content(db, it.key))
+        kept = self.records.get(it, {})
         for side, v, payload in plan.beaten:
             idx.add_conflict(db, it, side, v.stamp, v.node, payload.loser_text() if payload is not None else None,
-                             win.stamp, win.node, win.deleted)
+                             win.stamp, win.node, win.deleted, kept.get((v.stamp, v.node, v.digest)))
             p.stats.conflicts += 1
             log.warning("conflict on %s: version from %s (%s) beaten by %s (%s)", it, v.node,
                         _fmt_ms(v.stamp), win.node, _fmt_ms(win.stamp))

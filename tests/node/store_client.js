@@ -20,10 +20,24 @@ if (cmd === 'put') {
                 node_id = excluded.node_id, updated_at = excluded.updated_at`)
     .run(scope, key, JSON.stringify(JSON.parse(json)), node, now());
   out({ ok: true });
+} else if (cmd === 'put-value') {
+  // The seed client's putMemory: a string value is stored as its raw text
+  // (`hello mesh`, not `"hello mesh"`), anything else as JSON.
+  const [scope, key, json, node] = args;
+  const value = JSON.parse(json);
+  db.prepare(`INSERT INTO mesh_memory (scope, key, value, node_id, updated_at)
+              VALUES (?, ?, ?, ?, ?)
+              ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value,
+                node_id = excluded.node_id, updated_at = excluded.updated_at`)
+    .run(scope, key, typeof value === 'string' ? value : JSON.stringify(value), node, now());
+  out({ ok: true });
 } else if (cmd === 'get') {
+  // The seed client's getMemory: the value as JSON when it parses, else its text.
   const [scope, key] = args;
   const row = db.prepare('SELECT value, node_id, updated_at FROM mesh_memory WHERE scope = ? AND key = ?').get(scope, key);
-  out(row ? { value: JSON.parse(row.value), node_id: row.node_id, updated_at: row.updated_at } : null);
+  let value = null;
+  if (row) { try { value = JSON.parse(row.value); } catch (e) { value = row.value; } }
+  out(row ? { value, raw: row.value, node_id: row.node_id, updated_at: row.updated_at } : null);
 } else if (cmd === 'list') {
   const [scope] = args;
   out(db.prepare('SELECT key FROM mesh_memory WHERE scope = ? ORDER BY key').all(scope).map(r => r.key));

@@ -42,6 +42,11 @@ class CacheSide:
     obs: dict[ItemId, Obs] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     unreadable: bool = False  # do not rewrite mesh-memory.json this pass
+    looked: bool = True  # the pass looked at the cache (its problems are the current ones)
+    # What a tool's write did that the pass refused (a mass drop): reported like a share
+    # file's problem, until the next full pass, while ``problems`` describe the cache as
+    # it is now (they go once it is fine again, R12).
+    events: list[Problem] = field(default_factory=list)
 
 
 def cache_key(it: ItemId) -> str:
@@ -50,10 +55,12 @@ def cache_key(it: ItemId) -> str:
 
 def detect_memory(cache: Cache, state: dict[ItemId, State], live_keys: dict[str, ItemId],
                   young: set[str], node: str, readable,
-                  replaced: dict[str, list] | None = None) -> CacheSide:
+                  replaced: dict[str, list] | None = None, claims: bool = False) -> CacheSide:
     """Compare a changed mesh-memory.json with the synced state.  ``live_keys`` maps
     each cache key we last wrote to its item; ``replaced`` maps each key our last write
-    changed or removed to the version it had before, as [digest, ts, nodeId]."""
+    changed or removed to the version it had before, as [digest, ts, nodeId].  With
+    ``claims`` (a new index, no synced state to compare with) each entry is the version
+    it claims (its ts and nodeId), not a write made now (R12: a rebuild writes nothing)."""
     replaced = replaced or {}
     side = CacheSide()
     try:
@@ -84,6 +91,9 @@ def detect_memory(cache: Cache, state: dict[ItemId, State], live_keys: dict[str,
         prev = replaced.get(ck)
         if prev is not None and e.digest == prev[0] and e.ts == prev[1] and (e.node is None or e.node == prev[2]):
             continue  # the version our last write replaced, written back by a stale copy: not a write
+        if claims:
+            side.obs[it] = Obs(Version((e.ts or 0) * 1000, e.node or node, e.digest), True, e)
+            continue
         # The file's mtime says when the tool wrote; an unchanged or zero ts must not
         # date the write in the past (it still comes after the base: reconcile bumps it).
         declared = max(e.ts * 1000 if e.ts is not None else 0, mtime_ms)
@@ -91,7 +101,7 @@ def detect_memory(cache: Cache, state: dict[ItemId, State], live_keys: dict[str,
     missing = [(ck, it) for ck, it in live_keys.items() if ck not in entries]
     if missing:
         if len(missing) > max(MASS_DROP_MIN, MASS_DROP_FRACTION * len(live_keys)):
-            side.problems.append(Problem(
+            side.events.append(Problem(
                 str(cache.memory_path),
                 f"a write dropped {len(missing)} of {len(live_keys)} entries at once; taken as a stale "
                 "or truncated copy, nothing was deleted",

@@ -60,15 +60,26 @@ def frontmatter_problem(content: bytes | None) -> str | None:
     return None
 
 
-def _managed(d: Path) -> str | None:
+def _marker(d: Path) -> tuple[str | None, str | None]:
+    """(skill name, node id) a mirrored folder's marker names; (None, None) without one.
+    Markers of older versions name the skill only."""
     try:
-        return (d / MARKER).read_text(encoding="utf-8").strip()
+        lines = (d / MARKER).read_text(encoding="utf-8").splitlines()
     except OSError:
-        return None
+        return None, None
+    name = lines[0].strip() if lines else ""
+    node = lines[1].strip()[5:] if len(lines) > 1 and lines[1].startswith("node ") else None
+    return name, node
 
 
-def _files(root: Path) -> dict[str, Path]:
-    """Regular files below root by relative path, links and specials skipped."""
+def _managed(d: Path) -> str | None:
+    return _marker(d)[0]
+
+
+def _files(root: Path, skill: bool = False) -> dict[str, Path]:
+    """Regular files below root by relative path, links and specials skipped.  With
+    ``skill`` (a skill folder on the share), only the files that are part of the skill,
+    as the share's walk takes them: no temporary, ignored or editor file (R10)."""
     out: dict[str, Path] = {}
     stack = [root]
     while stack:
@@ -79,52 +90,103 @@ def _files(root: Path) -> dict[str, Path]:
             continue
         for e in entries:
             p = Path(e.path)
+            if e.name.startswith(".meshsync-tmp-") or (skill and layout.is_ignored_name(e.name)):
+                continue
             if e.is_dir(follow_symlinks=False):
-                if not e.name.startswith(".meshsync-tmp-"):
-                    stack.append(p)
-            elif e.is_file(follow_symlinks=False) and not e.name.startswith(".meshsync-tmp-"):
+                stack.append(p)
+            elif e.is_file(follow_symlinks=False) and not (skill and layout.is_editor_file(e.name)):
                 out[str(p.relative_to(root))] = p
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the share side refuses to read (R6): a file over these is not synced, so it is
+    not mirrored either."""
+
+    file_bytes: int
+    skill_bytes: int
+
+
 def mirror(share_root: Path, targets: list[Path], skills: dict[str, str | None],
-           all_live: set[str] | None = None) -> list[Warning_]:
+           all_live: set[str] | None = None, node: str = "", limits: Limits | None = None) -> list[Warning_]:
     """Bring each target folder in step for the given skills: name -> share-relative
     skill dir (None: deleted).  ``all_live`` (a full pass) also removes managed folders
-    of skills that no longer exist."""
+    of skills that no longer exist.  A folder that cannot be written is a warning (the
+    mirrors are optional; the skill is synced anyway), never an error of the pass."""
     warnings: list[Warning_] = []
     for target in targets:
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            warnings.append(Warning_(str(target), f"cannot mirror skills into this folder: {exc.strerror or exc}",
+                                     "make it a folder the meshsync user can write, or remove it from "
+                                     "cache.skill_dirs"))
+            continue
         for name, rel in skills.items():
             dest = target / folder_name(name)
-            owner = _managed(dest) if dest.exists() else None
-            if dest.exists() and owner != name:
-                if rel is not None:
-                    warnings.append(Warning_(str(dest), "exists and was not created by meshsync; left alone",
-                                             f"rename or remove it so meshsync can mirror skill {name!r} there"))
-                continue
-            if rel is None:
-                if owner == name:
-                    shutil.rmtree(dest)
-                continue
-            _copy(share_root / rel, dest, name)
-        if all_live is not None:
             try:
-                entries = list(os.scandir(target))
-            except OSError:
-                continue
-            for e in entries:
-                if e.is_dir(follow_symlinks=False):
-                    owner = _managed(Path(e.path))
-                    if owner is not None and owner not in all_live:
-                        shutil.rmtree(e.path)
+                w = _one(share_root, dest, name, rel, node, limits)
+            except OSError as exc:
+                w = Warning_(str(dest), f"cannot mirror skill {name!r} here: {exc.strerror or exc}",
+                             "check that folder (permissions, a file in the way); retried on the next change")
+            if w is not None:
+                warnings.append(w)
+        if all_live is not None:
+            warnings.extend(_remove_gone(target, all_live, node))
     return warnings
 
 
-def _copy(src: Path, dest: Path, name: str) -> None:
-    want = {k: v for k, v in _files(src).items() if k != layout.SKILL_JSON}
+def _one(share_root: Path, dest: Path, name: str, rel: str | None, node: str,
+         limits: Limits | None) -> Warning_ | None:
+    """One skill's mirrored folder: written, removed (rel None) or left alone."""
+    exists = dest.exists()
+    owner, by = _marker(dest) if exists else (None, None)
+    if exists and owner != name:
+        if rel is None:
+            return None
+        return Warning_(str(dest), "exists and was not created by meshsync; left alone",
+                        f"rename or remove it so meshsync can mirror skill {name!r} there")
+    if exists and by is not None and node and by != node:
+        # cache.skill_dirs shared by two nodes' configurations: each would undo the other.
+        return Warning_(str(dest), f"is mirrored by node {by} too; left to it",
+                        "give each node its own cache.skill_dirs folder")
+    if rel is None:
+        if owner == name:
+            shutil.rmtree(dest)
+        return None
+    _copy(share_root / rel, dest, name, node, limits)
+    return None
+
+
+def _remove_gone(target: Path, all_live: set[str], node: str) -> list[Warning_]:
+    out: list[Warning_] = []
+    try:
+        entries = list(os.scandir(target))
+    except OSError:
+        return out
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            owner, by = _marker(Path(e.path))
+            if owner is not None and owner not in all_live and (by is None or not node or by == node):
+                try:
+                    shutil.rmtree(e.path)
+                except OSError as exc:
+                    out.append(Warning_(e.path, f"cannot mirror skill {owner!r} here: {exc.strerror or exc}",
+                                        "check that folder (permissions, a file in the way); retried on the next "
+                                        "change"))
+    return out
+
+
+def _copy(src: Path, dest: Path, name: str, node: str = "", limits: Limits | None = None) -> None:
+    want = {k: v for k, v in _files(src, skill=True).items() if k != layout.SKILL_JSON}
+    if limits is not None:
+        md = want.get(layout.SKILL_MD)
+        if md is not None and md.stat().st_size > limits.skill_bytes:
+            return  # the skill is not synced in this state: its mirror keeps the last good one
+        want = {k: v for k, v in want.items() if k == layout.SKILL_MD or v.stat().st_size <= limits.file_bytes}
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / MARKER).write_text(name + "\n", encoding="utf-8")
+    (dest / MARKER).write_text(name + "\n" + (f"node {node}\n" if node else ""), encoding="utf-8")
     have = {k: v for k, v in _files(dest).items() if k != MARKER}
     for relf, sp in want.items():
         dp = dest / relf

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from meshsync import faults, layout
+from meshsync import faults, formats, layout
 from meshsync.model import Slice
 from meshsync.payloads import CacheEntry
 
@@ -193,7 +193,8 @@ def document(slices: Iterable[Slice], tail: Iterable[bytes] = (),
 
 
 def entry(value_text: str, node: str, updated_at: int) -> dict[str, Any]:
-    return {"value": orjson.Fragment(value_text), "nodeId": node, "ts": updated_at}
+    # A value that is not JSON text is the string of its text (R10, see Index._value_json).
+    return {"value": orjson.Fragment(formats.json_text(value_text)), "nodeId": node, "ts": updated_at}
 
 
 def render_memory(entries: dict[str, dict[str, Any]]) -> bytes:

@@ -91,8 +91,9 @@ class CacheWriter:
         return skills_sig_of(self.skill_stats())
 
     def _bad(self) -> list[str]:
-        """Cache keys of rows reported as bad: their entries keep the cache's last good version."""
-        return sorted({r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused")})
+        """Cache keys of rows reported as bad, refused or not yet exported: their entries keep
+        the cache's last good (synced) version."""
+        return sorted({r["path"][6:] for r in self.index.errors() if r["kind"] in ("index", "refused", "export")})
 
     def _scopes(self) -> list[str]:
         return [sc for sc in self.index.memory_scopes() if self.may_read(sc) and layout.valid_scope(sc)]

@@ -56,11 +56,12 @@ def detect_index(index: Index, items: list[ItemId], state: dict[ItemId, State], 
         try:
             if not isinstance(row.value, str):
                 raise FormatError(f"value is a {type(row.value).__name__}, not JSON text")
-            value = formats.loads(row.value, max_depth)
+            value = formats.index_value(row.value, max_depth)  # raw text: a string, as the seed reads it
             stamp = index_stamp(row.updated_at, now_ms)
         except FormatError as exc:
-            problems[it] = (f"index row {it}: {exc}", "write valid JSON text into mesh_memory.value and "
-                            "Unix seconds into updated_at; the last good version stays on the share and in the cache")
+            problems[it] = (f"index row {it}: {exc}", "write JSON text (or plain text, read as a string) into "
+                            "mesh_memory.value and Unix seconds into updated_at; the last good version stays on "
+                            "the share and in the cache")
             continue
         text = formats.canonical(value)
         v = Version(stamp, str(row.node_id) or node, formats.digest_bytes(text))

@@ -159,46 +159,77 @@ def synced_versions(idx: Index) -> dict[ItemId, tuple[str | None, int, str]]:
 
 
 class ConflictWin(NamedTuple):
-    """The winning side of one recorded conflict (for an item's "conflict" state)."""
-    id: int
+    """The winning side of one conflict this node saw (for an item's "conflict" state);
+    ``id``: its record in the share's history (R11), or the local row's number when it
+    has none there."""
+    id: str | int
     item: ItemId
     winner_stamp: int
     winner_node: str
 
 
 def conflict_wins(idx: Index) -> list[ConflictWin]:
-    """Every recorded conflict's winner, oldest first."""
-    return [ConflictWin(cid, ItemId(k, s, key), wstamp, wnode) for cid, k, s, key, wstamp, wnode in idx.db.execute(
-        "SELECT id, kind, scope, key, winner_stamp, winner_node FROM meshsync_conflicts ORDER BY id")]
+    """Every conflict this node saw, its winner, oldest first."""
+    return [ConflictWin(rec or cid, ItemId(k, s, key), wstamp, wnode)
+            for cid, k, s, key, wstamp, wnode, rec in idx.db.execute(
+                "SELECT id, kind, scope, key, winner_stamp, winner_node, record FROM meshsync_conflicts ORDER BY id")]
 
 
-class BeatenVersion(NamedTuple):
-    """What ``meshsync conflicts restore`` writes back: the item and its beaten value
-    (None when the beaten side was a delete or kept no content)."""
-    kind: str
-    scope: str
-    key: str
-    value: str | None
+def delete_hold(idx: Index) -> dict | None:
+    """The mass delete the last passes held (engine/hold.py, R11): count, since, causes,
+    items ([kind, scope, key, folder]); None when nothing is held."""
+    import orjson
+
+    return orjson.loads(idx.meta("delete_hold") or "null")
 
 
-def beaten_version(idx: Index, conflict_id: int) -> BeatenVersion | None:
-    """The beaten side of conflict ``conflict_id``, or None if there is no such conflict."""
-    r = idx.db.execute("SELECT kind, scope, key, loser_value FROM meshsync_conflicts WHERE id = ?",
-                       (conflict_id,)).fetchone()
-    return BeatenVersion(*r) if r else None
+def node_clash(idx: Index) -> dict | None:
+    """Another index writing under this node's id on the share (engine/identity.py, R11):
+    its node file (index, host, pid, at) and when it was last seen; None when none."""
+    import orjson
+
+    return orjson.loads(idx.meta("node_clash") or "null")
+
+
+class FutureRow(NamedTuple):
+    """A row stamped after the horizon asked for (a clock far ahead wrote it, R12)."""
+    item: ItemId
+    node: str
+    updated_at: int  # seconds
+
+
+def future_rows(idx: Index, after_s: int) -> list[FutureRow]:
+    """Every memory and skill row whose updated_at (seconds, or milliseconds as some
+    clients write) is after ``after_s``, latest first."""
+    secs = "(CASE WHEN updated_at > 100000000000 THEN updated_at / 1000 ELSE updated_at END)"
+    rows = [FutureRow(ItemId("m", sc, k), n, u) for sc, k, n, u in idx.db.execute(
+        f"SELECT scope, key, node_id, {secs} FROM mesh_memory WHERE {secs} > ?", (after_s,))]
+    rows += [FutureRow(ItemId("s", "", name), n, u) for name, n, u in idx.db.execute(
+        f"SELECT name, source_node, {secs} FROM mesh_skills WHERE {secs} > ?", (after_s,))]
+    return sorted(rows, key=lambda r: -r.updated_at)
 
 
 # --- opening and checking the file ----------------------------------------------------------
+
+
+def _read_only_uris(path: Path) -> tuple[str, ...]:
+    """How to open the index without writing: read-only, or immutable when there is no
+    -shm file (no connection has the database open): a read-only connection would create
+    one (and a -wal), as this user, next to an index that may be another user's."""
+    shm = Path(str(path) + "-shm").exists()
+    return ((f"file:{path}?mode=ro",) if shm else ()) + (f"file:{path}?immutable=1",)
 
 
 def open_read_only(path: Path) -> Index | None:
     """The index opened for reading only, for a user (or a mount) that may not write it:
     read-only first, then immutable (a WAL database on a read-only file system cannot be
     opened otherwise; nobody can be writing it there).  None if neither works.
+    Either way no file is created next to the index (a user who does not own it must not
+    leave one there).
 
     The object has no schema check and no write methods: only the query methods that
     need ``.db`` (``meta``, ``counts``, ``errors``, ``conflicts`` and this module) work."""
-    for uri in (f"file:{path}?mode=ro", f"file:{path}?immutable=1"):
+    for uri in _read_only_uris(path):
         try:
             db = sqlite3.connect(uri, uri=True, timeout=10)
             db.execute("SELECT count(*) FROM meshsync_meta").fetchone()
@@ -208,6 +239,20 @@ def open_read_only(path: Path) -> Index | None:
         idx.path, idx.db = Path(path), db
         return idx
     return None
+
+
+def index_owner(path: Path) -> str | None:
+    """The node id the index at ``path`` was made for (None: not recorded, or unreadable),
+    read without writing anything (any user, any command)."""
+    idx = open_read_only(path)
+    if idx is None:
+        return None
+    try:
+        return idx.meta("node_id")
+    except sqlite3.Error:
+        return None
+    finally:
+        idx.close()
 
 
 class Health(NamedTuple):
@@ -223,7 +268,7 @@ def health(path: Path) -> Health:
     """Integrity, schema objects, journal mode and schema version of the index at
     ``path``, read through a read-only connection (doctor never changes the index).
     Raises :data:`Error` when the file cannot be read as a database."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    db = sqlite3.connect(_read_only_uris(path)[0], uri=True, timeout=10)
     try:
         qc = db.execute("PRAGMA quick_check").fetchall()
         have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table','trigger','index')")}
@@ -232,3 +277,29 @@ def health(path: Path) -> Health:
     finally:
         db.close()
     return Health(qc, have, mode, ver is not None, ver[0] if ver else None)
+
+
+# A write lock held longer than this by another connection is reported by status and
+# doctor (meshsync's own transactions last milliseconds; the daemon waits
+# index_busy_timeout before giving up).
+LOCK_PROBE_S = 1.0
+
+
+def index_locked(index: Path) -> bool:
+    """Whether another connection has held the index's write lock for LOCK_PROBE_S (the
+    probe waits that long for it, then rolls back at once)."""
+    try:
+        db = sqlite3.connect(f"file:{index}?mode=rw", uri=True, timeout=LOCK_PROBE_S, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(LOCK_PROBE_S * 1000)}")
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as exc:
+        return "locked" in str(exc) or "busy" in str(exc)
+    except sqlite3.Error:
+        return False
+    finally:
+        db.close()

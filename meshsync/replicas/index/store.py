@@ -15,6 +15,7 @@ foreign write that lands between detection and apply is never overwritten blindl
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -26,6 +27,7 @@ import orjson
 
 from meshsync.layout import MEM, SKILL, ItemId
 from meshsync.model import CACHE_STEP, KnownSigs, Slice, State
+from meshsync.replicas.index.file import IndexError_, IndexFile, IndexGone, WrongNode, wrong_node  # noqa: F401 (re-exported)
 from meshsync.replicas.index.write import IndexWrites, memory_row_sig, skill_row_sig
 
 SCHEMA_VERSION = "1"
@@ -83,7 +85,8 @@ CREATE TABLE IF NOT EXISTS meshsync_conflicts (
   id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
   kind TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL, side TEXT NOT NULL,
   loser_stamp INTEGER NOT NULL, loser_node TEXT NOT NULL, loser_value TEXT,
-  winner_stamp INTEGER NOT NULL, winner_node TEXT NOT NULL, winner_deleted INTEGER NOT NULL);
+  winner_stamp INTEGER NOT NULL, winner_node TEXT NOT NULL, winner_deleted INTEGER NOT NULL,
+  record TEXT);                    -- the ID of its record in the share's history (R11)
 """
 
 TRIGGERS = """
@@ -239,31 +242,57 @@ def storable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class IndexError_(Exception):
-    """The index cannot be opened or is not ours."""
+# SQLite errors that mean the index file itself is damaged or gone: no retry can help,
+# a person must repair or rebuild it (docs/troubleshooting.md).  Others (locked, disk
+# full, I/O errors of a full disk) clear by themselves and are retried (R12).
+UNUSABLE = ("malformed", "not a database")
 
 
-class Index(IndexWrites):
-    def __init__(self, path: Path, *, create: bool = True):
+def unusable(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the index file cannot be used as it is (see UNUSABLE)."""
+    return isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc) for w in UNUSABLE) \
+        or isinstance(exc, IndexGone)
+
+
+class Index(IndexWrites, IndexFile):
+    def __init__(self, path: Path, *, create: bool = True, busy_timeout: float = 30.0):
         self.path = Path(path)
         self.state_writes = 0  # changes to meshsync_state through this connection
         self._share_sigs: tuple[tuple[int, int], KnownSigs] | None = None
         self._fts_same_at: int | None = None  # data_version when check_fts last found no drift
         self._json_rows = True  # SQLite has json_each (see insert_memory_rows_if_absent)
+        self._json5: bool | None = None  # json_valid() accepts JSON5 (see _value_json)
+        self.busy_timeout = busy_timeout
+        self.wal_id: tuple[int, int] | None = None  # the -wal file this connection uses (see check_file)
         if not create and not self.path.exists():
             raise IndexError_(f"index {self.path} does not exist (run `meshsync init`)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexError_(f"cannot create the index's folder {self.path.parent}: {exc.strerror}") from None
+        self._open()
+
+    def _open(self) -> None:
+        busy_timeout = self.busy_timeout
+        try:
+            # How long a write waits for another program's write lock before it gives up
+            # (index_busy_timeout): the daemon then retries later instead of dying (R12).
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout,
                                       check_same_thread=False)
-            self.db.execute("PRAGMA busy_timeout = 30000")
+            self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise IndexError_(f"index {self.path} cannot use WAL mode (is it on a network share?)")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self._ensure_schema()
+            st = os.stat(self.path)
         except sqlite3.Error as exc:
             raise IndexError_(f"cannot open index {self.path}: {exc}") from None
-        if mode.lower() != "wal":
-            raise IndexError_(f"index {self.path} cannot use WAL mode (is it on a network share?)")
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self._ensure_schema()
+        except OSError as exc:
+            raise IndexError_(f"cannot open index {self.path}: {exc.strerror}") from None
+        # The file this connection writes: an index deleted or replaced under a running
+        # daemon is noticed (check_file) instead of written to unseen (R12).
+        self.file_id = (st.st_dev, st.st_ino)
 
     def close(self) -> None:
         self.db.close()
@@ -272,6 +301,7 @@ class Index(IndexWrites):
         have = {r[0] for r in self.db.execute(
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger', 'index')")}
         if REQUIRED <= have:
+            self._add_columns()
             return
         try:
             self.db.executescript(
@@ -279,8 +309,7 @@ class Index(IndexWrites):
                 + f"INSERT OR IGNORE INTO meshsync_meta VALUES ('schema', '{SCHEMA_VERSION}');"
                 + "COMMIT;")
         except sqlite3.Error as exc:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+            self.rollback()
             raise IndexError_(f"cannot create the schema in {self.path}: {exc}") from None
 
     # --- transactions --------------------------------------------------------------------
@@ -296,8 +325,19 @@ class Index(IndexWrites):
             db.execute("UPDATE meshsync_ctl SET applying = 0 WHERE id = 1")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may have rolled the transaction back itself (a full disk): a second
+            # ROLLBACK then raised "cannot rollback - no transaction is active", which hid
+            # the real error ("database or disk is full") from the log (R12).
+            self.rollback()
             raise
+
+    def rollback(self) -> None:
+        """End a transaction left open by an error, if any; never raises."""
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -306,7 +346,8 @@ class Index(IndexWrites):
         try:
             yield self.db
         finally:
-            self.db.execute("COMMIT")
+            if self.db.in_transaction:
+                self.db.execute("COMMIT")
 
     def data_version(self) -> int:
         return self.db.execute("PRAGMA data_version").fetchone()[0]
@@ -373,6 +414,19 @@ class Index(IndexWrites):
         return {rel: ItemId(kind, scope, key) for rel, kind, scope, key in self.db.execute(
             "SELECT rel, kind, scope, key FROM meshsync_state WHERE deleted = 0"
             " AND rel IN (SELECT value FROM json_each(?))", (orjson.dumps(want).decode(),))}
+
+    def live_folders(self) -> dict[str, int]:
+        """How many live items have their file in each share folder ("skills" for all
+        skills): what a mass delete is measured against (engine/hold.py)."""
+        out: dict[str, int] = {}
+        for kind, rel in self.db.execute("SELECT kind, rel FROM meshsync_state WHERE deleted = 0 AND rel IS NOT NULL"):
+            folder = "skills" if kind == SKILL else rel.rpartition("/")[0]
+            out[folder] = out.get(folder, 0) + 1
+        return out
+
+    def confirmed_deletes(self) -> set[ItemId]:
+        """Held deletes a person confirmed (`meshsync deletes confirm`), not applied yet."""
+        return {ItemId(*it) for it in orjson.loads(self.meta("deletes_confirmed") or "[]")}
 
     # --- outbox ------------------------------------------------------------------------------
 
@@ -442,14 +496,14 @@ class Index(IndexWrites):
         building Python dicts cost five times the JSON dump at 100k rows, and slices keep
         the memory bounded (the whole document is ~50 MB at 100k) and let a rewrite
         render only the slices that changed (cache.CacheLayout).  Values are embedded as
-        stored (JSON text checked on import; rows that are not are in ``exclude``), so
-        no value is parsed here.  Call inside ``read()`` so that the slices are one
-        snapshot."""
+        stored when they are JSON text (else as the string of their text, see
+        _value_json); rows reported as bad are in ``exclude``.  Call inside ``read()``
+        so that the slices are one snapshot."""
         if not scopes:
             return
         where, tail = self._cache_filter(scopes, exclude)
         q = ("SELECT count(*), coalesce(sum(id), 0), CAST(group_concat(json_quote(scope || ':' || key)"
-             " || ':{\"value\":' || value || ',\"nodeId\":' || json_quote(node_id) || ',\"ts\":'"
+             " || ':{\"value\":' || " + self._value_json() + " || ',\"nodeId\":' || json_quote(node_id) || ',\"ts\":'"
              " || json_quote(updated_at) || '}', ',' || char(10)) AS BLOB)"
              # By row id, never by the scope index: the order of the lines must not
              # depend on the query plan (a patched file equals a full rendering).
@@ -464,6 +518,17 @@ class Index(IndexWrites):
         for n in numbers:
             rows, idsum, body = self.db.execute(q, [n * step, (n + 1) * step, *tail]).fetchone()
             yield Slice(n, rows, idsum, body)
+
+    def _value_json(self) -> str:
+        """SQL for a row's value as JSON text: as stored when it is JSON, else the JSON
+        string of its text (R10: how the seed client reads a value; its putMemory stores
+        a string as raw text).  Checked in SQL, not taken from the pass's findings, so
+        that a row written after the pass looked can never make the cache invalid JSON.
+        SQLite 3.42-3.44's json_valid() also accepts JSON5: there json() turns what it
+        accepts into JSON (a JSON5 text then reads as its value, not as a string)."""
+        if self._json5 is None:
+            self._json5 = bool(self.db.execute("SELECT json_valid('{a:1}')").fetchone()[0])
+        return f"CASE WHEN json_valid(value) THEN {'json(value)' if self._json5 else 'value'} ELSE json_quote(value) END"
 
     def cache_totals(self, scopes: list[str], exclude: list[str]) -> tuple[int, int]:
         """How many rows the cache holds and the sum of their ids: what a patched cache
@@ -532,6 +597,11 @@ class Index(IndexWrites):
         """replace_errors_one(db, kind, path, None) for each of ``paths``."""
         db.executemany("DELETE FROM meshsync_errors WHERE path = ?", [(storable(p),) for p in paths])
 
+    def error_reasons(self) -> dict[str, tuple[str, str, str]]:
+        """path -> (kind, reason, hint) of every recorded problem (what the log told)."""
+        return {path: (kind, reason, hint) for path, kind, reason, hint in
+                self.db.execute("SELECT path, kind, reason, hint FROM meshsync_errors")}
+
     def errors(self) -> list[dict]:
         cur = self.db.execute("SELECT path, kind, reason, hint, since, seen FROM meshsync_errors ORDER BY kind, path")
         cols = [c[0] for c in cur.description]
@@ -540,7 +610,7 @@ class Index(IndexWrites):
     def conflicts(self, limit: int = 100) -> list[dict]:
         cur = self.db.execute(
             "SELECT id, at, kind, scope, key, side, loser_stamp, loser_node, loser_value, winner_stamp,"
-            " winner_node, winner_deleted FROM meshsync_conflicts ORDER BY id DESC LIMIT ?", (limit,))
+            " winner_node, winner_deleted, record FROM meshsync_conflicts ORDER BY id DESC LIMIT ?", (limit,))
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur]
 

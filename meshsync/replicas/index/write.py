@@ -159,12 +159,14 @@ class IndexWrites:
 
     def add_conflict(self, db: sqlite3.Connection, item: ItemId, side: str, loser_stamp: int,
                      loser_node: str, loser_value: str | None, winner_stamp: int, winner_node: str,
-                     winner_deleted: bool) -> None:
+                     winner_deleted: bool, record: str | None = None) -> None:
+        """A conflict this node saw; ``record``: the ID of its record in the share's
+        history (R11), None when it could not be kept there (a scope this node may not write)."""
         db.execute(
             "INSERT INTO meshsync_conflicts (at, kind, scope, key, side, loser_stamp, loser_node, loser_value,"
-            " winner_stamp, winner_node, winner_deleted) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " winner_stamp, winner_node, winner_deleted, record) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (int(time.time() * 1000), item.kind, item.scope, item.key, side, loser_stamp, loser_node,
-             loser_value, winner_stamp, winner_node, int(winner_deleted)))
+             loser_value, winner_stamp, winner_node, int(winner_deleted), record))
 
     def insert_new_memory_rows(self, db: sqlite3.Connection, rows: dict[ItemId, MemoryRowTuple]) -> set[ItemId]:
         """Insert ``rows`` in one statement, leaving alone any a foreign client inserted
@@ -223,6 +225,20 @@ class IndexWrites:
                 " ON CONFLICT(name) DO UPDATE SET source_node = excluded.source_node, content = excluded.content,"
                 " path = excluded.path, updated_at = excluded.updated_at",
                 (name, node, content, path, int(time.time())))
+
+
+    def restamp_future(self, after_s: int, now_s: int, node: str) -> list[ItemId]:
+        """Re-stamp every row whose updated_at is after ``after_s`` (a clock far ahead
+        wrote it, R12) as a new write of ``node`` at ``now_s``: a plain client write, so
+        the outbox takes it and the next pass exports it.  Returns the items."""
+        secs = "(CASE WHEN updated_at > 100000000000 THEN updated_at / 1000 ELSE updated_at END)"
+        with self.db as db:  # type: ignore[attr-defined]
+            db.execute("BEGIN IMMEDIATE")
+            mem = db.execute(f"UPDATE mesh_memory SET updated_at = ?, node_id = ? WHERE {secs} > ? "
+                             "RETURNING scope, key", (now_s, node, after_s)).fetchall()
+            skills = db.execute(f"UPDATE mesh_skills SET updated_at = ?, source_node = ? WHERE {secs} > ? "
+                                "RETURNING name", (now_s, node, after_s)).fetchall()
+        return [layout.memory_id(sc, k) for sc, k in mem] + [layout.skill_id(n) for (n,) in skills]
 
 
 SKIP: Any = object()  # write_row: the row is left as it is and the item waits for the next pass

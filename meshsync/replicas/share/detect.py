@@ -21,9 +21,9 @@ from meshsync import formats, layout, syncthing
 from meshsync.formats import FormatError
 from meshsync.layout import MEM, NOT_UTF8_NAME, not_unicode
 from meshsync.model import ABSENT, ItemId, Obs, Pass, Problem, State, Version, base_live, base_of
-from meshsync.payloads import ShareFile, ShareMem, ShareSkill
+from meshsync.payloads import CopySkill, ShareFile, ShareMem, ShareSkill
 from meshsync.reconcile import effective
-from meshsync.replicas.share import memread
+from meshsync.replicas.share import copies, memread
 from meshsync.replicas.share.store import FileEntry, FileRefused, Share, Walk, settled, sig_of
 
 BATCH = 500  # items a first import hands to the rest of the pipeline at a time
@@ -47,10 +47,63 @@ class Known(Protocol):
     def items_at(self, rels: list[str]) -> dict[str, ItemId]: ...
 
 
-def effective_order(obs: Obs, st: State | None) -> tuple:
-    """Order of an observation as reconcile would see it (fresh writes come after base)."""
-    v = effective(obs, base_of(st), 0, "")
-    return v.order if v is not None else (-1,)
+def as_found(obs: Obs, st: State | None, rel: str, node: str, skill: bool = False) -> Obs:
+    """The share side of a file read this pass, seen against what the last pass synced.
+
+    A file meshsync wrote (trusted ``rev``) stands for the version it claims.  A file
+    written by a person or another program (no valid ``rev``) stands for the version
+    derived from the file alone (``derived``: stamp max(declared + 1, mtime), its node or
+    FOREIGN_NODE), the same on every node, and it is taken as written: no share write
+    is planned for it (R10).  R3 holds because an edit's mtime, or its declared stamp
+    + 1, orders after the version it edited; only when neither does (the file server's
+    clock behind this node's base) is the edit stamped after the base by reconcile and
+    rewritten in meshsync's rendering, so that every node then reads the same version.
+    The bytes this node last synced stand for its base (their version may differ only
+    by a newer mtime: a touch, taken like any other node reading the file would)."""
+    v = obs.version
+    assert v is not None
+    base = base_of(st)
+    if base is not None and not base.deleted and st.share_hash == obs.payload.hash and st.rel == rel:  # type: ignore[union-attr]
+        if obs.trusted and skill:
+            # A skill's hash covers its files, not what skill.json claims: a trusted
+            # skill.json naming another version of the same content (another node's
+            # rendering of the same folder) is a change, or nodes keep different
+            # source_node values forever (R1).
+            return Obs(base if v.same(base) else v, True, obs.payload)
+        if obs.trusted or v.order <= base.order:
+            return Obs(base, True, obs.payload)
+        return Obs(v, True, obs.payload)  # the same bytes touched since: as a node reading it first takes them
+    if obs.trusted or base is None or base.deleted or v.order > base.order:
+        return Obs(v, True, obs.payload)
+    if v.same(base):
+        return Obs(base, True, obs.payload)
+    # The file alone cannot order the edit after the base: today's rule (R3).
+    return Obs(Version(v.stamp, node if v.node == formats.FOREIGN_NODE else v.node, v.digest), False, obs.payload)
+
+
+def against_tombstone(cur: Obs, tv: Version, st: State | None) -> Obs:
+    """The share side of an item whose file and tombstone are both on the share.
+
+    Seen from this node: when the file is the one it last synced (its base, live), the
+    tombstone is a delete from elsewhere that arrived first (Syncthing may deliver it
+    before the file's removal): the newer of the two wins (R4).  Otherwise (this node's
+    base is the tombstone, or the file is not what it last synced) the file appeared
+    after the delete: a restore (a NAS snapshot, ``#recycle``, ``mv backup.json``), a
+    person's act, newer than the delete.  It wins, stamped after the tombstone, and is
+    written again if that changed its version, so that every node reads the same one
+    (R10).  Either way the side is dirty: propagation removes the loser.  meshsync's own
+    delete removes the file before it writes the tombstone (replicas/share/write.py), so
+    a crash in between never leaves "file + tombstone" to be read as a restore (R7)."""
+    v = cur.version
+    assert v is not None
+    base = base_of(st)
+    if base is not None and not base.deleted and v.same(base):
+        if effective(cur, base, 0, "").order < tv.order:  # type: ignore[union-attr]
+            return Obs(tv, True, cur.payload, dirty=True)
+        return Obs(v, cur.trusted, cur.payload, dirty=True)
+    if v.stamp > tv.stamp:
+        return Obs(v, cur.trusted, cur.payload, dirty=True)
+    return Obs(Version(tv.stamp + 1, v.node, v.digest), False, cur.payload, dirty=True)
 
 
 def decoded(segment: str) -> str | None:
@@ -111,7 +164,8 @@ class ShareDetector:
                     uid = None
                 except layout.LayoutError as exc:
                     walk.problems.append(Problem(f"{layout.MEMORY}/user/{name}", f"folder name: {exc}",
-                                                 f"rename it to {layout.encode(name)}"))
+                                                 layout.renamed_hint(f"{layout.MEMORY}/user", name, "",
+                                                                     lambda t: sh.lstat(t) is not None, "user")))
                     continue
                 if uid is None or cfg.may_read("user:" + uid):
                     sh.walk_memory_dir(f"{layout.MEMORY}/user/{name}", walk, now_ns)
@@ -201,10 +255,10 @@ class ShareDetector:
                 if it is not None and it2 != it:
                     unknown.add(it)
                 st = state.get(it2)
-                if st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel:
-                    obs = Obs(base_of(st), True, obs.payload)
-                    if st.share_sig == obs.payload.sig:
-                        continue
+                obs = as_found(obs, st, rel, self.cfg.node)
+                if st is not None and obs.version is not None and obs.version.same(base_of(st)) and \
+                        st.share_sig == obs.payload.sig and st.share_hash == obs.payload.hash:
+                    continue
                 if settle is not None and (not tombs or layout.tombstone_path(it2, self.cfg.node) not in tombs):
                     batch[it2] = obs
                     if len(batch) >= BATCH:
@@ -233,36 +287,45 @@ class ShareDetector:
                 continue
             it2, obs = got
             st = p.state.get(it2)
-            # A skill's hash covers its files, not what skill.json claims: a trusted
-            # skill.json naming another version of the same content (another node's
-            # normalisation of the same hand-made folder: same mtime stamp, its own node id)
-            # is a change, or the nodes keep different source_node values forever (R1).
-            if (st is not None and not st.deleted and st.share_hash == obs.payload.hash and st.rel == rel
-                    and (not obs.trusted or obs.version.same(base_of(st)))):  # type: ignore[union-attr]
-                obs = Obs(base_of(st), True, obs.payload)
-                if st.share_sig == obs.payload.sig:
-                    continue
+            if obs.version is None:  # an empty folder: reported, absent unless synced there (R6, R12)
+                p.problems.append(_empty_skill(rel))
+                if base_live(st):
+                    p.share_unknown.add(it2)
+                continue
+            obs = as_found(obs, st, rel, self.cfg.node, skill=True)
+            if st is not None and obs.version is not None and obs.version.same(base_of(st)) and \
+                    st.share_sig == obs.payload.sig and st.share_hash == obs.payload.hash:
+                continue
             p.share_obs[it2] = obs
             changed.add(it2)
         return changed
 
-    def unread(self, it: ItemId, st: State | None, walk: Walk) -> Obs:
+    def unread(self, it: ItemId, st: State | None, walk: Walk) -> Obs | None:
         """The share side of an item the walk did not read: its file is still the one
-        last synced (signature unchanged), or it is absent."""
+        last synced (signature unchanged), or it is absent; None (unknown) when its folder
+        could not be listed (R5: never taken as absent, which read as a delete)."""
         if st is not None and not st.deleted and st.rel is not None:
             fe = walk.memory_entry(st.rel) if it.kind == MEM else walk.skills.get(st.rel)
             if fe is not None:
                 return Obs(base_of(st), True, ShareFile(fe.sig if fe.settled else None, fe.sig))
+        if walk.unknown:
+            try:
+                rel = st.rel if st is not None and st.rel else layout.item_path(it, self.cfg.node)
+            except layout.LayoutError:
+                return ABSENT
+            if walk.is_unknown(rel):
+                return None
         return ABSENT
 
     # --- reading one item -------------------------------------------------------------------
 
     def read_memory(self, rel: str, sig: str | None, problems: list[Problem],
-                    got: memread.Read | Problem | None | bool = False) -> tuple[ItemId, Obs] | None:
+                    got: memread.Read | Problem | None | bool = False,
+                    as_rel: str | None = None) -> tuple[ItemId, Obs] | None:
         """The share side of one memory file; ``got`` is its reading by memread.read_all
-        (False: read it here)."""
+        (False: read it here, as the file at ``as_rel`` when it is a conflict copy)."""
         if got is False:
-            got = memread.read(self.share, rel, self.cfg.node, self.cfg.max_json_depth)
+            got = memread.read(self.share, rel, self.cfg.node, self.cfg.max_json_depth, as_rel)
         if got is None:
             return None
         if isinstance(got, Problem):
@@ -275,15 +338,21 @@ class ShareDetector:
         if rec.trusted:
             v = Version(rec.stamp, rec.node, rec.digest)  # type: ignore[arg-type]
         else:
-            # An edited file comes after the version it still names, even when this node
-            # never saw that version and the file's mtime is behind its stamp (R3).
+            # Derived from the file alone (R10, see as_found): an edited file comes after
+            # the version it still names, even when this node never saw that version and
+            # the file's mtime is behind its stamp (R3).
             declared = rec.stamp + 1 if rec.stamp is not None else 0
-            v = Version(max(declared, mtime_ns // 1_000_000), rec.node or self.cfg.node, rec.digest)
+            v = Version(max(declared, mtime_ns // 1_000_000), rec.node or formats.FOREIGN_NODE, rec.digest)
         return it, Obs(v, rec.trusted, ShareMem(rec, sig, h, read_sig))
 
-    def read_skill(self, rel: str, files: list, sig: str | None,
-                   problems: list[Problem]) -> tuple[ItemId, Obs] | None:
-        return read_skill(self.share, self.cfg, rel, files, sig, problems)
+    def read_skill(self, rel: str, files: list, sig: str | None, problems: list[Problem],
+                   copies: dict[str, FileEntry] | None = None) -> tuple[ItemId, Obs] | None:
+        return read_skill(self.share, self.cfg, rel, files, sig, problems, copies)
+
+    def conflict_copies(self, p: Pass) -> set[ItemId]:
+        """Syncthing's conflict copies the walk found, as more observations of their
+        items (replicas/share/copies.py)."""
+        return copies.observe(self, p)
 
     # --- a targeted pass ----------------------------------------------------------------------
 
@@ -295,7 +364,13 @@ class ShareDetector:
             rel = layout.item_path(item, self.cfg.node)
         except layout.LayoutError:
             return
-        lst = self.share.lstat(rel)
+        try:
+            lst = self.share.lstat(rel)
+        except OSError as exc:  # a folder on the way that may not be searched (chmod 000)
+            # R5, R6, R12: unknown, never absent; reported like the full pass reports it.
+            p.problems.append(Problem(rel, f"cannot be examined: {exc.strerror}", "check permissions"))
+            p.share_unknown.add(item)
+            return
         if (lst is not None and st is not None and not st.deleted and item.kind == MEM
                 and self.own_sigs.get(rel) == sig_of(lst) and st.rel == rel):
             p.share_obs[item] = Obs(base_of(st), True, ShareFile(sig_of(lst)))  # our own write
@@ -325,18 +400,19 @@ class ShareDetector:
         if got is None or got[0] != item:
             p.share_unknown.add(item)
             return
+        if got[1].version is None:  # an empty skill folder: absent unless the skill was synced there
+            p.problems.append(_empty_skill(rel))
+            if base_live(st):
+                p.share_unknown.add(item)
+            else:
+                p.share_obs[item] = tomb or ABSENT
+                p.looked_ok += [f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}"]
+            return
         # Its earlier errors (e.g. read mid-write) go now, not at the next full rescan.
         p.looked_ok += [rel] if item.kind == MEM else [rel, f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}"]
-        obs = got[1]
-        if (st is not None and not st.deleted and st.share_hash == obs.payload.hash
-                and (item.kind == MEM or not obs.trusted or obs.version.same(base_of(st)))):  # type: ignore[union-attr]
-            # (skills: the hash does not cover skill.json's claimed version; see changed())
-            obs = Obs(base_of(st), True, obs.payload)
+        obs = as_found(got[1], st, rel, self.cfg.node, skill=item.kind != MEM)
         if tomb is not None and tomb.version is not None:
-            if effective_order(obs, st) < tomb.version.order:
-                obs = Obs(tomb.version, True, obs.payload, dirty=True)
-            else:
-                obs = Obs(obs.version, obs.trusted, obs.payload, dirty=True)
+            obs = against_tombstone(obs, tomb.version, st)
         p.share_obs[item] = obs
 
     def read_tomb(self, item: ItemId) -> Obs | None:
@@ -344,9 +420,7 @@ class ShareDetector:
         try:
             data, _ = self.share.read(rel, 64 * 1024)
             t_item, stamp, node = formats.parse_tombstone(data)
-        except FileNotFoundError:
-            return None
-        except (FileRefused, FormatError):
+        except (FileRefused, FormatError, OSError):  # none, or ours and broken: no protection lost to a crash
             return None
         if t_item != item:
             return None
@@ -373,8 +447,7 @@ class ShareDetector:
 
     def tombstones(self, p: Pass) -> set[ItemId]:
         """Fold the share's tombstones into its observations.  When a file and a
-        tombstone both exist (a crash between the two writes, or a re-creation), the
-        newer wins and the side is marked dirty so that apply removes the other."""
+        tombstone both exist, see against_tombstone."""
         walk = p.walk
         assert walk is not None
         changed: set[ItemId] = set()
@@ -409,27 +482,61 @@ class ShareDetector:
                 if st is None or not (st.deleted and st.stamp == stamp and st.node == node):
                     changed.add(item)
                 continue
-            if effective_order(cur, st) < tv.order:
-                p.share_obs[item] = Obs(tv, True, cur.payload, dirty=True)
-            else:
-                p.share_obs[item] = Obs(cur.version, cur.trusted, cur.payload, dirty=True)
+            p.share_obs[item] = against_tombstone(cur, tv, st)
             changed.add(item)
         return changed
 
 
-def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None,
-               problems: list[Problem]) -> tuple[ItemId, Obs] | None:
-    """The share side of one skill folder (its files as the walk listed them)."""
-    name_seg = rel.rsplit("/", 1)[-1]
-    if not_unicode(name_seg) or not_unicode(decoded(name_seg)):  # R6: see read_memory
-        problems.append(Problem(rel, "folder " + NOT_UTF8_NAME[5:], "rename it to a name that is valid UTF-8"))
+def _empty_skill(rel: str) -> Problem:
+    return Problem(rel, "skill folder is empty", "add a SKILL.md, or remove the folder; an export that failed "
+                   "part-way (a full share) leaves one behind and fills it once the share has space")
+
+
+def _skill_name(share: Share, cfg: Config, rel: str, name_seg: str, meta: formats.SkillMeta | None,
+                problems: list[Problem]) -> str | None:
+    """The skill a folder is: its name decides, as a memory file's name does (R10).  A
+    folder renamed by hand (`mv skills/alpha skills/beta`) is the skill beta; skill.json's
+    stale name is ignored, neither refused nor rewritten (its rev, made for alpha, no
+    longer matches, so beta's version derives from the folder, after alpha's stamp).  A
+    shortened folder name takes the full name from skill.json."""
+    try:
+        name: str | None = layout.decode(name_seg)
+    except layout.Shortened:
+        name = meta.name if meta else None
+    except layout.LayoutError as exc:
+        problems.append(Problem(rel, f"folder name: {exc}", layout.renamed_hint(
+            layout.SKILLS, name_seg, "", lambda t: share.lstat(t) is not None, "skill")))
         return None
-    content: bytes | None = None
-    meta: formats.SkillMeta | None = None
-    extras: list[tuple[str, str]] = []
-    newest = 0
-    for fe in files:
-        sub = fe.rel[len(rel) + 1:]
+    if name is None or layout.item_path(layout.skill_id(name), cfg.node) != rel:
+        problems.append(Problem(rel, "skill folder name does not match the name in skill.json",
+                                "rename the folder or fix skill.json's name"))
+        return None
+    return name
+
+
+class _SkillFiles:
+    """What a skill folder's files hold, read once (see read_skill)."""
+
+    def __init__(self) -> None:
+        self.content: bytes | None = None
+        self.meta: formats.SkillMeta | None = None
+        self.own_meta = True  # False: a copy's version, whose skill.json is the share file's
+        self.extras: list[tuple[str, str]] = []
+        self.newest = 0
+
+
+def _read_skill_files(share: Share, cfg: Config, rel: str, files: list, problems: list[Problem],
+                      copies: dict[str, FileEntry] | None) -> _SkillFiles | None:
+    """Read a skill folder's files (with ``copies``: each copy in place of its file);
+    None (reported) when SKILL.md or skill.json cannot be read."""
+    got = _SkillFiles()
+    got.own_meta = copies is None  # a copy's version claims only what its own skill.json says
+    entries = [(fe.rel, fe) for fe in files]
+    if copies:
+        entries = sorted({**dict(entries), **copies}.items())
+    for orig, fe in entries:
+        sub = orig[len(rel) + 1:]
+        from_copy = copies is not None and orig in copies
         limit = cfg.max_skill_bytes if sub == layout.SKILL_MD else None
         try:
             # The hint names the limit that applies (it said max_file_bytes for a SKILL.md).
@@ -441,33 +548,44 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
             continue
         except FileNotFoundError:
             return None
-        newest = max(newest, st.st_mtime_ns // 1_000_000)
+        if copies is None or from_copy:
+            got.newest = max(got.newest, st.st_mtime_ns // 1_000_000)
         if sub == layout.SKILL_MD:
-            content = data
+            got.content = data
         elif sub == layout.SKILL_JSON:
+            got.own_meta = got.own_meta or from_copy
             try:
-                meta = formats.parse_skill_json(data)
+                got.meta = formats.parse_skill_json(data)
             except FormatError as exc:
                 problems.append(Problem(fe.rel, str(exc), "fix skill.json or delete it (it is optional)"))
                 return None
         else:
-            extras.append((sub, formats.digest_bytes(data)))
-    try:
-        name: str | None = layout.decode(name_seg)
-    except layout.Shortened:
-        name = meta.name if meta else None
-    except layout.LayoutError as exc:
-        problems.append(Problem(rel, f"folder name: {exc}", f"rename it to skills/{layout.encode(name_seg)}"))
+            got.extras.append((sub, formats.digest_bytes(data)))
+    return got
+
+
+def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None,
+               problems: list[Problem], copies: dict[str, FileEntry] | None = None) -> tuple[ItemId, Obs] | None:
+    """The share side of one skill folder (its files as the walk listed them).  With
+    ``copies`` (a file's path -> its conflict copy), the folder as those copies make it
+    (replicas/share/copies.py): what it claims is taken from the copies alone."""
+    name_seg = rel.rsplit("/", 1)[-1]
+    if not_unicode(name_seg) or not_unicode(decoded(name_seg)):  # R6: see read_memory
+        problems.append(Problem(rel, "folder " + NOT_UTF8_NAME[5:], "rename it to a name that is valid UTF-8"))
         return None
-    if name is None or layout.item_path(layout.skill_id(name), cfg.node) != rel:
-        problems.append(Problem(rel, "skill folder name does not match the name in skill.json",
-                                "rename the folder or fix skill.json's name"))
+    f = _read_skill_files(share, cfg, rel, files, problems, copies)
+    if f is None:
         return None
-    if meta is not None and meta.name is not None and meta.name != name:
-        problems.append(Problem(f"{rel}/{layout.SKILL_JSON}", f"says name {meta.name!r} but the folder means {name!r}",
-                                "fix the name in skill.json or rename the folder"))
+    content, meta = f.content, f.meta
+    name = _skill_name(share, cfg, rel, name_seg, meta, problems)
+    if name is None:
         return None
     path = meta.path if meta else None
+    if not files and not copies:
+        # An empty folder (e.g. left by an export that failed part-way on a full share):
+        # not a version of the skill.  The caller takes it as absent when the skill has no
+        # synced version there, and as unreadable otherwise (R6, R12).
+        return layout.skill_id(name), ABSENT
     if content is None and path is None:
         problems.append(Problem(rel, "skill folder has no SKILL.md (and skill.json gives no path)",
                                 "add a SKILL.md; the folder is ignored until then"))
@@ -478,7 +596,7 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
         except UnicodeDecodeError:
             problems.append(Problem(f"{rel}/{layout.SKILL_MD}", "is not UTF-8 text", "save it as UTF-8"))
             return None
-    ex = formats.extras_digest(extras)
+    ex = formats.extras_digest(f.extras)
     digest = formats.skill_digest(content, path, ex)
     it = layout.skill_id(name)
     trusted = bool(meta and meta.rev and meta.node and meta.stamp is not None
@@ -486,7 +604,17 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
     if trusted:
         v = Version(meta.stamp, meta.node, digest)  # type: ignore[union-attr,arg-type]
     else:
-        declared = meta.stamp + 1 if meta and meta.stamp is not None else 0  # after it: see ShareDetector.read_memory
-        v = Version(max(declared, newest), (meta.node if meta and meta.node else cfg.node), digest)
+        # Derived from the folder alone (R10, see as_found): after the version skill.json
+        # names (a copy's version: only its own skill.json's), or its newest file's mtime.
+        claims = meta if f.own_meta else None
+        declared = claims.stamp + 1 if claims and claims.stamp is not None else 0
+        v = Version(max(declared, f.newest), (claims.node if claims and claims.node else formats.FOREIGN_NODE),
+                    digest)
+    if copies:
+        own = (f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}")  # an export writes these itself
+        return it, Obs(v, True, CopySkill(content, path, ex, None, digest, None,
+                                          tuple((fe.rel, fe.sig) for fe in copies.values()),
+                                          tuple((fe.rel, orig, fe.sig) for orig, fe in sorted(copies.items())
+                                                if orig not in own)))
     md = next((fe.sig for fe in files if fe.rel == f"{rel}/{layout.SKILL_MD}"), "")
     return it, Obs(v, trusted, ShareSkill(content, path, ex, sig, digest, md))

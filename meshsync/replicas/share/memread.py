@@ -44,18 +44,21 @@ STALL_S = 60.0  # a helper silent this long while the pass waits for it is given
 Read = tuple[MemoryRecord, str, int, str]
 
 
-def read(share: Share, rel: str, node_id: str, max_depth: int) -> Read | Problem | None:
+def read(share: Share, rel: str, node_id: str, max_depth: int, as_rel: str | None = None) -> Read | Problem | None:
     """One memory file as a pass takes it: a Read, a Problem to report, or None when the
-    file is gone.  The caller checks the scope against what the node may read."""
+    file is gone.  The caller checks the scope against what the node may read.  With
+    ``as_rel`` (a conflict copy's original), the file at ``rel`` is read as if it were
+    the one at ``as_rel``: its item comes from that path, never from the copy's name."""
     # An ASCII name is valid UTF-8, and only its %-escapes can decode to a lone surrogate.
     if not rel.isascii() and not_unicode(rel):  # R6: such a name used to crash the pass
         return Problem(rel, NOT_UTF8_NAME, "rename it to a name that is valid UTF-8")
+    item_rel = rel if as_rel is None else as_rel
     try:
-        scope, key = item_of_memory_rel(rel, node_id)
+        scope, key = item_of_memory_rel(item_rel, node_id)
     except layout.LayoutError as exc:
-        stem = rel.rsplit("/", 1)[-1][:-5]
+        folder, _, name = rel.rpartition("/")
         return Problem(rel, f"file name is not in meshsync's encoding ({exc})",
-                       f"rename it to {layout.encode(stem)}.json to import it as key {stem!r}")
+                       layout.renamed_hint(folder, name[:-5], ".json", lambda t: share.lstat(t) is not None, "key"))
     if "%" in rel and not_unicode(scope, key):  # e.g. x%ed%b3%bf.json: an escaped lone surrogate
         return Problem(rel, NOT_UTF8_NAME + " (it escapes a lone surrogate)", "rename it to a name that is valid UTF-8")
     try:
@@ -70,10 +73,10 @@ def read(share: Share, rel: str, node_id: str, max_depth: int) -> Read | Problem
         return Problem(rel, str(exc), "fix the file (it needs at least {\"value\": ...}); "
                        "the last good version is kept until then")
     if scope is None or key is None:
-        if layout.item_path(layout.memory_id(rec.scope, rec.key), node_id) != rel:
+        if layout.item_path(layout.memory_id(rec.scope, rec.key), node_id) != item_rel:
             return Problem(rel, "its scope/key do not match its shortened name",
                            "remove the file or restore its scope and key")
-    if rec.scope == "node" and "/node/" not in rel:
+    if rec.scope == "node" and "/node/" not in item_rel:
         return Problem(rel, "says scope node but is not in this node's folder", "fix the scope")
     return rec, formats.digest_bytes(data), st.st_mtime_ns, sig_of(st)
 

@@ -290,8 +290,12 @@ class Share(ShareWalk):
             raise FileRefused(Problem(rel, "is in the way (not a regular file); meshsync will not replace it",
                                       "move it away"))
         tmp = f"{d}/{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{next(_TMP_SEQ)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     self.file_mode if self.file_mode is not None else 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         self.file_mode if self.file_mode is not None else 0o644)
+        except OSError as exc:
+            exc.filename = rel  # the file meant, not our temporary name (it is reported)
+            raise
         try:
             try:
                 view = memoryview(data)
@@ -317,11 +321,13 @@ class Share(ShareWalk):
                 if not check(cur):
                     raise Changed(rel)
             os.rename(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+            if isinstance(exc, OSError) and exc.filename in (tmp, None):
+                exc.filename = rel  # the file meant, not our temporary name (it is reported)
             raise
         return st
 

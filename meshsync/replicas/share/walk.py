@@ -60,6 +60,15 @@ class SkillDir:
     files: list[FileEntry]  # every regular file, relative to the share
     sig: str
     settled: bool
+    copies: list[FileEntry] = field(default_factory=list)  # conflict copies (not in files nor sig)
+
+
+CONFLICT_MARK = ".sync-conflict-"  # in the name of Syncthing's conflict copies (meshsync/syncthing.py)
+
+
+def is_conflict_copy(name: str) -> bool:
+    """A name Syncthing may have given a conflict copy (not one of its temporaries)."""
+    return CONFLICT_MARK in name and not name.startswith(".")
 
 
 @dataclass(slots=True)
@@ -78,6 +87,9 @@ class Walk:
     problems: list[Problem] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # rel dirs that could not be listed
     temporaries: list[str] = field(default_factory=list)  # our temporary files seen (never items)
+    # Memory files' conflict copies (Syncthing), never items: versions of the file they
+    # copy (replicas/share/copies.py).  Settled means neither modified nor renamed lately.
+    copies: dict[str, FileEntry] = field(default_factory=dict)
 
     def is_unknown(self, rel: str) -> bool:
         return any(rel == u or rel.startswith(u + "/") for u in self.unknown)
@@ -214,9 +226,15 @@ class ShareWalk:
                 self._memory_entry(e, rel_dir, walk, now_ns)
 
     def _memory_entry(self, e: os.DirEntry[str], rel_dir: str, walk: Walk, now_ns: int) -> None:
-        """A name or file off the fast path: ignored, temporary, misplaced or not regular."""
+        """A name or file off the fast path: ignored, temporary, conflict copy, misplaced
+        or not regular."""
         name = e.name
-        if layout.is_ignored_name(name):
+        if is_conflict_copy(name) and name.endswith(".json"):
+            fe = self._copy_entry(e, f"{rel_dir}/{name}", now_ns)
+            if fe is not None:
+                walk.copies[fe.rel] = fe
+            return
+        if layout.is_ignored_name(name) or (layout.is_editor_file(name) and not e.is_dir(follow_symlinks=False)):
             if name.startswith(TMP_PREFIX):
                 walk.temporaries.append(f"{rel_dir}/{name}")
             return
@@ -232,6 +250,19 @@ class ShareWalk:
         fe = self._file_entry(e, rel, walk, now_ns)
         if fe is not None:
             walk.add_memory(fe)
+
+    @staticmethod
+    def _copy_entry(e: os.DirEntry[str], rel: str, now_ns: int) -> FileEntry | None:
+        """A conflict copy: a regular file, settled once neither written nor renamed in
+        the last seconds (Syncthing renames the file it replaces to the copy's name,
+        which keeps its mtime; the rename shows in ctime)."""
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return FileEntry(rel, sig_of(st), now_ns - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLE_NS)
 
     def walk_subdirs(self, rel_dir: str, walk: Walk) -> list[str]:
         """Names of real (non-link) subdirectories of rel_dir."""
@@ -251,10 +282,16 @@ class ShareWalk:
 
     def walk_skill(self, rel_dir: str, walk: Walk, now_ns: int) -> SkillDir:
         files: list[FileEntry] = []
+        copies: list[FileEntry] = []
         stack = [rel_dir]
         while stack:
             d = stack.pop()
             for e in self._scan(d, walk):
+                if is_conflict_copy(e.name):
+                    fe = self._copy_entry(e, f"{d}/{e.name}", now_ns)
+                    if fe is not None:
+                        copies.append(fe)
+                    continue
                 if e.name.startswith(TMP_PREFIX) or layout.is_ignored_name(e.name):
                     if e.name.startswith(TMP_PREFIX):
                         walk.temporaries.append(f"{d}/{e.name}")
@@ -263,12 +300,14 @@ class ShareWalk:
                 if e.is_dir(follow_symlinks=False):
                     stack.append(rel)
                     continue
+                if layout.is_editor_file(e.name):
+                    continue  # not part of the skill nor of its version (R10)
                 fe = self._file_entry(e, rel, walk, now_ns)
                 if fe is not None:
                     files.append(fe)
         files.sort(key=lambda f: f.rel)
         sig = "|".join(f"{f.rel[len(rel_dir) + 1:]}={f.sig}" for f in files)
-        return SkillDir(rel_dir, files, sig, all(f.settled for f in files))
+        return SkillDir(rel_dir, files, sig, all(f.settled for f in files), sorted(copies, key=lambda f: f.rel))
 
     def walk_tombstones(self, walk: Walk, now_ns: int) -> None:
         stack = [layout.TOMBSTONES]

@@ -53,25 +53,53 @@ def unchanged(share: Share, rel: str, sh_obs: Obs | None, it: ItemId) -> bool:
 
 
 def export_delete(share: Share, it: ItemId, rel: str, win: Version, node: str, sh_obs: Obs | None) -> None:
-    """The tombstone first (R4: offline nodes learn of the delete), then the file."""
-    share.write(layout.tombstone_path(it, node), formats.render_tombstone(it, win.stamp, win.node))
+    """The file first, then the tombstone (R4: offline nodes learn of the delete).
+
+    In this order a crash between the two leaves neither (the next pass sees the file
+    gone and writes the tombstone, R7), never "file + tombstone": every node reads a
+    file beside a tombstone as a restore made after the delete unless it is the file
+    that node last synced (replicas/share/detect.py against_tombstone), so our own
+    crashed delete would have come back on the nodes that had not synced that file."""
     # Only a file we saw goes: one made since we saw none is a new write (R2).
     if sh_obs is None or sh_obs.dirty or (sh_obs.version is not None and not sh_obs.version.deleted):
         if it.kind == MEM:
             share.remove(rel)
         else:
             share.remove_tree(rel)
+    faults.hit("share.delete_removed", it)
+    share.write(layout.tombstone_path(it, node), formats.render_tombstone(it, win.stamp, win.node))
+
+
+def drop_tombstone(share: Share, it: ItemId, node: str) -> None:
+    """Remove an item's tombstone (the file beside it won: a restore, R10)."""
+    share.remove(layout.tombstone_path(it, node))
+
+
+def copies_unchanged(share: Share, payload: Payload | None) -> bool:
+    """Whether the conflict copies an export will put in place are still as read."""
+    for copy_rel, _, sig in payload.copy_moves() if payload is not None else ():
+        cur = share.lstat(copy_rel)
+        if cur is None or sig_of(cur) != sig:
+            return False
+    return True
 
 
 def export_skill(share: Share, it: ItemId, rel: str, win: Version, node: str, payload: Payload,
-                 extras: str) -> str:
-    """Write a skill's folder (SKILL.md unless the share holds it already, skill.json)
-    and drop its tombstone; returns the digest written."""
+                 extras: str, max_skill_bytes: int = 0) -> str:
+    """Write a skill's folder (SKILL.md unless the share holds it already, the files a
+    winning conflict copy brings, skill.json) and drop its tombstone; returns the digest
+    written.  A SKILL.md over the readers' limit is never written (formats.TooLarge, R10)."""
     got = payload.skill_bytes()
     if got is None:
         raise FileRefused(Problem(rel, "no content to write for the skill", ""))
     content, path = got
+    if max_skill_bytes and content is not None and len(content) > max_skill_bytes:
+        raise formats.TooLarge(len(content), max_skill_bytes)
     digest = formats.skill_digest(content, path, extras)
+    for copy_rel, orig_rel, _ in payload.copy_moves():
+        # A copy's other files, written over the ones they lost to (the copies go once
+        # the pass is recorded: engine/propagate.py).
+        share.write(orig_rel, share.read(copy_rel)[0])
     if not payload.on_share():
         if content is not None:
             share.write(f"{rel}/{layout.SKILL_MD}", content)
@@ -80,3 +108,20 @@ def export_skill(share: Share, it: ItemId, rel: str, win: Version, node: str, pa
     share.write(f"{rel}/{layout.SKILL_JSON}", formats.render_skill_json(it, path, digest, win.stamp, win.node))
     share.remove(layout.tombstone_path(it, node))
     return digest
+
+
+def remove_copies(share: Share, copies: list[tuple[str, str]]) -> list[str]:
+    """Remove conflict copies whose versions the pass has recorded (R2: never before),
+    each only while it is still the file that was read: one changed since is read
+    again by the next pass.  Returns the paths removed."""
+    done = []
+    for rel, sig in copies:
+        cur = share.lstat(rel)
+        if cur is None or sig_of(cur) != sig:
+            continue
+        try:
+            share.remove(rel)
+        except OSError:
+            continue  # e.g. a read-only share: the next pass folds it again (nothing lost)
+        done.append(rel)
+    return done
