@@ -141,7 +141,7 @@ def test_skill_written_while_the_share_is_full_is_exported_once_space_is_freed(t
     assert st["counts"]["pending"] == 1, st["counts"]
     assert not any("has no SKILL.md" in e["reason"] for e in st["errors"]), st["errors"]
     assert not a.sql("SELECT 1 FROM meshsync_state WHERE kind = 's' AND key = 'sk'"), "recorded as synced"
-    assert json.loads(a.cli("skill", "ls", "--json").stdout)[0]["state"] == "pending"
+    assert a.cli_json("skill", "ls")["skills"][0]["state"] == "pending"
     # The folder the failed export made (if any) is not the skill's share side: removing
     # it deletes nothing.
     folder = mesh.share / "skills" / "sk"
@@ -481,7 +481,7 @@ def test_index_rebuild_takes_the_share_as_the_truth_and_writes_nothing_to_it(mes
         if p.exists():
             p.rename(a.home / f"old-index.sqlite{suffix}")
     a.cli("init")
-    out = json.loads(a.cli("sync", "--json").stdout)
+    out = a.cli_json("sync")
     assert out["to_share"] == 0, out
     assert share_files(mesh.share) == before, "the rebuild wrote to the share"
     assert a.sql("SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY key") == rows_before

@@ -70,7 +70,8 @@ class Checker:
 
 def test_schemas_are_valid_json_schema_one_per_json_command():
     commands = json_commands()
-    assert {"status", "sync", "doctor", "get", "ls", "search", "skill-get", "skill-ls", "conflicts"} <= set(commands)
+    assert {"status", "sync", "doctor", "get", "ls", "search", "skill-get", "skill-ls", "conflicts", "deleted",
+            "deletes"} <= set(commands)
     files = {p.stem for p in SCHEMAS.glob("*.json")}
     assert files == set(commands), f"schemas without a command: {files - set(commands)}, " \
                                    f"commands without a schema: {set(commands) - files}"
@@ -115,6 +116,9 @@ def _a_node_with_everything(mesh: Mesh) -> tuple[MeshNode, MeshNode]:
     foreign_put(a, "mesh", "bad", 1, updated_at="yesterday")  # type: ignore[arg-type]
     memfile(mesh.share, "mesh", "broken.json").write_text('{"value": ')
     a.sync(check=1)
+    a.cli("put", "mesh", "gone", '{"kept": true}')
+    a.cli("rm", "mesh", "gone")  # exported by this sync: its last value goes to the history
+    a.sync(check=1)
     foreign_put(a, "mesh", "later", "not synced yet")
     return a, b
 
@@ -138,11 +142,17 @@ def test_every_command_prints_what_its_schema_says(mesh: Mesh, tmp_path: Path):
     check(a, "get", "mesh", "bad")
     cf = check(b, "status")["conflicts"]
     assert {x["kind"] for x in cf} == {"memory", "skill"}
+    # The share's history: the same on every node (R11), IDs strings, times in seconds.
     got = check(b, "conflicts")["conflicts"]
-    values = {x["item"]: x["beaten"]["value"] for x in got}
+    assert check(a, "conflicts")["conflicts"] == got
+    values = {x["item"]: x["beaten"].get("value", x["beaten"].get("content")) for x in got}
     assert values == {"mesh:greeting": "older on b", "skill:triage": "# older triage on b\n"}
+    assert all(isinstance(x["id"], str) and abs(x["seen_at"] - time.time()) < 3600 for x in got), got
     assert {r["key"]: r["state"] for r in check(b, "ls")["items"]}["greeting"] == "conflict"
     assert check(b, "get", "mesh", "greeting")["conflict_id"] in {x["id"] for x in got}
+    gone = check(b, "deleted")["deleted"]
+    assert [(x["item"], x["last"]["value"], x["deleted_by"]["node"]) for x in gone] == [("mesh:gone", {"kept": True}, "a")]
+    assert check(a, "deletes") == {"schema_version": JSON_SCHEMA_VERSION, "hold": None}
     skills = {r["name"]: r for r in check(a, "skill", "ls")["skills"]}
     assert "warning" in skills["bare"]
     check(a, "skill", "get", "triage")
@@ -180,8 +190,34 @@ def test_every_command_prints_what_its_schema_says(mesh: Mesh, tmp_path: Path):
     assert set(check.seen) == set(json_commands()), f"not exercised: {set(json_commands()) - set(check.seen)}"
 
 
-@pytest.mark.parametrize("args, key", [(["ls"], "items"), (["skill", "ls"], "skills"), (["conflicts"], "conflicts")])
+@pytest.mark.parametrize("args, key", [(["ls"], "items"), (["skill", "ls"], "skills"), (["conflicts"], "conflicts"),
+                                       (["deleted"], "deleted")])
 def test_an_empty_list_is_still_an_object(mesh: Mesh, args: list[str], key: str):
     """Lists are wrapped in an object, so that every document can carry schema_version."""
     a = mesh.node("a")
-    assert Checker()(a, *args) == {"schema_version": JSON_SCHEMA_VERSION, key: []}
+    extra = {"unreadable": []} if key in ("conflicts", "deleted") else {}
+    assert Checker()(a, *args) == {"schema_version": JSON_SCHEMA_VERSION, key: [], **extra}
+
+
+def test_a_held_mass_delete_and_an_unreadable_history_record(mesh: Mesh):
+    """`deletes`, `sync` and `status` while a mass delete is held (R11), `deleted` once it
+    is confirmed, and a history record that cannot be read: each in its documented shape."""
+    check = Checker()
+    a = mesh.node("a")
+    for i in range(12):
+        foreign_put(a, "mesh", f"k{i:02d}", {"n": i})
+    a.sync()
+    for f in (mesh.share / "memory" / "mesh").iterdir():
+        f.unlink()
+    s = check(a, "sync", check=1)
+    assert s["held"] == 12 and s["deleted"] == 0 and s["ok"] is False
+    h = check(a, "deletes", check=1)["hold"]
+    assert h["count"] == 12 and {"item": "mesh:k00", "folder": h["items"][0]["folder"]} in h["items"], h
+    assert check(a, "status")["delete_hold"] == h
+    a.cli("deletes", "confirm")
+    assert check(a, "deletes")["hold"] is None
+    assert len(check(a, "deleted")["deleted"]) == 12
+    bad = next((mesh.share / ".meshsync" / "history").rglob("deleted-*.json"))
+    bad.write_text("{ not json")
+    d = check(a, "deleted")
+    assert len(d["deleted"]) == 11 and d["unreadable"][0]["path"].endswith(bad.name), d["unreadable"]

@@ -95,7 +95,7 @@ class ItemStates:
             return {"state": PENDING}
         for cid, wstamp, wnode in reversed(self.won.get(it, [])):
             if (wstamp, wnode) == synced[1:]:
-                return {"state": CONFLICT, "conflict_id": cid}
+                return {"state": CONFLICT, "conflict_id": str(cid)}  # a history ID (a string, docs/json.md)
         return {"state": IN_SYNC}
 
 
