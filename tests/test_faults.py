@@ -483,7 +483,17 @@ def test_index_rebuild_takes_the_share_as_the_truth_and_writes_nothing_to_it(mes
     a.cli("init")
     out = a.cli_json("sync")
     assert out["to_share"] == 0, out
-    assert share_files(mesh.share) == before, "the rebuild wrote to the share"
+    # No item, journal or tombstone written.  The node's mark (.meshsync/nodes/a.json,
+    # issue 16) names the index that now writes as node a: the rebuilt one must replace
+    # it, or its old index's mark would read as a clone's.
+    mark = ".meshsync/nodes/a.json"
+    assert json.loads(share_files(mesh.share)[mark][0])["index_id"] != json.loads(before[mark][0])["index_id"]
+    before.pop(mark)
+
+    def data() -> dict[str, tuple[bytes, int]]:
+        return {k: v for k, v in share_files(mesh.share).items() if k != mark}
+
+    assert data() == before, "the rebuild wrote to the share"
     assert a.sql("SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY key") == rows_before
     assert skill_rows(a) == {"sk": SKILL_MD}
     assert a.sql("SELECT count(*) FROM meshsync_conflicts") == [(0,)]
@@ -491,7 +501,7 @@ def test_index_rebuild_takes_the_share_as_the_truth_and_writes_nothing_to_it(mes
         f"{s}:{k}": (json.loads(v), n, u) for s, k, v, n, u in rows_before}
     assert (a.cache_skills / "sk.md").read_text() == SKILL_MD
     b.sync()
-    assert share_files(mesh.share) == before
+    assert data() == before
 
 
 # --- 4. clock jumps: a clock far ahead of the file server cannot win for the future ----------------
