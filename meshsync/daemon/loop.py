@@ -454,6 +454,8 @@ def run(settings: Settings, config_path: str | None = None) -> int:
         try:
             lock.acquire()
             break
+        except PermissionError:
+            raise  # a file of another user (R11): the CLI's wrong-user line, exit 2 (not restarted)
         except OSError as exc:  # the index's folder cannot be made or written
             print(f"meshsync: cannot create the index's folder {settings.index.parent}: {exc.strerror}",
                   file=sys.stderr)
