@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import Mesh, MeshNode, wait_for
+from helpers import Mesh, MeshNode, json_doc, wait_for
 
 RESULTS = {"pass", "warn", "fail"}
 
@@ -26,7 +26,7 @@ def doctor(n: MeshNode, code: int, *prefix: str, **env: str) -> dict:
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == code, f"doctor exited {p.returncode}, wanted {code}\n{p.stdout}\n{p.stderr}"
     assert "Traceback" not in p.stderr, p.stderr
-    data = json.loads(p.stdout)
+    data = json_doc("doctor", p.stdout)  # held to docs/schemas/doctor.json
     assert data["result"] == ["ok", "warnings", "failures"][code]
     return data
 
@@ -95,7 +95,7 @@ def test_text_output_one_line_per_check_with_hints(mesh: Mesh):
 def test_json_shape(mesh: Mesh):
     a = mesh.node("a")
     d = doctor(a, 1)
-    assert set(d) == {"result", "checks"}
+    assert set(d) == {"schema_version", "result", "checks"}
     assert d["checks"], d
     for c in d["checks"]:
         assert set(c) == {"name", "result", "detail", "hint"}, c
