@@ -229,7 +229,7 @@ def test_secret_guard(mesh: Mesh):
     start(a)
     start(b)
     key = "AKIA" + "IOSFODNN7EXAMPLE"
-    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}"}), check=6)  # refused: its own exit code
+    a.cli("put", "mesh", "aws", json.dumps({"note": f"creds {key}"}), check=7)  # refused: its own exit code (7, EXIT_REFUSED)
     wait_for(lambda: any("aws-access-key" in e["reason"] for e in a.status()["errors"]), 15, what="refused")
     errs = json.dumps(a.status()["errors"])
     assert key not in errs and "mesh:aws" in errs
