@@ -40,6 +40,13 @@ MEMORY = "memory"
 SKILLS = "skills"
 META = ".meshsync"
 TOMBSTONES = f"{META}/tombstones"
+# The share's format version: the layout and file formats above (memory files, skill
+# folders, tombstones, journals).  A meshsync knows the formats up to SHARE_FORMAT; a
+# share whose FORMAT_FILE names a newer one is left alone (unavailable, nothing
+# written) until this node is upgraded.  Raise it only for a change older nodes would
+# misread; a share without the file (made before it existed) is format 1.
+SHARE_FORMAT = 1
+FORMAT_FILE = f"{META}/format"
 HISTORY = f"{META}/history"  # beaten and deleted versions, one record each (R11)
 SKILL_MD = "SKILL.md"
 SKILL_JSON = "skill.json"

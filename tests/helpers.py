@@ -22,6 +22,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
+def json_doc(command: str, text: str) -> dict:
+    """``text``, the --json output of ``command`` ("status", "skill-ls", ...), parsed and
+    validated against docs/schemas/COMMAND.json (a real JSON Schema validator)."""
+    import jsonschema
+
+    doc = json.loads(text)
+    schema = json.loads((REPO / "docs" / "schemas" / f"{command}.json").read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator(schema).validate(doc)
+    return doc
+
+
 def wait_for(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
     """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -102,7 +113,14 @@ class MeshNode:
         return self.cli("sync", check=check)
 
     def status(self) -> dict:
-        return json.loads(self.cli("status", "--json").stdout)
+        """`status --json`, held to its documented shape (docs/schemas/status.json)."""
+        return self.cli_json("status")
+
+    def cli_json(self, *args: str, check: bool | int = True, **env: str) -> dict:
+        """``meshsync ARGS --json``: one JSON document on stdout, validated against its
+        command's schema (docs/schemas/, docs/json.md) in whatever state the test reached."""
+        p = self.cli(*args, "--json", check=check, **env)
+        return json_doc(f"{args[0]}-{args[1]}" if args[0] == "skill" else args[0], p.stdout)
 
     # --- the daemon -------------------------------------------------------------------
 

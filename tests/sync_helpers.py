@@ -26,8 +26,7 @@ def quick_node(mesh: Mesh, node_id: str, **env: str) -> MeshNode:
 
 
 def sync_json(n: MeshNode, code: int = 0) -> dict:
-    p = n.cli("sync", "--json", check=code)
-    return json.loads(p.stdout)
+    return n.cli_json("sync", check=code)
 
 
 def foreign_put(n: MeshNode, scope: str, key: str, value, updated_at: int | None = None,

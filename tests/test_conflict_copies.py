@@ -32,7 +32,7 @@ def copy_name(p: Path, tag: str = TAG) -> Path:
 def beaten(n: MeshNode) -> dict[str, list]:
     """The node's conflict history: item -> the beaten values (a skill's: its content)."""
     out: dict[str, list] = {}
-    for r in json.loads(n.cli("conflicts", "--json").stdout):
+    for r in n.cli_json("conflicts")["conflicts"]:
         b = r["beaten"]
         out.setdefault(r["item"], []).append(b["value"] if "value" in b else b.get("content"))
     return out

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import Mesh, MeshNode, wait_for
+from helpers import Mesh, MeshNode, json_doc, wait_for
 
 RESULTS = {"pass", "warn", "fail"}
 
@@ -26,7 +26,7 @@ def doctor(n: MeshNode, code: int, *prefix: str, **env: str) -> dict:
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == code, f"doctor exited {p.returncode}, wanted {code}\n{p.stdout}\n{p.stderr}"
     assert "Traceback" not in p.stderr, p.stderr
-    data = json.loads(p.stdout)
+    data = json_doc("doctor", p.stdout)  # held to docs/schemas/doctor.json
     assert data["result"] == ["ok", "warnings", "failures"][code]
     return data
 
@@ -95,7 +95,7 @@ def test_text_output_one_line_per_check_with_hints(mesh: Mesh):
 def test_json_shape(mesh: Mesh):
     a = mesh.node("a")
     d = doctor(a, 1)
-    assert set(d) == {"result", "checks"}
+    assert set(d) == {"schema_version", "result", "checks"}
     assert d["checks"], d
     for c in d["checks"]:
         assert set(c) == {"name", "result", "detail", "hint"}, c
@@ -312,3 +312,28 @@ def test_bad_configuration_is_a_failed_check(mesh: Mesh):
     assert c["result"] == "fail" and "watch.mode" in c["detail"] and c["hint"]
     p = a.cli("doctor", check=2, MESHSYNC_WATCH__MODE="bogus")
     assert p.stdout.startswith("FAIL  configuration:")
+
+
+# --- the systemd check: which unit runs the daemon (issue 20) ------------------------------------
+
+
+def test_the_unit_a_daemon_runs_in_is_read_from_its_cgroup():
+    """doctor names the unit from the daemon's /proc/PID/cgroup: the system unit, the
+    template's instances (it warned "no active meshsync unit" for them), a user unit
+    (under user@UID.service), on cgroup v2 and v1; nothing for a login session."""
+    from meshsync.cli.doctor import unit_of_cgroup
+
+    assert unit_of_cgroup("0::/system.slice/meshsync.service\n") == ("system", "meshsync.service")
+    assert unit_of_cgroup("0::/system.slice/system-meshsync.slice/meshsync@openclaw.service\n") == (
+        "system", "meshsync@openclaw.service")
+    assert unit_of_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/meshsync.service\n") == (
+        "user", "meshsync.service")
+    v1 = "12:pids:/system.slice/x\n1:name=systemd:/system.slice/system-meshsync.slice/meshsync@bob.service\n"
+    assert unit_of_cgroup(v1) == ("system", "meshsync@bob.service")
+    assert unit_of_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n") is None
+    assert unit_of_cgroup("0::/\n") is None
+    assert unit_of_cgroup("") is None
+    # This very process: whatever it runs in, the answer is a pair or None, never an error.
+    with open("/proc/self/cgroup") as f:
+        got = unit_of_cgroup(f.read())
+    assert got is None or (got[0] in ("system", "user") and got[1].endswith(".service"))

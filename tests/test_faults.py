@@ -141,7 +141,7 @@ def test_skill_written_while_the_share_is_full_is_exported_once_space_is_freed(t
     assert st["counts"]["pending"] == 1, st["counts"]
     assert not any("has no SKILL.md" in e["reason"] for e in st["errors"]), st["errors"]
     assert not a.sql("SELECT 1 FROM meshsync_state WHERE kind = 's' AND key = 'sk'"), "recorded as synced"
-    assert json.loads(a.cli("skill", "ls", "--json").stdout)[0]["state"] == "pending"
+    assert a.cli_json("skill", "ls")["skills"][0]["state"] == "pending"
     # The folder the failed export made (if any) is not the skill's share side: removing
     # it deletes nothing.
     folder = mesh.share / "skills" / "sk"
@@ -453,16 +453,12 @@ def test_index_deleted_under_a_running_daemon(mesh: Mesh):
 
 
 def share_files(share: Path) -> dict[str, tuple[bytes, int]]:
-    """Bytes and mtime of every file in the share (the journals and tombstones too), but
-    the nodes' marks (.meshsync/nodes/: which index serves each node id, R11), which a
-    rebuilt index must renew: they are no item nor version."""
+    """Bytes and mtime of every file in the share (the journals and tombstones too)."""
     out = {}
     for dirpath, _dirs, names in os.walk(share):
         for name in names:
             p = Path(dirpath) / name
-            rel = str(p.relative_to(share))
-            if not rel.startswith(".meshsync/nodes/"):
-                out[rel] = (p.read_bytes(), p.stat().st_mtime_ns)
+            out[str(p.relative_to(share))] = (p.read_bytes(), p.stat().st_mtime_ns)
     return out
 
 
@@ -485,9 +481,19 @@ def test_index_rebuild_takes_the_share_as_the_truth_and_writes_nothing_to_it(mes
         if p.exists():
             p.rename(a.home / f"old-index.sqlite{suffix}")
     a.cli("init")
-    out = json.loads(a.cli("sync", "--json").stdout)
+    out = a.cli_json("sync")
     assert out["to_share"] == 0, out
-    assert share_files(mesh.share) == before, "the rebuild wrote to the share"
+    # No item, journal or tombstone written.  The node's mark (.meshsync/nodes/a.json,
+    # issue 16) names the index that now writes as node a: the rebuilt one must replace
+    # it, or its old index's mark would read as a clone's.
+    mark = ".meshsync/nodes/a.json"
+    assert json.loads(share_files(mesh.share)[mark][0])["index_id"] != json.loads(before[mark][0])["index_id"]
+    before.pop(mark)
+
+    def data() -> dict[str, tuple[bytes, int]]:
+        return {k: v for k, v in share_files(mesh.share).items() if k != mark}
+
+    assert data() == before, "the rebuild wrote to the share"
     assert a.sql("SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY key") == rows_before
     assert skill_rows(a) == {"sk": SKILL_MD}
     assert a.sql("SELECT count(*) FROM meshsync_conflicts") == [(0,)]
@@ -495,7 +501,7 @@ def test_index_rebuild_takes_the_share_as_the_truth_and_writes_nothing_to_it(mes
         f"{s}:{k}": (json.loads(v), n, u) for s, k, v, n, u in rows_before}
     assert (a.cache_skills / "sk.md").read_text() == SKILL_MD
     b.sync()
-    assert share_files(mesh.share) == before
+    assert data() == before
 
 
 # --- 4. clock jumps: a clock far ahead of the file server cannot win for the future ----------------

@@ -72,7 +72,7 @@ def test_hand_made_files_are_imported_by_three_nodes_without_a_write(mesh: Mesh,
     before = _files_under(mesh.share, "memory", "skills")
     for n in (a, b, c):
         st = sync_json(n)
-        assert st["to_share"] == 0 and st["errors"] == 0, (n.node_id, st)
+        assert st["to_share"] == 0 and st["skipped"] == 0, (n.node_id, st)
     assert _files_under(mesh.share, "memory", "skills") == before, "a hand-made file was rewritten"
     want = {item: _expected_row(f) for item, f in files.items()}
     for n in (a, b, c):
@@ -333,7 +333,7 @@ def test_exports_stay_within_the_readers_limits(mesh: Mesh):
           ("mesh", "too.big", json.dumps(["x" * 100] * 200), "tool", int(time.time())))
     a.sql("INSERT INTO mesh_skills (name, source_node, content, updated_at) VALUES (?,?,?,?)",
           ("huge", "tool", "# huge\n" + "y" * 5000, int(time.time())))
-    st = json.loads(a.cli("sync", "--json", check=False).stdout)
+    st = a.cli_json("sync", check=False)
     assert st["to_share"] == 1 and st["refused"] == 2, st
     f = mem_path(mesh.share, "mesh", "fits.compact")
     assert f.stat().st_size <= 8192 and b"\n " not in f.read_bytes()  # compact
@@ -343,12 +343,12 @@ def test_exports_stay_within_the_readers_limits(mesh: Mesh):
     sync_json(b)
     assert b.value("mesh", "fits.compact") == nested and b.status()["errors"] == []
     assert b.row("mesh", "too.big") is None
-    refused = {e["path"]: e for e in a.status()["refused"]}
+    refused = {e["path"]: e for e in a.status()["errors"] if e["kind"] == "refused"}
     assert set(refused) == {"index:mesh:too.big", "index:skill:huge"}
     assert "over the 8192-byte limit" in refused["index:mesh:too.big"]["reason"]
     assert "limits.max_file_bytes" in refused["index:mesh:too.big"]["hint"]
     assert "limits.max_skill_bytes" in refused["index:skill:huge"]["hint"]
-    listed = {r["key"]: r for r in json.loads(a.cli("ls", "--json").stdout)}
+    listed = {r["key"]: r for r in a.cli_json("ls")["items"]}
     assert listed["too.big"]["state"] == "refused" and listed["fits.compact"]["state"] == "in sync"
     log = a.cli("sync", check=False).stderr
     assert "mesh:too.big not exported" in log and "WARNING" in log
@@ -376,7 +376,7 @@ def test_renamed_skill_folder_is_the_skill_under_its_new_name(mesh: Mesh, ab, tm
     os.rename(old, new)
     for n in (b, a, b):
         st = sync_json(n)
-        assert st["errors"] == 0, (n.node_id, n.status()["errors"])
+        assert st["skipped"] == 0, (n.node_id, n.status()["errors"])
     for n in (a, b):
         names = {r[0]: r for r in n.sql("SELECT name, content, source_node FROM mesh_skills")}
         assert set(names) == {"beta"}, n.node_id
@@ -474,7 +474,7 @@ def test_editor_files_are_neither_items_nor_problems(mesh: Mesh, tmp_path: Path)
         (sk / name).write_text("# half-saved")
     for n in (a, b):
         st = sync_json(n)
-        assert st["errors"] == 0 and (st["to_index"], st["to_share"]) == (0, 0), (n.node_id, n.status()["errors"])
+        assert st["skipped"] == 0 and (st["to_index"], st["to_share"]) == (0, 0), (n.node_id, n.status()["errors"])
         assert n.sql("SELECT key FROM mesh_memory") == [("note",)]
         assert n.sql("SELECT name, source_node, updated_at FROM mesh_skills") == before[n.node_id]
     assert sorted(p.name for p in (mirror / "edited").iterdir() if p.name != ".meshsync-managed") == ["SKILL.md"]

@@ -18,7 +18,8 @@ from sync_helpers import mem_path, quick_node, sync_json
 
 
 def history(n, *args: str) -> list[dict]:
-    return json.loads(n.cli(*args, "--json").stdout)
+    """`conflicts --json` or `deleted --json`: the list of records (held to its schema)."""
+    return n.cli_json(*args)[args[0]]
 
 
 def test_a_beaten_version_is_listed_and_restored_on_every_node(mesh: Mesh):

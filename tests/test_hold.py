@@ -69,7 +69,7 @@ def test_rm_rf_of_a_memory_folder_is_held_everywhere_then_confirmed(mesh: Mesh):
         wait_for(lambda n=n: mesh_rows(n) == 1, 30, what=f"{n.node_id} follows the confirmed deletes")
         wait_for(lambda n=n: hold_of(n) is None, 15, what=f"{n.node_id}'s hold cleared")
     assert a.value("user:ann", "other") == "stays"
-    deleted = json.loads(b.cli("deleted", "--json", "--limit", "100").stdout)
+    deleted = b.cli_json("deleted", "--limit", "100")["deleted"]
     assert {r["item"] for r in deleted} == {f"mesh:k{i:02d}" for i in range(N)}
     assert all(r["last"]["value"] == {"n": int(r["key"][1:])} for r in deleted)
     for n in (a, b):

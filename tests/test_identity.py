@@ -8,7 +8,6 @@ views of one folder (two "machines" on one NAS).  Each test was seen failing fir
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def nas(tmp_path: Path):
 
 
 def clash(n: MeshNode) -> dict | None:
-    return json.loads(n.cli("status", "--json").stdout).get("node_clash")
+    return n.status().get("node_clash")
 
 
 def test_two_clones_writing_under_one_node_id_are_reported(mesh: Mesh, nas):
@@ -76,12 +75,12 @@ def test_two_clones_writing_under_one_node_id_are_reported(mesh: Mesh, nas):
     other = mesh.node("b", share=ma)
     for n in (one, two, other):
         n.start(MESHSYNC_WATCH__POLL_INTERVAL="0.3")
-    wait_for(lambda: all(json.loads(n.cli("status", "--json").stdout).get("last_sync") for n in (one, two)), 30,
+    wait_for(lambda: all(n.status().get("last_sync") for n in (one, two)), 30,
              what="daemons ready")
     def put(n: MeshNode, key: str) -> None:
         """A write through n's daemon, waited for until its pass is over."""
         n.cli("put", "mesh", key, "1")
-        wait_for(lambda: f"mesh:{key}" in (json.loads(n.cli("status", "--json").stdout).get("last_change")
+        wait_for(lambda: f"mesh:{key}" in (n.status().get("last_change")
                                            or {}).get("items", []), 30, what=f"{key} exported")
 
     # Passes that write, in turns: whichever daemon marked the node file first, each then

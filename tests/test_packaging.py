@@ -137,6 +137,10 @@ def test_wheel_installs_the_package_units_and_example(built):
               "launchd/local.meshsync.plist", "config.example.yaml"):
         assert data + f in names, f"the wheel does not install {f} under share/meshsync/"
     assert not [n for n in names if n.startswith("tests/")], "the tests are not part of the wheel"
+    # `meshsync help json` and docs/json.md send users to the installed JSON Schemas.
+    doc = f"meshsync-{VERSION}.data/data/share/doc/meshsync/"
+    schemas = {p.name for p in (REPO / "docs" / "schemas").glob("*.json")}
+    assert schemas and {n.removeprefix(doc + "schemas/") for n in names if n.startswith(doc + "schemas/")} == schemas
 
 
 def test_the_tests_run_from_the_sdist(built, tmp_path):

@@ -58,7 +58,7 @@ def test_a_refused_write_exits_with_its_own_code(mesh: Mesh, tmp_path):
     assert not memfile(mesh.share, "mesh", "aws.json").exists() and not (mesh.share / "skills" / "leaky").exists()
     # Kept in the index, listed as refused: nothing is dropped (R9).
     assert a.value("mesh", "aws") is not None
-    assert {e["path"] for e in a.status()["refused"]} == {"index:mesh:aws", "index:skill:leaky"}
+    assert {e["path"] for e in a.status()["errors"] if e["kind"] == "refused"} == {"index:mesh:aws", "index:skill:leaky"}
     # The same with a daemon running: the command tells at once, the daemon keeps it local.
     a.start()
     wait_for(lambda: a.status().get("last_sync"), 20, what="daemon ready")

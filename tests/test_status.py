@@ -20,7 +20,7 @@ REFUSING = {"MESHSYNC_SCOPES__WRITE": '["mesh"]'}
 
 def ls(n: MeshNode, *args: str) -> dict[str, dict]:
     """`meshsync ls --json` keyed "scope:key"."""
-    return {f"{r['scope']}:{r['key']}": r for r in json.loads(n.cli("ls", *args, "--json").stdout)}
+    return {f"{r['scope']}:{r['key']}": r for r in json.loads(n.cli("ls", *args, "--json").stdout)["items"]}
 
 
 def ls_text(n: MeshNode) -> dict[str, list[str]]:
@@ -57,15 +57,16 @@ def test_status_without_daemon_text_and_json(mesh: Mesh):
     a.cli("put", "mesh", "one", "1")
     a.cli("skill", "put", "triage", "-", input="---\nname: triage\ndescription: d\n---\n# Triage\n")
     st = a.status()
-    # The fields scripts already rely on are all still there (additions only).
-    for k in ("node_id", "share", "index", "cache", "daemon", "initialised", "counts", "last_sync",
-              "last_pass", "watch", "last_change", "errors", "conflicts", "refused", "warnings", "watch_planned"):
+    # The fields of status --json (docs/schemas/status.json; tests/test_json.py holds every
+    # command's output to its schema).
+    for k in ("schema_version", "node_id", "share", "index", "cache", "daemon", "initialised", "counts",
+              "last_sync", "last_pass", "watch", "last_change", "errors", "conflicts", "watch_planned"):
         assert k in st, k
     assert st["daemon"] == {"running": False, "pid": None}
     assert st["watch"] is None and st["watch_planned"]["mode"] in ("events", "poll")
     c = st["counts"]
     assert (c["memory"], c["skills"], c["pending"], c["refused"], c["problems"], c["conflicts"]) == (1, 1, 0, 0, 0, 0)
-    assert c["pending_outbox"] == 0 and c["errors"] == 0
+    assert "pending_outbox" not in c and "errors" not in c  # one counter per meaning (issue 20)
     assert st["share"]["available"] is True and st["last_sync"] > time.time() - 60
     assert st["last_pass"]["seconds"] > 0  # the pass's own duration, not 0 (it was stored too early)
     text = status_text(a)
@@ -83,7 +84,8 @@ def test_status_without_daemon_text_and_json(mesh: Mesh):
     a.cli("skill", "put", "bare", "-", input="# no header\n")
     st = a.status()
     assert st["counts"]["warnings"] == 1 and st["counts"]["problems"] == 0
-    assert st["warnings"][0]["path"] == "skill:bare" and "frontmatter" in st["warnings"][0]["reason"]
+    warnings = [e for e in st["errors"] if e["kind"] == "warning"]
+    assert warnings[0]["path"] == "skill:bare" and "frontmatter" in warnings[0]["reason"]
     w = section(status_text(a), "warnings")
     assert w[0] == "warnings  1 (synced anyway)" and w[1].startswith("  skill:bare: SKILL.md has no YAML frontmatter")
 
@@ -107,8 +109,7 @@ def test_pending_counts_outbox_rows_while_no_daemon_runs(mesh: Mesh):
     foreign_put(a, "mesh", "p2", 2)
     foreign_put(a, "mesh", "p2", 3)  # two writes, one item
     st = a.status()
-    assert st["counts"]["pending"] == 2
-    assert st["counts"]["pending_outbox"] == 3  # the raw rows, as before
+    assert st["counts"]["pending"] == 2  # items, not the outbox's three rows
     assert "pending   2 local changes not yet synced (run `meshsync sync` or start the daemon)" in status_text(a)
     # A CLI write while the share is unavailable stays pending too.
     marker = mesh.share / ".meshsync"
@@ -130,10 +131,10 @@ def test_refused_writes_listed_apart_from_problems(mesh: Mesh):
     foreign_put(d, "mesh", "ok", "fine")
     sync_json(d, code=1)
     st = d.status()
-    assert [e["path"] for e in st["refused"]] == ["index:user:bob:note"]
-    r = st["refused"][0]
-    assert r["kind"] == "refused" and "refused" in r["reason"] and "scopes.write" in r["hint"]
-    assert r in st["errors"]  # still in the full list: --json only gained fields
+    refused = [e for e in st["errors"] if e["kind"] == "refused"]
+    assert [e["path"] for e in refused] == ["index:user:bob:note"]
+    r = refused[0]
+    assert "refused" in r["reason"] and "scopes.write" in r["hint"]
     assert st["counts"]["refused"] == 1 and st["counts"]["problems"] == 0
     assert st["counts"]["pending"] == 0  # the refused row waits in the outbox, but is not "pending"
     text = status_text(d)
@@ -159,7 +160,8 @@ def test_conflicts_and_errors_counted(mesh: Mesh):
     st = b.status()
     assert st["counts"]["conflicts"] == 1
     cf = st["conflicts"][0]
-    assert (cf["loser_node"], cf["winner_node"]) == ("b", "a") and "loser_value" not in cf
+    assert (cf["beaten"]["node"], cf["winner"]["node"]) == ("b", "a") and "value" not in cf["beaten"]
+    assert cf["item"] == "mesh:k" and cf["beaten"]["updated_at"] < cf["winner"]["updated_at"]  # seconds
     text = status_text(b)
     con = section(text, "conflicts")
     assert con[0] == "conflicts 1"
@@ -246,7 +248,7 @@ def test_conflict_state_until_the_item_changes_again(mesh: Mesh):
     a.cli("put", "mesh", "k", '"from a"')
     foreign_put(b, "mesh", "k", "older on b", updated_at=int(time.time()) - 100)
     sync_json(b)
-    cid = json.loads(b.cli("conflicts", "--json").stdout)[0]["id"]
+    cid = json.loads(b.cli("conflicts", "--json").stdout)["conflicts"][0]["id"]
     row = ls(b)["mesh:k"]
     assert row["state"] == "conflict" and row["conflict_id"] == cid and row["node_id"] == "a"
     assert ls_text(b)["mesh:k"][4] == f"conflict (#{cid})"
@@ -257,7 +259,7 @@ def test_conflict_state_until_the_item_changes_again(mesh: Mesh):
     # A newer write settles it: in sync again (the beaten version stays in the history).
     b.cli("put", "mesh", "k", '"newer on b"')
     assert ls(b)["mesh:k"]["state"] == "in sync"
-    assert json.loads(b.cli("conflicts", "--json").stdout)[0]["id"] == cid
+    assert json.loads(b.cli("conflicts", "--json").stdout)["conflicts"][0]["id"] == cid
 
 
 def test_refused_and_error_states(mesh: Mesh):
@@ -292,7 +294,7 @@ def test_skill_ls_and_get_show_origin_and_state(mesh: Mesh):
     b = quick_node(mesh, "b")
     a.cli("skill", "put", "triage", "-", input="# Triage\n")
     sync_json(b)
-    rows = {r["name"]: r for r in json.loads(b.cli("skill", "ls", "--json").stdout)}
+    rows = {r["name"]: r for r in json.loads(b.cli("skill", "ls", "--json").stdout)["skills"]}
     assert rows["triage"]["source_node"] == "a" and rows["triage"]["state"] == "in sync"
     line = b.cli("skill", "ls").stdout.splitlines()[0].split("\t")
     assert line[0] == "triage" and line[1] == "a" and line[3] == "in sync"
@@ -301,7 +303,7 @@ def test_skill_ls_and_get_show_origin_and_state(mesh: Mesh):
     assert b.cli("skill", "get", "triage").stdout == "# Triage\n"  # not a terminal: content only
     assert "frontmatter" in rows["triage"]["warning"]  # synced anyway: the state says in sync
     b.sql("UPDATE mesh_skills SET content = '# Changed\n', updated_at = updated_at + 1 WHERE name = 'triage'")
-    rows = {r["name"]: r for r in json.loads(b.cli("skill", "ls", "--json").stdout)}
+    rows = {r["name"]: r for r in json.loads(b.cli("skill", "ls", "--json").stdout)["skills"]}
     assert rows["triage"]["state"] == "pending"
 
 

@@ -57,7 +57,7 @@ def test_put_exports_canonical_file_and_other_node_imports(mesh, ab):
     assert a.cache()["mesh:user.preferences"]["value"] == {"shortAnswers": True, "lang": "en"}
 
     st = sync_json(b)
-    assert (st["to_index"], st["to_share"], st["errors"], st["cache_written"]) == (1, 0, 0, True)
+    assert (st["to_index"], st["to_share"], st["skipped"], st["cache_written"]) == (1, 0, 0, True)
     assert_item_everywhere([a, b], mesh.share, "mesh", "user.preferences",
                            {"shortAnswers": True, "lang": "en"}, node_id="A")
     assert b.row("mesh", "user.preferences") == ('{"lang":"en","shortAnswers":true}', "A", doc["updated_at"])
@@ -132,7 +132,7 @@ def test_foreign_invalid_json_row_is_not_exported_and_last_good_version_stays(me
     before = f.read_bytes()
     a.sql("UPDATE mesh_memory SET value = '[1e400]', updated_at = updated_at + 5 WHERE key = 'cfg'")
     p = a.cli("sync", "--json", check=1)
-    assert json.loads(p.stdout)["errors"] >= 1
+    assert json.loads(p.stdout)["skipped"] >= 1
     assert f.read_bytes() == before
     assert a.cache()["mesh:cfg"]["value"] == {"good": True}
     errs = [e for e in a.status()["errors"] if "cfg" in e["path"]]
@@ -208,7 +208,7 @@ def test_hand_made_value_only_file_is_imported_as_written_then_idle(mesh, ab):
     f.write_text('{"value": ["milk", "eggs"]}')
     mtime = int(f.stat().st_mtime)
     st = sync_json(a)
-    assert st["errors"] == 0 and st["to_index"] == 1 and st["to_share"] == 0
+    assert st["skipped"] == 0 and st["to_index"] == 1 and st["to_share"] == 0
     assert a.value("user:alice", "todo.list") == ["milk", "eggs"]
     assert f.read_text() == '{"value": ["milk", "eggs"]}'
     sync_json(b)

@@ -433,7 +433,7 @@ def test_start_order_does_not_matter(mesh: Mesh, syncthing):
 def conflicts(n: MeshNode) -> dict[str, list]:
     """The node's conflict history: item -> the beaten values (a skill's: its content)."""
     out: dict[str, list] = {}
-    for r in json.loads(n.cli("conflicts", "--json").stdout):
+    for r in n.cli_json("conflicts")["conflicts"]:
         b = r["beaten"]
         out.setdefault(r["item"], []).append(b["value"] if "value" in b else b.get("content"))
     return out

@@ -51,23 +51,24 @@ def tool(name: str) -> str:
     return exe
 
 
-def real_exec_start(unit: Path) -> str:
-    """The unit's ExecStart with the program replaced by one that exists here."""
-    orig = unit_settings(unit)["ExecStart"][0]
+def real_exec(unit: Path, key: str = "ExecStart") -> str:
+    """The unit's ExecStart (or ExecReload) with the program replaced by one that exists here."""
+    orig = unit_settings(unit)[key][0]
     prog, _, args = orig.partition(" ")
-    assert Path(prog).name == "meshsync" and args == "run", orig
+    assert Path(prog).name == "meshsync" and args in ("run", "reload --pid $MAINPID"), orig
     installed = shutil.which("meshsync")
     if installed:
-        return f"{installed} run"
-    return f"{sys.executable} -m meshsync run"
+        return f"{installed} {args}"
+    return f"{sys.executable} -m meshsync {args}"
 
 
 def verify(unit: Path, tmp_path: Path, user: bool) -> None:
     exe = tool("systemd-analyze")
     d = tmp_path / ("user" if user else "system")
     d.mkdir()
-    text = re.sub(r"^ExecStart=.*$", "ExecStart=" + real_exec_start(unit), unit.read_text(encoding="utf-8"),
-                  flags=re.M)
+    text = unit.read_text(encoding="utf-8")
+    for key in ("ExecStart", "ExecReload"):
+        text = re.sub(rf"^{key}=.*$", lambda _m, k=key: f"{k}=" + real_exec(unit, k), text, flags=re.M)
     name = unit.name
     (d / name).write_text(text, encoding="utf-8")
     env = dict(os.environ)
@@ -225,4 +226,4 @@ def test_launchd_agent():
     assert p["RunAtLoad"] is True and p["KeepAlive"] == {"SuccessfulExit": False}
     assert p["ThrottleInterval"] >= 10
     doc = DEPLOYMENT.read_text(encoding="utf-8")
-    assert "launchd/local.meshsync.plist" in doc and "auto` polls on macOS" in doc
+    assert "launchd/local.meshsync.plist" in doc and "untested on a real\n  Mac" in doc

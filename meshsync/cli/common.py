@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -33,9 +34,20 @@ class CliError(Exception):
         self.code = code
 
 
+# The version of the --json documents' shapes (docs/json.md, docs/schemas/): raised when a
+# field is removed, renamed or changes type or meaning; new fields do not raise it.
+JSON_SCHEMA_VERSION = 1
+
+
 def dump(obj: Any) -> str:
-    """JSON for ``--json`` output: indented, keys as given (every command prints this way)."""
+    """JSON text: indented, keys as given."""
     return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+
+
+def dump_doc(obj: dict[str, Any]) -> str:
+    """A ``--json`` document: always an object, ``schema_version`` first (every command
+    prints this way; docs/json.md)."""
+    return dump({"schema_version": JSON_SCHEMA_VERSION, **obj})
 
 
 def parse_value(text: str) -> Any:
@@ -80,6 +92,15 @@ def open_index(s: config.Settings) -> Index:
         return Index(s.index, create=False)
     except IndexError_ as exc:
         raise CliError(str(exc), EXIT_FAULT if s.index.exists() else EXIT_USAGE) from None
+
+
+def daemon_holder(index: Path) -> tuple[bool, int | None]:
+    """Whether a daemon holds ``index``'s lock, and its pid as a number (None while it
+    has not written it yet: the lock file is written just after it is taken)."""
+    h = IndexLock(index).holder()
+    if h is None:
+        return False, None
+    return True, int(h) if h.isdigit() else None
 
 
 def fault_problem(exc: BaseException, s: config.Settings) -> str:

@@ -23,7 +23,7 @@ from meshsync.cli.common import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     CliError,
-    dump,
+    dump_doc,
     open_node,
     report_write,
     secret_hits,
@@ -55,21 +55,35 @@ def _kept(r: HistoryRecord) -> dict[str, Any]:
     return {"content": r.content, "path": r.path, "kept": r.kept}
 
 
-def as_json(r: HistoryRecord) -> dict[str, Any]:
-    """One record as `conflicts --json` / `deleted --json` print it (README documents it)."""
-    it = r.item
-    d: dict[str, Any] = {
-        "id": r.id, "item": str(it), "kind": "memory" if it.kind == MEM else "skill", "scope": it.scope,
-        "key": it.key, "seen_at": r.recorded_at / 1000, "seen_on": r.side, "recorded_by": r.recorded_by,
-    }
-    version = {"node": r.node, "updated_at_ms": r.stamp, **_kept(r)}
+def _head(rid: str, it: ItemId, at_ms: int, side: str) -> dict[str, Any]:
+    """The fields every history entry starts with (docs/schemas/conflicts.json)."""
+    return {"id": rid, "item": str(it), "kind": "memory" if it.kind == MEM else "skill",
+            "scope": it.scope if it.kind == MEM else None, "key": it.key, "seen_at": at_ms / 1000, "seen_on": side}
+
+
+def as_json(r: HistoryRecord, with_value: bool = True) -> dict[str, Any]:
+    """One record as `conflicts --json` / `deleted --json` print it (docs/json.md; without
+    the kept value, as `status --json` lists conflicts).  Times are Unix seconds like every
+    time in the JSON output, here with the milliseconds meshsync orders versions by."""
+    d = {**_head(r.id, r.item, r.recorded_at, r.side), "recorded_by": r.recorded_by}
+    version = {"node": r.node, "updated_at": r.stamp / 1000, **(_kept(r) if with_value else {})}
     if r.why == "beaten":
         d["beaten"] = version
-        d["winner"] = {"node": r.by_node, "updated_at_ms": r.by_stamp, "deleted": r.by_deleted}
+        d["winner"] = {"node": r.by_node, "updated_at": r.by_stamp / 1000, "deleted": r.by_deleted}
     else:
         d["last"] = version
-        d["deleted_by"] = {"node": r.by_node, "updated_at_ms": r.by_stamp}
+        d["deleted_by"] = {"node": r.by_node, "updated_at": r.by_stamp / 1000}
     return d
+
+
+def row_json(c: dict[str, Any]) -> dict[str, Any]:
+    """A conflict this node saw itself (its index's meshsync_conflicts row), in the shape
+    `status --json` lists conflicts from the history: what status shows without the share."""
+    it = layout.memory_id(c["scope"], c["key"]) if c["kind"] == MEM else layout.skill_id(c["key"])
+    return {**_head(str(c.get("record") or c["id"]), it, c["at"], c["side"]), "recorded_by": None,
+            "beaten": {"node": c["loser_node"], "updated_at": c["loser_stamp"] / 1000},
+            "winner": {"node": c["winner_node"], "updated_at": c["winner_stamp"] / 1000,
+                       "deleted": bool(c["winner_deleted"])}}
 
 
 def _warn_unreadable(got: Listing) -> None:
@@ -81,7 +95,8 @@ def _list(s: config.Settings, a: argparse.Namespace, why: str) -> int:
     got = open_history(s).list(why, readable(s), limit=a.limit)
     _warn_unreadable(got)
     if a.json:
-        print(dump([as_json(r) for r in got.records]))
+        print(dump_doc({"conflicts" if why == "beaten" else "deleted": [as_json(r) for r in got.records],
+                        "unreadable": [{"path": rel, "reason": w} for rel, w in got.unreadable]}))
         return EXIT_OK
     if not got.records:
         print("no conflicts recorded" if why == "beaten" else "no deleted items recorded")

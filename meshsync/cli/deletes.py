@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from meshsync import config
 from meshsync.cli.common import (
@@ -16,10 +17,11 @@ from meshsync.cli.common import (
     EXIT_PROBLEMS,
     EXIT_UNAVAILABLE,
     CliError,
-    dump,
+    dump_doc,
     open_index,
     open_node,
 )
+from meshsync.layout import MEM
 from meshsync.lock import IndexLock, Locked
 from meshsync.replicas.index import queries
 from meshsync.replicas.share.store import ShareUnavailable
@@ -33,6 +35,17 @@ def describe(h: dict) -> str:
     return f"{h['count']} deletes held: {'; '.join(h['causes'])}"
 
 
+def hold_json(h: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A held mass delete as `deletes --json` and `status --json` show it (docs/json.md):
+    each held item named like everywhere else (SCOPE:KEY or skill:NAME) with the folder
+    whose share it was counted against."""
+    if h is None:
+        return None
+    items = [{"item": f"{scope}:{key}" if kind == MEM else f"skill:{key}", "folder": folder}
+             for kind, scope, key, folder in h["items"]]
+    return {"count": h["count"], "since": h["since"], "causes": h["causes"], "items": items}
+
+
 def cmd_deletes(s: config.Settings, a: argparse.Namespace) -> int:
     idx = open_index(s)
     try:
@@ -40,8 +53,9 @@ def cmd_deletes(s: config.Settings, a: argparse.Namespace) -> int:
     finally:
         idx.close()
     if a.json:
-        print(dump(h))
-        return EXIT_OK
+        # Exit 1 while deletes are held, as without --json.
+        print(dump_doc({"hold": hold_json(h)}))
+        return EXIT_PROBLEMS if h else EXIT_OK
     if not h:
         print("no deletes are held")
         return EXIT_OK

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -22,7 +23,7 @@ import orjson
 
 from meshsync import layout, syncthing
 from meshsync.cli import probes
-from meshsync.cli.common import dump
+from meshsync.cli.common import daemon_holder, dump_doc
 from meshsync.config import Settings
 from meshsync.daemon.watch import choose_mode
 from meshsync.diagnose import os_hint
@@ -440,18 +441,62 @@ def _daemon_check(s: Settings) -> Check:
                  "start it: `systemctl enable --now meshsync` (docs/deployment.md), or `meshsync run`")
 
 
-def _systemd_check() -> Check:
-    if not shutil.which("systemctl") or not Path("/run/systemd/system").exists():
-        return Check("systemd unit", PASS, "systemd is not running here: nothing to check")
-    for args in (["systemctl", "is-active", "meshsync"], ["systemctl", "--user", "is-active", "meshsync"]):
+def unit_of_cgroup(text: str) -> tuple[str, str] | None:
+    """("system" or "user", unit name) of the service a process runs in, from its
+    /proc/PID/cgroup (cgroup v2's ``0::`` line, or v1's ``name=systemd`` one); None
+    outside a service (a login session's scope, a container)."""
+    for line in text.splitlines():
+        _, ctrl, path = (line.split(":", 2) + ["", ""])[:3]
+        if ctrl not in ("", "name=systemd"):
+            continue
+        parts = [p for p in path.split("/") if p]
+        for i in range(len(parts) - 1, -1, -1):
+            if parts[i].endswith(".service"):
+                user = any(re.fullmatch(r"user@\d+\.service", p) for p in parts[:i])
+                return ("user" if user else "system"), parts[i]
+        return None
+    return None
+
+
+def _systemctl_active() -> list[str]:
+    """Active meshsync units, the template's instances included: "meshsync.service",
+    "meshsync@openclaw.service", "user unit meshsync.service"..."""
+    found = []
+    for scope in ([], ["--user"]):
         try:
-            r = subprocess.run(args, capture_output=True, text=True, timeout=5)
+            r = subprocess.run(["systemctl", *scope, "list-units", "--type=service", "--state=active",
+                                "--plain", "--no-legend", "--no-pager", "meshsync.service", "meshsync@*.service"],
+                               capture_output=True, text=True, timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             continue
-        if r.stdout.strip() == "active":
-            return Check("systemd unit", PASS, f"{' '.join(args[:-2])} unit meshsync is active")
+        for line in r.stdout.splitlines():
+            if line.split():
+                found.append(("user unit " if scope else "") + line.split()[0])
+    return found
+
+
+def _systemd_check(s: Settings) -> Check:
+    if not shutil.which("systemctl") or not Path("/run/systemd/system").exists():
+        return Check("systemd unit", PASS, "systemd is not running here: nothing to check")
+    running, pid = daemon_holder(s.index)
+    try:
+        cgroup = Path(f"/proc/{pid}/cgroup").read_text() if pid else None
+    except OSError:  # gone meanwhile, or hidden (hidepid)
+        cgroup = None
+    if cgroup is not None:
+        unit = unit_of_cgroup(cgroup)
+        if unit is not None:  # the template's instances too (meshsync@USER.service)
+            return Check("systemd unit", PASS, f"{unit[0]} unit {unit[1]} runs this node's daemon (pid {pid})")
+        return Check("systemd unit", WARN, f"the daemon (pid {pid}) runs outside a systemd service (started by hand?)",
+                     "run it under systemd so that it starts at boot and restarts on failure (docs/deployment.md)")
+    active = _systemctl_active()
+    if active:  # no daemon holds this index (yet): a unit runs, maybe for another configuration
+        return Check("systemd unit", PASS if running else WARN, f"active: {', '.join(active)}"
+                     + ("" if running else f"; none holds this node's index {s.index} (yet)"),
+                     "" if running else "check that the unit runs with this configuration (-c / MESHSYNC_CONFIG)")
     return Check("systemd unit", WARN, "no active meshsync unit",
-                 "install systemd/meshsync.service (docs/deployment.md) and `systemctl enable --now meshsync`")
+                 "install systemd/meshsync.service (docs/deployment.md) and `systemctl enable --now meshsync`, "
+                 "or the template: `systemctl enable --now meshsync@USER`")
 
 
 def run_checks(s: Settings) -> list[Check]:
@@ -463,7 +508,7 @@ def run_checks(s: Settings) -> list[Check]:
     checks.append(_cache_check(s))
     checks += _space_checks(s)
     checks.append(_daemon_check(s))
-    checks.append(_systemd_check())
+    checks.append(_systemd_check(s))
     return checks
 
 
@@ -487,7 +532,7 @@ def print_checks(checks: list[Check], json_out: bool) -> int:
     """Print the checks (one line each, with its hint) or their JSON; return the exit code."""
     code = exit_code(checks)
     if json_out:
-        print(dump({"result": ["ok", "warnings", "failures"][code], "checks": as_json(checks)}))
+        print(dump_doc({"result": ["ok", "warnings", "failures"][code], "checks": as_json(checks)}))
         return code
     for c in checks:
         print(f"{c.result.upper():4}  {c.name}: {c.detail}" + (f"\n      -> {c.hint}" if c.hint else ""))

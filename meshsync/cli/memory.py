@@ -18,6 +18,7 @@ from meshsync.cli.common import (
     EXIT_OK,
     CliError,
     dump,
+    dump_doc,
     open_index,
     open_node,
     parse_value,
@@ -45,8 +46,8 @@ def cmd_get(s: config.Settings, a: argparse.Namespace) -> int:
     if a.json:
         # A value that is not JSON text is the string it spells (R10, as the seed reads it).
         value = orjson.Fragment(formats.json_text(r.value)) if isinstance(r.value, str) else r.value
-        print(dump({"scope": a.scope, "key": a.key, "value": value, "node_id": r.node_id,
-                    "updated_at": r.updated_at, **st}))
+        print(dump_doc({"scope": a.scope, "key": a.key, "value": value, "node_id": r.node_id,
+                        "updated_at": r.updated_at, **st}))
     else:
         print(dump(orjson.Fragment(formats.json_text(r.value))) if isinstance(r.value, str) else r.value)
         if sys.stdout.isatty():  # for a person, where it came from; a script gets the value only
@@ -61,9 +62,22 @@ def _writable_scope(s: config.Settings, scope: str) -> str:
     return scope
 
 
+def _value_text(arg: str) -> str:
+    """VALUE as given, or stdin's whole text for ``-``: a value over the kernel's
+    per-argument limit (128 KiB) cannot be passed as an argument at all.  The string
+    "-" itself is the JSON ``'"-"'``, so the bare dash is free for this."""
+    if arg != "-":
+        return arg
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CliError("the VALUE read from stdin is not UTF-8 text; nothing was changed") from None
+
+
 def cmd_put(s: config.Settings, a: argparse.Namespace) -> int:
     scope = scope_arg(a.scope)
-    value = parse_value(a.value)
+    value = parse_value(_value_text(a.value))
     _writable_scope(s, scope)
     node = open_node(s)
     try:
@@ -97,8 +111,9 @@ def cmd_ls(s: config.Settings, a: argparse.Namespace) -> int:
     finally:
         idx.close()
     if a.json:
-        print(dump([{"scope": r.scope, "key": r.key, "node_id": r.node_id, "updated_at": r.updated_at,
-                     "bytes": r.bytes, **x} for r, x in zip(rows, st, strict=True)]))
+        print(dump_doc({"items": [{"scope": r.scope, "key": r.key, "node_id": r.node_id,
+                                   "updated_at": r.updated_at, "bytes": r.bytes, **x}
+                                  for r, x in zip(rows, st, strict=True)]}))
     else:
         for r, x in zip(rows, st, strict=True):
             print(f"{r.scope}\t{r.key}\t{r.node_id}\t{when(r.updated_at)}\t{state_text(x)}")

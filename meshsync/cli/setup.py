@@ -20,10 +20,11 @@ from meshsync.cli.common import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
-    dump,
+    dump_doc,
     open_node,
 )
 from meshsync.cli.deletes import FIX, describe
+from meshsync.cli.status import pass_json
 from meshsync.lock import IndexLock, Locked
 from meshsync.replicas.index.store import Index, IndexError_
 from meshsync.replicas.share.store import Share, ShareUnavailable
@@ -57,6 +58,8 @@ def cmd_init(s: config.Settings, a: argparse.Namespace) -> int:
         share.initialise()
     except OSError as exc:
         raise CliError(f"cannot create the share layout in {root}: {exc.strerror}", EXIT_UNAVAILABLE) from None
+    except ShareUnavailable as exc:  # e.g. a share upgraded to a newer format: left as it is
+        raise CliError(f"share unavailable: {exc}", EXIT_UNAVAILABLE) from None
     # The daemon's lock is honoured: an index made (or remade, after a delete) under a
     # running daemon was never looked at by it, and its rows were not exported (R12).
     lock = IndexLock(s.index)
@@ -99,7 +102,7 @@ def cmd_sync(s: config.Settings, a: argparse.Namespace) -> int:
         except ShareUnavailable as exc:
             node.record_unavailable(str(exc))
             if a.json:
-                print(dump({"ok": False, "share": "unavailable", "reason": str(exc)}))
+                print(dump_doc({"ok": False, "share": {"path": str(s.share), "available": False, "reason": str(exc)}}))
             print(f"meshsync: share unavailable: {exc}\n  nothing was changed in the index or the cache.",
                   file=sys.stderr)
             return EXIT_UNAVAILABLE
@@ -115,7 +118,9 @@ def cmd_sync(s: config.Settings, a: argparse.Namespace) -> int:
         print(f"meshsync: {describe(h) if h else f'{stats.held} deletes held'}; nothing was deleted.\n  -> {FIX}",
               file=sys.stderr)
     if a.json:
-        print(dump({"ok": stats.errors == 0 and not stats.held, **stats.as_dict()}))
+        print(dump_doc({"ok": stats.errors == 0 and not stats.held,
+                        "share": {"path": str(s.share), "available": True, "reason": ""},
+                        **pass_json(stats.as_dict())}))
     else:
         print(f"synced in {stats.seconds:.2f}s: {stats.scanned} items scanned, {stats.read} read, "
               f"{stats.to_share} written to the share, {stats.to_index} to the index, "

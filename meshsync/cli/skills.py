@@ -15,7 +15,7 @@ from meshsync.cli.common import (
     EXIT_NOT_FOUND,
     EXIT_OK,
     CliError,
-    dump,
+    dump_doc,
     open_index,
     open_node,
     report_write,
@@ -68,8 +68,8 @@ def cmd_skill_get(s: config.Settings, a: argparse.Namespace) -> int:
         print(f"meshsync: no skill {a.name}", file=sys.stderr)
         return EXIT_NOT_FOUND
     if a.json:
-        print(dump({"name": a.name, "content": r.content, "path": r.path, "source_node": r.source_node,
-                    "updated_at": r.updated_at, **st}))
+        print(dump_doc({"name": a.name, "content": r.content, "path": r.path, "source_node": r.source_node,
+                        "updated_at": r.updated_at, **st}))
     else:
         text = r.content if r.content is not None else f"(reference to {r.path})\n"
         sys.stdout.write(text)
@@ -101,8 +101,8 @@ def cmd_skill_ls(s: config.Settings, a: argparse.Namespace) -> int:
     finally:
         idx.close()
     if a.json:
-        print(dump([{"name": r.name, "source_node": r.source_node, "updated_at": r.updated_at, "bytes": r.bytes,
-                     "path": r.path, **x} for r, x in zip(rows, st, strict=True)]))
+        print(dump_doc({"skills": [{"name": r.name, "source_node": r.source_node, "updated_at": r.updated_at,
+                                    "bytes": r.bytes, "path": r.path, **x} for r, x in zip(rows, st, strict=True)]}))
     else:
         for r, x in zip(rows, st, strict=True):
             print(f"{r.name}\t{r.source_node}\t{when(r.updated_at)}\t{state_text(x)}")

@@ -15,9 +15,10 @@ import orjson
 
 from meshsync import config
 from meshsync.cli import probes
-from meshsync.cli.common import EXIT_OK, dump, when
-from meshsync.layout import MEM, ItemId
-from meshsync.lock import IndexLock
+from meshsync.cli.common import EXIT_OK, daemon_holder, dump_doc, when
+from meshsync.cli.conflicts import as_json, row_json
+from meshsync.cli.deletes import hold_json
+from meshsync.layout import ItemId
 from meshsync.reconcile import FUTURE_MS
 from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import UNUSABLE, Index, IndexError_
@@ -94,7 +95,7 @@ class ItemStates:
             return {"state": PENDING}
         for cid, wstamp, wnode in reversed(self.won.get(it, [])):
             if (wstamp, wnode) == synced[1:]:
-                return {"state": CONFLICT, "conflict_id": cid}
+                return {"state": CONFLICT, "conflict_id": str(cid)}  # a history ID (a string, docs/json.md)
         return {"state": IN_SYNC}
 
 
@@ -122,29 +123,30 @@ def state_note(st: dict[str, Any]) -> str:
 
 
 def status_data(s: config.Settings) -> dict[str, Any]:
-    """Everything `meshsync status` shows; read from the index and the share only, so it
-    works the same with and without a running daemon."""
+    """Everything `meshsync status` shows, in the shape of `status --json`
+    (docs/schemas/status.json); read from the index and the share only, so it works the
+    same with and without a running daemon."""
     share = Share(s.share, max_file_bytes=s.limits.max_file_bytes)
     try:
         share.check()
         avail, reason = True, ""
     except ShareUnavailable as exc:
         avail, reason = False, str(exc)
-    holder = IndexLock(s.index).holder()
+    running, pid = daemon_holder(s.index)
     out: dict[str, Any] = {
         "node_id": s.node_id,
         "share": {"path": str(s.share), "available": avail, "reason": reason},
         "index": str(s.index),
         "cache": str(s.openclaw_home),
-        "daemon": {"running": holder is not None, "pid": holder},
+        "daemon": {"running": running, "pid": pid},
     }
     out["faults"] = faults = resource_faults(s, avail)
     if not s.index.exists():
         out["initialised"] = False
-        if holder is not None:
+        if running:
             # R12: not "running" and "not created yet" side by side: the file was deleted
             # under the daemon, which stops by itself at its next check (exit 6).
-            faults.append(_fault("index", f"the index {s.index} was deleted while the daemon (pid {holder}) runs "
+            faults.append(_fault("index", f"the index {s.index} was deleted while the daemon (pid {pid}) runs "
                                  "on it; the daemon stops by itself (exit 6)",
                                  "once it has stopped: `meshsync init`, then start the daemon again (the index is "
                                  "rebuilt from the share; local writes not exported yet are lost with the file)"))
@@ -166,7 +168,7 @@ def status_data(s: config.Settings) -> dict[str, Any]:
         out["index_read_only"] = True
     try:
         out["initialised"] = True
-        _index_status(idx, out, daemon_runs=holder is not None, share_ok=avail)
+        _index_status(idx, out, daemon_runs=running, share_ok=avail)
         # R12: a damaged page that no count above happened to read is a fault all the
         # same (0.15 s at 100k items).
         damage = idx.quick_check() if "index_error" not in out else None
@@ -185,9 +187,9 @@ def status_data(s: config.Settings) -> dict[str, Any]:
                              f"for more than {probes.LOCK_PROBE_S:g}s",
                              "find the program (`fuser INDEX`) and end its transaction; the daemon waits "
                              "index_busy_timeout, then retries every few seconds"))
-    if "counts" in out:  # (a read that failed half-way leaves some counts out)
-        out["counts"]["problems"] = out["counts"].get("problems", 0) + len(faults)
-    if not holder:
+    if "counts" in out:  # one counter per meaning: faults apart from the recorded problems
+        out["counts"]["faults"] = len(faults)
+    if not running:
         from meshsync.daemon.watch import choose_mode
 
         mode, why = choose_mode(s.watch.mode, s.share)
@@ -204,11 +206,7 @@ def _history_status(s: config.Settings, share: Share, out: dict[str, Any]) -> No
     counts = hist.counts()
     out["counts"]["conflicts"] = counts["beaten"]
     out["counts"]["deleted_kept"] = counts["deleted"]
-    out["conflicts"] = [{
-        "id": r.id, "at": r.recorded_at, "kind": r.item.kind, "scope": r.item.scope, "key": r.item.key,
-        "side": r.side, "loser_stamp": r.stamp, "loser_node": r.node, "winner_stamp": r.by_stamp,
-        "winner_node": r.by_node, "winner_deleted": int(r.by_deleted), "recorded_by": r.recorded_by,
-    } for r in hist.list("beaten", readable(s), limit=20).records]
+    out["conflicts"] = [as_json(r, with_value=False) for r in hist.list("beaten", readable(s), limit=20).records]
 
 
 INDEX_HINT = ("see `meshsync doctor`; a damaged index is moved away and rebuilt from the share with "
@@ -236,14 +234,15 @@ def resource_faults(s: config.Settings, share_ok: bool) -> list[dict[str, str]]:
 
 def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: bool) -> None:
     """The index's part of ``status_data``: counts, last pass, problems and conflicts."""
-    out["counts"] = idx.counts()
+    counts = idx.counts()
     last = idx.meta("last_sync")
     out["last_sync"] = float(last) if last else None
     lp = idx.meta("last_pass")
-    out["last_pass"] = orjson.loads(lp) if lp else None
+    out["last_pass"] = pass_json(orjson.loads(lp)) if lp else None
     out["watch"] = orjson.loads(idx.meta("daemon_watch") or "null") if daemon_runs else None
     if daemon_runs:
-        silence = probes.daemon_silence(out["daemon"]["pid"], idx.meta("daemon_beat"))
+        pid = out["daemon"]["pid"]
+        silence = probes.daemon_silence(str(pid) if pid else None, idx.meta("daemon_beat"))
         out["daemon"]["responding"] = silence is None
         if silence:
             out["faults"].append(_fault("daemon", silence, "continue it (kill -CONT PID) or restart it "
@@ -253,38 +252,61 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
     # own last check counts, or status says "available" while nothing syncs.
     if daemon_runs and share_ok and idx.meta("share_status") == "unavailable":
         out["share"].update(available=False, reason=f"the daemon reports: {idx.meta('share_reason')}")
-    out["delete_hold"] = queries.delete_hold(idx)  # R11: deletes held until confirmed
-    out["node_clash"] = queries.node_clash(idx)  # R11: another index writes under this node id
-    out["errors"] = idx.errors()
-    out["conflicts"] = idx.conflicts(20)
-    for c in out["conflicts"]:
-        c.pop("loser_value", None)
-        c["id"] = c.pop("record", None) or c["id"]
-    # Refused writes (R9): local changes this node may not export; they stay local.
-    out["refused"] = [e for e in out["errors"] if is_refusal(e)]
-    # R12: this node's clock far ahead of the file server's (measured by the last pass),
-    # and items stamped in the future (by such a clock, before it was caught).
-    ahead = int(idx.meta("clock_ahead") or 0)
-    if ahead > 0:
-        out["faults"].append(_fault("clock", f"this node's clock is {ahead}s ahead of the file server's; its writes "
-                                    "are stamped with the file server's time meanwhile",
-                                    "run NTP (chrony or systemd-timesyncd) on this node"))
-    future = queries.future_rows(idx, int(time.time()) - ahead + FUTURE_MS // 1000)
-    if future:
-        out["faults"].append(_fault("clock", f"{len(future)} item(s) are stamped in the future, up to "
-                                    f"{(future[0].updated_at - time.time() + ahead) / 3600:.1f} h ahead (e.g. "
-                                    f"{future[0].item} by {future[0].node})",
-                                    "fix that node's clock, then run `meshsync repair-future-stamps`"))
-    # Warnings (e.g. a SKILL.md OpenClaw may not load): synced anyway, shown apart.
-    out["warnings"] = [e for e in out["errors"] if e["kind"] == "warning"]
+    out["delete_hold"] = hold_json(queries.delete_hold(idx))  # R11: deletes held until confirmed
+    out["node_clash"] = clash_json(queries.node_clash(idx))  # R11: another index writes under this node id
+    # Every recorded problem, refused write (R9) and warning, each with its kind; a
+    # refusal recorded by an older index (kind "index") is shown as kind "refused".
+    errors = [dict(e, kind="refused") if is_refusal(e) else e for e in idx.errors()]
+    out["errors"] = errors
+    # Without the share, the conflicts this node saw itself (_history_status replaces them).
+    out["conflicts"] = [row_json(c) for c in idx.conflicts(20)]
+    _clock_faults(idx, out["faults"])
     # Rows held back as bad or refused are not pending; one whose export failed is (it
     # goes out by itself once the share takes it, R12).
-    held = {e["path"] for e in out["errors"] if e["path"].startswith("index:") and e["kind"] != "export"}
+    held = {e["path"] for e in errors if e["path"].startswith("index:") and e["kind"] != "export"}
     pending = {f"index:{it}" for it in queries.outbox_items(idx)}
-    out["counts"]["pending"] = len(pending - held)  # local changes waiting for a pass
-    out["counts"]["refused"] = len(out["refused"])
-    out["counts"]["warnings"] = len(out["warnings"])
-    out["counts"]["problems"] = len(out["errors"]) - len(out["refused"]) - len(out["warnings"])
+    refused = sum(1 for e in errors if e["kind"] == "refused")
+    warnings = sum(1 for e in errors if e["kind"] == "warning")
+    # One counter per meaning: problems + refused + warnings == len(errors).
+    out["counts"] = {
+        "memory": counts["memory"], "skills": counts["skills"], "tombstones": counts["tombstones"],
+        "pending": len(pending - held),  # items with a local change waiting for a pass
+        "problems": len(errors) - refused - warnings, "refused": refused, "warnings": warnings,
+        "conflicts": counts["conflicts"],
+    }
+
+
+def _clock_faults(idx: Index, faults: list[dict[str, str]]) -> None:
+    """R12: this node's clock far ahead of the file server's (measured by the last pass),
+    and items stamped in the future (by such a clock, before it was caught)."""
+    ahead = int(idx.meta("clock_ahead") or 0)
+    if ahead > 0:
+        faults.append(_fault("clock", f"this node's clock is {ahead}s ahead of the file server's; its writes "
+                             "are stamped with the file server's time meanwhile",
+                             "run NTP (chrony or systemd-timesyncd) on this node"))
+    future = queries.future_rows(idx, int(time.time()) - ahead + FUTURE_MS // 1000)
+    if future:
+        faults.append(_fault("clock", f"{len(future)} item(s) are stamped in the future, up to "
+                             f"{(future[0].updated_at - time.time() + ahead) / 3600:.1f} h ahead (e.g. "
+                             f"{future[0].item} by {future[0].node})",
+                             "fix that node's clock, then run `meshsync repair-future-stamps`"))
+
+
+def clash_json(c: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Another index writing under this node's id (engine/identity.py), as `status --json`
+    shows it: its node file's index, host and pid, when it wrote it and when this node
+    last saw it (Unix seconds)."""
+    if c is None:
+        return None
+    return {"node_id": c["node_id"], "index": c.get("index"), "host": c.get("host"),
+            "pid": c.get("pid"), "at": c.get("at"), "seen_at": c["seen_at"]}
+
+
+def pass_json(d: dict[str, Any]) -> dict[str, Any]:
+    """A pass's figures (PassStats.as_dict) as `sync --json` and `status --json` show
+    them: ``skipped`` is every file or row skipped or refused in that pass (the pass's
+    own "errors" count, exit 1 when not 0), named apart from status's ``problems``."""
+    return {("skipped" if k == "errors" else k): v for k, v in d.items()}
 
 
 # --- meshsync status ---------------------------------------------------------------------------
@@ -293,7 +315,7 @@ def _index_status(idx: Index, out: dict[str, Any], daemon_runs: bool, share_ok: 
 def cmd_status(s: config.Settings, a: argparse.Namespace) -> int:
     d = status_data(s)
     if a.json:
-        print(dump(d))
+        print(dump_doc(d))
         return EXIT_OK
     _print_where(d)
     for f in d.get("faults", []):
@@ -348,7 +370,8 @@ def _print_activity(d: dict[str, Any]) -> None:
 
 
 def _print_problems(d: dict[str, Any]) -> None:
-    """A held mass delete; problems, refused writes and warnings, at most 50 of each."""
+    """A held mass delete, a node-id clash; problems, refused writes and warnings, at
+    most 50 of each."""
     from meshsync.cli.deletes import FIX, describe
 
     clash = d.get("node_clash")
@@ -359,13 +382,13 @@ def _print_problems(d: dict[str, Any]) -> None:
     h = d.get("delete_hold")
     if h:
         print(f"HELD      {describe(h)}; nothing was deleted (`meshsync deletes`)\n    -> {FIX}")
-    refused = d["refused"]
-    errs = [e for e in d["errors"] if not is_refusal(e) and e["kind"] != "warning"]
+    refused = [e for e in d["errors"] if e["kind"] == "refused"]
+    errs = [e for e in d["errors"] if e["kind"] not in ("refused", "warning")]
     print(f"problems  {len(errs)}")
     _print_errors(errs, lambda p: p)
     print(f"refused   {len(refused)}" + (" local writes this node may not export (they stay local)" if refused else ""))
     _print_errors(refused, lambda p: p.removeprefix("index:"))
-    warns = d.get("warnings", [])
+    warns = [e for e in d["errors"] if e["kind"] == "warning"]
     if warns:
         print(f"warnings  {len(warns)} (synced anyway)")
         _print_errors(warns, lambda p: p)
@@ -383,8 +406,7 @@ def _print_conflicts(d: dict[str, Any]) -> None:
     c = d["counts"]
     print(f"conflicts {c['conflicts']}")
     for cf in d["conflicts"][:10]:
-        item = f"{cf['scope']}:{cf['key']}" if cf["kind"] == MEM else f"skill:{cf['key']}"
-        print(f"  #{cf['id']} {item}: version of {cf['loser_node']} beaten by {cf['winner_node']}")
+        print(f"  #{cf['id']} {cf['item']}: version of {cf['beaten']['node']} beaten by {cf['winner']['node']}")
     if c["conflicts"]:
         print("  (beaten versions: `meshsync conflicts`; restore one with `meshsync conflicts restore ID`)")
     if c.get("deleted_kept"):

@@ -53,6 +53,7 @@ from meshsync.engine.detect import wal_repaired
 from meshsync.engine.node import Node
 from meshsync.layout import ItemId
 from meshsync.lock import IndexLock, Locked
+from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import IndexError_, IndexGone, unusable
 from meshsync.replicas.share import journal
 from meshsync.replicas.share.store import ShareUnavailable
@@ -74,6 +75,8 @@ class Daemon:
         self.stop = threading.Event()
         self.stop_signal: int | None = None  # set by the SIGTERM/SIGINT handler (see _on_stop)
         self.reload = False
+        self.reload_refused: str | None = None  # why the last reload was refused (None: it was not)
+        self.base_status = "starting"
         self.notify = Notifier()
         self.node = Node(settings)
         # Long passes tick the progress hook: keep systemd's watchdog fed meanwhile, and
@@ -82,6 +85,7 @@ class Daemon:
 
         def tick(what: str, done: int, total: int | None) -> None:
             self.notify.ping()
+            self.notify.starting(what, done, total)  # the first pass: extends the start timeout
             self._beat()
             if self.progress is not None:
                 self.progress(what, done, total)
@@ -124,17 +128,34 @@ class Daemon:
         self.reload = True
 
     def _do_reload(self) -> None:
+        """SIGHUP: re-read the configuration and apply it, or keep the running one and
+        say why.  systemd sees RELOADING=1 ... READY=1 around it, with STATUS= telling a
+        refusal; the outcome is recorded in the index, where `meshsync reload` (the
+        units' ExecReload=) waits for it and fails with the reason: systemd 252 has no
+        notification for a failed reload, only a failed ExecReload=."""
         self.reload = False
+        self.notify.reloading()
+        refused = self._reload_settings()
+        self.reload_refused = refused
+        self._record_reload(refused)
+        if refused:
+            self.notify.reloaded(f"reload refused, previous settings kept: {refused}")
+        else:
+            self.notify.reloaded(self._status_line())
+
+    def _reload_settings(self) -> str | None:
+        """Load and apply the configuration; None when applied, else why not."""
         try:
             new = config.load(self.config_path)
         except config.ConfigError as exc:
-            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", str(exc).replace("\n", " "))
-            return
+            why = str(exc).replace("\n", " ")
+            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", why)
+            return why
         fixed = [k for k in ("node_id", "share", "index", "openclaw_home") if getattr(new, k) != getattr(self.s, k)]
         if fixed:
             log.error("SIGHUP: %s cannot change while running; restart the service to apply it. "
                       "Other settings were not reloaded either.", ", ".join(fixed))
-            return
+            return f"{', '.join(fixed)} cannot change while running; restart the service to apply it"
         self.s = new
         self.node.s = new
         old_mode = self.mode
@@ -143,6 +164,29 @@ class Daemon:
         if self.mode != old_mode:
             self._start_watch()
         self.need_full = True
+        return None
+
+    def _record_reload(self, refused: str | None) -> None:
+        """The reload's outcome in the index (meta last_reload), numbered, for `meshsync
+        reload` and `status`."""
+        try:
+            prev = orjson.loads(self.node.index.meta("last_reload") or "{}")
+            seq = prev.get("seq", 0) + 1 if isinstance(prev, dict) and isinstance(prev.get("seq"), int) else 1
+            with self.node.index.write() as db:
+                self.node.index.set_meta(db, last_reload=orjson.dumps({
+                    "seq": seq, "pid": os.getpid(), "at": time.time(), "ok": refused is None,
+                    "reason": refused}).decode())
+        except (queries.Error, orjson.JSONDecodeError) as exc:
+            log.warning("cannot record the reload's outcome in the index: %s", exc)
+
+    def _status_line(self, text: str | None = None) -> str:
+        """The unit's status line: ``text`` (or the last one), with a refused reload
+        noted until a reload succeeds."""
+        if text is not None:
+            self.base_status = text
+        if self.reload_refused:
+            return f"{self.base_status}; last reload refused, previous settings kept (see the log)"
+        return self.base_status
 
     # --- watching and the share's availability --------------------------------------------
 
@@ -181,7 +225,7 @@ class Daemon:
             self.events.stop()
         self.available = False
         self.need_full = True
-        self.notify.status(f"share unavailable: {exc}")
+        self.notify.status(self._status_line(f"share unavailable: {exc}"))
 
     def _resumed(self) -> bool:
         """Before a pass while the share was unavailable: whether it is back (R5)."""
@@ -237,9 +281,10 @@ class Daemon:
             log.debug("full pass: no change (%d items, %.2fs)", stats.scanned, stats.seconds)
         c = stats.errors
         faults = self.faults.reasons()
-        self.notify.status(f"fault: {'; '.join(faults)}; retrying" if faults else
-                           f"watching ({self.mode}); last sync {time.strftime('%H:%M:%S')}"
-                           + (f"; {c} problem(s), see meshsync status" if c else ""))
+        self.notify.status(self._status_line(
+            f"fault: {'; '.join(faults)}; retrying" if faults else
+            f"watching ({self.mode}); last sync {time.strftime('%H:%M:%S')}"
+            + (f"; {c} problem(s), see meshsync status" if c else "")))
 
     def _pass_failed(self, items: set[ItemId] | None, exc: Exception) -> None:
         """A pass stopped by an index or OS error: retried later with backoff (R12); an
@@ -249,7 +294,7 @@ class Daemon:
         self.node.index.rollback()
         reason = index_problem(exc, self.s.index_busy_timeout)
         self.faults.pass_failed(items, reason, time.monotonic())
-        self.notify.status(f"fault: {reason}; retrying")
+        self.notify.status(self._status_line(f"fault: {reason}; retrying"))
 
     def _retry_deferred(self) -> None:
         """Items the pass left because their file changed between its read and its write
@@ -368,7 +413,7 @@ class Daemon:
         self.notify.status("starting: first full pass")
         self._start_watch()
         self._pass(None)
-        self.notify.send(READY=1)
+        self.notify.ready()
         if self.available:
             log.info("ready: first pass done, watching for changes")
         while not self._stop_requested():

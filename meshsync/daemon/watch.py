@@ -1,6 +1,7 @@
 """Change detection for the daemon: which items may have changed, and where to look.
 
-* ``choose_mode`` picks events or polling from the share's filesystem type: kernel
+* ``choose_mode`` picks events or polling from the share's filesystem type (fstype.py:
+  mountinfo on Linux, statfs on macOS): kernel
   events (inotify) only report writes made through this kernel, so network and FUSE
   filesystems, written by other hosts, are polled (through the journals, see
   ``journal.py``, plus a slower full rescan).
@@ -19,40 +20,27 @@ import threading
 from pathlib import Path
 
 from meshsync import layout
+from meshsync.daemon.fstype import fs_type as fs_type  # re-exported: where callers looked for it
 from meshsync.layout import ItemId
 from meshsync.replicas.share.store import item_of_memory_rel
 from meshsync.replicas.share.walk import is_conflict_copy
 
+# Type names as Linux's mountinfo and macOS's statfs give them.  Events (inotify,
+# FSEvents) only report writes made through this kernel: local filesystems only.
 LOCAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs", "f2fs", "reiserfs", "jfs",
-            "apfs", "hfs", "hfsplus", "overlay", "ramfs", "bcachefs", "nilfs2"}
+            "apfs", "hfs", "hfsplus", "overlay", "ramfs", "bcachefs", "nilfs2", "msdos", "exfat"}
 REMOTE_HINT = ("nfs", "cifs", "smb", "fuse", "9p", "ceph", "gluster", "afs", "davfs", "sshfs",
-               "lustre", "gpfs", "beegfs", "ocfs", "vboxsf", "virtiofs")
-
-
-def fs_type(path: Path) -> tuple[str, str]:
-    """(filesystem type, mount point) of path, from /proc/self/mountinfo."""
-    try:
-        real = os.path.realpath(path)
-        best = ("", "")
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                parts = line.split()
-                try:
-                    sep = parts.index("-")
-                except ValueError:
-                    continue
-                mnt = parts[4].encode().decode("unicode_escape")
-                fst = parts[sep + 1]
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[1]):
-                    best = (fst, mnt)
-        return best
-    except OSError:
-        return ("", "")
+               "lustre", "gpfs", "beegfs", "ocfs", "vboxsf", "virtiofs", "webdav")
 
 
 def choose_mode(setting: str, share: Path) -> tuple[str, str]:
-    """(mode, why) for watch.mode = auto|events|poll."""
+    """(mode, why) for watch.mode = auto|events|poll, from the share's filesystem."""
     fst, mnt = fs_type(share)
+    return mode_for(setting, fst, mnt)
+
+
+def mode_for(setting: str, fst: str, mnt: str) -> tuple[str, str]:
+    """(mode, why) for watch.mode ``setting`` on a filesystem of type ``fst`` mounted at ``mnt``."""
     if setting in ("events", "poll"):
         return setting, f"forced by watch.mode (filesystem {fst or 'unknown'})"
     if fst in LOCAL_FS:

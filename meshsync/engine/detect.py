@@ -43,8 +43,10 @@ def begin(node: Node, only: set[ItemId] | None) -> Pass:
     stats = PassStats(started=time.time(), full=only is None)
     if node.index.check_file():  # deleted or replaced under us: IndexGone, nothing written (R12)
         wal_repaired(node)
-    node.share.check()
+    node.share.check()  # also refuses a share of a newer format than this node knows
     node.share.forget_dirs()
+    if node.share.format_missing:  # a share made before .meshsync/format existed
+        node.share.write_format()
     intents.recover(node.index, node.share, node.node, node.policy.max_json_depth)
     p = Pass(now_ms=int(time.time() * 1000), now_ns=time.time_ns(), t0=t0, stats=stats,
              state=StateView(node.index), full=only is None)

@@ -13,6 +13,7 @@ them or use the names.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -91,6 +92,54 @@ def skill_listing(idx: Index) -> list[SkillListed]:
     rows = idx.db.execute("SELECT name, source_node, updated_at, length(content), path, content FROM mesh_skills"
                           " ORDER BY name").fetchall()
     return [SkillListed(*r) for r in rows]
+
+
+# --- full-text search (mesh_memory_fts) ----------------------------------------------------------
+
+
+class SearchHit(NamedTuple):
+    """One memory row matching a full-text query, with a snippet of its value in which
+    the matched words are marked «so»."""
+    scope: str
+    key: str
+    value: str
+    node_id: str
+    updated_at: int
+    snippet: str
+
+
+class BadQuery(ValueError):
+    """The text is not a query FTS5 understands (syntax error, unknown column)."""
+
+
+def search_memory(idx: Index, match: str, scope: str | None = None) -> Iterator[SearchHit]:
+    """Memory rows matching the FTS5 expression ``match`` (of ``scope`` only, if given),
+    best first (FTS5's bm25 rank).  A generator: the caller takes as many as it shows.
+
+    Joined to ``mesh_memory`` on rowid *and* scope/key, so that a stale FTS row (a
+    client that bypassed the triggers; the daemon's check_fts repairs it) is left out
+    rather than shown with another row's value.  Raises :class:`BadQuery` for a query
+    FTS5 refuses."""
+    q = ("SELECT m.scope, m.key, m.value, m.node_id, m.updated_at,"
+         " snippet(mesh_memory_fts, 2, '«', '»', '…', 12)"
+         " FROM mesh_memory_fts JOIN mesh_memory m ON m.id = mesh_memory_fts.rowid"
+         " AND m.scope = mesh_memory_fts.scope AND m.key = mesh_memory_fts.key"
+         " WHERE mesh_memory_fts MATCH ?")
+    args: tuple = (match,)
+    if scope is not None:
+        q += " AND m.scope = ?"
+        args += (scope,)
+    try:
+        cur = idx.db.execute(q + " ORDER BY rank", args)
+        first = cur.fetchone()  # FTS5 reports a bad query on the first step
+    except sqlite3.OperationalError as exc:
+        msg = str(exc)
+        if msg.startswith(("fts5:", "no such column", "unknown special query")):
+            raise BadQuery(msg) from None
+        raise
+    while first is not None:
+        yield SearchHit(*first)
+        first = cur.fetchone()
 
 
 # --- meshsync's own tables: what an item's state is made of ----------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import shutil
 import stat
@@ -37,6 +38,8 @@ from meshsync.replicas.share.walk import SkillDir as SkillDir
 from meshsync.replicas.share.walk import Walk as Walk
 from meshsync.replicas.share.walk import settled as settled
 from meshsync.replicas.share.walk import sig_of as sig_of
+
+log = logging.getLogger("meshsync")
 
 # Threads for a batch of writes (Share.write_many).  Each write waits on its fsync (a
 # journal commit on a local disk, a round trip to the server on NFS/SMB); waits in
@@ -78,6 +81,7 @@ class Share(ShareWalk):
         self.gid = gid
         self._safe_dirs: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None  # Share.write_many's threads, made on first use
+        self.format_missing = False  # check() found no .meshsync/format (an older share)
 
     # --- availability ----------------------------------------------------------------
 
@@ -111,11 +115,58 @@ class Share(ShareWalk):
             raise ShareUnavailable(f"share marker {root / META} is not a directory")
         if not os.access(root, os.R_OK | os.X_OK) or not os.access(root / META, os.R_OK | os.X_OK):
             raise ShareUnavailable(f"share {root} is not readable by this user (permissions)")
+        self.format_missing = self._read_format() is None
+
+    def _read_format(self) -> int | None:
+        """The share's format from .meshsync/format (None: no such file, a share made
+        before it existed).  A newer format than this meshsync knows, or a file that is
+        not a format number, makes the share unavailable: its files may mean something
+        this node would misread, so nothing is read or written (R5)."""
+        path = self.root / layout.FORMAT_FILE
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ShareUnavailable(f"share format file {path} cannot be read: {exc.strerror}") from None
+        try:
+            data = os.read(fd, 64) if stat.S_ISREG(os.fstat(fd).st_mode) else b"?"
+        finally:
+            os.close(fd)
+        text = data.decode("ascii", "replace").strip()
+        if not text.isdigit() or not text.isascii() or int(text) < 1:
+            raise ShareUnavailable(
+                f"share format file {path} holds {text[:20]!r}, not a share format this meshsync knows "
+                f"(a number, {layout.SHARE_FORMAT} for this version): nothing is read or written until it "
+                f"does; if it was damaged, write {layout.SHARE_FORMAT} back into it")
+        if int(text) > layout.SHARE_FORMAT:
+            raise ShareUnavailable(
+                f"this share was upgraded to format {int(text)} by a newer meshsync; upgrade this node "
+                f"(this version knows format {layout.SHARE_FORMAT}; nothing is read or written until then)")
+        return int(text)
+
+    def write_format(self) -> None:
+        """Record the format in a share made before .meshsync/format existed (a pass
+        does so once; ``initialise`` for a new share).  A share this user cannot write
+        stays without it: format 1 is what a missing file means anyway."""
+        try:
+            self.write(layout.FORMAT_FILE, f"{layout.SHARE_FORMAT}\n".encode())
+        except (OSError, FileRefused) as exc:
+            log.debug("cannot record the share format in %s: %s", layout.FORMAT_FILE, exc)
+        self.format_missing = False
 
     def initialise(self) -> None:
+        """Create the layout, the marker and the format file (what `meshsync init` does;
+        idempotent).  An existing share of a newer format is refused before anything is
+        created in it (ShareUnavailable)."""
+        if os.path.lexists(self.root / META):
+            self.check()
         for rel in (META, f"{META}/tombstones", layout.MEMORY, f"{layout.MEMORY}/mesh",
                     f"{layout.MEMORY}/user", f"{layout.MEMORY}/node", layout.SKILLS):
             self._ensure_dir(rel)
+        self.check()  # the marker is there now; refuses a share of a newer format
+        if self.format_missing:
+            self.write_format()
         readme = self.root / META / "README"
         if not readme.exists():
             self.write(f"{META}/README", b"This folder is a meshsync share. Do not remove .meshsync/:\n"
