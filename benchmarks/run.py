@@ -337,9 +337,11 @@ class SizeRun:
             full.start()
             node.write_cache_memory()  # every row -> mesh-memory.json
             full.stop()
+        changed: set[str] = set()
         for r in range(max(reps, 5)):
             # One row changed by another program, as the pass that saw it in the outbox leaves it.
             key = key_of((r * 7919) % self.n)
+            changed.add(key)
             db.execute("UPDATE mesh_memory SET value = ?, updated_at = updated_at + 1 WHERE scope = 'mesh' AND key = ?",
                        (orjson.dumps({"changed": r}).decode(), key))
             node.cache_dirty.add(layout.memory_id("mesh", key))
@@ -359,6 +361,11 @@ class SizeRun:
         self.profile("cache", node.write_cache_memory)
         with node.index.write() as wdb:
             node.index.set_meta(wdb, cache_sig=node.cache.memory_sig() or "")
+        # The changed rows are still in the outbox: export them now (not measured), or the
+        # next benchmark's pass writes them too (with --only cache,export, the export pass
+        # wrote 10005 files instead of 10000; in a full run the latency daemons flushed them).
+        st = node.sync()
+        assert st.to_share == len(changed) and st.errors == 0, st.as_dict()
         node.close()
         bare_path.unlink()
 
