@@ -160,3 +160,37 @@ while True:
             pass
     time.sleep(0.05)
 """
+
+
+def import_foreign(share: Path, db_path: Path) -> int:
+    """The bare loop for hand-made files: os.scandir, read, orjson.loads, the row derived
+    from the file alone as meshsync derives it (key from the name when the file has none,
+    node_id or "share", updated_at declared or the mtime), INSERT, committing every 500
+    rows.  Returns the number of rows."""
+    db = open_db(db_path)
+    n = 0
+    rows: list[tuple] = []
+    ins = "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
+
+    def flush() -> None:
+        db.execute("BEGIN")
+        db.executemany(ins, rows)
+        db.execute("COMMIT")
+        rows.clear()
+
+    with os.scandir(share / "memory" / "mesh") as it:
+        for e in it:
+            if not e.name.endswith(".json") or e.name.startswith("."):
+                continue
+            with open(e.path, "rb") as f:
+                doc = orjson.loads(f.read())
+            stamp = max(doc["updated_at"] + 1 if "updated_at" in doc else 0, int(e.stat().st_mtime))
+            rows.append(("mesh", doc.get("key") or e.name[:-5], orjson.dumps(doc["value"]).decode(),
+                         doc.get("node_id") or "share", stamp))
+            n += 1
+            if len(rows) >= BATCH:
+                flush()
+    if rows:
+        flush()
+    db.close()
+    return n

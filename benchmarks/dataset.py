@@ -136,3 +136,68 @@ def age_files(root: Path, seconds: float = AGE_S) -> int:
                     os.utime(e.path, ns=(t, t), follow_symlinks=False)
                     n += 1
     return n
+
+
+# --- the foreign data set: files as people and other programs write them (issue 16, R10) ---
+
+FOREIGN_NODE_NAME = "laptop"
+
+
+def foreign_bytes(i: int, declared_s: int) -> tuple[str, bytes]:
+    """(share-relative path, file bytes) of hand-made item i: pretty-printed (4 spaces,
+    as editors and json.dumps(indent=4) write), none of meshsync's own fields (no rev,
+    no updated_at_ms); a third only ``value``, a third also scope/key, a third also
+    node_id/updated_at."""
+    import json
+
+    key = f"hand.{i:06d}"
+    doc: dict = {"value": value_of(i)}
+    if i % 3 == 1:
+        doc = {"scope": "mesh", "key": key, **doc}
+    elif i % 3 == 2:
+        doc = {**doc, "node_id": FOREIGN_NODE_NAME, "updated_at": declared_s + i}
+    return f"memory/mesh/{key}.json", (json.dumps(doc, indent=4, ensure_ascii=False) + "\n").encode()
+
+
+def _write_foreign_range(root: str, lo: int, hi: int, declared_s: int) -> int:
+    for i in range(lo, hi):
+        rel, data = foreign_bytes(i, declared_s)
+        with open(f"{root}/{rel}", "wb") as f:  # a fresh mtime: written now, as a tool would
+            f.write(data)
+    return hi - lo
+
+
+def build_foreign_share(share: Path, n: int, workers: int = 2) -> dict:
+    """An initialised share with n hand-made memory files (foreign_bytes), fresh mtimes,
+    no skills.  Returns a description (counts, seconds, bytes)."""
+    t0 = time.perf_counter()
+    share.mkdir(parents=True, exist_ok=True)
+    Share(share, max_file_bytes=10 << 20).initialise()
+    (share / "memory" / "mesh").mkdir(parents=True, exist_ok=True)
+    declared_s = int(time.time()) - 2 * 86_400
+    chunk = 5000
+    ranges = [(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
+    if workers > 1 and n > chunk:
+        with ProcessPoolExecutor(workers) as ex:
+            list(ex.map(_write_foreign_range, [str(share)] * len(ranges), [r[0] for r in ranges],
+                        [r[1] for r in ranges], [declared_s] * len(ranges)))
+    else:
+        for lo, hi in ranges:
+            _write_foreign_range(str(share), lo, hi, declared_s)
+    rel, data = foreign_bytes(0, declared_s)
+    if formats.parse_memory((share / rel).read_bytes(), "mesh", "hand.000000").trusted:
+        raise RuntimeError("a hand-made file must not look like meshsync's own")
+    size = sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(share / "memory" / "mesh"))
+    return {"memory": n, "skills": 0, "seconds": round(time.perf_counter() - t0, 2),
+            "memory_bytes": size, "avg_file_bytes": round(size / max(n, 1))}
+
+
+def file_stats(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """name -> (mtime_ns, size, inode) of every file in ``directory``: a share write
+    (meshsync renames a new file into place) changes the inode and the mtime."""
+    out = {}
+    with os.scandir(directory) as it:
+        for e in it:
+            st = e.stat(follow_symlinks=False)
+            out[e.name] = (st.st_mtime_ns, st.st_size, st.st_ino)
+    return out

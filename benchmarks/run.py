@@ -16,6 +16,10 @@ every file's mtime set an hour back so the 3 s racy-file rule does not apply) an
   idle     CPU and peak RSS of an idle poll-mode daemon        vs a bare loop with its wake-ups
   export   10k rows from a foreign SQLite writer -> Node.sync() writes 10k share files
                                                                vs 10k atomic writes (fsync)
+  foreign  the foreign data set (N files as people and tools write them: pretty-printed, no
+           meshsync fields, fresh mtimes, a third value-only; dataset.build_foreign_share)
+           first import by Node.sync(), which must write nothing to the share
+                                                               vs scandir+read+orjson+INSERT
 
 Writes benchmarks/results.json and docs/benchmarks.png (needs matplotlib, a benchmark-only
 dependency: pip install matplotlib).  --quick and --only print the table but write those
@@ -67,7 +71,7 @@ from dataset import REPO, SRC, key_of, value_of  # noqa: E402
 from meshsync import config, formats, layout  # noqa: E402
 from meshsync.engine.node import Node  # noqa: E402
 
-BENCHES = ("import", "noop", "cache", "latency", "idle", "export")
+BENCHES = ("import", "noop", "cache", "latency", "idle", "export", "foreign")
 EXPORT_N = 10_000
 TICK = 0.05  # the daemon's index check period (meshsync.daemon.loop.INDEX_TICK)
 T0 = time.monotonic()
@@ -192,10 +196,11 @@ class SizeRun:
 
     def run(self, only: set[str]) -> None:
         self.base.mkdir(parents=True)
-        say(f"size {self.n}: building the share ({self.n} memory files, {self.o.skills} skills)")
-        info = dataset.build_share(self.share, self.n, self.o.skills)
-        say(f"size {self.n}: built in {info['seconds']} s, {info['avg_file_bytes']} bytes per memory file")
-        self.dataset_info = info
+        if only - {"foreign"}:  # the foreign benchmark builds its own data set
+            say(f"size {self.n}: building the share ({self.n} memory files, {self.o.skills} skills)")
+            info = dataset.build_share(self.share, self.n, self.o.skills)
+            say(f"size {self.n}: built in {info['seconds']} s, {info['avg_file_bytes']} bytes per memory file")
+            self.dataset_info = info
         for b in BENCHES:
             if b in only:
                 t = time.monotonic()
@@ -271,6 +276,44 @@ class SizeRun:
             node.close()
             shutil.rmtree(home)
         self.profile("import", again)
+
+    # f. first import of the foreign data set (R10: taken as written) ---------------------
+
+    def bench_foreign(self) -> None:
+        share = self.base / "share-foreign"
+        say(f"size {self.n}: building the foreign data set ({self.n} hand-made memory files)")
+        info = dataset.build_foreign_share(share, self.n)
+        say(f"size {self.n}: built in {info['seconds']} s, {info['avg_file_bytes']} bytes per memory file")
+        folder = share / "memory" / "mesh"
+        before = dataset.file_stats(folder)
+        reps = self.reps(3, 1)
+        ms, bare, stats_d = Clock(), Clock(), {}
+        for r in range(reps):
+            db = self.base / f"bare-foreign-{r}.sqlite"
+            bare.start()
+            rows = baselines.import_foreign(share, db)
+            bare.stop()
+            assert rows == self.n, (rows, self.n)
+            for f in self.base.glob(f"bare-foreign-{r}.sqlite*"):
+                f.unlink()
+            home = self.base / f"foreign-{r}"
+            ms.start()
+            node = Node(self.settings(home, share=share))
+            st = node.sync()
+            ms.stop()
+            node.close()
+            assert st.to_index == self.n and st.errors == 0, st.as_dict()
+            stats_d = st.as_dict()
+            shutil.rmtree(home)
+        after = dataset.file_stats(folder)
+        rewritten = sum(1 for name, sig in before.items() if after.get(name) != sig)
+        # R10: the files are taken as written; a first import of them writes nothing.
+        assert stats_d["to_share"] == 0 and rewritten == 0 and len(after) == len(before), (stats_d, rewritten)
+        self.r.add("foreign", "f. first import, foreign data set", self.n, ms.med, bare.med, "s", 1.5,
+                   **ms.details(), **bare.details("baseline_"), share_writes=stats_d["to_share"],
+                   files_rewritten=rewritten, dataset=info,
+                   pass_stats={k: stats_d.get(k) for k in ("scanned", "read", "reconciled", "to_index",
+                                                           "to_share", "cache_written")})
 
     # b. no-change pass ------------------------------------------------------------------
 

@@ -184,6 +184,11 @@ class MemoryRecord:
     node: str | None
     stamp: int | None  # ms; None when the file gives no time
     trusted: bool
+    # The rev of the version its writer saw on the share and replaced: "" when it saw
+    # none (or did not say); None for a file meshsync did not write.  Lets a node whose
+    # own fresh export was replaced tell a successor that saw it from a concurrent write
+    # that did not (R2 on a NAS, engine/plan.py base_seen).
+    replaces: str | None = None
 
 
 def memory_record(scope: str, key: str, value: Any, node: str | None, stamp: int | None,
@@ -200,12 +205,14 @@ class TooLarge(FormatError):
         self.size, self.limit = size, limit
 
 
-def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str, max_bytes: int = 0) -> bytes:
+def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str, max_bytes: int = 0,
+                  replaces: str | None = None) -> bytes:
     """A memory file: pretty-printed, or compact when that would exceed ``max_bytes``
     (the readers' limit, limits.max_file_bytes), so that an export never produces a file
     the readers refuse (R10); TooLarge when even the compact rendering exceeds it.  The
-    choice depends on the content and the limit only: the same bytes every time (R8)."""
-    doc = {
+    choice depends on the content and the limit only: the same bytes every time (R8).
+    ``replaces``: the rev of the version the writer saw on the share (see MemoryRecord)."""
+    doc: dict[str, Any] = {
         "scope": item.scope,
         "key": item.key,
         "value": value,
@@ -214,6 +221,8 @@ def render_memory(item: ItemId, value: Any, digest: str, stamp: int, node: str, 
         "updated_at_ms": stamp,
         "rev": rev(item, digest, stamp, node),
     }
+    if replaces is not None:
+        doc["replaces"] = replaces
     data = _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
     if max_bytes and len(data) > max_bytes:
         data = _dumps(doc, 0) + b"\n"
@@ -286,6 +295,9 @@ def parse_memory(data: bytes, scope: str | None, key: str | None, max_depth: int
     r = doc.get("rev")
     if r is not None and rec.node and rec.stamp is not None and type(ms) is int:
         rec.trusted = r == rev(memory_id(scope, key), rec.digest, rec.stamp, rec.node)
+        replaced = doc.get("replaces")
+        if rec.trusted:
+            rec.replaces = replaced if isinstance(replaced, str) else ""
     return rec
 
 

@@ -113,6 +113,11 @@ class Payload:
         """A skill folder's digest of its files other than SKILL.md, as read."""
         return None
 
+    def replaces(self) -> str | None:
+        """The rev of the version the writer of this share file saw and replaced ("": none
+        or not said; None: not a file meshsync wrote; see formats.MemoryRecord.replaces)."""
+        return None
+
     def file_check(self) -> Check | None:
         """The compare-and-set of the share file this side was seen with (None: the
         side was not seen on the share; the caller goes by the version)."""
@@ -189,6 +194,9 @@ class ShareMem(Payload):
         # (its ``sig`` is None then): a hand save landing between our read of the
         # previous save and our rewrite was overwritten and lost, unrecorded (R2, R3).
         return same_file(self.cas or self.sig)
+
+    def replaces(self) -> str | None:
+        return self.rec.replaces
 
     def import_check(self) -> tuple[str, Check] | None:
         if self.rec.trusted or self.sig is not None or self.cas is None:

@@ -75,12 +75,19 @@ def reconcile(
     now_ms: int,
     node: str,
     writable: frozenset[str] = frozenset(SIDES),
+    base_seen: bool = True,
 ) -> Plan:
     """Decide the winner among the sides and which sides must change.
 
     ``writable`` lists the sides this node may write for the item (R9: a scope the node
     may not write leaves the share out).  A local write that would have to reach a side
     we may not write is reported as refused rather than dropped.
+
+    ``base_seen`` False: the base may never have been seen by the writer of what replaced
+    it on the share (this node's own fresh export, overwritten by a concurrent export
+    whose compare-and-set passed on a network client's stale attributes).  The base is
+    then a candidate like any other: when it loses it is kept as beaten (R2), instead of
+    being let go as "the version everybody had".
     """
     horizon = now_ms + FUTURE_MS
     copies = sorted(s for s in sides if is_copy(s))
@@ -140,7 +147,7 @@ def reconcile(
     for side, v in cands:
         if v.deleted or v.digest == win.digest or v.digest in seen:
             continue
-        if base is not None and v.same(base) and not (contested and _on_share(side)):
+        if base_seen and base is not None and v.same(base) and not (contested and _on_share(side)):
             continue  # the version everybody had: overwritten, not beaten
         seen.add(v.digest)
         beaten.append((side, v, sides[side].payload))

@@ -454,3 +454,18 @@ def test_index_values_are_read_as_the_seed_client_reads_them():
     for text in ("[1e400]", '"\\ud800"', "[[[[1]]]]"):
         with pytest.raises(FormatError):
             index_value(text, 3)
+
+
+def test_a_memory_file_names_the_version_it_replaced():
+    """``replaces`` (engine/plan.py base_seen): the rev of the version the writer saw on
+    the share; "" for meshsync's file that names none, None for a file meshsync did not
+    write (the question does not apply to it).  Not part of ``rev``: the version is the
+    same whatever the file replaced."""
+    it = memory_id("mesh", "k")
+    d = formats.digest_bytes(formats.canonical({"a": 1}))
+    seen = formats.rev(it, "x" * 32, 1_764_230_400_000 - 5, "b")
+    got = formats.parse_memory(formats.render_memory(it, {"a": 1}, d, 1_764_230_400_000, "a", replaces=seen), "mesh", "k")
+    assert got.trusted and got.replaces == seen
+    plain = formats.parse_memory(formats.render_memory(it, {"a": 1}, d, 1_764_230_400_000, "a"), "mesh", "k")
+    assert plain.trusted and plain.replaces == ""
+    assert formats.parse_memory(b'{"value": 1, "replaces": "ab"}', "mesh", "k").replaces is None

@@ -550,3 +550,32 @@ def test_r12_a_version_from_the_future_loses_to_every_plausible_one_and_floors_n
     assert plan.winner == Version(T0, "a", deleted=True)
     # Once the clock reaches it, it is an ordinary version again (every node agrees).
     assert run(None, {SHARE: Obs(future, True), INDEX: Obs(write, True)}, now=T0 + DAY).winner == future
+
+
+@PROPS
+@given(situations())
+def test_a_base_nobody_may_have_seen_is_kept_when_beaten(sit):
+    """R2 on a NAS: with ``base_seen`` False (this node's fresh export replaced on the share
+    by a writer that did not name it, engine/plan.py base_seen) every losing content is
+    kept, the base included; the decision itself (winner, writes) does not change."""
+    base, sides, now, node = sit
+    seen = run(base, sides, now, node)
+    plan = reconcile(base, sides, now_ms=now, node=node, base_seen=False)
+    assert (plan.winner, plan.source, plan.write) == (seen.winner, seen.source, seen.write)
+    win = plan.winner
+    beaten_digests = [v.digest for _, v, _ in plan.beaten]
+    assert len(beaten_digests) == len(set(beaten_digests))
+    for v in cands(base, sides, now, node).values():
+        if not v.deleted and v.digest != win.digest:
+            assert v.digest in beaten_digests
+
+
+def test_own_export_overwritten_unseen_is_beaten_not_let_go():
+    """The issue's race as the loser sees it: its index still holds its export (the base),
+    the share another node's newer export that never saw it."""
+    mine = Version(T0, "a", "d1")
+    theirs = Version(T0 + 5, "b", "d2")
+    sides = {SHARE: Obs(theirs, True, "file"), INDEX: Obs(mine, True, "row")}
+    assert run(mine, sides).beaten == []  # when b had seen it: overwritten, not beaten
+    plan = reconcile(mine, sides, now_ms=T0 + 10, node="a", base_seen=False)
+    assert plan.winner == theirs and plan.beaten == [(INDEX, mine, "row")]

@@ -113,6 +113,7 @@ class Daemon:
         # Exports, cache or journal writes and whole passes that a resource fault stopped:
         # tried again on a timer with backoff, not only at the next full rescan (R12).
         self.faults = Faults()
+        self.later: set[ItemId] = set()  # items still changing after the retry at once: next poll tick
 
     # --- signals -------------------------------------------------------------------------
 
@@ -310,6 +311,11 @@ class Daemon:
             self.pending.update(self.node.deferred)
             self.retry_now = self.retried = True
         else:
+            # Still changing: looked at again at the next poll tick.  Without it, a poll-mode
+            # node (no events) left such an item until the next rescan, minutes away, out
+            # of step with the share (R1; a network mount's attribute cache makes a read
+            # look changed for about a second after another host's write).
+            self.later.update(self.node.deferred)
             self.retried = False
 
     # --- collecting news ---------------------------------------------------------------------
@@ -336,6 +342,9 @@ class Daemon:
         news = Changes()
         for source in self.sources:
             news.add(source.changes(tick))
+        if tick.poll and self.later:
+            news.items |= self.later
+            self.later = set()
         ri = self.s.watch.rescan_interval
         if ri and tick.now - self.last_full >= ri:
             news.full = True

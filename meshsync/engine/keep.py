@@ -53,12 +53,13 @@ def records(node: Node, it: ItemId, plan: Plan, sides: dict[str, Obs], st: State
         return []  # a node that may not write the scope writes nothing on the share (R9)
     owner = _owner(node, it)
     out = []
+    base = base_of(st)
     for side, v, payload in plan.beaten:
         kept = _kept_value(it, payload)
-        if not kept and st is not None and not st.deleted and v.same(base_of(st)):
-            # The base beaten by a conflict copy (R2): the share's side was not read this
-            # pass (its file unchanged), its value is the one last synced.
-            kept, _ = last_value(node, it, st, sides)
+        if not kept and st is not None and v.same(base):
+            # The base itself beaten (engine/plan.py base_seen): its side was not read
+            # this pass (unchanged since), so its value comes from where it is kept.
+            kept = last_value(node, it, st, sides)[0]
         if kept:
             out.append(history.record("beaten", it, owner, v.stamp, v.node, v.digest, **kept, by_stamp=win.stamp,
                                       by_node=win.node, by_deleted=win.deleted, side=side, recorded_by=node.node))

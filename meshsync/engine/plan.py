@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from meshsync import layout
+from meshsync import formats, layout
 from meshsync.config import Settings
 from meshsync.layout import MEM, SKILL
-from meshsync.model import CACHE, INDEX, SHARE, ItemId, Obs, Pass, Plan, RowProblem, base_of
+from meshsync.model import CACHE, INDEX, SHARE, ItemId, Obs, Pass, Plan, RowProblem, State, base_of
 from meshsync.reconcile import reconcile
 
 # The sides a pass may write for an item of a scope this node may write, or only read.
@@ -76,6 +76,27 @@ def readable_items(policy: Policy, p: Pass, items: list[ItemId]) -> list[ItemId]
     return may
 
 
+def base_seen(it: ItemId, st: State | None, share: Obs | None) -> bool:
+    """Whether whoever replaced this node's base on the share had seen it (R2 on a NAS).
+
+    An export is compare-and-set against the file its writer saw, checked with lstat just
+    before the rename; a network client (NFS, SMB) answers lstat from its attribute cache
+    (about a second, ``actimeo``), so a concurrent export can replace a fresh one it never
+    saw.  No check closes that race; instead the loser notices: until this node has read
+    its base back from the share settled (``share_sig`` recorded: older than SETTLE_NS,
+    longer than a racing writer's stale window), a meshsync file that replaced it and does
+    not name it as the version it replaced (``replaces``) did not derive from it, so the
+    base is kept as beaten if it loses.  Recording it twice is harmless: history records
+    are named by what they keep."""
+    if it.kind != MEM or st is None or st.deleted or st.share_sig is not None or share is None:
+        return True
+    v = share.version
+    if v is None or v.deleted or share.payload is None or v.same(base_of(st)):
+        return True
+    replaces = share.payload.replaces()
+    return replaces is None or replaces == formats.rev(it, st.digest, st.stamp, st.node)
+
+
 def plan(policy: Policy, p: Pass, items: list[ItemId], share_obs: dict[ItemId, Obs],
          index_obs: dict[ItemId, Obs]) -> list[Planned]:
     """Reconcile ``items`` (in key order) from their sides."""
@@ -101,7 +122,9 @@ def plan(policy: Policy, p: Pass, items: list[ItemId], share_obs: dict[ItemId, O
         if SHARE not in sides and INDEX not in sides and CACHE not in sides:
             continue
         writable = WRITE_ALL if policy.writable(it) else WRITE_LOCAL
-        pl = reconcile(base_of(p.state.get(it)), sides, now_ms=p.now_ms, node=policy.node, writable=writable)
+        st = p.state.get(it)
+        pl = reconcile(base_of(st), sides, now_ms=p.now_ms, node=policy.node, writable=writable,
+                       base_seen=base_seen(it, st, sides.get(SHARE)))
         plans.append((it, pl, sides))
     p.stats.reconciled += len(plans)
     return plans

@@ -223,9 +223,16 @@ class ExportBatch:
                 return None
         if it.kind == MEM and not win.deleted:
             # Written with the rest of the batch (_write_queued), compare-and-set included.
+            seen_v = sh_obs.version if sh_obs is not None else None
+            if sh_obs is not None and not sh_obs.trusted and st is not None and not st.deleted:
+                seen_v = base_of(st)  # a hand edit stamped after the base it edited (R3)
+            # The version this write replaces, as every reader of that file names it: a
+            # node whose fresh export it was knows it was seen, not lost (plan.base_seen).
+            replaces = (formats.rev(it, seen_v.digest, seen_v.stamp, seen_v.node)
+                        if seen_v is not None and not seen_v.deleted else None)
             try:
                 data = formats.render_memory(it, self._winner_value(it, src), win.digest, win.stamp, win.node,
-                                             self.node.s.limits.max_file_bytes)
+                                             self.node.s.limits.max_file_bytes, replaces)
             except formats.TooLarge as exc:
                 self._refuse_too_large(it, exc, "limits.max_file_bytes")
                 return None

@@ -25,7 +25,15 @@ from meshsync.model import ABSENT, ItemId, Obs, Pass, Problem, State, Version, b
 from meshsync.payloads import CopySkill, ShareFile, ShareMem, ShareSkill
 from meshsync.reconcile import effective
 from meshsync.replicas.share import copies, memread
-from meshsync.replicas.share.store import FileEntry, FileRefused, Share, Walk, settled, sig_of
+from meshsync.replicas.share.store import (
+    CHANGED_WHILE_READ,
+    FileEntry,
+    FileRefused,
+    Share,
+    Walk,
+    settled,
+    sig_of,
+)
 
 BATCH = 500  # items a first import hands to the rest of the pipeline at a time
 
@@ -251,6 +259,8 @@ class ShareDetector:
                 if got is None:
                     if it is not None:
                         unknown.add(it)
+                        if p.problems and p.problems[-1].reason == CHANGED_WHILE_READ:
+                            p.deferred.append(it)  # looked at again shortly (daemon/loop.py)
                     continue
                 it2, obs = got
                 if it is not None and it2 != it:
@@ -373,7 +383,10 @@ class ShareDetector:
             p.share_unknown.add(item)
             return
         if (lst is not None and st is not None and not st.deleted and item.kind == MEM
-                and self.own_sigs.get(rel) == sig_of(lst) and st.rel == rel):
+                and st.share_sig is not None and self.own_sigs.get(rel) == sig_of(lst) and st.rel == rel):
+            # (Not for a fresh export of ours, not yet read back settled: on a network
+            # mount this lstat may come from the attribute cache while another node's
+            # export has replaced ours; the bytes tell, see engine/plan.py base_seen.)
             p.share_obs[item] = Obs(base_of(st), True, ShareFile(sig_of(lst)))  # our own write
             return
         tomb = self.read_tomb(item)
@@ -400,6 +413,8 @@ class ShareDetector:
             got = self.read_skill(rel, sd.files, sd.sig if sd.settled else None, p.problems)
         if got is None or got[0] != item:
             p.share_unknown.add(item)
+            if p.problems and p.problems[-1].reason == CHANGED_WHILE_READ:
+                p.deferred.append(item)  # looked at again shortly (daemon/loop.py), in poll mode too
             return
         if got[1].version is None:  # an empty skill folder: absent unless the skill was synced there
             p.problems.append(_empty_skill(rel))

@@ -128,12 +128,12 @@ def _encode(got: Read | Problem | None) -> tuple:
         return ("p", got.path, got.reason, got.hint)
     rec, h, mtime_ns, sig = got
     return ("r", rec.scope, rec.key, rec.value, rec.text, rec.digest, rec.node, rec.stamp, rec.trusted,
-            h, mtime_ns, sig)
+            rec.replaces, h, mtime_ns, sig)
 
 
 def _decode(t: tuple) -> Read | Problem | None:
     if t[0] == "r":
-        return MemoryRecord(*t[1:9]), t[9], t[10], t[11]
+        return MemoryRecord(*t[1:10]), t[10], t[11], t[12]
     if t[0] == "p":
         return Problem(t[1], t[2], t[3])
     return None

@@ -53,6 +53,12 @@ _TMP_SEQ = itertools.count()  # temporary names unique across threads as well as
 Check = Callable[[os.stat_result | None], bool]
 
 
+# A read whose file changed under it (still being written, or on a network mount an
+# attribute cache that had not caught up with another host's write yet): transient, the
+# item is looked at again (engine: Pass.deferred), never left until the next rescan.
+CHANGED_WHILE_READ = "changed while it was read (is it still being written?)"
+
+
 class ShareUnavailable(Exception):
     """The share is not mounted, not initialised or not readable: touch nothing (R5)."""
 
@@ -255,7 +261,7 @@ class Share(ShareWalk):
             # change or pass; the last good version stays meanwhile.
             end = os.fstat(fd)
             if total != st.st_size or (end.st_size, end.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-                raise FileRefused(Problem(rel, "changed while it was read (is it still being written?)",
+                raise FileRefused(Problem(rel, CHANGED_WHILE_READ,
                                           "nothing to do: it is read again once it stops changing"))
             return b"".join(chunks), st
         finally:
