@@ -68,6 +68,28 @@ def effective(obs: Obs, base: Version | None, now_ms: int, node: str, horizon: i
     return Version(max(stamp, floor), v.node, v.digest, v.deleted)
 
 
+def _sides_to_write(base: Version | None, sides: dict[str, Obs], win: Version) -> set[str]:
+    """The sides (of SIDES: never a conflict copy) that do not hold ``win`` as it must be."""
+    write: set[str] = set()
+    for side in SIDES:
+        obs = sides.get(side)
+        if obs is None:
+            continue
+        cur = obs.version
+        if win.deleted:
+            if cur is not None and not cur.deleted:
+                write.add(side)
+            elif cur is not None and cur.deleted and not cur.same(win):
+                write.add(side)  # an older tombstone is replaced by the newer one
+            elif cur is None and side == SHARE and (base is None or not base.same(win)):
+                write.add(side)  # the share keeps tombstones for offline nodes (R4)
+            elif obs.dirty:
+                write.add(side)
+        elif cur is None or not cur.same(win) or not obs.trusted or obs.dirty:
+            write.add(side)
+    return write
+
+
 def reconcile(
     base: Version | None,
     sides: dict[str, Obs],
@@ -114,24 +136,7 @@ def reconcile(
     # A version from the future ranks below every plausible one (R12); among themselves
     # versions keep their order (R1: the same rule on every node).
     src, win = max(cands, key=lambda c: (c[1].stamp <= horizon, c[1].order))
-    write: set[str] = set()
-    for side in SIDES:
-        obs = sides.get(side)
-        if obs is None:
-            continue
-        cur = obs.version
-        if win.deleted:
-            if cur is not None and not cur.deleted:
-                write.add(side)
-            elif cur is not None and cur.deleted and not cur.same(win):
-                write.add(side)  # an older tombstone is replaced by the newer one
-            elif cur is None and side == SHARE and (base is None or not base.same(win)):
-                write.add(side)  # the share keeps tombstones for offline nodes (R4)
-            elif obs.dirty:
-                write.add(side)
-        elif cur is None or not cur.same(win) or not obs.trusted or obs.dirty:
-            write.add(side)
-
+    write = _sides_to_write(base, sides, win)
     refused: list[tuple[str, Version]] = []
     blocked = write - writable
     if blocked:
