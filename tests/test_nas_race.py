@@ -72,7 +72,8 @@ def _put_at_once(nodes: list[MeshNode], key: str, values: list[dict]) -> None:
 
 
 def _history(n: MeshNode) -> list[dict]:
-    return json.loads(n.cli("conflicts", "--json").stdout)
+    """The share's conflict history as ``n`` lists it (docs/schemas/conflicts.json)."""
+    return n.cli_json("conflicts", "--limit", "1000")["conflicts"]
 
 
 def test_same_instant_writes_on_network_mounts_are_each_kept(mesh: Mesh, nas3):

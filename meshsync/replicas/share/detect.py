@@ -90,7 +90,7 @@ def as_found(obs: Obs, st: State | None, rel: str, node: str, skill: bool = Fals
     return Obs(Version(v.stamp, node if v.node == formats.FOREIGN_NODE else v.node, v.digest), False, obs.payload)
 
 
-def against_tombstone(cur: Obs, tv: Version, st: State | None) -> Obs:
+def against_tombstone(cur: Obs, tv: Version, st: State | None, replicated: bool = False) -> Obs:
     """The share side of an item whose file and tombstone are both on the share.
 
     Seen from this node: when the file is the one it last synced (its base, live), the
@@ -102,10 +102,17 @@ def against_tombstone(cur: Obs, tv: Version, st: State | None) -> Obs:
     written again if that changed its version, so that every node reads the same one
     (R10).  Either way the side is dirty: propagation removes the loser.  meshsync's own
     delete removes the file before it writes the tombstone (replicas/share/write.py), so
-    a crash in between never leaves "file + tombstone" to be read as a restore (R7)."""
+    a crash in between never leaves "file + tombstone" to be read as a restore (R7).
+
+    ``replicated`` (a share Syncthing keeps, each node its own copy): a file meshsync wrote
+    (trusted) that appears after the tombstone is what Syncthing does with an update made
+    while the nodes were apart (a change beats a delete there), not a person's restore:
+    the newer of the two wins (R4).  Restore a deleted item there with `meshsync restore`."""
     v = cur.version
     assert v is not None
     base = base_of(st)
+    if replicated and cur.trusted and v.order < tv.order:
+        return Obs(tv, True, cur.payload, dirty=True)
     if base is not None and not base.deleted and v.same(base):
         if effective(cur, base, 0, "").order < tv.order:  # type: ignore[union-attr]
             return Obs(tv, True, cur.payload, dirty=True)
@@ -127,6 +134,8 @@ class ShareDetector:
 
     def __init__(self, share: Share, cfg: Config, own_sigs: dict[str, str]) -> None:
         self.share = share
+        # Each node's own copy kept by Syncthing (R4: see against_tombstone).
+        self.replicated = syncthing.is_syncthing_folder(share.root)
         self.cfg = cfg
         self.own_sigs = own_sigs  # signatures of files this process wrote (our own echo)
         self.tombs_read: dict[str, tuple[str, tuple[ItemId, int, str]]] = {}  # rel -> signature, content
@@ -428,7 +437,7 @@ class ShareDetector:
         p.looked_ok += [rel] if item.kind == MEM else [rel, f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}"]
         obs = as_found(got[1], st, rel, self.cfg.node, skill=item.kind != MEM)
         if tomb is not None and tomb.version is not None:
-            obs = against_tombstone(obs, tomb.version, st)
+            obs = against_tombstone(obs, tomb.version, st, self.replicated)
         p.share_obs[item] = obs
 
     def read_tomb(self, item: ItemId) -> Obs | None:
@@ -498,7 +507,7 @@ class ShareDetector:
                 if st is None or not (st.deleted and st.stamp == stamp and st.node == node):
                     changed.add(item)
                 continue
-            p.share_obs[item] = against_tombstone(cur, tv, st)
+            p.share_obs[item] = against_tombstone(cur, tv, st, self.replicated)
             changed.add(item)
         return changed
 
