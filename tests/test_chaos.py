@@ -180,7 +180,16 @@ def skill_version(d: Path) -> tuple[str, str, int]:
     if (type(ms) is int and node and stamp is not None
             and meta.get("rev") == formats.rev(layout.skill_id(layout.decode(d.name)), digest, stamp, node)):
         return content.decode(), node, stamp // 1000
-    newest = max(os.lstat(p).st_mtime_ns // 1_000_000 for p in files.values())
+    mtime = {r: os.lstat(p).st_mtime_ns for r, p in files.items()}
+    named = meta.get("name")
+    if (meta.get("rev") and layout.SKILL_JSON in mtime and mtime[layout.SKILL_MD] < mtime[layout.SKILL_JSON]
+            and not (type(ms) is int and node and stamp is not None and isinstance(named, str)
+                     and meta.get("rev") == formats.rev(layout.skill_id(named), digest, stamp, node))):
+        # skill.json written after SKILL.md names another version: no claim about these
+        # files (a folder half-way through a delivery; detect.stale_claim)
+        newest = max(t for r, t in mtime.items() if r != layout.SKILL_JSON) // 1_000_000
+        return content.decode(), "share", newest // 1000
+    newest = max(mtime.values()) // 1_000_000
     return content.decode(), node or "share", max(stamp + 1 if stamp is not None else 0, newest) // 1000
 
 
@@ -443,18 +452,25 @@ class Chaos:
 
     # --- the CLI ---
 
+    @staticmethod
+    def cli_write(n: MeshNode, *args: str) -> int:
+        """A writing command: exit 0, or 1 when the write is stored but not exported yet
+        (the item's share side was being written by another node as this command's own
+        pass read it: kept locally and retried, R12); 4 passed through (no such item)."""
+        p = n.cli(*args, check=False)
+        assert p.returncode in (0, 4) or (p.returncode == 1 and "not exported" in p.stderr), (p.returncode, p.stderr)
+        return p.returncode
+
     def cli_mem_write(self, n: MeshNode, scope: str, key: str) -> None:
         value = self.new_value(n.node_id, "cli")
         r = n.row(scope, key)
-        n.cli("put", scope, key, json.dumps(value))
+        self.cli_write(n, "put", scope, key, json.dumps(value))
         self.record(n.node_id, "cli", ("m", scope, key), value, json.loads(r[0]) if r else NOTHING)
 
     def cli_mem_delete(self, n: MeshNode, scope: str, key: str) -> bool:
         r = n.row(scope, key)
-        p = n.cli("rm", scope, key, check=False)
-        if p.returncode == 4:  # EXIT_NOT_FOUND: nothing was deleted
+        if self.cli_write(n, "rm", scope, key) == 4:  # EXIT_NOT_FOUND: nothing was deleted
             return False
-        assert p.returncode == 0, p.stderr
         self.record(n.node_id, "cli", ("m", scope, key), None, json.loads(r[0]) if r else NOTHING)
         return True
 
@@ -463,15 +479,13 @@ class Chaos:
         r = n.sql("SELECT content FROM mesh_skills WHERE name = ?", (name,))
         f = n.home / f"skill-input-{self.seq + 1}.md"
         f.write_text(content)
-        n.cli("skill", "put", name, str(f))
+        self.cli_write(n, "skill", "put", name, str(f))
         self.record(n.node_id, "cli", ("s", "", name), content, r[0][0] if r else NOTHING)
 
     def cli_skill_delete(self, n: MeshNode, name: str) -> bool:
         r = n.sql("SELECT content FROM mesh_skills WHERE name = ?", (name,))
-        p = n.cli("skill", "rm", name, check=False)
-        if p.returncode == 4:  # EXIT_NOT_FOUND: nothing was deleted
+        if self.cli_write(n, "skill", "rm", name) == 4:  # EXIT_NOT_FOUND: nothing was deleted
             return False
-        assert p.returncode == 0, p.stderr
         self.record(n.node_id, "cli", ("s", "", name), None, r[0][0] if r else NOTHING)
         return True
 

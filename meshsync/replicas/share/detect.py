@@ -13,7 +13,6 @@ delete (R6); a folder that could not be listed leaves its items unknown, never g
 from __future__ import annotations
 
 import stat
-import time
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Protocol
@@ -548,8 +547,8 @@ class _SkillFiles:
         self.own_meta = True  # False: a copy's version, whose skill.json is the share file's
         self.extras: list[tuple[str, str]] = []
         self.newest = 0
+        self.newest_content = 0  # the same without skill.json
         self.mtimes: dict[str, int] = {}  # SKILL.md / skill.json -> mtime (ns)
-        self.json_ctime = 0  # when skill.json arrived (ns)
 
 
 def _read_skill_files(share: Share, cfg: Config, rel: str, files: list, problems: list[Problem],
@@ -577,10 +576,10 @@ def _read_skill_files(share: Share, cfg: Config, rel: str, files: list, problems
             return None
         if copies is None or from_copy:
             got.newest = max(got.newest, st.st_mtime_ns // 1_000_000)
+            if sub != layout.SKILL_JSON:
+                got.newest_content = max(got.newest_content, st.st_mtime_ns // 1_000_000)
         if sub in (layout.SKILL_MD, layout.SKILL_JSON) and not from_copy:
             got.mtimes[sub] = st.st_mtime_ns
-            if sub == layout.SKILL_JSON:
-                got.json_ctime = st.st_ctime_ns
         if sub == layout.SKILL_MD:
             got.content = data
         elif sub == layout.SKILL_JSON:
@@ -602,22 +601,17 @@ def _claims_these_files(meta: formats.SkillMeta | None, digest: str) -> bool:
                 and meta.rev == formats.rev(layout.skill_id(meta.name), digest, meta.stamp, meta.node))
 
 
-TRANSIT_NS = 600 * 10**9  # a delivery not finished after 10 minutes is taken as the folder is
-
-
-def in_transit(meta: formats.SkillMeta | None, mtimes: dict[str, int], json_ctime: int) -> bool:
-    """Whether a skill folder is half-way through a delivery: a skill.json meshsync wrote
-    (it has a rev) that names another version than these files, written after SKILL.md
-    and arrived in the last 10 minutes.  Syncthing (or a copy to a NAS) brings a folder
-    one file at a time, keeping each file's mtime: the new skill.json beside the old
-    SKILL.md would otherwise read as a hand edit made after the new version and beat it
-    with the old text (R1, R2).  A hand edit of SKILL.md is newer than skill.json and is
-    taken as one (R3, R10); so is a folder left like this for longer (a hand edit of
-    skill.json alone)."""
+def stale_claim(meta: formats.SkillMeta | None, mtimes: dict[str, int], digest: str) -> bool:
+    """Whether skill.json names another version than these files and was written after
+    SKILL.md: it then says nothing of when these files were written.  Syncthing (or a
+    copy to a NAS) brings a folder one file at a time, keeping each file's mtime: the new
+    skill.json beside the old SKILL.md, its stamp + 1 taken for the old text, would beat
+    the new version with the old text (R1, R2).  A hand edit of SKILL.md is newer than
+    skill.json, and a folder renamed by hand keeps a skill.json made for these very files:
+    both keep the claim (R3, R10)."""
     md, js = mtimes.get(layout.SKILL_MD), mtimes.get(layout.SKILL_JSON)
-    if not (meta and meta.rev) or md is None or js is None or md >= js:
-        return False
-    return time.time_ns() - json_ctime < TRANSIT_NS
+    return (bool(meta and meta.rev) and md is not None and js is not None and md < js
+            and not _claims_these_files(meta, digest))
 
 
 def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None,
@@ -657,17 +651,16 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
     it = layout.skill_id(name)
     trusted = bool(meta and meta.rev and meta.node and meta.stamp is not None
                    and meta.rev == formats.rev(it, digest, meta.stamp, meta.node))
-    if not trusted and in_transit(meta, f.mtimes, f.json_ctime) and not _claims_these_files(meta, digest):
-        return None  # unknown this pass: looked at again when the rest arrives
     if trusted:
         v = Version(meta.stamp, meta.node, digest)  # type: ignore[union-attr,arg-type]
     else:
         # Derived from the folder alone (R10, see as_found): after the version skill.json
         # names (a copy's version: only its own skill.json's), or its newest file's mtime.
-        claims = meta if f.own_meta else None
+        stale = f.own_meta and stale_claim(meta, f.mtimes, digest)
+        claims = meta if f.own_meta and not stale else None
         declared = claims.stamp + 1 if claims and claims.stamp is not None else 0
-        v = Version(max(declared, f.newest), (claims.node if claims and claims.node else formats.FOREIGN_NODE),
-                    digest)
+        newest = f.newest_content if stale else f.newest
+        v = Version(max(declared, newest), (claims.node if claims and claims.node else formats.FOREIGN_NODE), digest)
     if copies:
         own = (f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}")  # an export writes these itself
         return it, Obs(v, True, CopySkill(content, path, ex, None, digest, None,
