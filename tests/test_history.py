@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 
-from helpers import Mesh
+from helpers import Mesh, wait_for
 from sync_helpers import mem_path, quick_node, sync_json
 
 
@@ -28,6 +28,10 @@ def test_a_beaten_version_is_listed_and_restored_on_every_node(mesh: Mesh):
     # b writes first (exported at once), a writes the same key later: a's write wins on
     # a, and b's version is beaten there, on the node that is not b.
     b.cli("put", "mesh", "k", '"from b"')
+    # A put is stamped in whole seconds (the seed's schema): a's in a later second than
+    # b's, so that a's is the newer whatever the machine's speed.
+    second = int(time.time())
+    wait_for(lambda: int(time.time()) > second, 5, what="the next second")
     a.cli("put", "mesh", "k", '{"from": "a"}')
     sync_json(b)
     assert b.value("mesh", "k") == {"from": "a"}

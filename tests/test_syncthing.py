@@ -311,8 +311,11 @@ def test_the_same_delete_on_two_nodes_apart_leaves_no_copy(mesh: Mesh, syncthing
         n.cli("rm", "mesh", "k1")
         n.sql("DELETE FROM mesh_memory WHERE key = 'k2'")
         n.cli("skill", "rm", "gone")
-    tombs = stm["b"].folder / ".meshsync" / "tombstones"
-    wait_for(lambda: len([p for p in tombs.rglob("*.json")]) == 3, SLOW, what="b's own tombstones")
+        # The SQL delete is stamped when the daemon sees it: B's must be seen before A
+        # deletes, or a loaded machine could stamp B's k2 after A's.
+        tombs = stm[n.node_id].folder / ".meshsync" / "tombstones"
+        wait_for(lambda tombs=tombs: len([p for p in tombs.rglob("*.json")]) == 3, SLOW,
+                 what=f"{n.node_id}'s own tombstones")
     stm["b"].start()
     stm.wait_connected()
     stm.wait_in_sync(SLOW)
