@@ -45,10 +45,9 @@ def open_db(path: Path) -> sqlite3.Connection:
     return db
 
 
-def import_share(share: Path, db_path: Path) -> int:
-    """os.scandir over the share's memory and skill files, read, orjson.loads, INSERT,
-    committing every 500 rows.  Returns the number of rows."""
-    db = open_db(db_path)
+def _insert_memory(share: Path, db: sqlite3.Connection, row_of) -> int:
+    """os.scandir over memory/mesh, read, orjson.loads, ``row_of(entry, doc)``, INSERT,
+    committing every BATCH rows.  Returns the number of rows."""
     n = 0
     rows: list[tuple] = []
     ins = "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
@@ -65,13 +64,21 @@ def import_share(share: Path, db_path: Path) -> int:
                 continue
             with open(e.path, "rb") as f:
                 doc = orjson.loads(f.read())
-            rows.append((doc["scope"], doc["key"], orjson.dumps(doc["value"]).decode(),
-                         doc["node_id"], doc["updated_at"]))
+            rows.append(row_of(e, doc))
             n += 1
             if len(rows) >= BATCH:
                 flush()
     if rows:
         flush()
+    return n
+
+
+def import_share(share: Path, db_path: Path) -> int:
+    """os.scandir over the share's memory and skill files, read, orjson.loads, INSERT,
+    committing every 500 rows.  Returns the number of rows."""
+    db = open_db(db_path)
+    n = _insert_memory(share, db, lambda e, doc: (doc["scope"], doc["key"], orjson.dumps(doc["value"]).decode(),
+                                                  doc["node_id"], doc["updated_at"]))
     skills = []
     with os.scandir(share / "skills") as it:
         for e in it:
@@ -168,29 +175,12 @@ def import_foreign(share: Path, db_path: Path) -> int:
     node_id or "share", updated_at declared or the mtime), INSERT, committing every 500
     rows.  Returns the number of rows."""
     db = open_db(db_path)
-    n = 0
-    rows: list[tuple] = []
-    ins = "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?,?,?,?,?)"
 
-    def flush() -> None:
-        db.execute("BEGIN")
-        db.executemany(ins, rows)
-        db.execute("COMMIT")
-        rows.clear()
+    def row_of(e: os.DirEntry, doc: dict) -> tuple:
+        stamp = max(doc["updated_at"] + 1 if "updated_at" in doc else 0, int(e.stat().st_mtime))
+        return ("mesh", doc.get("key") or e.name[:-5], orjson.dumps(doc["value"]).decode(),
+                doc.get("node_id") or "share", stamp)
 
-    with os.scandir(share / "memory" / "mesh") as it:
-        for e in it:
-            if not e.name.endswith(".json") or e.name.startswith("."):
-                continue
-            with open(e.path, "rb") as f:
-                doc = orjson.loads(f.read())
-            stamp = max(doc["updated_at"] + 1 if "updated_at" in doc else 0, int(e.stat().st_mtime))
-            rows.append(("mesh", doc.get("key") or e.name[:-5], orjson.dumps(doc["value"]).decode(),
-                         doc.get("node_id") or "share", stamp))
-            n += 1
-            if len(rows) >= BATCH:
-                flush()
-    if rows:
-        flush()
+    n = _insert_memory(share, db, row_of)
     db.close()
     return n

@@ -290,9 +290,9 @@ def _index_checks(s: Settings) -> list[Check]:
     out.append(_index_writable(s))
     if out[-1].result == FAIL:
         return out
-    if probes.index_locked(s.index):
+    if queries.index_locked(s.index):
         out.append(Check("index lock", FAIL, f"another program has held the index's write lock for more than "
-                         f"{probes.LOCK_PROBE_S:g}s: the index is locked, meshsync's writes wait",
+                         f"{queries.LOCK_PROBE_S:g}s: the index is locked, meshsync's writes wait",
                          "find it (`fuser INDEX`) and end its transaction; the daemon waits index_busy_timeout, "
                          "then retries every few seconds"))
     else:

@@ -14,9 +14,6 @@ import struct
 import time
 from pathlib import Path
 
-# The index's lock probe is SQL, so it lives with the index replica (re-exported here).
-from meshsync.replicas.index.queries import LOCK_PROBE_S, index_locked  # noqa: F401
-
 # Less free space than this on the share's, the index's or the cache's file system is a
 # fault: the next write there fails (a pass writes a few pages at a time).
 LOW_SPACE = 64 * 1024

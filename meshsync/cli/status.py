@@ -182,9 +182,9 @@ def status_data(s: config.Settings) -> dict[str, Any]:
         idx.close()
     if avail and "counts" in out:
         _history_status(s, share, out)
-    if "index_error" not in out and not out.get("index_read_only") and probes.index_locked(s.index):
+    if "index_error" not in out and not out.get("index_read_only") and queries.index_locked(s.index):
         faults.append(_fault("index", f"the index is locked by another program: its write lock has been held "
-                             f"for more than {probes.LOCK_PROBE_S:g}s",
+                             f"for more than {queries.LOCK_PROBE_S:g}s",
                              "find the program (`fuser INDEX`) and end its transaction; the daemon waits "
                              "index_busy_timeout, then retries every few seconds"))
     if "counts" in out:  # one counter per meaning: faults apart from the recorded problems

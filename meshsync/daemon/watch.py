@@ -55,10 +55,10 @@ def item_of_rel(rel: str, node_id: str, is_dir: bool = False) -> ItemId | None |
     only a full pass can tell (a whole folder moved, a shortened name, a name a full
     pass reports as badly formed)."""
     parts = rel.split("/")
-    if parts[0] == layout.META and parts[1:2] == ["tombstones"] and ".sync-conflict-" in parts[-1]:
-        return True  # Syncthing's copy of a tombstone: a full pass folds it (syncthing.py, R4)
-    if parts[0] == layout.META and parts[1:2] == ["history"] and ".sync-conflict-" in parts[-1]:
-        return True  # Syncthing's copy of a history record: a full pass removes it (commit.prune_history)
+    if parts[0] == layout.META and parts[1:2] in (["tombstones"], ["history"]) and is_conflict_copy(parts[-1]):
+        # Syncthing's copy of a tombstone or a history record: a full pass folds it
+        # (syncthing.fold_tombstone_copies, R4; commit.prune_history, R11)
+        return True
     if parts[0] in (layout.MEMORY, layout.SKILLS) and is_conflict_copy(parts[-1]):
         return True  # Syncthing's copy of an item's file: a full pass folds it (share/copies.py, R2)
     if any(layout.is_ignored_name(p) for p in parts if p != layout.META):

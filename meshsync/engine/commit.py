@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from meshsync import layout, syncthing
+from meshsync import layout
 from meshsync.diagnose import os_hint
 from meshsync.layout import SKILL
 from meshsync.model import Pass, Problem
@@ -180,7 +180,7 @@ def prune_history(node: Node, p: Pass) -> None:
     tombstones and as conflict_retention_days, whichever is longer."""
     # Syncthing's copies of a record both nodes kept while apart (issue 17): every full
     # pass, so that none is left; a listing of each month folder, no write when none.
-    if syncthing.is_syncthing_folder(node.share.root) and node.history.fold_copies():
+    if node.share_detector.replicated and node.history.fold_copies():
         log.info("removed Syncthing's conflict copies of history records (the records keep the same versions)")
     # Remembered by the process, not in the index: an idle node writes nothing (R8); a
     # `meshsync sync` looks once per run (two listings of the history folder).
