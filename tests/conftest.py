@@ -20,9 +20,10 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from helpers import Mesh, MeshNode, wait_for
+from helpers import Mesh, MeshNode, nas_views, wait_for
 from sync_helpers import quick_node
 
 LEAK_GRACE = 5.0  # seconds a thread or process may take to end after its test
@@ -136,3 +137,11 @@ def ab(mesh: Mesh) -> tuple[MeshNode, MeshNode]:
 def abc(mesh: Mesh) -> tuple[MeshNode, MeshNode, MeshNode]:
     """Nodes A, B and C on one share, as ``ab``."""
     return mesh.node("A"), quick_node(mesh, "B"), quick_node(mesh, "C")
+
+
+@pytest.fixture
+def nas(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """Two bindfs FUSE views of one folder (helpers.nas_views): two machines on one NAS,
+    the real folder and the views (real, mount-a, mount-b)."""
+    with nas_views(tmp_path) as (real, (ma, mb)):
+        yield real, ma, mb

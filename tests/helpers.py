@@ -14,7 +14,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,27 @@ def wait_for(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0
             raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}"
                                  + (f" (last error: {last_exc!r})" if last_exc else ""))
         time.sleep(interval)
+
+
+@contextmanager
+def nas_views(tmp_path: Path, names: tuple[str, ...] = ("mount-a", "mount-b")) -> Iterator[tuple[Path, list[Path]]]:
+    """Bindfs FUSE views of one folder, one per name: machines on one NAS.  A write
+    through one view raises no inotify event on the others, as NFS/SMB written from
+    another host; each view's kernel answers ``lstat`` from its attribute cache.
+    Yields the real folder and the views; unmounts every view that was mounted."""
+    real = tmp_path / "nas-real"
+    real.mkdir()
+    mounts: list[Path] = []
+    try:
+        for name in names:
+            m = tmp_path / name
+            m.mkdir()
+            subprocess.run(["bindfs", "--no-allow-other", str(real), str(m)], check=True)
+            mounts.append(m)
+        yield real, mounts
+    finally:
+        for m in reversed(mounts):
+            subprocess.run(["fusermount", "-u", str(m)], check=False)
 
 
 @dataclass

@@ -224,25 +224,6 @@ def test_idle_daemon_is_quiet(mesh: Mesh):
     assert a.stop() == 0
 
 
-@pytest.fixture
-def nas(tmp_path: Path):
-    """Two bindfs FUSE mounts of one folder: writes through one raise no inotify
-    events on the other, like NFS/SMB written from another host."""
-    real = tmp_path / "nas-real"
-    ma, mb = tmp_path / "mount-a", tmp_path / "mount-b"
-    for p in (real, ma, mb):
-        p.mkdir()
-    subprocess.run(["bindfs", "--no-allow-other", str(real), str(ma)], check=True)
-    try:
-        subprocess.run(["bindfs", "--no-allow-other", str(real), str(mb)], check=True)
-        try:
-            yield real, ma, mb
-        finally:
-            subprocess.run(["fusermount", "-u", str(mb)], check=False)
-    finally:
-        subprocess.run(["fusermount", "-u", str(ma)], check=False)
-
-
 def test_nas_two_mounts_poll_mode(mesh: Mesh, nas):
     real, ma, mb = nas
     a = mesh.node("a", share=ma)

@@ -8,10 +8,6 @@ views of one folder (two "machines" on one NAS).  Each test was seen failing fir
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
-import pytest
 from helpers import Mesh, MeshNode, wait_for
 
 
@@ -44,24 +40,6 @@ def test_init_refuses_a_share_inside_a_share(mesh: Mesh):
     p = n.cli("init", check=2, MESHSYNC_SHARE=str(inner))
     assert "is inside the meshsync share" in p.stderr and str(mesh.share) in p.stderr
     assert not (inner / ".meshsync").exists() and not n.index.exists()
-
-
-@pytest.fixture
-def nas(tmp_path: Path):
-    """Two bindfs FUSE views of one folder: two machines on one NAS."""
-    real = tmp_path / "nas-real"
-    ma, mb = tmp_path / "mount-a", tmp_path / "mount-b"
-    for p in (real, ma, mb):
-        p.mkdir()
-    subprocess.run(["bindfs", "--no-allow-other", str(real), str(ma)], check=True)
-    try:
-        subprocess.run(["bindfs", "--no-allow-other", str(real), str(mb)], check=True)
-        try:
-            yield real, ma, mb
-        finally:
-            subprocess.run(["fusermount", "-u", str(mb)], check=False)
-    finally:
-        subprocess.run(["fusermount", "-u", str(ma)], check=False)
 
 
 def clash(n: MeshNode) -> dict | None:

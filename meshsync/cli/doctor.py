@@ -27,6 +27,7 @@ from meshsync.cli.common import daemon_holder, dump_doc
 from meshsync.config import Settings
 from meshsync.daemon.watch import choose_mode
 from meshsync.diagnose import os_hint
+from meshsync.engine.clock import ServerClock
 from meshsync.reconcile import FUTURE_MS
 from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import REQUIRED, SCHEMA_VERSION
@@ -56,18 +57,9 @@ def _share_checks(s: Settings) -> list[Check]:
                          "mount the share (see docs/deployment.md), or run `meshsync init` for a new one"))
         return out
     out.append(Check("share", PASS, f"{s.share} is mounted and has its {layout.META}/ marker"))
-    probe = s.share / layout.META / f".doctor-{layout.encode(s.node_id)}-{os.getpid()}"
-    try:
-        t0 = time.time()
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, b"probe")
-        finally:
-            os.close(fd)
-        t1 = time.time()
-        mtime = os.lstat(probe).st_mtime
-        os.unlink(probe)
-    except OSError as exc:
+    clock = ServerClock(s.node_id)
+    exc = clock.measure(share)
+    if exc is not None:
         out.append(Check("share writable", FAIL, f"cannot write in {s.share / layout.META}: {exc.strerror}",
                          _write_hint(exc, "the share", "give the meshsync user write access to the share "
                                      "(share_files.group, mount options; docs/deployment.md)")))
@@ -88,7 +80,8 @@ def _share_checks(s: Settings) -> list[Check]:
                                          "share, e.g. a common group and share_files.group (docs/deployment.md)")))
         else:
             out.append(Check("share writable", PASS, "probe files were written and removed"))
-        skew = round(mtime - (t0 + t1) / 2, 2) + 0.0  # + 0.0: no "-0.00"
+        assert clock.ahead_ms is not None  # measured: the probe was written
+        skew = round(-clock.ahead_ms / 1000, 2) + 0.0  # + 0.0: no "-0.00"
         detail = f"file server clock is {skew:+.2f}s from this node's"
         if abs(skew) >= SKEW_FAIL_S:
             out.append(Check("clock skew (file server)", FAIL, detail,

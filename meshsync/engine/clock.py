@@ -44,10 +44,11 @@ class ServerClock:
         mono, wall = time.monotonic(), time.time()
         return mono - self._mono > PROBE_EVERY_S or abs((wall - self._wall) - (mono - self._mono)) > JUMP_S
 
-    def measure(self, share: Share) -> None:
+    def measure(self, share: Share) -> OSError | None:
         """Write a probe file in the share's .meshsync/ and compare its mtime with this
         node's clock around the write.  A share that refuses the write (read-only, full)
-        leaves the last measurement as it is."""
+        leaves the last measurement as it is, and the refusal is returned (``meshsync
+        doctor`` reports it; a pass only logs it)."""
         probe = share.root / layout.META / f".clock-{layout.encode(self.node)}-{os.getpid()}"
         try:
             t0 = time.time_ns()
@@ -61,9 +62,10 @@ class ServerClock:
             t1 = time.time_ns()
         except OSError as exc:
             log.debug("file server clock not measured: %s", exc)
-            return
+            return exc
         self.ahead_ms = ((t0 + t1) // 2 - mtime) // 1_000_000
         self._wall, self._mono = time.time(), time.monotonic()
+        return None
 
     def far_ahead_ms(self) -> int:
         """How far this node's clock is ahead beyond what R3 tolerates (0: not far)."""
