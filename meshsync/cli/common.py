@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +96,33 @@ def open_index(s: config.Settings) -> Index:
         raise CliError(str(exc), EXIT_FAULT if s.index.exists() else EXIT_USAGE) from None
 
 
+@contextmanager
+def command_lock(s: config.Settings) -> Iterator[str | None]:
+    """Hold the index's lock while a command syncs by itself (one writer per index, R12).
+    Yields None when this command holds it, else the running daemon's pid ("" not yet
+    written): the caller decides what a running daemon means for it.  A lock folder the
+    index's owner cannot create is exit 6; another user's lock file escapes as
+    PermissionError (the wrong-user message, exit 2: cli/main.py)."""
+    lock = IndexLock(s.index)
+    try:
+        lock.acquire()
+    except Locked as exc:
+        daemon: str | None = exc.pid
+    except PermissionError:
+        raise
+    except OSError as exc:
+        raise CliError(f"cannot create the index's folder {s.index.parent}: {exc.strerror}", EXIT_FAULT) from None
+    else:
+        daemon = None
+    if daemon is not None:
+        yield daemon
+        return
+    try:
+        yield None
+    finally:
+        lock.release()
+
+
 def daemon_holder(index: Path) -> tuple[bool, int | None]:
     """Whether a daemon holds ``index``'s lock, and its pid as a number (None while it
     has not written it yet: the lock file is written just after it is taken)."""
@@ -132,17 +161,14 @@ def sync_after_write(settings: config.Settings, items: list[ItemId],
     Returns (what happened, the exit code, the refusal to tell on stderr or "").
     ``refused``: the secret-guard rules the write matches (secret_hits), so that the
     command exits EXIT_REFUSED also when the daemon is the one that keeps it local."""
-    lock = IndexLock(settings.index)
-    try:
-        lock.acquire()
-    except Locked:
-        if refused:
-            return ("kept in this node's index; the running daemon does not export it", EXIT_REFUSED,
-                    f"{items[0]} not exported: it looks like a secret ({', '.join(refused)}); it stays in this "
-                    f"node's index only.\n  -> remove the secret, or allow it with secrets.allow_items "
-                    f"[\"{items[0]}\"] (see `meshsync status`)")
-        return "the running daemon will export it", EXIT_OK, ""
-    try:
+    with command_lock(settings) as daemon:
+        if daemon is not None:
+            if refused:
+                return ("kept in this node's index; the running daemon does not export it", EXIT_REFUSED,
+                        f"{items[0]} not exported: it looks like a secret ({', '.join(refused)}); it stays in this "
+                        f"node's index only.\n  -> remove the secret, or allow it with secrets.allow_items "
+                        f"[\"{items[0]}\"] (see `meshsync status`)")
+            return "the running daemon will export it", EXIT_OK, ""
         node = open_node(settings)
         try:
             node.sync(items)
@@ -165,8 +191,6 @@ def sync_after_write(settings: config.Settings, items: list[ItemId],
             return f"kept in the index; not exported: {exc}", EXIT_OK, ""
         finally:
             node.close()
-    finally:
-        lock.release()
 
 
 def report_write(what: str, items: list[ItemId], s: config.Settings, refused: list[str] | None = None) -> int:

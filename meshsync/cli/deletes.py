@@ -17,12 +17,12 @@ from meshsync.cli.common import (
     EXIT_PROBLEMS,
     EXIT_UNAVAILABLE,
     CliError,
+    command_lock,
     dump_doc,
     open_index,
     open_node,
 )
 from meshsync.layout import MEM
-from meshsync.lock import IndexLock, Locked
 from meshsync.replicas.index import queries
 from meshsync.replicas.share.store import ShareUnavailable
 
@@ -79,13 +79,10 @@ def cmd_deletes_confirm(s: config.Settings, a: argparse.Namespace) -> int:
     if not n:
         print("no deletes are held: nothing to confirm")
         return EXIT_OK
-    lock = IndexLock(s.index)
-    try:
-        lock.acquire()
-    except Locked:
-        print(f"{n} deletes confirmed; the running daemon applies them now")
-        return EXIT_OK
-    try:
+    with command_lock(s) as daemon:
+        if daemon is not None:
+            print(f"{n} deletes confirmed; the running daemon applies them now")
+            return EXIT_OK
         node = open_node(s)
         try:
             stats = node.sync()
@@ -95,8 +92,6 @@ def cmd_deletes_confirm(s: config.Settings, a: argparse.Namespace) -> int:
                            EXIT_UNAVAILABLE) from None
         finally:
             node.close()
-    finally:
-        lock.release()
     print(f"{n} deletes confirmed and applied: {stats.deleted} deleted (their last values are in "
           "`meshsync deleted`)" + (f"; {stats.held} other deletes held" if stats.held else ""))
     if stats.held:

@@ -20,12 +20,12 @@ from meshsync.cli.common import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
+    command_lock,
     dump_doc,
     open_node,
 )
 from meshsync.cli.deletes import FIX, describe
 from meshsync.cli.status import pass_json
-from meshsync.lock import IndexLock, Locked
 from meshsync.replicas.index.store import Index, IndexError_
 from meshsync.replicas.share.store import Share, ShareUnavailable
 
@@ -62,38 +62,27 @@ def cmd_init(s: config.Settings, a: argparse.Namespace) -> int:
         raise CliError(f"share unavailable: {exc}", EXIT_UNAVAILABLE) from None
     # The daemon's lock is honoured: an index made (or remade, after a delete) under a
     # running daemon was never looked at by it, and its rows were not exported (R12).
-    lock = IndexLock(s.index)
-    try:
-        lock.acquire()
-    except Locked as exc:
-        raise CliError(f"a meshsync daemon (pid {exc.pid}) is running on {s.index}; stop it first "
-                       "(systemctl stop meshsync), then run `meshsync init` again", EXIT_BUSY) from None
-    except PermissionError:
-        raise  # another user's lock file or folder: the wrong-user message, exit 2 (cli/main.py, R11)
-    except OSError as exc:
-        raise CliError(f"cannot create the index's folder {s.index.parent}: {exc.strerror}", EXIT_FAULT) from None
-    try:
-        idx = Index(s.index)
+    with command_lock(s) as daemon:
+        if daemon is not None:
+            raise CliError(f"a meshsync daemon (pid {daemon or '?'}) is running on {s.index}; stop it first "
+                           "(systemctl stop meshsync), then run `meshsync init` again", EXIT_BUSY)
         try:
-            idx.claim(s.node_id)  # R11: this index serves this node id only
-        finally:
-            idx.close()
-    except IndexError_ as exc:
-        raise CliError(str(exc), EXIT_FAULT) from None
-    finally:
-        lock.release()
+            idx = Index(s.index)
+            try:
+                idx.claim(s.node_id)  # R11: this index serves this node id only
+            finally:
+                idx.close()
+        except IndexError_ as exc:
+            raise CliError(str(exc), EXIT_FAULT) from None
     print(f"share ready: {root}\nindex ready: {s.index}\nnode id: {s.node_id}")
     return EXIT_OK
 
 
 def cmd_sync(s: config.Settings, a: argparse.Namespace) -> int:
-    lock = IndexLock(s.index)
-    try:
-        lock.acquire()
-    except Locked as exc:
-        raise CliError(f"a meshsync daemon (pid {exc.pid}) is running on {s.index}; it keeps the node "
-                       "in sync already (see `meshsync status`)", EXIT_BUSY) from None
-    try:
+    with command_lock(s) as daemon:
+        if daemon is not None:
+            raise CliError(f"a meshsync daemon (pid {daemon or '?'}) is running on {s.index}; it keeps the node "
+                           "in sync already (see `meshsync status`)", EXIT_BUSY)
         node = open_node(s)
         if sys.stderr.isatty() and not a.json:
             node.progress = logs.Progress()
@@ -110,8 +99,6 @@ def cmd_sync(s: config.Settings, a: argparse.Namespace) -> int:
             if node.progress is not None:
                 node.progress.done()
             node.close()
-    finally:
-        lock.release()
     if stats.held:
         # R11: held deletes are a refusal, told on every run until confirmed or undone.
         h = hold_of(s)
