@@ -11,7 +11,7 @@ only to its peers on loopback:
   watcher on (1 s delay) and a short rescan interval.
 
 ``SyncthingMesh`` starts them and stops them (the ``syncthing`` fixture in
-tests/test_syncthing.py makes sure no process outlives its test).  A node can be taken
+tests/mesh/test_syncthing.py makes sure no process outlives its test).  A node can be taken
 "apart" (its process stopped, or its devices paused) and brought back.  Waiting is done by
 polling the REST API (``/rest/db/status``, ``/rest/db/completion``) or the files with a
 deadline, never by sleeping.

@@ -7,7 +7,7 @@ smbfs, nfs, macfuse, ...) and the mount point (``f_mntonname``).  Python's
 with Darwin's ``struct statfs`` (the 64-bit-inode layout, ``sys/mount.h``).
 
 The Darwin code is checked on Linux by a test of the structure's layout and parsing
-(tests/test_watch.py); it has not been run on a real Mac (docs/deployment.md says so).
+(tests/daemon/test_watch.py); it has not been run on a real Mac (docs/deployment.md says so).
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ class ExportBatch:
         """Write the share side; return the state the item will have once the index is
         written too (None: leave the item for the next pass)."""
         win = plan.winner
-        index_problems = self.p.index_problems  # (the name tests/test_docs.py finds reported messages by)
+        index_problems = self.p.index_problems  # (the name tests/project/test_docs.py finds reported messages by)
         if plan.refused:
             index_problems[it] = (f"local write to {it} refused: this node may not write scope {it.scope!r}",
                                   "add the scope to scopes.write, or undo the write; it stays local meanwhile",

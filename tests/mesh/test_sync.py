@@ -124,7 +124,7 @@ def test_foreign_python_connection_writes_in_other_scopes_and_ms_stamps(mesh, ab
 def test_foreign_invalid_json_row_is_not_exported_and_last_good_version_stays(mesh, ab):
     """A row whose value is JSON meshsync cannot carry exactly (a number too large for
     a double) is reported and not exported (R6).  (Text that is not JSON at all is the
-    string it spells, as the seed client reads it: R10, tests/test_openclaw.py.)"""
+    string it spells, as the seed client reads it: R10, tests/replicas/cache/test_openclaw.py.)"""
     a, b = ab
     a.cli("put", "mesh", "cfg", '{"good": true}')
     sync_json(b)
@@ -153,7 +153,7 @@ def test_foreign_invalid_json_row_is_not_exported_and_last_good_version_stays(me
 def test_hand_edit_wins_over_the_version_it_edited_even_with_writer_clock_ahead(mesh, ab):
     a, b = ab
     # The writer's clock is 40 minutes ahead: R3's clock differences (not yet "far ahead",
-    # which R12 clamps at an hour: tests/test_faults.py).
+    # which R12 clamps at an hour: tests/daemon/test_faults.py).
     ahead = int(time.time()) + 40 * 60
     foreign_put(a, "mesh", "plan", {"step": 1}, updated_at=ahead)
     sync_json(a)

@@ -21,7 +21,7 @@ import pytest
 from meshsync import config
 from meshsync.cli.main import build_parser
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def meshsync(*args: str, code: int = 0, **env: str) -> subprocess.CompletedProcess:

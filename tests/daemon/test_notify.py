@@ -177,7 +177,7 @@ def test_a_long_first_import_extends_the_start_timeout_as_it_progresses(mesh: Me
 def test_the_units_reload_through_meshsync_reload():
     """The units' ExecReload= is `meshsync reload --pid $MAINPID`, not a bare kill, and
     the start timeout is no longer what a long first import relies on."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     for unit in ("meshsync.service", "meshsync@.service", "meshsync-user.service"):
         text = (repo / "systemd" / unit).read_text(encoding="utf-8")
         execs = [ln.split("=", 1)[1] for ln in text.splitlines() if ln.startswith("ExecReload=")]

@@ -18,7 +18,7 @@ import pytest
 
 from meshsync.cli import main as cli
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 
 
@@ -255,7 +255,7 @@ def test_tests_named_in_the_docs_exist():
         for line in doc.read_text(encoding="utf-8").splitlines():
             current = None
             for tok in re.findall(r"`([^`]+)`", line):
-                m = re.fullmatch(r"(tests/test_\w+\.py)(?:::(test_\w+))?", tok)
+                m = re.fullmatch(r"(tests/(?:\w+/)*test_\w+\.py)(?:::(test_\w+))?", tok)
                 if m:
                     current = m.group(1)
                     if m.group(2):

@@ -6,7 +6,7 @@ apart, Syncthing keeps one and renames the other `<stem>.sync-conflict-<date>-<t
 bytes another node wrote for a version, under Syncthing's name) in a real folder and run
 real `meshsync sync` processes on it: each copy's version takes part in newest-wins, the
 loser lands in the conflict history, the copy goes once its version is recorded, and no
-item is ever made from a copy's name.  tests/test_syncthing.py does the same end to end
+item is ever made from a copy's name.  tests/mesh/test_syncthing.py does the same end to end
 with real Syncthing instances.
 """
 

@@ -16,7 +16,7 @@ import pytest
 from container import Container, python_binds
 from helpers import Mesh
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "deployment.md"
 CFG = "/etc/meshsync/config.yaml"
 MS = "/opt/meshsync/venv/bin/meshsync"

@@ -81,7 +81,7 @@ def faketime_wrapper(offset: str) -> list[str]:
         if os.environ.get("CI"):
             pytest.fail("libfaketime is missing: install the faketime package (.ci/run does)")
         pytest.skip("libfaketime is not installed (apt-get install faketime)")
-    shim = Path(__file__).resolve().parent / "faketime_shim"
+    shim = Path(__file__).resolve().parents[2] / "tests" / "faketime_shim"
     return ["env", f"PYTHONPATH={shim}{os.pathsep}{REPO}", f"LD_PRELOAD={libs[0]}", f"FAKETIME={offset}",
             "FAKETIME_DONT_FAKE_MONOTONIC=1"]
 

@@ -57,7 +57,7 @@ def test_status_without_daemon_text_and_json(mesh: Mesh):
     a.cli("put", "mesh", "one", "1")
     a.cli("skill", "put", "triage", "-", input="---\nname: triage\ndescription: d\n---\n# Triage\n")
     st = a.status()
-    # The fields of status --json (docs/schemas/status.json; tests/test_json.py holds every
+    # The fields of status --json (docs/schemas/status.json; tests/cli/test_json.py holds every
     # command's output to its schema).
     for k in ("schema_version", "node_id", "share", "index", "cache", "daemon", "initialised", "counts",
               "last_sync", "last_pass", "watch", "last_change", "errors", "conflicts", "watch_planned"):

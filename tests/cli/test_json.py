@@ -25,7 +25,7 @@ from sync_helpers import foreign_put, quick_node
 from meshsync.cli.common import JSON_SCHEMA_VERSION
 from meshsync.cli.main import build_parser
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "docs" / "schemas"
 JSON_DOC = REPO / "docs" / "json.md"
 

@@ -22,7 +22,7 @@ from packaging.utils import canonicalize_name
 
 import meshsync
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 VERSION = meshsync.__version__
 
@@ -156,7 +156,7 @@ def test_the_tests_run_from_the_sdist(built, tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert re.search(r"^\d{3,} tests collected", r.stdout, re.M), r.stdout[-500:]
-    r = subprocess.run(base + ["tests/test_layout.py", "tests/test_packaging.py::test_license_and_metadata"],
+    r = subprocess.run(base + ["tests/test_layout.py", "tests/project/test_packaging.py::test_license_and_metadata"],
                        cwd=root, env=env, text=True, capture_output=True, timeout=300)
     assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
