@@ -154,7 +154,7 @@ class SecretSettings(_Section):
 
 
 class SyncthingSettings(_Section):
-    """Where `meshsync doctor` asks Syncthing about the share's folder (meshsync/syncthing.py).
+    """Where `meshsync doctor` asks Syncthing about the share's folder (meshsync/cli/doctor_syncthing.py).
     Unset, the address and key are read from Syncthing's config.xml when it is readable."""
 
     api_url: str | None = Field(None, description="Syncthing's GUI/REST address, e.g. http://127.0.0.1:8384 (default: from config.xml).")

@@ -1,5 +1,5 @@
-"""meshsync/syncthing.py: Syncthing's names, its ignore patterns, and doctor's checks of a
-Syncthing-kept share, against the real Syncthing of tests/syncthing_helpers.py."""
+"""meshsync/syncthing.py and meshsync/cli/doctor_syncthing.py: Syncthing's names, its ignore
+patterns, and doctor's checks of a Syncthing-kept share, against the real Syncthing of tests/syncthing_helpers.py."""
 
 from __future__ import annotations
 
@@ -13,15 +13,10 @@ from helpers import wait_for
 from syncthing_helpers import SyncthingMesh, SyncthingNode, wait_file
 
 from meshsync import config, formats, layout, syncthing
+from meshsync.cli.doctor_syncthing import IGNORE_TMP, Ignores, doctor_checks
 from meshsync.config import Settings
 from meshsync.replicas.share.store import TMP_PREFIX, FileEntry, Share
-from meshsync.syncthing import (
-    ConflictName,
-    Ignores,
-    conflict_original,
-    doctor_checks,
-    parse_conflict_name,
-)
+from meshsync.syncthing import ConflictName, conflict_original, parse_conflict_name
 
 # --- names ------------------------------------------------------------------------------------
 
@@ -156,7 +151,7 @@ def checks(s: Settings) -> dict[str, tuple[str, str, str]]:
 
 
 def recommend_ignores(folder: Path) -> None:
-    (folder / ".stignore").write_text(f"// meshsync\n{syncthing.IGNORE_TMP}\n")
+    (folder / ".stignore").write_text(f"// meshsync\n{IGNORE_TMP}\n")
 
 
 def test_a_share_that_is_not_a_syncthing_folder_gets_no_syncthing_lines(tmp_path: Path):
@@ -288,7 +283,7 @@ def test_ignore_patterns_checked_through_the_api_and_the_file(st_pair: Syncthing
     a = st_pair["a"]
     # No .stignore: meshsync's temporaries may travel.
     res, detail, hint = checks(settings(a))["syncthing ignores"]
-    assert res == "warn" and TMP_PREFIX in detail and syncthing.IGNORE_TMP in hint
+    assert res == "warn" and TMP_PREFIX in detail and IGNORE_TMP in hint
     # A pattern that hides the marker (and so every tombstone and journal) fails.
     a.request("POST", f"/rest/db/ignores?folder={st_pair.folder_id}", {"ignore": [".*"]})
     res, detail, _ = checks(settings(a))["syncthing ignores"]
@@ -300,7 +295,7 @@ def test_ignore_patterns_checked_through_the_api_and_the_file(st_pair: Syncthing
     res, detail, _ = checks(settings(a, api=False))["syncthing ignores"]
     assert res == "warn" and "#include more-ignores is missing" in detail, detail
     # #include is expanded (by Syncthing through the API, by meshsync from the file).
-    (a.folder / "more-ignores").write_text(f"{syncthing.IGNORE_TMP}\n")
+    (a.folder / "more-ignores").write_text(f"{IGNORE_TMP}\n")
     a.request("POST", f"/rest/db/ignores?folder={st_pair.folder_id}", {"ignore": ["#include more-ignores"]})
     assert checks(settings(a))["syncthing ignores"][0] == "pass"
     assert checks(settings(a, api=False))["syncthing ignores"][0] == "pass"

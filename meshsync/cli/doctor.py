@@ -16,13 +16,14 @@ import shutil
 import stat
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import orjson
 
-from meshsync import layout, syncthing
-from meshsync.cli import probes
+from meshsync import layout
+from meshsync.cli import doctor_syncthing, probes
+from meshsync.cli.checks import FAIL, PASS, WARN, Check
 from meshsync.cli.common import daemon_holder, dump_doc
 from meshsync.config import Settings
 from meshsync.daemon.watch import choose_mode
@@ -34,17 +35,8 @@ from meshsync.replicas.index.store import REQUIRED, SCHEMA_VERSION
 from meshsync.replicas.share import journal
 from meshsync.replicas.share.store import Share, ShareUnavailable
 
-PASS, WARN, FAIL = "pass", "warn", "fail"
 SKEW_WARN_S = 2.0
 SKEW_FAIL_S = 60.0
-
-
-@dataclass
-class Check:
-    name: str
-    result: str
-    detail: str
-    hint: str = ""
 
 
 def _share_checks(s: Settings) -> list[Check]:
@@ -495,7 +487,7 @@ def _systemd_check(s: Settings) -> Check:
 def run_checks(s: Settings) -> list[Check]:
     checks = [Check("configuration", PASS, f"valid (node {s.node_id})")]
     checks += _share_checks(s)
-    checks += syncthing.doctor_checks(s)  # a Syncthing folder's state, when the share is one
+    checks += doctor_syncthing.doctor_checks(s)  # a Syncthing folder's state, when the share is one
     checks += _index_checks(s)
     checks += _index_state_checks(s)
     checks.append(_cache_check(s))

@@ -357,10 +357,10 @@ def test_troubleshooting_names_every_doctor_check():
     import ast
 
     names: set[str] = set()
-    for src in (REPO / "meshsync" / "cli" / "doctor.py", REPO / "meshsync" / "syncthing.py"):
+    for src in (REPO / "meshsync" / "cli" / "doctor.py", REPO / "meshsync" / "cli" / "doctor_syncthing.py"):
         tree = ast.parse(src.read_text(encoding="utf-8"))
         names |= {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
-                  and getattr(n.func, "id", "") in ("Check", "_check")
+                  and getattr(n.func, "id", "") == "Check"
                   and n.args and isinstance(n.args[0], ast.Constant)}
     assert {"syncthing folder", "syncthing watcher"} <= names, "the scan no longer finds the Syncthing checks"
     assert len(names) >= 10
