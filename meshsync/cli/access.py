@@ -19,7 +19,7 @@ import shlex
 from pathlib import Path
 
 from meshsync import config
-from meshsync.cli.common import EXIT_USAGE, CliError
+from meshsync.cli.common import EXIT_USAGE, CliError, index_uid
 
 
 def user_name(uid: int) -> str:
@@ -27,19 +27,6 @@ def user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
-
-
-def index_uid(s: config.Settings) -> int | None:
-    try:
-        return os.stat(s.index).st_uid
-    except OSError:
-        return None
-
-
-def other_user(s: config.Settings) -> bool:
-    """This process is not the index's owner (it must not write anything)."""
-    uid = index_uid(s)
-    return uid is not None and uid != os.geteuid()
 
 
 def check_owner(s: config.Settings) -> None:

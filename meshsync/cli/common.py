@@ -7,6 +7,7 @@ imports them (to build the parser) without a cycle.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -79,10 +80,22 @@ def open_node(settings: config.Settings) -> Node:
         raise CliError(str(exc), EXIT_FAULT) from None
 
 
+def index_uid(s: config.Settings) -> int | None:
+    try:
+        return os.stat(s.index).st_uid
+    except OSError:
+        return None
+
+
+def other_user(s: config.Settings) -> bool:
+    """This process is not the index's owner (it must not write anything)."""
+    uid = index_uid(s)
+    return uid is not None and uid != os.geteuid()
+
+
 def open_index(s: config.Settings) -> Index:
     """The existing index, for commands that only read it (read-only for a user who does
     not own it: opening it for writing could leave files of this user next to it)."""
-    from meshsync.cli.access import other_user
     from meshsync.replicas.index import queries
 
     if other_user(s):

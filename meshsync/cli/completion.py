@@ -247,7 +247,5 @@ def script(shell: str, parser: argparse.ArgumentParser) -> str:
 
 def cmd_completion(s: config.Settings | None, a: argparse.Namespace) -> int:
     """Print the completion script for ``a.shell`` (needs no configuration)."""
-    from meshsync.cli.main import build_parser
-
-    sys.stdout.write(script(a.shell, build_parser()))
+    sys.stdout.write(script(a.shell, a.parser))
     return EXIT_OK

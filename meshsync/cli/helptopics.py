@@ -115,7 +115,5 @@ def topic_text(parser: argparse.ArgumentParser, topic: str | None, sub: str | No
 
 def cmd_help(s: config.Settings | None, a: argparse.Namespace) -> int:
     """Print a topic (needs no configuration: help must work when it is broken)."""
-    from meshsync.cli.main import build_parser
-
-    sys.stdout.write(topic_text(build_parser(), a.topic, a.subtopic))
+    sys.stdout.write(topic_text(a.parser, a.topic, a.subtopic))
     return EXIT_OK

@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     if not getattr(a, "needs_settings", True):
+        a.parser = parser  # completion and help are written from the parser itself
         try:
             return a.fn(None, a)
         except CliError as exc:

@@ -15,7 +15,7 @@ import orjson
 
 from meshsync import config
 from meshsync.cli import probes
-from meshsync.cli.common import EXIT_OK, daemon_holder, dump_doc, when
+from meshsync.cli.common import EXIT_OK, daemon_holder, dump_doc, other_user, when
 from meshsync.cli.conflicts import as_json, row_json
 from meshsync.cli.deletes import hold_json
 from meshsync.layout import ItemId
@@ -151,8 +151,6 @@ def status_data(s: config.Settings) -> dict[str, Any]:
                                  "once it has stopped: `meshsync init`, then start the daemon again (the index is "
                                  "rebuilt from the share; local writes not exported yet are lost with the file)"))
         return out
-    from meshsync.cli.access import other_user
-
     try:
         if other_user(s):  # read-only: a write connection could leave this user's files there
             raise IndexError_(f"index {s.index} belongs to another user")

@@ -28,19 +28,37 @@ ignored, as files of another tool.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from meshsync import layout, syncthing
 from meshsync.layout import MEM
 from meshsync.model import COPY, ItemId, Obs, Pass, Problem
 from meshsync.payloads import CopyMem
-from meshsync.replicas.share.store import FileEntry, SkillDir, Walk, item_of_memory_rel
-
-if TYPE_CHECKING:
-    from meshsync.replicas.share.detect import ShareDetector
+from meshsync.replicas.share.store import FileEntry, Share, SkillDir, Walk, item_of_memory_rel
 
 
-def observe(det: ShareDetector, p: Pass) -> set[ItemId]:
+class _NodeNamed(Protocol):
+    @property
+    def node(self) -> str: ...
+
+
+class Reader(Protocol):
+    """The share's detector, as conflict copies need it (replicas/share/detect.py's
+    ShareDetector): a copy is read as the file it copies, by the same readers."""
+
+    @property
+    def share(self) -> Share: ...
+    @property
+    def cfg(self) -> _NodeNamed: ...
+
+    def read_memory(self, rel: str, sig: str | None, problems: list[Problem], got: bool = False,
+                    as_rel: str | None = None) -> tuple[ItemId, Obs] | None: ...
+
+    def read_skill(self, rel: str, files: list, sig: str | None, problems: list[Problem],
+                   copies: dict[str, FileEntry] | None = None) -> tuple[ItemId, Obs] | None: ...
+
+
+def observe(det: Reader, p: Pass) -> set[ItemId]:
     """Add the walk's conflict copies to ``p.share_copies`` (item -> side -> Obs); returns
     the items that have some (they are looked at by this pass)."""
     walk = p.walk
@@ -81,7 +99,7 @@ def _present(walk: Walk, orig: str, it: ItemId) -> bool:
     return sd is not None and any(f.rel == orig for f in sd.files)
 
 
-def _memory_copy(det: ShareDetector, rel: str, fe: FileEntry,
+def _memory_copy(det: Reader, rel: str, fe: FileEntry,
                  problems: list[Problem]) -> tuple[ItemId, str, Obs] | None:
     """(item, original path, observation) of a memory file's conflict copy."""
     got = syncthing.conflict_original(rel)
@@ -127,7 +145,7 @@ def _groups(sd: SkillDir) -> list[dict[str, FileEntry]]:
     return out
 
 
-def _skill_copies(det: ShareDetector, sd: SkillDir,
+def _skill_copies(det: Reader, sd: SkillDir,
                   problems: list[Problem]) -> Iterable[tuple[ItemId, dict[str, FileEntry], Obs]]:
     """Each conflict's version of a skill folder."""
     for group in _groups(sd):
