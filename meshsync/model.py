@@ -20,12 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-if TYPE_CHECKING:  # the per-pass object names replica types; the replicas import this module
-    from meshsync.replicas.cache.detect import CacheSide
-    from meshsync.replicas.index.store import StateView
-    from meshsync.replicas.share.store import Walk
+from typing import Any, NamedTuple, Protocol
 
 # --- items ---------------------------------------------------------------------------------
 
@@ -226,6 +221,98 @@ class KnownSigs:
                 yield f"{folder}/{name}"
 
 
+# --- what detection found on the share and in the cache --------------------------------------
+
+
+@dataclass(slots=True)
+class FileEntry:
+    rel: str
+    sig: str
+    settled: bool
+
+
+@dataclass(slots=True)
+class SkillDir:
+    rel: str  # skills/<enc>
+    files: list[FileEntry]  # every regular file, relative to the share
+    sig: str
+    settled: bool
+    copies: list[FileEntry] = field(default_factory=list)  # conflict copies (not in files nor sig)
+
+
+@dataclass(slots=True)
+class Walk:
+    """What a stat walk of the share found (replicas/share/walk.py)."""
+
+    # Memory files: those the last pass recorded with this very signature (settled) are
+    # only named in ``same`` (folder -> names); the others, to be read, are in ``memory``.
+    # Comparing during the walk spares a FileEntry, a path string and a second loop per
+    # file at 100k files.
+    known: KnownSigs = field(default_factory=KnownSigs)
+    same: dict[str, set[str]] = field(default_factory=dict)
+    memory: dict[str, FileEntry] = field(default_factory=dict)  # rel -> entry
+    skills: dict[str, SkillDir] = field(default_factory=dict)  # rel -> dir
+    tombstones: dict[str, FileEntry] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # rel dirs that could not be listed
+    temporaries: list[str] = field(default_factory=list)  # our temporary files seen (never items)
+    # Memory files' conflict copies (Syncthing), never items: versions of the file they
+    # copy (replicas/share/copies.py).  Settled means neither modified nor renamed lately.
+    copies: dict[str, FileEntry] = field(default_factory=dict)
+
+    def is_unknown(self, rel: str) -> bool:
+        return any(rel == u or rel.startswith(u + "/") for u in self.unknown)
+
+    def is_same(self, rel: str) -> bool:
+        folder, _, name = rel.rpartition("/")
+        return name in self.same.get(folder, ())
+
+    def same_count(self) -> int:
+        return sum(len(names) for names in self.same.values())
+
+    def has_memory(self, rel: str) -> bool:
+        return rel in self.memory or self.is_same(rel)
+
+    def memory_entry(self, rel: str) -> FileEntry | None:
+        if self.is_same(rel):
+            return FileEntry(rel, self.known[rel] or "", True)
+        return self.memory.get(rel)
+
+    def add_memory(self, fe: FileEntry) -> None:
+        if fe.settled and self.known.get(fe.rel) == fe.sig:
+            folder, _, name = fe.rel.rpartition("/")
+            self.same.setdefault(folder, set()).add(name)
+        else:
+            self.memory[fe.rel] = fe
+
+
+@dataclass(slots=True)
+class CacheSide:
+    """What detection found in the OpenClaw cache (replicas/cache/detect.py)."""
+
+    obs: dict[ItemId, Obs] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    unreadable: bool = False  # do not rewrite mesh-memory.json this pass
+    looked: bool = True  # the pass looked at the cache (its problems are the current ones)
+    # What a tool's write did that the pass refused (a mass drop): reported like a share
+    # file's problem, until the next full pass, while ``problems`` describe the cache as
+    # it is now (they go once it is fine again, R12).
+    events: list[Problem] = field(default_factory=list)
+
+
+class States(Protocol):
+    """The base of every item, as the pass reads and updates it: the index's StateView
+    (replicas/index/store.py), a dict loaded on first use (negative answers remembered)."""
+
+    def get(self, it: ItemId, default: State | None = None) -> State | None: ...
+    def __getitem__(self, it: ItemId) -> State: ...
+    def __setitem__(self, it: ItemId, st: State) -> None: ...
+    def __contains__(self, it: object) -> bool: ...
+    def want(self, items: Iterable[ItemId], total: int, looking_at: int | None = None) -> None: ...
+    def prefetch(self, items: Iterable[ItemId]) -> None: ...
+    def update(self, states: dict[ItemId, State]) -> None: ...
+
+
 # --- one pass ------------------------------------------------------------------------------
 
 CHANGED_SAMPLE = 20  # items a pass names in its stats (status --json's last_pass)
@@ -269,7 +356,7 @@ class Pass:
     now_ns: int  # for "settled" signatures (the racy-git rule)
     t0: float  # time.monotonic() at the start (last_pass.seconds)
     stats: PassStats
-    state: StateView  # the base of every item, loaded on first use
+    state: States  # the base of every item, loaded on first use
     full: bool  # a full pass (every share file walked), not a targeted one
     seq: int = 0  # the outbox position this pass acknowledges
     clock_checked: bool = False  # the file server's clock was looked at (engine/clock.py, R12)

@@ -25,28 +25,15 @@ writes like any other (R2).  How they are told apart from noise:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from meshsync import formats, layout
 from meshsync.layout import MEM, ItemId
-from meshsync.model import ABSENT, Obs, Problem, State, Version
+from meshsync.model import ABSENT, CacheSide, Obs, Problem, State, Version
 from meshsync.payloads import CacheEntry, CacheSkill
 from meshsync.replicas.cache.store import Cache, CacheUnreadable, parse_memory
 
 MASS_DROP_FRACTION = 0.10
 MASS_DROP_MIN = 10
-
-
-@dataclass(slots=True)
-class CacheSide:
-    obs: dict[ItemId, Obs] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-    unreadable: bool = False  # do not rewrite mesh-memory.json this pass
-    looked: bool = True  # the pass looked at the cache (its problems are the current ones)
-    # What a tool's write did that the pass refused (a mass drop): reported like a share
-    # file's problem, until the next full pass, while ``problems`` describe the cache as
-    # it is now (they go once it is fine again, R12).
-    events: list[Problem] = field(default_factory=list)
 
 
 def cache_key(it: ItemId) -> str:

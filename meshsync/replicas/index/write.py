@@ -13,7 +13,7 @@ import hashlib
 import sqlite3
 import time
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -21,8 +21,13 @@ from meshsync import layout
 from meshsync.layout import MEM
 from meshsync.model import ItemId, State, Version
 
-if TYPE_CHECKING:
-    from meshsync.payloads import Payload
+
+class RowSource(Protocol):
+    """What an index row is written from: the winner's payload (meshsync/payloads.py's
+    Payload); the index knows no replica's classes."""
+
+    def mem_text(self) -> str | None: ...
+    def skill_row(self) -> tuple[str | None, str | None] | None: ...
 
 MemoryRowTuple = tuple[str, str, str, str, int]  # scope, key, value, node_id, updated_at
 
@@ -244,7 +249,7 @@ class IndexWrites:
 SKIP: Any = object()  # write_row: the row is left as it is and the item waits for the next pass
 
 
-def write_row(idx: IndexWrites, db: sqlite3.Connection, it: ItemId, win: Version, src: Payload | None,
+def write_row(idx: IndexWrites, db: sqlite3.Connection, it: ItemId, win: Version, src: RowSource | None,
               seen: Version | None, cur_sig: str | None, fast_insert: bool, bulk_done: set[ItemId]) -> Any:
     """Bring the item's row to the live winner ``win`` (payload ``src``); ``cur_sig`` is
     the row as it is now (already checked against what the pass saw), ``seen`` the

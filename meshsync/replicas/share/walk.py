@@ -15,11 +15,10 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshsync import layout
-from meshsync.model import KnownSigs, Problem, sig_text, unpack_sig
+from meshsync.model import FileEntry, Problem, SkillDir, Walk, sig_text, unpack_sig
 
 TMP_PREFIX = ".meshsync-tmp-"
 # A temporary file of ours older than this is the leftover of a write killed midway (R7):
@@ -47,74 +46,12 @@ def settled(st: os.stat_result, now_ns: int, margin_ns: int = SETTLE_NS) -> bool
     return now_ns - st.st_mtime_ns > margin_ns
 
 
-@dataclass(slots=True)
-class FileEntry:
-    rel: str
-    sig: str
-    settled: bool
-
-
-@dataclass(slots=True)
-class SkillDir:
-    rel: str  # skills/<enc>
-    files: list[FileEntry]  # every regular file, relative to the share
-    sig: str
-    settled: bool
-    copies: list[FileEntry] = field(default_factory=list)  # conflict copies (not in files nor sig)
-
-
 CONFLICT_MARK = ".sync-conflict-"  # in the name of Syncthing's conflict copies (meshsync/syncthing.py)
 
 
 def is_conflict_copy(name: str) -> bool:
     """A name Syncthing may have given a conflict copy (not one of its temporaries)."""
     return CONFLICT_MARK in name and not name.startswith(".")
-
-
-@dataclass(slots=True)
-class Walk:
-    """What a stat walk of the share found."""
-
-    # Memory files: those the last pass recorded with this very signature (settled) are
-    # only named in ``same`` (folder -> names); the others, to be read, are in ``memory``.
-    # Comparing during the walk spares a FileEntry, a path string and a second loop per
-    # file at 100k files.
-    known: KnownSigs = field(default_factory=KnownSigs)
-    same: dict[str, set[str]] = field(default_factory=dict)
-    memory: dict[str, FileEntry] = field(default_factory=dict)  # rel -> entry
-    skills: dict[str, SkillDir] = field(default_factory=dict)  # rel -> dir
-    tombstones: dict[str, FileEntry] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)  # rel dirs that could not be listed
-    temporaries: list[str] = field(default_factory=list)  # our temporary files seen (never items)
-    # Memory files' conflict copies (Syncthing), never items: versions of the file they
-    # copy (replicas/share/copies.py).  Settled means neither modified nor renamed lately.
-    copies: dict[str, FileEntry] = field(default_factory=dict)
-
-    def is_unknown(self, rel: str) -> bool:
-        return any(rel == u or rel.startswith(u + "/") for u in self.unknown)
-
-    def is_same(self, rel: str) -> bool:
-        folder, _, name = rel.rpartition("/")
-        return name in self.same.get(folder, ())
-
-    def same_count(self) -> int:
-        return sum(len(names) for names in self.same.values())
-
-    def has_memory(self, rel: str) -> bool:
-        return rel in self.memory or self.is_same(rel)
-
-    def memory_entry(self, rel: str) -> FileEntry | None:
-        if self.is_same(rel):
-            return FileEntry(rel, self.known[rel] or "", True)
-        return self.memory.get(rel)
-
-    def add_memory(self, fe: FileEntry) -> None:
-        if fe.settled and self.known.get(fe.rel) == fe.sig:
-            folder, _, name = fe.rel.rpartition("/")
-            self.same.setdefault(folder, set()).add(name)
-        else:
-            self.memory[fe.rel] = fe
 
 
 def kind_problem(rel: str, st: os.stat_result) -> Problem | None:
