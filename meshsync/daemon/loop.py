@@ -98,6 +98,7 @@ class Daemon:
         self.sources: list[ChangeSource] = [ShareFileEvents(self.events), OtherJournals(self.journal, self.events),
                                             IndexWrites(self.node), self.cache_writes]
         self.available: bool | None = None
+        self.unavailable_why = ""  # the reason last told, while the share is unavailable
         self.pending: set[ItemId] = set()
         self.need_full = True
         self.first_change = 0.0
@@ -215,7 +216,10 @@ class Daemon:
             log.debug("watch mode not recorded: %s", exc)
 
     def _unavailable(self, exc: ShareUnavailable) -> None:
-        if self.available is not False:
+        # Told when the share goes, and again when the reason changes while it is away (an
+        # unmounted NAS whose mount point is then removed): the log and `status` say why
+        # it is unavailable now, not why it was at first (R5).
+        if self.available is not False or str(exc) != self.unavailable_why:
             log.warning("share unavailable: %s; nothing will be deleted, retrying every %gs",
                         exc, self.s.watch.poll_interval)
             try:
@@ -223,8 +227,10 @@ class Daemon:
             except sqlite3.Error as err:
                 if unusable(err):
                     raise
-            self.events.stop()
+            if self.available is not False:
+                self.events.stop()
         self.available = False
+        self.unavailable_why = str(exc)
         self.need_full = True
         self.notify.status(self._status_line(f"share unavailable: {exc}"))
 

@@ -128,7 +128,12 @@ def _make_corpus(m: Path, share: Path, tmp_path: Path) -> list[Path]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, b'{"value": "bad name"}')
         os.close(fd)
-    (share / "skills" / "bigskill" / "SKILL.md").write_bytes(b"# big\n" + b"y" * (MB + 10))
+    # Renamed over the good SKILL.md: written in place, its truncate-then-write shows an
+    # empty SKILL.md for a moment, a valid (empty) skill that a pass may take before the
+    # oversized bytes arrive (under load it did).  What a half-written file does is
+    # tests/mesh/test_foreign.py::test_a_file_still_being_written_is_not_imported_half_written.
+    (share / "skills" / "bigskill" / ".SKILL.md.new").write_bytes(b"# big\n" + b"y" * (MB + 10))
+    os.rename(share / "skills" / "bigskill" / ".SKILL.md.new", share / "skills" / "bigskill" / "SKILL.md")
     os.symlink(".", share / "skills" / "loop")
     os.symlink(".", share / "memory" / "user" / "loop")
     bad = [m / f"{k}.json" for k in BROKEN] + [m / "Key.json", m / "dir.json", share / "skills" / "bigskill" / "SKILL.md",
