@@ -19,14 +19,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import Mesh, MeshNode, wait_for
-from sync_helpers import mem_path
+from sync_helpers import UPSERT, mem_path, quick_node
 
-from meshsync import formats, layout
+from meshsync import faults, formats, layout
+from meshsync.layout import ItemId
 
 ROUNDS = 6
 
@@ -243,6 +245,74 @@ def test_an_own_skill_export_replaced_unseen_is_kept(mesh: Mesh, case: str):
     assert _skill(a, "race") == theirs
     kept = [h["beaten"]["content"] for h in _history(a)]
     assert kept == ([] if case == "seen" else [mine])
+
+
+@pytest.mark.parametrize("newer", ["delete", "export"])
+@pytest.mark.parametrize("kind", [layout.MEM, layout.SKILL])
+def test_a_delete_that_removed_an_unseen_export_keeps_it(mesh: Mesh, kind: str, newer: str):
+    """The delete race made deterministic: node b deletes an item whose base it holds as
+    v1; once b has looked at the share, node a exports v2 (b never sees it), and b's
+    compare-and-set passes as on a network client with a stale attribute, so b's delete
+    removes a's v2 from the share.  a still holds v2 as its base: when the delete is the
+    newer, a keeps v2 in the history as the deleted item's last value (`meshsync
+    deleted`, every node); when v2 is the newer, a exports it again and it wins."""
+    a_n, b_n = mesh.node("a"), quick_node(mesh, "b")
+    a, b = mesh.engine(a_n), mesh.engine(b_n)
+    it = layout.memory_id("mesh", "k") if kind == layout.MEM else layout.skill_id("k")
+    v1, v2 = ('"v1"', '"v2"') if kind == layout.MEM else ("# k\n\nv1\n", "# k\n\nv2\n")
+
+    def write(n: MeshNode, text: str, at: int) -> None:  # as a foreign client, at Unix second ``at``
+        if kind == layout.MEM:
+            n.sql(UPSERT, ("mesh", "k", text, n.node_id, at))
+        else:
+            n.sql("INSERT INTO mesh_skills(name, source_node, content, updated_at) VALUES('k', ?, ?, ?) "
+                  "ON CONFLICT(name) DO UPDATE SET content = excluded.content, source_node = excluded.source_node,"
+                  " updated_at = excluded.updated_at", (n.node_id, text, at))
+
+    write(a_n, v1, int(time.time()) - 120)
+    a.sync()
+    b.sync()
+    # The delete is stamped when b's pass sees it (now); v2 before it (R3: after v1) or after it.
+    write(a_n, v2, int(time.time()) + (-60 if newer == "delete" else 30))
+    assert b.delete_item(it)
+    exported = []
+
+    def a_exports_unseen(item: ItemId) -> None:
+        if not exported:
+            exported.append(item)
+            a.sync()  # a's export of v2 lands after b looked at the share
+
+    faults.install("propagate.before_export", a_exports_unseen)
+    faults.install("share.unchanged", lambda ok: True)  # b's check passes on a stale attribute
+    try:
+        b.sync()
+    finally:
+        faults.clear()
+    assert exported == [it]
+    path = mesh.share / layout.item_path(it, "")
+    assert not path.exists()  # b removed v2, which it never saw
+    for e in (a, b, a, b):
+        e.sync()
+    got = [_value(n, kind) for n in (a_n, b_n)]
+    if newer == "delete":
+        assert got == [None, None] and not path.exists()
+        for n in (a_n, b_n):
+            assert v2 in [_kept(h["last"], kind) for h in _history(n, "deleted")]
+    else:
+        assert got == [v2, v2] and path.exists()
+
+
+def _value(n: MeshNode, kind: str) -> str | None:
+    """The item's value text (memory) or content (skill) in ``n``'s index."""
+    if kind == layout.MEM:
+        r = n.row("mesh", "k")
+        return None if r is None else r[0]
+    return _skill(n, "k")
+
+
+def _kept(version: dict, kind: str) -> str | None:
+    """A history record's kept value, as _value gives it."""
+    return json.dumps(version["value"]) if kind == layout.MEM else version["content"]
 
 
 DELETE_ROUNDS = 4

@@ -32,6 +32,10 @@ def mem_check(sh_obs: Obs | None) -> Check | None:
 def unchanged(share: Share, rel: str, sh_obs: Obs | None, it: ItemId) -> bool:
     """Compare-and-set on the share: the file must still be what we observed, so a
     hand edit that lands between our read and our write is not overwritten."""
+    return faults.wrap("share.unchanged", _unchanged(share, rel, sh_obs, it))
+
+
+def _unchanged(share: Share, rel: str, sh_obs: Obs | None, it: ItemId) -> bool:
     if sh_obs is None:
         return True
     if it.kind == SKILL:
