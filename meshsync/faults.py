@@ -32,6 +32,9 @@ Points (name: when, arguments, what the return value does)
 
 ``wrap`` points (the function gets the production value and returns the one to use):
 
+* ``share.unchanged`` — the compare-and-set before a skill's export or a delete's
+  (``bool``: the item's file or folder still what the pass saw?); on a network mount
+  it can pass on a stale attribute (R2 on a NAS).
 * ``share.check`` — the compare-and-set a memory file's export is written with
   (``payloads.Check``: the target's lstat -> still what the pass saw?).  It is called
   in a writer thread just before the rename (Share.write_many).
@@ -51,7 +54,7 @@ T = TypeVar("T")
 POINTS = frozenset({
     "propagate.start", "propagate.before_export", "propagate.bulk_inserted",
     "propagate.before_index_commit", "commit.start", "share.check", "cache.copy_file_range",
-    "share.delete_removed",
+    "share.delete_removed", "share.unchanged",
 })
 
 _installed: dict[str, Callable[..., Any]] = {}

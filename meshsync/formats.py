@@ -331,7 +331,10 @@ def extras_digest(files: list[tuple[str, str]]) -> str:
     return h.hexdigest()
 
 
-def render_skill_json(item: ItemId, path: str | None, digest: str, stamp: int, node: str) -> bytes:
+def render_skill_json(item: ItemId, path: str | None, digest: str, stamp: int, node: str,
+                      replaces: str | None = None) -> bytes:
+    """A skill's skill.json.  ``replaces``: the rev of the version the writer saw on the
+    share and replaced, as in a memory file (R2 on a NAS, see MemoryRecord.replaces)."""
     doc: dict[str, Any] = {
         "name": item.key,
         "source_node": node,
@@ -341,6 +344,8 @@ def render_skill_json(item: ItemId, path: str | None, digest: str, stamp: int, n
     }
     if path is not None:
         doc["path"] = path
+    if replaces is not None:
+        doc["replaces"] = replaces
     return _dumps(doc, orjson.OPT_INDENT_2) + b"\n"
 
 
@@ -351,6 +356,10 @@ class SkillMeta:
     stamp: int | None
     path: str | None
     rev: str | None
+    # What skill.json says it replaced (None: it says nothing).  Whether that counts
+    # depends on the folder: only a skill.json whose rev matches the files beside it
+    # speaks for them (replicas/share/detect.py read_skill).
+    replaces: str | None = None
 
 
 def parse_skill_json(data: bytes) -> SkillMeta:
@@ -361,12 +370,14 @@ def parse_skill_json(data: bytes) -> SkillMeta:
     ms, sec = doc.get("updated_at_ms"), doc.get("updated_at")
     stamp = _stamp(ms, sec)
     r = doc.get("rev") if type(ms) is int else None
+    replaced = doc.get("replaces")
     return SkillMeta(
         name if isinstance(name, str) else None,
         node if isinstance(node, str) and node else None,
         stamp,
         path if isinstance(path, str) else None,
         r if isinstance(r, str) else None,
+        replaced if isinstance(replaced, str) else None,
     )
 
 

@@ -214,6 +214,8 @@ class ShareSkill(Payload):
     # The stat signature of SKILL.md as read ("" when there was none): the compare-and-set
     # before an export rewrites it (see replicas/share/write.py).
     cas: str | None = None
+    # See Payload.replaces; set by replicas/share/detect.py read_skill.
+    replaced: str | None = None
 
     def skill_row(self) -> tuple[str | None, str | None] | None:
         return _text(self.content), self.path
@@ -238,6 +240,9 @@ class ShareSkill(Payload):
 
     def skill_cas(self) -> tuple[str, str] | None:
         return ("md", self.cas) if self.cas is not None else None
+
+    def replaces(self) -> str | None:
+        return self.replaced
 
     def import_check(self) -> tuple[str, Check] | None:
         if self.sig is not None or not self.cas:

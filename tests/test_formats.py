@@ -348,6 +348,19 @@ def test_skill_json_round_trip():
     assert json.loads(data)["updated_at"] == STAMP // 1000
 
 
+def test_a_skill_json_names_the_version_it_replaced():
+    """``replaces`` in skill.json, as in a memory file (engine/plan.py base_seen): not part
+    of ``rev``; what it means for the folder is decided beside its files (detect._replaced)."""
+    item = skill_id("web-search")
+    seen = formats.rev(item, "x" * 32, STAMP - 5, "b")
+    data = render_skill_json(item, None, "abc", STAMP, "mini", seen)
+    meta = parse_skill_json(data)
+    assert meta.replaces == seen and meta.rev == formats.rev(item, "abc", STAMP, "mini")
+    assert parse_skill_json(render_skill_json(item, None, "abc", STAMP, "mini")).replaces is None
+    assert "replaces" not in json.loads(render_skill_json(item, None, "abc", STAMP, "mini"))
+    assert parse_skill_json(b'{"name": "x", "replaces": 3}').replaces is None
+
+
 def test_skill_json_hand_made_and_bad():
     meta = parse_skill_json(b'{"name": "x", "updated_at": 10}')
     assert (meta.name, meta.node, meta.stamp, meta.path, meta.rev) == ("x", None, 10000, None, None)

@@ -87,8 +87,10 @@ def base_seen(it: ItemId, st: State | None, share: Obs | None) -> bool:
     longer than a racing writer's stale window), a meshsync file that replaced it and does
     not name it as the version it replaced (``replaces``) did not derive from it, so the
     base is kept as beaten if it loses.  Recording it twice is harmless: history records
-    are named by what they keep."""
-    if it.kind != MEM or st is None or st.deleted or st.share_sig is not None or share is None:
+    are named by what they keep.  Memory files and skills alike: a skill's skill.json
+    names what it replaced too (see replicas/share/detect.py _replaced, which also covers
+    one export's SKILL.md left beside another's skill.json)."""
+    if st is None or st.deleted or st.share_sig is not None or share is None:
         return True
     v = share.version
     if v is None or v.deleted or share.payload is None or v.same(base_of(st)):

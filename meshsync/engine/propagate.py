@@ -102,6 +102,18 @@ def _fmt_ms(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
+def _replaces(it: ItemId, sh_obs: Obs | None, st: State | None) -> str | None:
+    """The version an export replaces on the share, as every reader of that file names it
+    (its rev; None: none).  A node whose fresh export it was then knows it was seen, not
+    lost (R2 on a NAS, plan.base_seen).  Memory files and skill.json alike."""
+    seen_v = sh_obs.version if sh_obs is not None else None
+    if sh_obs is not None and not sh_obs.trusted and st is not None and not st.deleted:
+        seen_v = base_of(st)  # a hand edit stamped after the base it edited (R3)
+    if seen_v is None or seen_v.deleted:
+        return None
+    return formats.rev(it, seen_v.digest, seen_v.stamp, seen_v.node)
+
+
 def _source(plan: Plan, sides: dict[str, Obs]) -> Payload | None:
     return sides[plan.source].payload if plan.source in sides else None
 
@@ -223,16 +235,9 @@ class ExportBatch:
                 return None
         if it.kind == MEM and not win.deleted:
             # Written with the rest of the batch (_write_queued), compare-and-set included.
-            seen_v = sh_obs.version if sh_obs is not None else None
-            if sh_obs is not None and not sh_obs.trusted and st is not None and not st.deleted:
-                seen_v = base_of(st)  # a hand edit stamped after the base it edited (R3)
-            # The version this write replaces, as every reader of that file names it: a
-            # node whose fresh export it was knows it was seen, not lost (plan.base_seen).
-            replaces = (formats.rev(it, seen_v.digest, seen_v.stamp, seen_v.node)
-                        if seen_v is not None and not seen_v.deleted else None)
             try:
                 data = formats.render_memory(it, self._winner_value(it, src), win.digest, win.stamp, win.node,
-                                             self.node.s.limits.max_file_bytes, replaces)
+                                             self.node.s.limits.max_file_bytes, _replaces(it, sh_obs, st))
             except formats.TooLarge as exc:
                 self._refuse_too_large(it, exc, "limits.max_file_bytes")
                 return None
@@ -306,7 +311,7 @@ class ExportBatch:
                         raise FileRefused(Problem(rel, "no content to write for the skill", ""))
                     src = IndexSkill(row)
                 digest = share_write.export_skill(share, it, rel, win, self.node.node, src, extras,
-                                                  self.node.s.limits.max_skill_bytes)
+                                                  self.node.s.limits.max_skill_bytes, _replaces(it, sh_obs, st))
                 share_hash, aux = digest, extras
             p.stats.to_share += 1
             p.written.append(it)

@@ -664,8 +664,22 @@ def read_skill(share: Share, cfg: Config, rel: str, files: list, sig: str | None
     if copies:
         own = (f"{rel}/{layout.SKILL_MD}", f"{rel}/{layout.SKILL_JSON}")  # an export writes these itself
         return it, Obs(v, True, CopySkill(content, path, ex, None, digest, None,
-                                          tuple((fe.rel, fe.sig) for fe in copies.values()),
-                                          tuple((fe.rel, orig, fe.sig) for orig, fe in sorted(copies.items())
-                                                if orig not in own)))
+                                          copies=tuple((fe.rel, fe.sig) for fe in copies.values()),
+                                          moves=tuple((fe.rel, orig, fe.sig) for orig, fe in sorted(copies.items())
+                                                      if orig not in own)))
     md = next((fe.sig for fe in files if fe.rel == f"{rel}/{layout.SKILL_MD}"), "")
-    return it, Obs(v, trusted, ShareSkill(content, path, ex, sig, digest, md))
+    return it, Obs(v, trusted, ShareSkill(content, path, ex, sig, digest, md, _replaced(meta, trusted)))
+
+
+def _replaced(meta: formats.SkillMeta | None, trusted: bool) -> str | None:
+    """What a skill folder says its writer replaced (R2 on a NAS, engine/plan.py
+    base_seen; see formats.MemoryRecord.replaces): a skill.json whose rev matches these
+    files speaks for them ("" when it names nothing: written by an older meshsync, or
+    over no version).  A skill.json of meshsync's beside files it was not written for
+    names nothing either (""): an export writes SKILL.md and skill.json with two
+    renames, so two racing exports can leave one node's SKILL.md beside another's
+    skill.json, and neither writer saw what it replaced.  A folder with no skill.json of
+    meshsync's is a person's or another program's (None, R10)."""
+    if meta is None or not meta.rev:
+        return None
+    return (meta.replaces or "") if trusted else ""

@@ -17,7 +17,6 @@ import errno
 import itertools
 import logging
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +31,13 @@ from meshsync.model import (
 from meshsync.model import Problem as Problem
 from meshsync.model import unpack_sig as unpack_sig
 from meshsync.replicas.share.walk import SETTLE_NS as SETTLE_NS
-from meshsync.replicas.share.walk import STALE_TEMP_S, TMP_PREFIX, ShareWalk, kind_problem
+from meshsync.replicas.share.walk import (
+    STALE_TEMP_S,
+    TMP_PREFIX,
+    ShareWalk,
+    kind_problem,
+    remove_all,
+)
 from meshsync.replicas.share.walk import FileEntry as FileEntry
 from meshsync.replicas.share.walk import SkillDir as SkillDir
 from meshsync.replicas.share.walk import Walk as Walk
@@ -378,15 +383,32 @@ class Share(ShareWalk):
             pass
 
     def remove_tree(self, rel: str) -> None:
-        path = self.root / rel
+        """Remove a folder (a skill's) whole: first renamed aside, in one step, to a
+        temporary name of ours beside it, then emptied there.  Another host exporting
+        into the folder meanwhile (R2 on a NAS, where the delete's compare-and-set may
+        have passed on a stale attribute) then either lands before the rename, and its
+        files go with the folder (its writer still holds the version and keeps it: the
+        delete's tombstone or its own newer version decides, engine/keep.py), or finds
+        the folder gone and fails, to be retried.  Removed in place it could be left
+        half-emptied (one node's skill.json without its SKILL.md, or nothing), which no
+        node can read as any version, and the item would stay stuck (R1)."""
+        path = f"{self._root_s}/{rel}"
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(path)  # does not follow symlinks
-        else:
+        if not stat.S_ISDIR(st.st_mode):
             os.unlink(path)
+            return
+        aside = f"{path.rpartition('/')[0]}/{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{next(_TMP_SEQ)}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return
+        except OSError:  # e.g. a server that will not rename a folder in use: removed in place
+            aside = path
+        self._safe_dirs.discard(rel)
+        remove_all(aside)
 
     def prune_empty_dir(self, rel: str) -> None:
         """Remove a user/node directory left empty by deletes (ignore if not empty)."""

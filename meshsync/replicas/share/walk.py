@@ -12,9 +12,11 @@ read/remove primitives).  Rules kept here:
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from meshsync import layout
@@ -68,6 +70,23 @@ def kind_problem(rel: str, st: os.stat_result) -> Problem | None:
     return None
 
 
+def _gone_ok(func: Callable[..., object], path: str, exc: BaseException | tuple) -> None:
+    """shutil.rmtree's error handler: a file gone already is removed (another host's
+    temporary file renamed away meanwhile); any other error is raised."""
+    err = exc[1] if isinstance(exc, tuple) else exc
+    if not isinstance(err, FileNotFoundError):
+        raise err
+
+
+def remove_all(path: str) -> None:
+    """Remove a folder and everything in it, links not followed (shutil.rmtree), taking a
+    file that vanishes meanwhile for removed."""
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_gone_ok)
+    else:
+        shutil.rmtree(path, onerror=_gone_ok)
+
+
 class ShareWalk:
     """The walk's half of Share."""
 
@@ -81,8 +100,13 @@ class ShareWalk:
         for rel in walk.temporaries:
             try:
                 st = os.lstat(self.root / rel)
-                if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                if st.st_mtime >= cutoff:
+                    continue
+                if stat.S_ISREG(st.st_mode):
                     os.unlink(self.root / rel)
+                    n += 1
+                elif stat.S_ISDIR(st.st_mode):  # a folder put aside by a delete killed midway
+                    remove_all(f"{self._root_s}/{rel}")
                     n += 1
             except OSError:
                 pass
@@ -205,6 +229,9 @@ class ShareWalk:
         """Names of real (non-link) subdirectories of rel_dir."""
         out = []
         for e in self._scan(rel_dir, walk):
+            if e.name.startswith(TMP_PREFIX):
+                walk.temporaries.append(f"{rel_dir}/{e.name}")  # a folder a delete put aside (Share.remove_tree)
+                continue
             if layout.is_ignored_name(e.name):
                 continue
             rel = f"{rel_dir}/{e.name}"

@@ -32,6 +32,10 @@ def mem_check(sh_obs: Obs | None) -> Check | None:
 def unchanged(share: Share, rel: str, sh_obs: Obs | None, it: ItemId) -> bool:
     """Compare-and-set on the share: the file must still be what we observed, so a
     hand edit that lands between our read and our write is not overwritten."""
+    return faults.wrap("share.unchanged", _unchanged(share, rel, sh_obs, it))
+
+
+def _unchanged(share: Share, rel: str, sh_obs: Obs | None, it: ItemId) -> bool:
     if sh_obs is None:
         return True
     if it.kind == SKILL:
@@ -85,10 +89,12 @@ def copies_unchanged(share: Share, payload: Payload | None) -> bool:
 
 
 def export_skill(share: Share, it: ItemId, rel: str, win: Version, node: str, payload: Payload,
-                 extras: str, max_skill_bytes: int = 0) -> str:
+                 extras: str, max_skill_bytes: int = 0, replaces: str | None = None) -> str:
     """Write a skill's folder (SKILL.md unless the share holds it already, the files a
     winning conflict copy brings, skill.json) and drop its tombstone; returns the digest
-    written.  A SKILL.md over the readers' limit is never written (formats.TooLarge, R10)."""
+    written.  A SKILL.md over the readers' limit is never written (formats.TooLarge, R10).
+    ``replaces``: the rev of the version this export replaces, named in skill.json (R2 on
+    a NAS: engine/plan.py base_seen)."""
     got = payload.skill_bytes()
     if got is None:
         raise FileRefused(Problem(rel, "no content to write for the skill", ""))
@@ -105,7 +111,8 @@ def export_skill(share: Share, it: ItemId, rel: str, win: Version, node: str, pa
             share.write(f"{rel}/{layout.SKILL_MD}", content)
         else:
             share.remove(f"{rel}/{layout.SKILL_MD}")
-    share.write(f"{rel}/{layout.SKILL_JSON}", formats.render_skill_json(it, path, digest, win.stamp, win.node))
+    share.write(f"{rel}/{layout.SKILL_JSON}",
+                formats.render_skill_json(it, path, digest, win.stamp, win.node, replaces))
     share.remove(layout.tombstone_path(it, node))
     return digest
 

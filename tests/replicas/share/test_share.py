@@ -138,3 +138,30 @@ def test_write_many_refuses_a_link_in_the_way_and_writes_the_rest(tmp_path: Path
     assert isinstance(got[0], FileRefused) and got[0].problem.path == "memory/evil"
     assert (root / "memory" / "ok" / "b.json").read_bytes() == b"b"
     assert list(outside.iterdir()) == []
+
+
+def test_a_removed_folder_goes_whole_and_one_left_aside_is_swept_when_stale(tmp_path: Path):
+    """Share.remove_tree renames a skill folder aside (one step) before emptying it, so an
+    export landing in it meanwhile cannot leave it half-emptied (R1, R2 on a NAS).  A
+    folder a killed delete left aside is never a skill, and a full pass's sweep removes
+    it once stale, as it does our temporary files (R7)."""
+    root = tmp_path / "share"
+    skill = root / "skills" / "web"
+    (skill / "scripts").mkdir(parents=True)
+    for f in ("SKILL.md", "skill.json", "scripts/run.sh"):
+        (skill / f).write_text(f)
+    share = Share(root, max_file_bytes=1 << 20)
+    share.remove_tree("skills/web")
+    assert list((root / "skills").iterdir()) == []
+    share.remove_tree("skills/web")  # gone already: nothing to do
+
+    old = time.time_ns() - 2 * AN_HOUR_NS
+    for name, ns in ((".meshsync-tmp-1-2-3", old), (".meshsync-tmp-4-5-6", None)):
+        (root / "skills" / name / "sub").mkdir(parents=True)
+        (root / "skills" / name / "SKILL.md").write_text("put aside")
+        if ns is not None:
+            os.utime(root / "skills" / name, ns=(ns, ns))
+    walk = Walk()
+    assert share.walk_subdirs("skills", walk) == []  # never a skill
+    assert share.sweep_walked(walk) == 1
+    assert [p.name for p in (root / "skills").iterdir()] == [".meshsync-tmp-4-5-6"]  # the fresh one stays
