@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Mesh, MeshNode, wait_for
+from helpers import Mesh, MeshNode, nas_views, wait_for
 from sync_helpers import UPSERT, mem_path, quick_node
 
 from meshsync import faults, formats, layout
@@ -35,20 +35,9 @@ ROUNDS = 6
 
 @pytest.fixture
 def nas3(tmp_path: Path) -> Iterator[tuple[Path, list[Path]]]:
-    """Three bindfs views of one folder: three machines on one NAS."""
-    real = tmp_path / "nas-real"
-    real.mkdir()
-    mounts: list[Path] = []
-    try:
-        for name in ("mount-a", "mount-b", "mount-c"):
-            m = tmp_path / name
-            m.mkdir()
-            subprocess.run(["bindfs", "--no-allow-other", str(real), str(m)], check=True)
-            mounts.append(m)
-        yield real, mounts
-    finally:
-        for m in reversed(mounts):
-            subprocess.run(["fusermount", "-u", str(m)], check=False)
+    """Three bindfs views of one folder: three machines on one NAS (helpers.nas_views)."""
+    with nas_views(tmp_path, ("mount-a", "mount-b", "mount-c")) as views:
+        yield views
 
 
 def _ready(n: MeshNode) -> bool:
