@@ -28,7 +28,7 @@ from . import hold, identity
 from .propagate import EXPORT
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .wiring import Replicas
 
 log = logging.getLogger("meshsync")
 
@@ -37,7 +37,7 @@ def _json(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
-def finish(node: Node, p: Pass) -> None:
+def finish(node: Replicas, p: Pass) -> None:
     before = node.index.error_reasons()
     record(node, p)
     hold.record(node, p)
@@ -50,7 +50,7 @@ def finish(node: Node, p: Pass) -> None:
     last_pass(node, p, cache_ok)
 
 
-def append_journal(node: Node, p: Pass) -> None:
+def append_journal(node: Replicas, p: Pass) -> None:
     """Name the items written in this node's journal, with any a failed append owes.  A
     journal that cannot be written is reported (other nodes that poll then see these
     writes only at their full rescan) and its lines are kept for the next pass (R12)."""
@@ -72,7 +72,7 @@ def append_journal(node: Node, p: Pass) -> None:
     p.journal_problem = []
 
 
-def refresh_cache(node: Node, p: Pass) -> bool:
+def refresh_cache(node: Replicas, p: Pass) -> bool:
     """mesh-memory.json, then mesh/skills/.  A cache that cannot be written (full disk,
     immutable file, permissions) is reported, stays owed (the next pass rewrites all of
     it) and never fails the pass: the index is in step already (R12).  True when both
@@ -91,7 +91,7 @@ def refresh_cache(node: Node, p: Pass) -> bool:
     return not failed
 
 
-def record_faults(node: Node, p: Pass) -> None:
+def record_faults(node: Replicas, p: Pass) -> None:
     """The cache's and the journal's problems as this pass found them (a good rewrite
     clears an old one); left as they are when the pass did not look."""
     kinds = [(kind, probs) for kind, probs in (("cache", p.cache_problems), ("journal", p.journal_problem))
@@ -124,7 +124,7 @@ def log_problems(before: dict[str, tuple[str, str, str]], after: dict[str, tuple
         log.info("%d more problems fixed", len(gone) - LOG_AT_MOST)
 
 
-def record(node: Node, p: Pass) -> None:
+def record(node: Replicas, p: Pass) -> None:
     """Problems, the outbox, retention; the journal of what was written."""
     idx = node.index
     all_problems = (p.walk.problems if p.walk is not None else []) + p.problems
@@ -175,7 +175,7 @@ def record(node: Node, p: Pass) -> None:
 PRUNE_EVERY_MS = 3_600_000  # the share's history is pruned at most once an hour (a full pass)
 
 
-def prune_history(node: Node, p: Pass) -> None:
+def prune_history(node: Replicas, p: Pass) -> None:
     """Retention of the share's history (R11): records are kept at least as long as
     tombstones and as conflict_retention_days, whichever is longer."""
     # Syncthing's copies of a record both nodes kept while apart (issue 17): every full
@@ -194,7 +194,7 @@ def prune_history(node: Node, p: Pass) -> None:
         log.info("removed %d month(s) of history older than %g days from the share", n, days)
 
 
-def refresh_cache_memory(node: Node, p: Pass) -> None:
+def refresh_cache_memory(node: Replicas, p: Pass) -> None:
     """mesh-memory.json: rewritten (patched after a targeted pass) when a memory item
     moved, when it is not the file we wrote last, or all of it when a killed pass owed it."""
     idx = node.index
@@ -224,7 +224,7 @@ def refresh_cache_memory(node: Node, p: Pass) -> None:
                          cache_prev=_json(p.cache_replaced))
 
 
-def refresh_cache_skills(node: Node, p: Pass) -> None:
+def refresh_cache_skills(node: Replicas, p: Pass) -> None:
     """mesh/skills/<name>.md for the skills that moved, and the signature the next
     pass compares to notice a tool's writes."""
     idx, cache, cw = node.index, node.cache, node.cache_writer
@@ -266,7 +266,7 @@ def refresh_cache_skills(node: Node, p: Pass) -> None:
             idx.set_meta(db, cache_skills_sig=ssig or "")
 
 
-def skill_folders(node: Node, changed: dict[str, str | None], full: bool) -> None:
+def skill_folders(node: Replicas, changed: dict[str, str | None], full: bool) -> None:
     """Mirror skill folders into cache.skill_dirs, and warn about SKILL.md files
     OpenClaw would not load (the skill is still synced)."""
     targets = node.s.cache.skill_dirs
@@ -301,7 +301,7 @@ def skill_folders(node: Node, changed: dict[str, str | None], full: bool) -> Non
                 node.index.replace_errors_one(db, "warning", path, (why, hint))
 
 
-def last_pass(node: Node, p: Pass, cache_ok: bool = True) -> None:
+def last_pass(node: Replicas, p: Pass, cache_ok: bool = True) -> None:
     """What `status` shows; the cache is in step with the index again (R7), unless it
     could not be written (then the next pass rewrites all of it)."""
     stats = p.stats

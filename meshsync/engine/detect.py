@@ -31,12 +31,12 @@ from meshsync.replicas.share.store import Walk, sweep_temporaries
 from . import intents
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .wiring import Replicas
 
 log = logging.getLogger("meshsync")
 
 
-def begin(node: Node, only: set[ItemId] | None) -> Pass:
+def begin(node: Replicas, only: set[ItemId] | None) -> Pass:
     """A pass's start: the share is there (else ShareUnavailable, nothing changed),
     a killed pass's exports are recovered, the clock is read once."""
     t0 = time.monotonic()
@@ -55,13 +55,13 @@ def begin(node: Node, only: set[ItemId] | None) -> Pass:
     return p
 
 
-def wal_repaired(node: Node) -> None:
+def wal_repaired(node: Replicas) -> None:
     log.warning("the index's -wal file was deleted while meshsync had it open: what it held was written into "
                 "the index, which was opened again (nothing is lost; do not delete -wal or -shm files of a live "
                 "index)")
 
 
-def guard_clock(node: Node, p: Pass, measure: bool = True) -> None:
+def guard_clock(node: Replicas, p: Pass, measure: bool = True) -> None:
     """The pass's clock is the file server's when this node's is far ahead of it (R12):
     measured once per pass that has items to stamp (engine/clock.py), never on an idle
     pass."""
@@ -78,7 +78,7 @@ def guard_clock(node: Node, p: Pass, measure: bool = True) -> None:
     p.now_ns -= delta * 1_000_000
 
 
-def local_changes(node: Node, p: Pass, only: set[ItemId] | None, full_index: bool) -> set[ItemId]:
+def local_changes(node: Replicas, p: Pass, only: set[ItemId] | None, full_index: bool) -> set[ItemId]:
     """Items other programs changed in the index (its outbox) and in the cache."""
     idx = node.index
     p.seq, outbox = idx.outbox()
@@ -108,7 +108,7 @@ def local_changes(node: Node, p: Pass, only: set[ItemId] | None, full_index: boo
     return outbox | set(p.cache_side.obs)
 
 
-def detect_cache(node: Node, state: StateView, claims: bool = False) -> cacheside.CacheSide:
+def detect_cache(node: Replicas, state: StateView, claims: bool = False) -> cacheside.CacheSide:
     """What Phase 1 tools changed in the cache since our last write (see
     cache/detect.py).  Costs one stat of mesh-memory.json and one listing of
     mesh/skills/ when nothing changed.  ``claims`` (a new index): entries are the
@@ -141,7 +141,7 @@ def detect_cache(node: Node, state: StateView, claims: bool = False) -> cachesid
     return side
 
 
-def full(node: Node, p: Pass, outbox: set[ItemId],
+def full(node: Replicas, p: Pass, outbox: set[ItemId],
          settle_early: Callable[[dict[ItemId, Obs]], None] | None) -> set[ItemId]:
     """A full pass: walk the share and gather every item that changed anywhere."""
     walk = p.walk = Walk()
@@ -163,7 +163,7 @@ def full(node: Node, p: Pass, outbox: set[ItemId],
     return candidates
 
 
-def targeted(node: Node, p: Pass, items: Iterable[ItemId]) -> set[ItemId]:
+def targeted(node: Replicas, p: Pass, items: Iterable[ItemId]) -> set[ItemId]:
     """A targeted pass: the share side of ``items`` only."""
     p.walk = Walk()
     candidates = set(items)
@@ -172,7 +172,7 @@ def targeted(node: Node, p: Pass, items: Iterable[ItemId]) -> set[ItemId]:
     return candidates
 
 
-def end(node: Node, p: Pass) -> None:
+def end(node: Replicas, p: Pass) -> None:
     """After detection: the share check again, then the sweep of a full pass."""
     # The share check again: an unmount during the walk must not read as deletes (R5).
     # (What a first import applied early came from files it read: no deletes.)
@@ -184,7 +184,7 @@ def end(node: Node, p: Pass) -> None:
         p.problems.extend(p.cache_side.events)
 
 
-def sweep(node: Node, walk: Walk) -> None:
+def sweep(node: Replicas, walk: Walk) -> None:
     """Remove the temporary files of writes killed midway (R7) once they are stale
     (STALE_TEMP_S): those the walk saw in the share, and the cache's.  They are never
     imported; this only keeps them from piling up."""

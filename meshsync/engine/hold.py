@@ -38,7 +38,7 @@ from meshsync.model import SHARE, Obs, Pass, Plan, State, base_live
 from .plan import Planned
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .wiring import Replicas
 
 log = logging.getLogger("meshsync")
 
@@ -67,7 +67,7 @@ def _over(n: int, base: int, s: Any) -> bool:
     return s.max_delete_percent < 100 and n > s.max_delete_count and n * 100 > s.max_delete_percent * base
 
 
-def _window(node: Node, p: Pass) -> dict[str, Any]:
+def _window(node: Replicas, p: Pass) -> dict[str, Any]:
     """Deletes by absence applied lately (meta delete_window), and the items each folder
     had when the window began."""
     if p.delete_window is None:
@@ -79,7 +79,7 @@ def _window(node: Node, p: Pass) -> dict[str, Any]:
     return p.delete_window
 
 
-def screen(node: Node, p: Pass, plans: list[Planned]) -> list[Planned]:
+def screen(node: Replicas, p: Pass, plans: list[Planned]) -> list[Planned]:
     """``plans`` less the deletes by absence that must be held (recorded in ``p.held``)."""
     p.hold_looked.update(it for it, _, _ in plans)
     cand = {it: folder_of(it, p.state.get(it), node.node)
@@ -108,7 +108,7 @@ def screen(node: Node, p: Pass, plans: list[Planned]) -> list[Planned]:
 # --- what the commit records -------------------------------------------------------------------
 
 
-def causes(node: Node, held: dict[ItemId, str]) -> list[str]:
+def causes(node: Replicas, held: dict[ItemId, str]) -> list[str]:
     """The likely cause of a hold, in words: which folders lost how many of their files."""
     live = node.index.live_folders()
     out = []
@@ -128,12 +128,12 @@ def _items(raw: list) -> dict[ItemId, str]:
     return {ItemId(k, s, key): f for k, s, key, f in raw}
 
 
-def load(node: Node) -> dict[str, Any] | None:
+def load(node: Replicas) -> dict[str, Any] | None:
     """The hold recorded by the last pass (meta delete_hold), or None."""
     return orjson.loads(node.index.meta("delete_hold") or "null")
 
 
-def record(node: Node, p: Pass) -> None:
+def record(node: Replicas, p: Pass) -> None:
     """After a pass: the hold as it stands now (a targeted pass keeps what it did not look
     at), the window, the confirmations used; the log once per new hold."""
     idx = node.index
@@ -168,7 +168,7 @@ def record(node: Node, p: Pass) -> None:
         log.info("the held deletes are no longer pending (files back, or deletes confirmed)")
 
 
-def confirm(node: Node) -> int:
+def confirm(node: Replicas) -> int:
     """Confirm the recorded hold: its items' deletes by absence will be applied by the
     next pass that looks at them (queued in the outbox, so a running daemon does it at
     once).  Returns how many."""

@@ -29,7 +29,7 @@ from meshsync.replicas.share import nodes
 from meshsync.replicas.share.store import FileRefused
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .wiring import Replicas
 
 log = logging.getLogger("meshsync")
 
@@ -37,7 +37,7 @@ CLASH_WINDOW_S = 900.0
 MARK_EVERY_S = 60.0
 
 
-def _meta(node: Node, key: str) -> Any:
+def _meta(node: Replicas, key: str) -> Any:
     return orjson.loads(node.index.meta(key) or "null")
 
 
@@ -49,7 +49,7 @@ def describe(clash: dict[str, Any]) -> str:
 FIX = "give each its own node_id (MESHSYNC_NODE_ID, or node_id: in its configuration) and its own index"
 
 
-def _another(node: Node, other: dict[str, Any]) -> bool:
+def _another(node: Replicas, other: dict[str, Any]) -> bool:
     """The mark is surely not an earlier copy of this index: another index, or this index
     under another path or on another host.  (An exact copy of it, as on a cloned VM,
     needs the second sighting.)"""
@@ -57,7 +57,7 @@ def _another(node: Node, other: dict[str, Any]) -> bool:
             or other.get("host") != socket.gethostname())
 
 
-def check(node: Node, p: Pass) -> None:
+def check(node: Replicas, p: Pass) -> None:
     """Read the node file, count another writer's marks, leave ours (see the docstring)."""
     if not (p.full or p.written):
         return

@@ -22,12 +22,12 @@ from meshsync.replicas.share import history
 from meshsync.replicas.share.store import FileRefused
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .wiring import Replicas
 
 log = logging.getLogger("meshsync")
 
 
-def _owner(node: Node, it: ItemId) -> str:
+def _owner(node: Replicas, it: ItemId) -> str:
     return node.node if it.kind == MEM and it.scope == "node" else ""
 
 
@@ -45,7 +45,7 @@ def _kept_value(it: ItemId, payload: Any) -> dict[str, Any]:
     return {"content": text} if text is not None else {}
 
 
-def records(node: Node, it: ItemId, plan: Plan, sides: dict[str, Obs], st: State | None) -> list[HistoryRecord]:
+def records(node: Replicas, it: ItemId, plan: Plan, sides: dict[str, Obs], st: State | None) -> list[HistoryRecord]:
     """What ``plan`` must keep before it is applied: each beaten version, and the last
     value of an item it deletes."""
     win = plan.winner
@@ -71,7 +71,7 @@ def records(node: Node, it: ItemId, plan: Plan, sides: dict[str, Obs], st: State
     return out
 
 
-def last_value(node: Node, it: ItemId, st: State, sides: dict[str, Obs]) -> tuple[dict[str, Any], str]:
+def last_value(node: Replicas, it: ItemId, st: State, sides: dict[str, Obs]) -> tuple[dict[str, Any], str]:
     """The base's value (the version last synced) and the side it was read from; ({}, "")
     when no side holds it any more."""
     idx = node.index
@@ -94,7 +94,7 @@ def last_value(node: Node, it: ItemId, st: State, sides: dict[str, Obs]) -> tupl
     return _read_share(node, it, st), "share"
 
 
-def _read_share(node: Node, it: ItemId, st: State) -> dict[str, Any]:
+def _read_share(node: Replicas, it: ItemId, st: State) -> dict[str, Any]:
     """The base's value from its share file, if the file still holds it."""
     share = node.share
     rel = st.rel or layout.item_path(it, node.node)
@@ -114,7 +114,7 @@ def _read_share(node: Node, it: ItemId, st: State) -> dict[str, Any]:
         return {}
 
 
-def write(node: Node, it: ItemId, recs: list[HistoryRecord]) -> str | None:
+def write(node: Replicas, it: ItemId, recs: list[HistoryRecord]) -> str | None:
     """Write ``recs``; None when done, else why not (the plan then waits, R11)."""
     for rec in recs:
         try:

@@ -9,76 +9,35 @@ does the same for a known set of items (the daemon's event path).
 A crash anywhere leaves a state that the next pass repairs: a share file written but
 not yet recorded in the index is simply seen as a (trusted) change of the share.
 
-This class only wires the replicas and names the steps; each step is a module of
-meshsync/engine/ (docs/architecture.md draws the pipeline).
+This class only names the steps; each step is a module of meshsync/engine/ and is handed
+the node as :class:`~meshsync.engine.wiring.Replicas` (docs/architecture.md draws the
+pipeline).
 """
 
 from __future__ import annotations
 
 import gc
-import grp
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from meshsync import faults, formats
-from meshsync.config import Settings
 from meshsync.layout import MEM, SKILL, ItemId
 from meshsync.model import Obs, Pass, PassStats
-from meshsync.replicas.cache.store import Cache, CacheLayout
-from meshsync.replicas.cache.write import CacheWriter
+from meshsync.replicas.cache.store import CacheLayout
 from meshsync.replicas.index.detect import detect_index
-from meshsync.replicas.index.store import Index
-from meshsync.replicas.share.detect import ShareDetector
-from meshsync.replicas.share.history import History
-from meshsync.replicas.share.store import Share
 
 from . import commit, detect, hold
-from .clock import ServerClock
-from .plan import Policy, plan, readable_items
+from .plan import plan, readable_items
 from .propagate import propagate
+from .wiring import Replicas
 
 __all__ = ["Node", "PassStats"]
 
 
-class Node:
-    """One node: its share, index and cache, and the pass that keeps them in step."""
-
-    def __init__(self, settings: Settings, *, index: Index | None = None):
-        self.policy = Policy(settings)
-        self.node = settings.node_id
-        gid = None
-        if settings.share_files.group:
-            g = settings.share_files.group
-            gid = int(g) if g.isdigit() else grp.getgrnam(g).gr_gid
-        mode = int(settings.share_files.file_mode, 8) if settings.share_files.file_mode else None
-        self.share = Share(settings.share, max_file_bytes=settings.limits.max_file_bytes,
-                           fsync=settings.share_files.fsync, file_mode=mode, gid=gid)
-        self.index = index or Index(settings.index, busy_timeout=settings.index_busy_timeout)
-        try:
-            self.index_id = self.index.claim(settings.node_id)  # R11: an index serves one node id
-        except Exception:
-            self.index.close()
-            raise
-        self.cache = Cache(settings.openclaw_home)
-        self.history = History(self.share, self.node)  # beaten and deleted versions, on the share (R11)
-        self.history_pruned: int | None = None  # when this process last pruned it (ms; commit.py)
-        self.progress: Callable[[str, int, int | None], None] | None = None
-        self.deferred: list[ItemId] = []  # items whose share file changed under us: next pass
-        self.retry: dict[ItemId, str] = {}  # items the last pass could not export, and why (R12)
-        self.faults: dict[str, str] = {}  # cache or journal writes the last pass could not make (R12)
-        self.journal_owed: list[ItemId] = []  # items written whose journal lines could not be appended
-        # Signatures of files this process wrote: their change events are our own echo.
-        self.own_sigs: dict[str, str] = {}
-        self.share_detector = ShareDetector(self.share, self.policy, self.own_sigs)
-        self.share_detector.tick = self.tick
-        self.cache_writer = CacheWriter(self.cache, self.index, self.policy.may_read)
-        self.settle_early = True  # a first import applies items as it reads them (see ShareDetector.changed)
-        self.clock = ServerClock(settings.node_id)  # the file server's clock (R12)
-
-    def close(self) -> None:
-        self.share.close()
-        self.index.close()
+class Node(Replicas):
+    """One node: its share, index and cache (:class:`Replicas`), and the pass that keeps
+    them in step."""
 
     # --- the pass --------------------------------------------------------------------------
 
@@ -148,20 +107,6 @@ class Node:
         # A mass delete by absence is held before anything is written (R11).
         propagate(self, p, hold.screen(self, p, plan(self.policy, p, items, share_obs, index_obs)), tick)
 
-    def tick(self, what: str, done: int, total: int | None) -> None:
-        if self.progress is not None:
-            self.progress(what, done, total)
-
-    # --- settings and scopes ------------------------------------------------------------------
-
-    @property
-    def s(self) -> Settings:
-        return self.policy.s
-
-    @s.setter
-    def s(self, settings: Settings) -> None:  # a reload (SIGHUP)
-        self.policy.s = settings
-
     def readable(self, item: ItemId) -> bool:
         return self.policy.readable(item)
 
@@ -183,10 +128,6 @@ class Node:
         return self.share_detector.helper_read
 
     # --- the cache -------------------------------------------------------------------------------
-
-    def write_cache_memory(self, patch: bool = False) -> str | None:
-        """Rewrite mesh-memory.json from the index; returns its stat signature."""
-        return self.cache_writer.write_memory(patch)
 
     def cache_document(self) -> Iterator[bytes]:
         """The whole of mesh-memory.json as the index renders it (tests)."""
@@ -226,11 +167,6 @@ class Node:
     @property
     def cache_layout(self) -> CacheLayout | None:
         return self.cache_writer.layout
-
-    def record_unavailable(self, reason: str) -> None:
-        with self.index.write() as db:
-            self.index.set_meta(db, share_status="unavailable", share_reason=reason,
-                                share_checked=str(time.time()))
 
     # --- local writes (CLI): plain writes, exactly as any other client would make them ---------
 

@@ -54,7 +54,7 @@ from . import intents, keep
 from .plan import Planned
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .wiring import Replicas
 
 log = logging.getLogger("meshsync")
 
@@ -63,7 +63,7 @@ BATCH = 500  # rows per index write transaction: short, so other writers are nev
 Pending = tuple[ItemId, Plan, dict[str, Obs], State | None]
 
 
-def propagate(node: Node, p: Pass, plans: list[Planned], tick: bool = True) -> None:
+def propagate(node: Replicas, p: Pass, plans: list[Planned], tick: bool = True) -> None:
     """Apply ``plans`` (in key order), BATCH at a time."""
     faults.hit("propagate.start")
     batch = ExportBatch(node, p)
@@ -121,7 +121,7 @@ def _source(plan: Plan, sides: dict[str, Obs]) -> Payload | None:
 class ExportBatch:
     """Up to BATCH plans between their share writes and their index commit."""
 
-    def __init__(self, node: Node, p: Pass) -> None:
+    def __init__(self, node: Replicas, p: Pass) -> None:
         self.node = node
         self.p = p
         self.pending: list[Pending] = []
