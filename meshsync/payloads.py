@@ -24,14 +24,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from meshsync import secretguard
 from meshsync.model import sig_text
 
 if TYPE_CHECKING:
     from meshsync import formats
-    from meshsync.replicas.index.store import MemoryRow, SkillRow
 
 # Compare-and-set for a write: given the target's lstat (None: absent) just before the
 # rename, whether it is still what the caller saw.
@@ -296,6 +295,26 @@ class CopySkill(ShareSkill):
 
 
 # --- index -------------------------------------------------------------------------------
+
+
+class MemoryRow(Protocol):
+    """A mesh_memory row as the index reads it (replicas/index/store.py's MemoryRow)."""
+
+    @property
+    def value(self) -> str: ...
+    @property
+    def sig(self) -> str: ...
+
+
+class SkillRow(Protocol):
+    """A mesh_skills row as the index reads it (replicas/index/store.py's SkillRow)."""
+
+    @property
+    def content(self) -> str | None: ...
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def sig(self) -> str: ...
 
 
 @dataclass(slots=True)

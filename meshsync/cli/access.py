@@ -19,7 +19,8 @@ import shlex
 from pathlib import Path
 
 from meshsync import config
-from meshsync.cli.common import EXIT_USAGE, CliError, index_uid
+from meshsync.cli.common import CliError, index_uid
+from meshsync.exits import EXIT_USAGE
 
 
 def user_name(uid: int) -> str:

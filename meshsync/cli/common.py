@@ -18,6 +18,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meshsync import config, formats, layout
+from meshsync.exits import (  # the commands import them from here, with CliError
+    EXIT_FAULT,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+)
 from meshsync.layout import ItemId
 from meshsync.lock import IndexLock, Locked
 from meshsync.replicas.index.store import Index, IndexError_
@@ -26,7 +33,6 @@ from meshsync.replicas.share.store import ShareUnavailable
 if TYPE_CHECKING:
     from meshsync.engine.node import Node
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_BUSY, EXIT_FAULT, EXIT_REFUSED = range(8)
 
 
 class CliError(Exception):

@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 
 from meshsync import __version__, config
-from meshsync.cli.common import EXIT_OK
+from meshsync.exits import EXIT_OK
 
 SHELLS = ("bash", "zsh", "fish")
 FILE = "@file"  # the value list of an option or argument that takes a file

@@ -18,16 +18,8 @@ from typing import Any
 import orjson
 
 from meshsync import config, formats, layout
-from meshsync.cli.common import (
-    EXIT_NOT_FOUND,
-    EXIT_OK,
-    EXIT_UNAVAILABLE,
-    CliError,
-    dump_doc,
-    open_node,
-    report_write,
-    secret_hits,
-)
+from meshsync.cli.common import CliError, dump_doc, open_node, report_write, secret_hits
+from meshsync.exits import EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE
 from meshsync.formats import HistoryRecord
 from meshsync.layout import MEM, SKILL, ItemId
 from meshsync.replicas.share.history import MIN_PREFIX, History, Listing

@@ -12,16 +12,8 @@ import sys
 from typing import Any
 
 from meshsync import config
-from meshsync.cli.common import (
-    EXIT_OK,
-    EXIT_PROBLEMS,
-    EXIT_UNAVAILABLE,
-    CliError,
-    command_lock,
-    dump_doc,
-    open_index,
-    open_node,
-)
+from meshsync.cli.common import CliError, command_lock, dump_doc, open_index, open_node
+from meshsync.exits import EXIT_OK, EXIT_PROBLEMS, EXIT_UNAVAILABLE
 from meshsync.layout import MEM
 from meshsync.replicas.index import queries
 from meshsync.replicas.share.store import ShareUnavailable

@@ -7,7 +7,7 @@
 
 :func:`doctor_checks` turns all this into ``meshsync doctor`` lines.  meshsync only reads
 from Syncthing; it never changes Syncthing's configuration.  (Syncthing's file names,
-which the engine reads, are meshsync/syncthing.py.)
+which the engine reads, are meshsync/replicas/share/syncthing.py.)
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from meshsync.cli.checks import FAIL, PASS, WARN, Check
 from meshsync.config import Settings
 from meshsync.replicas.share import journal
 from meshsync.replicas.share.store import TMP_PREFIX
-from meshsync.syncthing import IGNORE_FILE, MARKER, is_syncthing_folder
+from meshsync.replicas.share.syncthing import IGNORE_FILE, MARKER, is_syncthing_folder
 
 API_TIMEOUT_S = 5.0
 

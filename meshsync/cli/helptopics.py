@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from meshsync import config
-from meshsync.cli.common import EXIT_OK, EXIT_USAGE, JSON_SCHEMA_VERSION, CliError
+from meshsync.cli.common import JSON_SCHEMA_VERSION, CliError
+from meshsync.exits import EXIT_OK, EXIT_USAGE
 
 GUIDES = {
     "exit-codes": "what each exit code of meshsync means",

@@ -28,18 +28,7 @@ from collections.abc import Callable
 
 from meshsync import __version__, config, logs
 from meshsync.cli import access
-from meshsync.cli.common import (  # noqa: F401  (re-exported: the exit codes and CliError live here too)
-    EXIT_BUSY,
-    EXIT_FAULT,
-    EXIT_NOT_FOUND,
-    EXIT_OK,
-    EXIT_PROBLEMS,
-    EXIT_REFUSED,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    CliError,
-    fault_problem,
-)
+from meshsync.cli.common import CliError, fault_problem
 from meshsync.cli.completion import SHELLS, cmd_completion
 from meshsync.cli.conflicts import cmd_conflicts, cmd_conflicts_restore, cmd_deleted, cmd_restore
 from meshsync.cli.deletes import cmd_deletes, cmd_deletes_confirm
@@ -52,6 +41,7 @@ from meshsync.cli.search import cmd_search
 from meshsync.cli.setup import cmd_init, cmd_run, cmd_sync
 from meshsync.cli.skills import cmd_skill_get, cmd_skill_ls, cmd_skill_put, cmd_skill_rm
 from meshsync.cli.status import cmd_status
+from meshsync.exits import EXIT_FAULT, EXIT_OK, EXIT_USAGE
 from meshsync.replicas.index.store import IndexError_
 
 EPILOG = """exit codes:

@@ -14,8 +14,6 @@ import orjson
 
 from meshsync import config, formats, layout
 from meshsync.cli.common import (
-    EXIT_NOT_FOUND,
-    EXIT_OK,
     CliError,
     dump,
     dump_doc,
@@ -28,6 +26,7 @@ from meshsync.cli.common import (
     when,
 )
 from meshsync.cli.status import ItemStates, row_sig, state_note, state_text
+from meshsync.exits import EXIT_NOT_FOUND, EXIT_OK
 from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import memory_row_sig
 

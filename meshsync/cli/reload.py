@@ -21,14 +21,8 @@ from typing import Any
 import orjson
 
 from meshsync import config
-from meshsync.cli.common import (
-    EXIT_OK,
-    EXIT_PROBLEMS,
-    EXIT_USAGE,
-    CliError,
-    daemon_holder,
-    open_index,
-)
+from meshsync.cli.common import CliError, daemon_holder, open_index
+from meshsync.exits import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from meshsync.replicas.index import queries
 
 POLL = 0.05

@@ -15,14 +15,9 @@ import argparse
 import time
 
 from meshsync import config
-from meshsync.cli.common import (
-    EXIT_OK,
-    EXIT_UNAVAILABLE,
-    CliError,
-    open_node,
-    report_write,
-)
+from meshsync.cli.common import CliError, open_node, report_write
 from meshsync.engine.clock import ServerClock
+from meshsync.exits import EXIT_OK, EXIT_UNAVAILABLE
 from meshsync.reconcile import FUTURE_MS
 from meshsync.replicas.share.store import Share, ShareUnavailable
 

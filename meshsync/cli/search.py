@@ -15,15 +15,8 @@ from itertools import islice
 import orjson
 
 from meshsync import config
-from meshsync.cli.common import (
-    EXIT_NOT_FOUND,
-    EXIT_OK,
-    CliError,
-    dump_doc,
-    open_index,
-    scope_arg,
-    when,
-)
+from meshsync.cli.common import CliError, dump_doc, open_index, scope_arg, when
+from meshsync.exits import EXIT_NOT_FOUND, EXIT_OK
 from meshsync.replicas.index import queries
 
 # The scope column is not searched: every row of scope "mesh" holds the word "mesh".

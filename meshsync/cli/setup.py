@@ -12,20 +12,17 @@ import sys
 from pathlib import Path
 
 from meshsync import config, layout, logs
-from meshsync.cli.common import (
+from meshsync.cli.common import CliError, command_lock, dump_doc, open_node
+from meshsync.cli.deletes import FIX, describe
+from meshsync.cli.status import pass_json
+from meshsync.exits import (
     EXIT_BUSY,
     EXIT_FAULT,
     EXIT_OK,
     EXIT_PROBLEMS,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
-    CliError,
-    command_lock,
-    dump_doc,
-    open_node,
 )
-from meshsync.cli.deletes import FIX, describe
-from meshsync.cli.status import pass_json
 from meshsync.replicas.index.store import Index, IndexError_
 from meshsync.replicas.share.store import Share, ShareUnavailable
 

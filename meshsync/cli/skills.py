@@ -12,8 +12,6 @@ from pathlib import Path
 
 from meshsync import config, layout
 from meshsync.cli.common import (
-    EXIT_NOT_FOUND,
-    EXIT_OK,
     CliError,
     dump_doc,
     open_index,
@@ -23,6 +21,7 @@ from meshsync.cli.common import (
     when,
 )
 from meshsync.cli.status import ItemStates, row_sig, state_note, state_text
+from meshsync.exits import EXIT_NOT_FOUND, EXIT_OK
 from meshsync.replicas.index import queries
 from meshsync.replicas.index.store import skill_row_sig
 

@@ -15,9 +15,10 @@ import orjson
 
 from meshsync import config
 from meshsync.cli import probes
-from meshsync.cli.common import EXIT_OK, daemon_holder, dump_doc, other_user, when
+from meshsync.cli.common import daemon_holder, dump_doc, other_user, when
 from meshsync.cli.conflicts import as_json, row_json
 from meshsync.cli.deletes import hold_json
+from meshsync.exits import EXIT_OK
 from meshsync.layout import ItemId
 from meshsync.reconcile import FUTURE_MS
 from meshsync.replicas.index import queries

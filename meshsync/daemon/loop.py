@@ -34,7 +34,6 @@ from typing import Any
 import orjson
 
 from meshsync import config, logs
-from meshsync.cli.common import EXIT_FAULT
 from meshsync.config import Settings
 from meshsync.daemon.notify import Notifier
 from meshsync.daemon.retry import Faults
@@ -51,6 +50,7 @@ from meshsync.daemon.watch import ShareEvents, choose_mode
 from meshsync.diagnose import index_problem
 from meshsync.engine.detect import wal_repaired
 from meshsync.engine.node import Node
+from meshsync.exits import EXIT_FAULT
 from meshsync.layout import ItemId
 from meshsync.lock import IndexLock, Locked
 from meshsync.replicas.index import queries

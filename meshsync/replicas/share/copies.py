@@ -30,10 +30,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from meshsync import layout, syncthing
+from meshsync import layout
 from meshsync.layout import MEM
 from meshsync.model import COPY, ItemId, Obs, Pass, Problem
 from meshsync.payloads import CopyMem
+from meshsync.replicas.share import syncthing
 from meshsync.replicas.share.store import FileEntry, Share, SkillDir, Walk, item_of_memory_rel
 
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Protocol
 
-from meshsync import formats, layout, syncthing
+from meshsync import formats, layout
 from meshsync.formats import FormatError
 from meshsync.layout import MEM, NOT_UTF8_NAME, not_unicode
 from meshsync.model import ABSENT, ItemId, Obs, Pass, Problem, State, Version, base_live, base_of
 from meshsync.payloads import CopySkill, ShareFile, ShareMem, ShareSkill
 from meshsync.reconcile import effective
-from meshsync.replicas.share import copies, memread
+from meshsync.replicas.share import copies, memread, syncthing
 from meshsync.replicas.share.store import (
     CHANGED_WHILE_READ,
     FileEntry,

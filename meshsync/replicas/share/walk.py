@@ -48,7 +48,7 @@ def settled(st: os.stat_result, now_ns: int, margin_ns: int = SETTLE_NS) -> bool
     return now_ns - st.st_mtime_ns > margin_ns
 
 
-CONFLICT_MARK = ".sync-conflict-"  # in the name of Syncthing's conflict copies (meshsync/syncthing.py)
+CONFLICT_MARK = ".sync-conflict-"  # in the name of Syncthing's conflict copies (meshsync/replicas/share/syncthing.py)
 
 
 def is_conflict_copy(name: str) -> bool:

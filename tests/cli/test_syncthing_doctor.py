@@ -1,4 +1,4 @@
-"""meshsync/syncthing.py and meshsync/cli/doctor_syncthing.py: Syncthing's names, its ignore
+"""meshsync/replicas/share/syncthing.py and meshsync/cli/doctor_syncthing.py: Syncthing's names, its ignore
 patterns, and doctor's checks of a Syncthing-kept share, against the real Syncthing of tests/syncthing_helpers.py."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import pytest
 from helpers import wait_for
 from syncthing_helpers import SyncthingMesh, SyncthingNode, wait_file
 
-from meshsync import config, formats, layout, syncthing
+from meshsync import config, formats, layout
 from meshsync.cli.doctor_syncthing import IGNORE_TMP, Ignores, doctor_checks
 from meshsync.config import Settings
+from meshsync.replicas.share import syncthing
 from meshsync.replicas.share.store import TMP_PREFIX, FileEntry, Share
-from meshsync.syncthing import ConflictName, conflict_original, parse_conflict_name
+from meshsync.replicas.share.syncthing import ConflictName, conflict_original, parse_conflict_name
 
 # --- names ------------------------------------------------------------------------------------
 
