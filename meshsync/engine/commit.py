@@ -179,7 +179,8 @@ def prune_history(node: Node, p: Pass) -> None:
     """Retention of the share's history (R11): records are kept at least as long as
     tombstones and as conflict_retention_days, whichever is longer."""
     # Syncthing's copies of a record both nodes kept while apart (issue 17): every full
-    # pass, so that none is left; a listing of each month folder, no write when none.
+    # pass, so that none is left (R11); a stat of each month folder, a listing of those
+    # changed since the last pass, no write when none.
     if node.share_detector.replicated and node.history.fold_copies():
         log.info("removed Syncthing's conflict copies of history records (the records keep the same versions)")
     # Remembered by the process, not in the index: an idle node writes nothing (R8); a
