@@ -203,8 +203,8 @@ def refresh_cache_memory(node: Node, p: Pass) -> None:
     if p.owed:  # a killed pass did not refresh the cache (R7): all of it, now
         p.changed_mem = True
         rows = {n: c for n, c, _p, _s, _u in idx.all_skill_rows()}
-        gone = {it.key: None for it, st in idx.load_state().items()
-                if it.kind == SKILL and st.deleted and it.key not in rows}
+        gone = {it.key: None for it, st in idx.load_state(kind=SKILL).items()
+                if st.deleted and it.key not in rows}
         p.changed_skills = {**gone, **rows, **p.changed_skills}
     if p.cache_side is not None and p.cache_side.unreadable:
         # A tool is writing mesh-memory.json (or left it broken): never overwrite it;
