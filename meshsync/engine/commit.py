@@ -179,7 +179,8 @@ def prune_history(node: Replicas, p: Pass) -> None:
     """Retention of the share's history (R11): records are kept at least as long as
     tombstones and as conflict_retention_days, whichever is longer."""
     # Syncthing's copies of a record both nodes kept while apart (issue 17): every full
-    # pass, so that none is left; a listing of each month folder, no write when none.
+    # pass, so that none is left (R11); a stat of each month folder, a listing of those
+    # changed since the last pass, no write when none.
     if node.share_detector.replicated and node.history.fold_copies():
         log.info("removed Syncthing's conflict copies of history records (the records keep the same versions)")
     # Remembered by the process, not in the index: an idle node writes nothing (R8); a
@@ -202,8 +203,8 @@ def refresh_cache_memory(node: Replicas, p: Pass) -> None:
     if p.owed:  # a killed pass did not refresh the cache (R7): all of it, now
         p.changed_mem = True
         rows = {n: c for n, c, _p, _s, _u in idx.all_skill_rows()}
-        gone = {it.key: None for it, st in idx.load_state().items()
-                if it.kind == SKILL and st.deleted and it.key not in rows}
+        gone = {it.key: None for it, st in idx.load_state(kind=SKILL).items()
+                if st.deleted and it.key not in rows}
         p.changed_skills = {**gone, **rows, **p.changed_skills}
     if p.cache_side is not None and p.cache_side.unreadable:
         # A tool is writing mesh-memory.json (or left it broken): never overwrite it;

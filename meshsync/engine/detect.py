@@ -102,17 +102,21 @@ def local_changes(node: Replicas, p: Pass, only: set[ItemId] | None, full_index:
     # What mesh/skills/ holds as this pass looks at it (see commit.py: files a tool
     # writes after this are left for the next pass).
     p.cache_skills_before = node.cache_writer.skill_stats() if look else None
-    p.cache_side = detect_cache(node, p.state, new_index) if look else cacheside.CacheSide(looked=False)
+    p.cache_side = (detect_cache(node, p.state, new_index, p.cache_skills_before) if look
+                    else cacheside.CacheSide(looked=False))
     # Items Phase 1 tools changed in the cache join the pass (and, in a targeted
     # pass, get their share side observed like any other).
     return outbox | set(p.cache_side.obs)
 
 
-def detect_cache(node: Replicas, state: StateView, claims: bool = False) -> cacheside.CacheSide:
+def detect_cache(node: Replicas, state: StateView, claims: bool = False,
+                 skill_stats: dict[str, tuple[int, int, int]] | None = None) -> cacheside.CacheSide:
     """What Phase 1 tools changed in the cache since our last write (see
     cache/detect.py).  Costs one stat of mesh-memory.json and one listing of
-    mesh/skills/ when nothing changed.  ``claims`` (a new index): entries are the
-    versions they claim, and skill files (which claim none) wait for the next pass."""
+    mesh/skills/ when nothing changed (``skill_stats``: the pass's own listing, made just
+    before; a tool's write after it is caught by commit.py's check, R2).  ``claims`` (a
+    new index): entries are the versions they claim, and skill files (which claim none)
+    wait for the next pass."""
     side = cacheside.CacheSide()
     idx = node.index
     sig = node.cache.memory_sig()
@@ -129,7 +133,7 @@ def detect_cache(node: Replicas, state: StateView, claims: bool = False) -> cach
                 state[it] = full[it]
     if claims:
         return side
-    ssig = node.cache_writer.skills_sig()
+    ssig = node.cache_writer.skills_sig(skill_stats)
     if ssig is not None and ssig != idx.meta("cache_skills_sig"):
         contents = {name: content for name, content, _p, _n, _u in idx.all_skill_rows()}
         sk = cacheside.detect_skills(node.cache, state, contents, node.node)

@@ -131,3 +131,64 @@ def test_history_is_pruned_after_its_retention(mesh: Mesh):
     os.utime(root)
     sync_json(a)
     assert not old.exists() and kept.exists() and recent.exists()
+
+
+def _record_file(folder, i: int) -> str:
+    """A record file of the share's history, as History.keep writes it; returns its name."""
+    from meshsync import formats, layout
+    from meshsync.replicas.share.history import record
+    rec = record("beaten", layout.memory_id("mesh", f"k{i}"), "", 1_700_000_000_000 + i, "b", "d" * 16,
+                 value=b"1", by_stamp=1_700_000_000_001 + i, by_node="a", by_deleted=False, side="share",
+                 recorded_by="a", now_ms=1_700_000_000_000)
+    name = f"beaten-{rec.id}.json"
+    (folder / name).write_bytes(formats.render_history(rec))
+    return name
+
+
+def test_syncthing_copies_of_history_records_are_folded_and_unchanged_months_not_listed(tmp_path):
+    """A Syncthing folder's full pass removes Syncthing's conflict copies of history
+    records (R11: the record keeps the same version; a copy whose record is gone is put
+    back under its name first).  A month folder found without a copy is listed again
+    only when its signature moved: a year of history is not listed on every full pass,
+    yet a copy arriving later is still folded, even with the folder's mtime set back."""
+    from meshsync.replicas.share.history import History
+    from meshsync.replicas.share.store import Share
+
+    root = tmp_path / "share"
+    months = [root / ".meshsync" / "history" / f"2026-{m:02d}" for m in (1, 2, 3)]
+    names = {}
+    for i, folder in enumerate(months):
+        folder.mkdir(parents=True)
+        names[folder] = [_record_file(folder, i * 10 + j) for j in range(5)]
+    hist = History(Share(root, max_file_bytes=1 << 20), "a")
+    # The clock of each call is given: a folder changed in the last 3 s is never trusted
+    # unchanged (the same tick may hold another change), later ones are.
+    settled = lambda: time.time_ns() + 10 * 10**9  # noqa: E731
+    assert hist.fold_copies(time.time_ns()) == 0 and hist.listed == 3
+    assert hist.fold_copies(time.time_ns()) == 0 and hist.listed == 3, "fresh folders are listed again"
+    assert hist.fold_copies(settled()) == 0 and hist.listed == 3
+    assert hist.fold_copies(settled()) == 0 and hist.listed == 0, "unchanged months are not listed"
+
+    # Both nodes kept the same version while apart: Syncthing's copy of a record.
+    feb = months[1]
+    rec = names[feb][0]
+    copy = feb / rec.replace(".json", ".sync-conflict-20261204-101010-ABCDEFG.json")
+    copy.write_bytes((feb / rec).read_bytes())
+    assert hist.fold_copies(settled()) == 1 and hist.listed == 1
+    assert not copy.exists() and (feb / rec).exists()
+
+    # A copy whose record is gone: the record comes back under its own name.
+    mar = months[2]
+    rec = names[mar][1]
+    data = (mar / rec).read_bytes()
+    hist.fold_copies(settled())
+    hist.fold_copies(settled())
+    assert hist.listed == 0
+    copy = mar / rec.replace(".json", ".sync-conflict-20261204-111111-HIJKLMN.json")
+    st = os.stat(mar)
+    os.rename(mar / rec, copy)  # Syncthing renames the file it replaces to the copy's name
+    os.utime(mar, ns=(st.st_atime_ns, st.st_mtime_ns))  # the folder's mtime set back: its ctime moved
+    assert os.stat(mar).st_mtime_ns == st.st_mtime_ns
+    assert hist.fold_copies(settled()) == 1 and hist.listed == 1
+    assert (mar / rec).read_bytes() == data and not copy.exists()
+    assert sorted(p.name for p in mar.iterdir()) == sorted(names[mar])

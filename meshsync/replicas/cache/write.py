@@ -85,10 +85,12 @@ class CacheWriter:
             pass
         return out
 
-    def skills_sig(self) -> str | None:
+    def skills_sig(self, stats: dict[str, tuple[int, int, int]] | None = None) -> str | None:
+        """The signature of mesh/skills/: of ``stats`` when the caller has just listed it
+        (skill_stats), else of a listing made now."""
         if not self.cache.skills_dir.is_dir():
             return None
-        return skills_sig_of(self.skill_stats())
+        return skills_sig_of(self.skill_stats() if stats is None else stats)
 
     def _bad(self) -> list[str]:
         """Cache keys of rows reported as bad, refused or not yet exported: their entries keep

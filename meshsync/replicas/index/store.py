@@ -373,11 +373,15 @@ class Index(IndexWrites, IndexFile):
             out[ItemId(kind, scope, key)] = State(stamp, node, digest, bool(deleted), ssig, shash, rsig, rel, aux)
         return out
 
-    def load_state(self, items: Iterable[ItemId] | None = None) -> dict[ItemId, State]:
-        """The base of every item, or of ``items`` only (the daemon's per-change path
-        must not cost O(all items))."""
+    def load_state(self, items: Iterable[ItemId] | None = None, kind: str | None = None) -> dict[ItemId, State]:
+        """The base of every item (of ``kind``: the skills' are a few hundred beside 100k
+        memory items), or of ``items`` only (the daemon's per-change path must not cost
+        O(all items))."""
         if items is not None:
             return self.load_state_many(list(items))
+        if kind is not None:
+            return self._states(self.db.execute(f"SELECT {self._STATE_COLS} FROM meshsync_state t WHERE t.kind = ?",
+                                                (kind,)), {})
         return self._states(self.db.execute(f"SELECT {self._STATE_COLS} FROM meshsync_state t"), {})
 
     def load_state_many(self, items: list[ItemId]) -> dict[ItemId, State]:

@@ -16,7 +16,9 @@ two folders, listed once.  Retention removes whole month folders (no file is rea
 
 Nothing here runs on a pass that changes nothing: records are written when a pass beats
 or deletes a version, listed on demand (`meshsync conflicts`, `deleted`, `status`), and
-pruned at most once an hour by a full pass.
+pruned at most once an hour by a full pass.  On a Syncthing folder a full pass also looks
+for Syncthing's conflict copies of records (fold_copies): one stat per month folder, a
+listing only of the folders that changed since the last one.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from meshsync.formats import FormatError, HistoryRecord
 from meshsync.layout import HISTORY, ItemId
 from meshsync.payloads import absent
 from meshsync.replicas.share.store import Changed, FileRefused, Share
-from meshsync.replicas.share.walk import CONFLICT_MARK
+from meshsync.replicas.share.walk import CONFLICT_MARK, SETTLE_NS
 
 MONTH = re.compile(r"\d{4}-\d{2}")
 NAME = re.compile(r"(beaten|deleted)-([0-9a-f]{12})\.json")
@@ -67,6 +69,10 @@ class History:
         self.share = share
         self.node = node
         self.own = f"{HISTORY}/node/{layout.encode(node)}"
+        # Month folders fold_copies listed and found without a copy, with the signature
+        # they had (see fold_copies); and how many it listed last time (tests, benchmarks).
+        self.clean: dict[str, tuple[int, int, int, int]] = {}
+        self.listed = 0
 
     # --- writing -----------------------------------------------------------------------
 
@@ -158,35 +164,64 @@ class History:
 
     # --- Syncthing -------------------------------------------------------------------------
 
-    def fold_copies(self) -> int:
+    def fold_copies(self, now_ns: int | None = None) -> int:
         """Remove Syncthing's conflict copies of records (two nodes apart kept the same
         version: one record name, two files); returns how many.  A record's name is the
         version it keeps, so the copy keeps nothing the record does not.  A copy whose
-        record is gone is put back under the record's name first (R2, R11)."""
-        n = 0
+        record is gone is put back under the record's name first (R2, R11).
+
+        Runs on every full pass of a Syncthing folder, where the history holds a file per
+        record (a year of it: thousands): a month folder whose signature (mtime, ctime,
+        inode, device) is the one it had when it was last listed and held no copy is not
+        listed again.  A copy arriving creates or renames an entry there, which moves the
+        folder's mtime and ctime (a ``touch`` back of the mtime still moves the ctime);
+        a folder changed in the last SETTLE_NS is listed again on the next pass, as the
+        walk does with files (a change within the same clock tick keeps the mtime)."""
+        now = time.time_ns() if now_ns is None else now_ns
+        n, listed, clean = 0, 0, {}
         for base in (HISTORY, self.own):
             for month in self._months(base):
                 d = f"{base}/{month}"
                 try:
-                    names = set(os.listdir(self.share.root / d))
+                    st = self.share.lstat(d)
                 except OSError:
+                    st = None
+                sig = None if st is None else (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+                if sig is not None and self.clean.get(d) == sig:
+                    clean[d] = sig
                     continue
-                for name in sorted(names):
-                    if CONFLICT_MARK not in name or name.startswith("."):
-                        continue
-                    orig = name.split(CONFLICT_MARK, 1)[0] + ".json"
-                    if not NAME.fullmatch(orig):
-                        continue
-                    try:
-                        if orig not in names:
-                            data, _ = self.share.read(f"{d}/{name}")
-                            self.share.write(f"{d}/{orig}", data, absent)
-                            names.add(orig)
-                        self.share.remove(f"{d}/{name}")
-                        n += 1
-                    except (FileRefused, Changed, OSError):
-                        continue  # looked at again at the next full pass
+                listed += 1
+                folded, left = self._fold_folder(d)
+                n += folded
+                if sig is not None and not folded and not left and now - max(sig[0], sig[1]) > SETTLE_NS:
+                    clean[d] = sig  # signature taken before the listing: a later change moves it
+        self.clean, self.listed = clean, listed
         return n
+
+    def _fold_folder(self, d: str) -> tuple[int, bool]:
+        """fold_copies in one month folder: (copies removed, whether any was left for the
+        next pass or the folder could not be listed)."""
+        try:
+            names = set(os.listdir(self.share.root / d))
+        except OSError:
+            return 0, True
+        n, left = 0, False
+        for name in sorted(names):
+            if CONFLICT_MARK not in name or name.startswith("."):
+                continue
+            orig = name.split(CONFLICT_MARK, 1)[0] + ".json"
+            if not NAME.fullmatch(orig):
+                continue
+            try:
+                if orig not in names:
+                    data, _ = self.share.read(f"{d}/{name}")
+                    self.share.write(f"{d}/{orig}", data, absent)
+                    names.add(orig)
+                self.share.remove(f"{d}/{name}")
+                n += 1
+            except (FileRefused, Changed, OSError):
+                left = True  # looked at again at the next full pass
+        return n, left
 
     # --- retention ------------------------------------------------------------------------
 

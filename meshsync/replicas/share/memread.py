@@ -183,7 +183,10 @@ class Helper:
     def start(cls, share: Share, node_id: str, max_depth: int) -> Helper | None:
         """A helper, or None when none could be started (the pass reads alone).  It may be
         started before the pass knows what to read: it takes ~0.15 s to be ready."""
-        pkg_parent = str(Path(__file__).resolve().parent.parent)
+        # The folder holding this very meshsync package (meshsync/replicas/share/memread.py),
+        # first on the helper's path: it must read as the pass reads, not as an installed
+        # copy of another version, and find meshsync when none is installed at all.
+        pkg_parent = str(Path(__file__).resolve().parents[3])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH")) if p)
         try:

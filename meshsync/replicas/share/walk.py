@@ -147,7 +147,7 @@ class ShareWalk:
             _unlistable(rel_dir, walk, exc)
             return
         mem = walk.memory
-        add_same = walk.same.setdefault(rel_dir, set()).add
+        add_same = walk.same.setdefault(rel_dir, []).append
         folder = walk.known.folders.get(rel_dir, {})
         known = folder.get
         cutoff = now_ns - SETTLE_NS

@@ -16,6 +16,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -240,3 +241,41 @@ def test_a_first_import_that_applies_as_it_reads_ends_as_one_that_reads_first(me
     if helper:
         assert early.helper_read > 0
     assert _children() == []
+
+
+HELPER_PROBE = """
+import os, sys
+sys.path.insert(0, sys.argv[1])  # meshsync importable by this process only, as with run.py --src
+from pathlib import Path
+from meshsync.replicas.share import memread
+from meshsync.replicas.share.store import Share
+share = Share(Path(sys.argv[2]), max_file_bytes=1 << 20)
+rels = sorted("memory/mesh/" + n for n in os.listdir(Path(sys.argv[2]) / "memory" / "mesh"))
+helper = memread.Helper.start(share, "n", 64)
+env = Path(f"/proc/{helper.proc.pid}/environ").read_bytes().split(b"\\0")
+path = next(e for e in env if e.startswith(b"PYTHONPATH=")).decode()[11:].split(os.pathsep)
+got = dict(memread.read_all(share, rels, "n", 64, helper))
+helper.close()
+print(path[0], helper.answered, helper.failed, sum(1 for r in got.values() if isinstance(r, tuple)))
+"""
+
+
+def test_the_helper_runs_the_meshsync_the_pass_runs(tmp_path: Path):
+    """The helper is started with the folder that holds the pass's own meshsync first on
+    its PYTHONPATH, whatever the working directory and however the pass found meshsync
+    (an installed copy of another version must not answer for it; a pass run from a
+    checkout or a snapshot, meshsync installed nowhere, must get a helper at all).  Seen
+    failing: it was given meshsync/replicas/ (the package's old parent, before the
+    replicas/ move), so from another folder the helper died at its import and the pass
+    read everything alone."""
+    repo = Path(memread.__file__).resolve().parents[3]
+    share = tmp_path / "share"
+    (share / "memory" / "mesh").mkdir(parents=True)
+    for i in range(2000):
+        (share / "memory" / "mesh" / f"note.{i:05d}.json").write_text(json.dumps({"value": i}))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", HELPER_PROBE, str(repo), str(share)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    first, answered, failed, read = out
+    assert Path(first) == repo, out
+    assert failed == "False" and int(answered) > 0 and int(read) == 2000, out

@@ -10,7 +10,15 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshsync.replicas.share.store import FileRefused, KnownSigs, Share, Walk, sig_of, unpack_sig
+from meshsync.replicas.share.store import (
+    FileEntry,
+    FileRefused,
+    KnownSigs,
+    Share,
+    Walk,
+    sig_of,
+    unpack_sig,
+)
 
 AN_HOUR_NS = 3600 * 10**9
 
@@ -48,13 +56,20 @@ def test_walk_takes_only_settled_files_with_the_recorded_signature_as_unchanged(
     known = KnownSigs(recorded.items())
 
     walk = _walk(share, known)
-    assert walk.same == {"memory/mesh": {"same.json"}}
+    assert walk.same == {"memory/mesh": ["same.json"]}
+    assert walk.is_same("memory/mesh/same.json") and not walk.is_same("memory/mesh/edited.json")
     assert sorted(walk.memory) == ["memory/mesh/chmod.json", "memory/mesh/edited.json",
                                    "memory/mesh/new.json", "memory/mesh/young.json"]
     assert not walk.memory["memory/mesh/young.json"].settled
     assert walk.memory["memory/mesh/chmod.json"].sig == sig_of(os.lstat(folder / "chmod.json"))
     assert [p.path for p in walk.problems] == ["memory/mesh/dir.json"]  # a directory, reported
     assert walk.memory_entry("memory/mesh/same.json").sig == recorded["memory/mesh/same.json"]
+    # A file found unchanged after a question about its folder was answered is found too.
+    w = Walk(known=KnownSigs([("memory/mesh/a.json", "1:2:3:644"), ("memory/mesh/b.json", "4:5:6:644")]))
+    w.add_memory(FileEntry("memory/mesh/a.json", "1:2:3:644", True))
+    assert w.is_same("memory/mesh/a.json") and not w.is_same("memory/mesh/b.json")
+    w.add_memory(FileEntry("memory/mesh/b.json", "4:5:6:644", True))
+    assert w.is_same("memory/mesh/b.json") and w.has_memory("memory/mesh/b.json") and w.same_count() == 2
 
 
 def test_a_second_walk_with_the_same_map_compares_packed_signatures(tmp_path: Path):
@@ -70,7 +85,7 @@ def test_a_second_walk_with_the_same_map_compares_packed_signatures(tmp_path: Pa
         os.utime(folder / n, ns=(old, old))
     recorded = {f"memory/mesh/{n}": sig_of(os.lstat(folder / n)) for n in ("a.json", "b.json", "c.json")}
     known = KnownSigs(recorded.items())
-    assert _walk(share, known).same == {"memory/mesh": {"a.json", "b.json", "c.json"}}
+    assert sorted(_walk(share, known).same["memory/mesh"]) == ["a.json", "b.json", "c.json"]
     assert all(type(v) is tuple for v in known.folders["memory/mesh"].values())
     assert {rel: known.get(rel) for rel in recorded} == recorded and known["memory/mesh/a.json"] == recorded["memory/mesh/a.json"]
 
@@ -78,7 +93,8 @@ def test_a_second_walk_with_the_same_map_compares_packed_signatures(tmp_path: Pa
     (folder / "c.json").unlink()
     (folder / "c.json").mkdir()  # a directory where the file was
     walk = _walk(share, known)
-    assert walk.same == {"memory/mesh": {"a.json"}}
+    assert walk.same == {"memory/mesh": ["a.json"]}
+    assert walk.is_same("memory/mesh/a.json") and not walk.is_same("memory/mesh/b.json")
     assert sorted(walk.memory) == ["memory/mesh/b.json"]
     assert [p.path for p in walk.problems] == ["memory/mesh/c.json"]
 
