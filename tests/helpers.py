@@ -56,21 +56,38 @@ def nas_views(tmp_path: Path, names: tuple[str, ...] = ("mount-a", "mount-b")) -
     """Bindfs FUSE views of one folder, one per name: machines on one NAS.  A write
     through one view raises no inotify event on the others, as NFS/SMB written from
     another host; each view's kernel answers ``lstat`` from its attribute cache.
-    Yields the real folder and the views; unmounts every view that was mounted."""
+    Yields the real folder and the views.
+
+    Each bindfs runs in the foreground as a child of this process, so that the views
+    are gone when this returns: unmounted (lazily if still busy) and their processes
+    waited for.  (Daemonised, a bindfs still exiting after its unmount was once counted
+    as leaked by the next check on a loaded machine.)"""
     real = tmp_path / "nas-real"
     real.mkdir()
-    mounts: list[Path] = []
+    views: list[tuple[Path, subprocess.Popen]] = []
     try:
         for name in names:
             m = tmp_path / name
             m.mkdir()
-            subprocess.run(["bindfs", "--no-allow-other", str(real), str(m)], check=True)
-            mounts.append(m)
-        yield real, mounts
+            proc = subprocess.Popen(["bindfs", "-f", "--no-allow-other", str(real), str(m)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            views.append((m, proc))
+            wait_for(lambda m=m, proc=proc: os.path.ismount(m) or proc.poll() is not None, 15,
+                     what=f"bindfs mounts {m}")
+            if proc.poll() is not None:
+                raise AssertionError(f"bindfs could not mount {m}: {proc.stderr.read().decode() if proc.stderr else ''}")
+        yield real, [m for m, _ in views]
     finally:
-        for m in reversed(mounts):
-            subprocess.run(["fusermount", "-u", str(m)], check=False)
-
+        for m, proc in reversed(views):
+            if subprocess.run(["fusermount", "-u", str(m)], capture_output=True).returncode != 0:
+                subprocess.run(["fusermount", "-u", "-z", str(m)], capture_output=True)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
 
 @dataclass
 class MeshNode:
