@@ -186,3 +186,25 @@ def test_copies_are_left_alone_outside_a_syncthing_folder(mesh: Mesh):
     assert keys(a) == {"mesh:k"} and a.value("mesh", "k") == "one"
     assert copies(mesh.share) == ["memory/mesh/" + copy_name(f).name]
     assert problems(a) == [] and beaten(a) == {}
+
+
+def test_a_folder_shared_by_syncthing_after_meshsync_started_is_one(mesh: Mesh):
+    """Syncthing makes `.stfolder` when the folder is shared, which may be after the
+    daemon started (start order does not matter, issue 17).  From then on a file meshsync
+    wrote that reappears after its tombstone is Syncthing's change-beats-delete, decided
+    by newer-wins (R4), not a person's restore (R10, NAS shares only): an engine made
+    before `.stfolder` existed must see the folder as Syncthing's at its next full pass."""
+    from sync_helpers import UPSERT
+
+    a = mesh.node("A")
+    engine = mesh.engine(a)  # the daemon's engine, made before the folder is shared
+    a.sql(UPSERT, ("mesh", "k", '"old"', "A", int(time.time()) - 60))
+    engine.sync()
+    f = mem_path(mesh.share, "mesh", "k")
+    old = f.read_bytes()
+    (mesh.share / ".stfolder").mkdir()  # Syncthing shares the folder
+    a.cli("rm", "mesh", "k")  # deleted now: the tombstone is newer than the old version
+    assert not f.exists()
+    f.write_bytes(old)  # a node that was apart: Syncthing lets its old file beat the delete
+    engine.sync()
+    assert a.row("mesh", "k") is None and not f.exists()

@@ -51,6 +51,8 @@ class Reader(Protocol):
     def share(self) -> Share: ...
     @property
     def cfg(self) -> _NodeNamed: ...
+    @property
+    def replicated(self) -> bool: ...  # a Syncthing folder, as the full walk found it
 
     def read_memory(self, rel: str, sig: str | None, problems: list[Problem], got: bool = False,
                     as_rel: str | None = None) -> tuple[ItemId, Obs] | None: ...
@@ -65,7 +67,7 @@ def observe(det: Reader, p: Pass) -> set[ItemId]:
     walk = p.walk
     assert walk is not None
     skills = [sd for sd in walk.skills.values() if sd.copies]
-    if not (walk.copies or skills) or not syncthing.is_syncthing_folder(det.share.root):
+    if not (walk.copies or skills) or not det.replicated:
         return set()
     found: dict[ItemId, list[tuple[str, FileEntry, Obs]]] = {}  # item -> (original, copy, obs)
     for rel, fe in sorted(walk.copies.items()):

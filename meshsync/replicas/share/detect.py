@@ -133,7 +133,9 @@ class ShareDetector:
 
     def __init__(self, share: Share, cfg: Config, own_sigs: dict[str, str]) -> None:
         self.share = share
-        # Each node's own copy kept by Syncthing (R4: see against_tombstone).
+        # Each node's own copy kept by Syncthing (R4: see against_tombstone; conflict
+        # copies).  Looked at again by every full walk: Syncthing makes `.stfolder` when
+        # the folder is shared, which may be after this process started.
         self.replicated = syncthing.is_syncthing_folder(share.root)
         self.cfg = cfg
         self.own_sigs = own_sigs  # signatures of files this process wrote (our own echo)
@@ -159,6 +161,7 @@ class ShareDetector:
 
     def walk(self, walk: Walk, now_ns: int) -> None:
         sh, cfg = self.share, self.cfg
+        self.replicated = syncthing.is_syncthing_folder(sh.root)
         for top in (layout.MEMORY, layout.SKILLS):
             st = sh.lstat(top)
             if st is None or not stat.S_ISDIR(st.st_mode):
