@@ -1,5 +1,6 @@
-"""What every command module shares: exit codes, :class:`CliError`, JSON output, opening
-the index or the engine, exporting a write, and the small formatters.
+"""What every command module shares: :class:`CliError`, JSON output, opening the index or
+the engine, holding the index's lock, exporting a write, and the small formatters (the
+exit codes are meshsync/exits.py, which the daemon uses too).
 
 Kept apart from ``main.py`` so that the command modules can import it while ``main.py``
 imports them (to build the parser) without a cycle.
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meshsync import config, formats, layout
-from meshsync.exits import (  # the commands import them from here, with CliError
+from meshsync.exits import (
     EXIT_FAULT,
     EXIT_OK,
     EXIT_PROBLEMS,

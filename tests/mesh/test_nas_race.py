@@ -155,9 +155,7 @@ def test_same_instant_writes_on_network_mounts_are_each_kept(mesh: Mesh, nas3):
         winners.append(wait_for(settled, 30, interval=0.1, what=f"round {r} converged"))
     # Every write is its round's winner or a beaten version in the share's history, and
     # every node lists the same history (it is on the share, R11).
-    listed = [_history(n) for n in nodes]
-    assert all(sorted(h["id"] for h in x) == sorted(h["id"] for h in listed[0]) for x in listed)
-    beaten = [h["beaten"]["value"] for h in listed[0]]
+    beaten = [h["beaten"]["value"] for h in _same_everywhere(nodes)]
     lost = [v for v in written if v not in winners and v not in beaten]
     assert not lost, f"{len(lost)} of {len(written) - ROUNDS} beaten versions in no history: {lost}"
     for n in nodes:
