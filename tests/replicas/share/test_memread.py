@@ -252,9 +252,10 @@ from meshsync.replicas.share.store import Share
 share = Share(Path(sys.argv[2]), max_file_bytes=1 << 20)
 rels = sorted("memory/mesh/" + n for n in os.listdir(Path(sys.argv[2]) / "memory" / "mesh"))
 helper = memread.Helper.start(share, "n", 64)
-env = Path(f"/proc/{helper.proc.pid}/environ").read_bytes().split(b"\\0")
-path = next(e for e in env if e.startswith(b"PYTHONPATH=")).decode()[11:].split(os.pathsep)
 got = dict(memread.read_all(share, rels, "n", 64, helper))
+# Read once it answered: before its exec the child's environ is still this process's.
+env = Path(f"/proc/{helper.proc.pid}/environ").read_bytes().split(b"\\0")
+path = next((e for e in env if e.startswith(b"PYTHONPATH=")), b"PYTHONPATH=").decode()[11:].split(os.pathsep)
 helper.close()
 print(path[0], helper.answered, helper.failed, sum(1 for r in got.values() if isinstance(r, tuple)))
 """
